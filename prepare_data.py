@@ -1,0 +1,559 @@
+"""Turn a text file into token files that the training scripts can sample batches from.
+
+What it does
+    Reads a UTF-8 text, splits it into a training part and a validation part, encodes both with a
+    tokenizer and writes, for a dataset called NAME:
+
+        data/NAME/train.bin   token ids of the training text, raw np.uint16, nothing else in the file
+        data/NAME/val.bin     the same for the validation text
+        data/NAME/meta.pkl    a pickled plain dict describing the tokenizer, e.g.
+                              {"tokenizer": "char", "vocab_size": 65, "stoi": {...}, "itos": {...}}
+
+    The split is 90/10 by characters of the text (the last 10% is validation), except for TinyStories,
+    which comes as separate train and valid files. Three tokenizers are available:
+        char  one token per distinct character of the text: tiny vocabulary, long sequences
+        gpt2  OpenAI's GPT-2 byte-level BPE through tiktoken (50257 tokens), the same as nanoGPT
+        bpe   this repository's own byte-level BPE (bpe.py), trained here on the training split
+
+Why uint16 and memmap
+    Every vocabulary used here has at most 65536 tokens, so a token id fits in 2 bytes: half the disk
+    and page cache of int32. The files carry no header, so numpy can map them straight into memory
+    (np.memmap): a batch reads only the few kilobytes it needs, and a dataset larger than RAM trains
+    just as well as a small one. meta.pkl keeps only str/int/float/list/dict/bytes/None values because
+    the training scripts copy it into checkpoints, which are loaded with torch.load(weights_only=True)
+    and would refuse numpy arrays or custom classes.
+
+How to run it
+    python prepare_data.py shakespeare_char            # tiny Shakespeare, characters (vocab 65)
+    python prepare_data.py shakespeare                 # tiny Shakespeare, GPT-2 tokens
+    python prepare_data.py shakespeare_bpe --vocab_size=1024
+    python prepare_data.py tinystories --vocab_size=4096
+    python prepare_data.py mytext --input=book.txt --tokenizer=char|gpt2|bpe [--vocab_size=N]
+    Every command takes --data_root=DIR (default: ./data). The training scripts call ensure_prepared(),
+    so the ready-made datasets are prepared on first use without running this by hand.
+
+As a library (used by the training scripts and sample.py)
+    prepare(name, ...)              prepare a dataset, return its directory
+    ensure_prepared(dataset, ...)   return the directory, preparing a known dataset if it is missing
+    load_meta(data_dir)             the meta.pkl dict
+    load_tokenizer(meta)            an object with encode(str), decode(ids), vocab_size, eot_token
+    BatchLoader(data_dir, block_size, batch_size, device).get_batch("train" | "val") -> (x, y)
+"""
+import argparse
+import codecs
+import contextlib
+import os
+import pickle
+import sys
+import time
+
+import numpy as np
+import requests
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSTORIES_URLS = {
+    "train": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
+    "val": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt",
+}
+
+# Ready-made datasets: name -> (tokenizer, default BPE vocabulary size, what it is).
+# 1024 BPE tokens suit a 1 MB text: large enough to merge common words, small enough that most merges
+# are seen many times. TinyStories is 2 GB of simple English; 4096 tokens cover its words well while
+# keeping the embedding table of a small model small.
+DATASETS = {
+    "shakespeare_char": ("char", None, "tiny Shakespeare (1 MB), one token per character"),
+    "shakespeare": ("gpt2", None, "tiny Shakespeare, GPT-2 BPE tokens (tiktoken)"),
+    "shakespeare_bpe": ("bpe", 1024, "tiny Shakespeare, this repo's BPE trained on it"),
+    "tinystories": ("bpe", 4096, "TinyStoriesV2-GPT4 (2 GB download), this repo's BPE"),
+}
+TOKENIZERS = ("char", "gpt2", "bpe")
+DEFAULT_BPE_VOCAB_SIZE = 1024  # for --input=... --tokenizer=bpe
+# The BPE tokenizers reserve this id so that files holding many documents (TinyStories separates its
+# stories with it) keep document boundaries as one token instead of spelling the marker out in bytes.
+SPECIAL_TOKENS = ("<|endoftext|>",)
+TRAIN_FRACTION = 0.9
+MAX_VOCAB_SIZE = 2**16  # ids 0..65535 are what np.uint16 can hold
+OUTPUT_FILES = ("train.bin", "val.bin", "meta.pkl")  # meta.pkl last: it marks a finished dataset
+
+
+class DataError(ValueError):
+    """Something wrong with the user's data or options; the message says what and how to fix it."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading text
+
+
+def check_text_file(path):
+    """Raise DataError unless `path` is a non-empty UTF-8 file; returns its size in bytes.
+
+    Decodes in chunks so that a multi-gigabyte file is checked in bounded memory.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"input file not found: {path}")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DataError(f"input file is empty: {path}")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed = 0  # bytes of the file handed to the decoder so far
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 24)
+            # A multi-byte character can straddle two chunks; the decoder keeps its first bytes, and an
+            # error offset counts from those kept bytes, not from the start of this chunk.
+            held = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                offset = consumed - held + e.start
+                raise DataError(f"{path} is not UTF-8 text: invalid byte 0x{e.object[e.start]:02x} at byte "
+                                f"offset {offset}; convert it to UTF-8 first") from None
+            if not chunk:
+                return size
+            consumed += len(chunk)
+
+
+def read_text(path):
+    check_text_file(path)
+    # newline="" keeps "\r\n" as it is: the .bin files must encode exactly the bytes of the file.
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def split_text(text, train_fraction=TRAIN_FRACTION):
+    """Cut the text at `train_fraction` of its characters: (train_text, val_text).
+
+    A cut in the text (not in the token ids) means every tokenizer sees the same two halves, so
+    validation losses of char, gpt2 and bpe models are measured on the same passage.
+    """
+    cut = int(len(text) * train_fraction)
+    if cut == 0 or cut == len(text):
+        raise DataError(f"text of {len(text)} characters is too short to split {train_fraction:.0%}/"
+                        f"{1 - train_fraction:.0%} into train and val; provide more text")
+    return text[:cut], text[cut:]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenizers: everything the loader needs is rebuilt from the meta.pkl dict
+
+
+class CharTokenizer:
+    def __init__(self, stoi, itos):
+        self.stoi, self.itos = stoi, itos
+        self.vocab_size = len(stoi)
+        self.eot_token = None  # a character-level text has no document separator
+
+    def encode(self, text):
+        unknown = [c for c in dict.fromkeys(text) if c not in self.stoi]  # dict keeps first-seen order
+        if unknown:
+            raise ValueError("prompt contains characters not in the training vocabulary: "
+                             + ", ".join(repr(c) for c in unknown))
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids):
+        return "".join(self.itos[i] for i in ids)
+
+
+class GPT2Tokenizer:
+    """tiktoken's GPT-2 encoding with the encode/decode/vocab_size interface of the other tokenizers."""
+
+    def __init__(self):
+        import tiktoken  # only this tokenizer needs it; tiktoken may fetch its files on first use
+
+        self.encoding = tiktoken.get_encoding("gpt2")
+        self.vocab_size = self.encoding.n_vocab  # 50257; models pad their embedding to 50304 themselves
+        self.eot_token = self.encoding.eot_token
+
+    def encode(self, text):
+        # "<|endoftext|>" in the text becomes the single separator token, as GPT-2 saw it in training;
+        # tiktoken would otherwise raise on it. (Texts without the marker encode as encode_ordinary.)
+        return self.encoding.encode(text, allowed_special={"<|endoftext|>"})
+
+    def decode(self, ids):
+        return self.encoding.decode(list(ids))
+
+
+def _import_bpe():
+    # Imported on demand so that char and gpt2 datasets work without bpe.py.
+    try:
+        import bpe
+    except ModuleNotFoundError as e:
+        if e.name != "bpe":
+            raise
+        raise DataError("the bpe tokenizer needs bpe.py from this repository next to prepare_data.py") from None
+    return bpe
+
+
+def char_meta(text):
+    """The char tokenizer's meta: its vocabulary is every distinct character of the whole text."""
+    # The whole text, not only the train split: a character seen only in val would otherwise make val
+    # unencodable. It leaks nothing useful to the model: the embedding of an unseen character stays untrained.
+    chars = sorted(set(text))
+    if len(chars) > MAX_VOCAB_SIZE:
+        raise DataError(f"text has {len(chars)} distinct characters, more than the {MAX_VOCAB_SIZE} ids a "
+                        f"uint16 .bin file can hold; use --tokenizer=bpe or --tokenizer=gpt2")
+    return {"tokenizer": "char", "vocab_size": len(chars),
+            "stoi": {c: i for i, c in enumerate(chars)}, "itos": {i: c for i, c in enumerate(chars)}}
+
+
+def load_tokenizer(meta):
+    """Rebuild the tokenizer described by a meta dict (from meta.pkl or a checkpoint's 'tokenizer')."""
+    kind = meta.get("tokenizer")
+    if kind == "char":
+        return CharTokenizer(meta["stoi"], meta["itos"])
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "bpe":
+        tokenizer = _import_bpe().Tokenizer.from_meta(meta["bpe"])
+        if not hasattr(tokenizer, "eot_token"):
+            tokenizer.eot_token = _bpe_special_id(tokenizer, "<|endoftext|>")
+        return tokenizer
+    raise DataError(f"unknown tokenizer {kind!r} in meta; expected one of {', '.join(TOKENIZERS)}")
+
+
+def _bpe_special_id(tokenizer, token):
+    # The id that bpe.py gave a special token, found by encoding it (None if the tokenizer lacks it).
+    ids = tokenizer.encode(token) if token in (getattr(tokenizer, "special_tokens", None) or ()) else []
+    return ids[0] if len(ids) == 1 else None
+
+
+def check_vocab_size(vocab_size):
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise DataError(f"vocab_size {vocab_size} does not fit the uint16 .bin format (at most "
+                        f"{MAX_VOCAB_SIZE}); choose a smaller --vocab_size")
+    smallest = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < smallest:
+        raise DataError(f"vocab_size {vocab_size} is too small for byte-level BPE: it needs at least "
+                        f"{smallest} (256 bytes + {len(SPECIAL_TOKENS)} special token)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing: nothing half-written ever carries a final name
+
+
+def _temp_path_beside(path):
+    # In the same directory as the final file, so that os.replace is a rename within one file system,
+    # which is atomic: readers see the old file or the new one, never a partial one. The process id
+    # keeps two concurrent runs from writing into the same temporary file.
+    return f"{path}.{os.getpid()}.tmp"
+
+
+def _remove_if_present(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def _staged_outputs(out_dir):
+    """Yield {file name: temp path} for OUTPUT_FILES; give them their real names only if the block succeeds."""
+    os.makedirs(out_dir, exist_ok=True)
+    temps = {name: _temp_path_beside(os.path.join(out_dir, name)) for name in OUTPUT_FILES}
+    try:
+        yield temps
+        # Drop the old meta.pkl first: if we are stopped between the renames, the directory reads as
+        # "not prepared" instead of pairing new .bin files with an old vocabulary.
+        _remove_if_present(os.path.join(out_dir, "meta.pkl"))
+        for name in OUTPUT_FILES:
+            os.replace(temps[name], os.path.join(out_dir, name))
+    finally:
+        for temp in temps.values():
+            _remove_if_present(temp)
+
+
+def _write_tokens(path, ids):
+    np.array(ids, dtype=np.uint16).tofile(path)
+    return len(ids)
+
+
+def _write_meta(path, meta):
+    with open(path, "wb") as f:
+        pickle.dump(meta, f)
+
+
+def _report(out_dir, meta, counts):
+    print(f"wrote {out_dir}: {meta['tokenizer']} tokenizer, vocab_size {meta['vocab_size']}, "
+          f"train {counts['train']:,} tokens, val {counts['val']:,} tokens")
+    for split, n in counts.items():
+        if n < 2:
+            # A batch needs block_size + 1 tokens; BatchLoader refuses too-short splits with the details.
+            print(f"warning: the {split} split has only {n} token(s), too few to train or evaluate on; "
+                  f"provide more text", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preparing
+
+
+def prepare_text(text, out_dir, tokenizer, vocab_size=None):
+    """Split `text` 90/10, encode both parts with `tokenizer` ('char' | 'gpt2' | 'bpe'), write out_dir."""
+    train_text, val_text = split_text(text)
+    if tokenizer == "bpe":
+        # bpe.py trains on and encodes files (so that it can stream gigabytes in parallel); the two halves
+        # go to temporary files and take the same path as TinyStories.
+        os.makedirs(out_dir, exist_ok=True)
+        split_paths = []
+        try:
+            for split, part in (("train", train_text), ("val", val_text)):
+                split_paths.append(_temp_path_beside(os.path.join(out_dir, f"{split}.txt")))
+                with open(split_paths[-1], "w", encoding="utf-8", newline="") as f:
+                    f.write(part)
+            return prepare_bpe_files(split_paths[0], split_paths[1], out_dir, vocab_size or DEFAULT_BPE_VOCAB_SIZE)
+        finally:
+            for path in split_paths:
+                _remove_if_present(path)
+
+    meta = char_meta(text) if tokenizer == "char" else {"tokenizer": "gpt2"}
+    encoder = load_tokenizer(meta)
+    meta["vocab_size"] = encoder.vocab_size
+    with _staged_outputs(out_dir) as staged:
+        counts = {"train": _write_tokens(staged["train.bin"], encoder.encode(train_text)),
+                  "val": _write_tokens(staged["val.bin"], encoder.encode(val_text))}
+        _write_meta(staged["meta.pkl"], meta)
+    _report(out_dir, meta, counts)
+    return out_dir
+
+
+def prepare_bpe_files(train_path, val_path, out_dir, vocab_size):
+    """Train bpe.py on the train text file, then encode both text files into out_dir.
+
+    Everything works on files, in parallel and in bounded memory, so that the same code serves a 1 MB
+    text and TinyStories' 2 GB.
+    """
+    check_vocab_size(vocab_size)
+    for path in (train_path, val_path):
+        check_text_file(path)
+    bpe = _import_bpe()
+    print(f"training a {vocab_size}-token BPE on {train_path}")
+    vocab, merges = bpe.train_bpe(train_path, vocab_size, special_tokens=SPECIAL_TOKENS)
+    tokenizer = bpe.Tokenizer(vocab, merges, special_tokens=list(SPECIAL_TOKENS))
+    meta = {"tokenizer": "bpe", "vocab_size": tokenizer.vocab_size, "bpe": tokenizer.to_meta()}
+    with _staged_outputs(out_dir) as staged:
+        counts = {}
+        for split, path in (("train", train_path), ("val", val_path)):
+            print(f"encoding {path}")
+            counts[split] = bpe.encode_file_to_bin(tokenizer, path, staged[f"{split}.bin"], dtype=np.uint16)
+        _write_meta(staged["meta.pkl"], meta)
+    # A human-readable copy of the vocabulary and merges for inspection; meta.pkl is what gets loaded.
+    tokenizer.save(os.path.join(out_dir, "bpe"))
+    _report(out_dir, meta, counts)
+    return out_dir
+
+
+def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="data"):
+    """Prepare dataset `name` into <data_root>/<name> and return that directory.
+
+    With input_path, any UTF-8 text file becomes dataset `name` with the given tokenizer; without it,
+    `name` must be one of DATASETS, which know where their text comes from and how to tokenize it.
+    """
+    if not name or name != os.path.basename(name) or name in (".", ".."):
+        raise DataError(f"dataset name {name!r} must be a plain folder name (no '/')")
+    if tokenizer is not None and tokenizer not in TOKENIZERS:
+        raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+    out_dir = os.path.join(data_root, name)
+
+    if input_path is None:
+        if name not in DATASETS:
+            known = ", ".join(DATASETS)
+            raise DataError(f"unknown dataset {name!r}; known datasets: {known} (or give your own text "
+                            f"with --input=FILE --tokenizer={'|'.join(TOKENIZERS)})")
+        dataset_tokenizer, default_vocab_size, _ = DATASETS[name]
+        if tokenizer not in (None, dataset_tokenizer):
+            raise DataError(f"{name} uses the {dataset_tokenizer} tokenizer; to use {tokenizer}, pick the "
+                            f"matching dataset or pass --input=FILE --tokenizer={tokenizer}")
+        tokenizer = dataset_tokenizer
+        vocab_size = vocab_size or default_vocab_size
+    elif tokenizer is None:
+        raise DataError(f"--input needs --tokenizer={'|'.join(TOKENIZERS)}")
+
+    if vocab_size is not None and tokenizer != "bpe":
+        raise DataError(f"--vocab_size only applies to the bpe tokenizer; {tokenizer} has a fixed vocabulary")
+    if tokenizer == "bpe":
+        vocab_size = vocab_size or DEFAULT_BPE_VOCAB_SIZE
+        check_vocab_size(vocab_size)  # before any download or training, not after
+
+    if input_path is not None:
+        return prepare_text(read_text(input_path), out_dir, tokenizer, vocab_size)
+    if name == "tinystories":
+        return prepare_bpe_files(*download_tinystories(out_dir), out_dir, vocab_size)
+    return prepare_text(read_text(shakespeare_input(data_root, out_dir)), out_dir, tokenizer, vocab_size)
+
+
+def shakespeare_input(data_root, out_dir):
+    """Path to tiny Shakespeare's input.txt: reuse one any shakespeare* dataset has, else download it."""
+    candidates = [os.path.join(out_dir, "input.txt")]
+    candidates += [os.path.join(data_root, n, "input.txt") for n in DATASETS if n.startswith("shakespeare")]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    target = candidates[0]
+    try:
+        download(SHAKESPEARE_URL, target)
+    except requests.RequestException as e:
+        raise DataError(f"could not download tiny Shakespeare ({e.__class__.__name__}: {e}); download "
+                        f"{SHAKESPEARE_URL} by hand and save it as {os.path.abspath(target)}") from None
+    return target
+
+
+def download_tinystories(out_dir):
+    """Download (or resume) TinyStoriesV2-GPT4 train and valid text files; return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for url in (TINYSTORIES_URLS["train"], TINYSTORIES_URLS["val"]):
+        path = os.path.join(out_dir, url.rsplit("/", 1)[-1])
+        try:
+            download(url, path)
+        except requests.RequestException as e:
+            raise DataError(f"could not download {url} ({e.__class__.__name__}: {e}); run the command "
+                            f"again to resume, or save the file by hand as {os.path.abspath(path)}") from None
+        paths.append(path)
+    return paths
+
+
+def download(url, path, timeout=30, chunk_size=1 << 20):
+    """Download `url` to `path` unless it is already there, resuming an interrupted download.
+
+    Bytes go to `path + ".part"`; a rerun asks the server only for what is missing (HTTP Range) and
+    appends. The file gets its real name only once complete, so `path` existing means "fully downloaded".
+    Network failures raise requests.RequestException (callers turn it into advice for the user).
+    """
+    if os.path.exists(path):
+        return path
+    part = path + ".part"
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    # "identity" turns off gzip transfer encoding, so that byte counts and Range offsets are those of the file.
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
+        if response.status_code == 416 and have:
+            # "Range not satisfiable": nothing lies beyond what we have. That is a finished download whose
+            # rename was interrupted if the server's size (Content-Range: bytes */SIZE) equals ours.
+            if response.headers.get("Content-Range", "").rsplit("/", 1)[-1] != str(have):
+                raise requests.RequestException(f"{part} is larger than the file on the server; delete it and rerun")
+            os.replace(part, path)
+            return path
+        response.raise_for_status()
+        # 206 means the server honoured the Range header; 200 means it sends the whole file again.
+        if response.status_code != 206:
+            have = 0
+        size = response.headers.get("Content-Length")
+        total = have + int(size) if size is not None else None
+        done, last_print = have, 0.0
+        with open(part, "ab" if have else "wb") as f:
+            for chunk in response.iter_content(chunk_size):
+                f.write(chunk)
+                done += len(chunk)
+                if time.monotonic() - last_print > 1:
+                    last_print = time.monotonic()
+                    of_total = f" of {total / 1e6:,.1f} MB ({100 * done / total:.0f}%)" if total else " MB"
+                    print(f"\rdownloading {os.path.basename(path)}: {done / 1e6:,.1f}{of_total}", end="", flush=True)
+    print(f"\rdownloaded {os.path.basename(path)}: {done / 1e6:,.1f} MB" + " " * 20)
+    if total is not None and done != total:
+        raise requests.RequestException(f"connection closed after {done} of {total} bytes; rerun to resume")
+    os.replace(part, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading (used by the training scripts and sample.py)
+
+
+def is_prepared(data_dir):
+    return all(os.path.isfile(os.path.join(data_dir, name)) for name in OUTPUT_FILES)
+
+
+def ensure_prepared(dataset, data_root="data"):
+    """Return <data_root>/<dataset>, preparing it first if it is a known dataset that is not there yet."""
+    data_dir = os.path.join(data_root, dataset)
+    if is_prepared(data_dir):
+        return data_dir
+    if dataset in DATASETS:
+        print(f"{data_dir} is not prepared yet; preparing it now (python prepare_data.py {dataset})")
+        return prepare(dataset, data_root=data_root)
+    raise DataError(f"dataset {dataset!r} not found: {data_dir} lacks train.bin, val.bin or meta.pkl; prepare "
+                    f"it with: python prepare_data.py {dataset} --input=path/to/text.txt --tokenizer=char")
+
+
+def load_meta(data_dir):
+    path = os.path.join(data_dir, "meta.pkl")
+    if not os.path.isfile(path):
+        raise DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
+    # pickle runs code from the file while loading: fine for meta.pkl files this script wrote.
+    with open(path, "rb") as f:
+        meta = pickle.load(f)
+    if not isinstance(meta, dict) or "tokenizer" not in meta:
+        raise DataError(f"{path} is not a meta.pkl written by prepare_data.py; prepare the dataset again")
+    return meta
+
+
+class BatchLoader:
+    """Random (x, y) batches from <data_dir>/{train,val}.bin, y being x shifted by one token."""
+
+    def __init__(self, data_dir, block_size, batch_size, device):
+        self.block_size, self.batch_size = block_size, batch_size
+        self.device = device
+        self.paths = {split: os.path.join(data_dir, f"{split}.bin") for split in ("train", "val")}
+        for split, path in self.paths.items():
+            if not os.path.isfile(path):
+                raise DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
+            n_tokens = os.path.getsize(path) // np.dtype(np.uint16).itemsize
+            if n_tokens < block_size + 1:  # x needs block_size tokens and y one more
+                raise DataError(f"{split} split has {n_tokens} tokens, fewer than block_size+1={block_size + 1}; "
+                                f"lower block_size or provide more text")
+
+    def get_batch(self, split):
+        import torch  # imported here: preparing data never needs torch, and importing it takes seconds
+
+        # A fresh memmap per call: a long-lived np.memmap keeps every page it has touched referenced, so
+        # over a long run the process appears to hold the whole file in memory (a known leak). Opening
+        # one costs microseconds.
+        data = np.memmap(self.paths[split], dtype=np.uint16, mode="r")
+        # The global torch RNG, not a private generator: training scripts seed it per DDP rank (so ranks
+        # draw different batches) and save and restore its state (so a resumed run draws the same batches).
+        starts = torch.randint(len(data) - self.block_size, (self.batch_size,)).tolist()
+        # uint16 -> int64 because embedding lookups and cross_entropy targets want int64 indices.
+        x = torch.from_numpy(np.stack([data[i:i + self.block_size] for i in starts]).astype(np.int64))
+        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size] for i in starts]).astype(np.int64))
+        if torch.device(self.device).type == "cuda":
+            # Page-locked memory lets the copy to the GPU run asynchronously, overlapping the next step.
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse would print the usage and exit with 2; report it like every other mistake instead.
+        raise DataError(f"{message} (see python prepare_data.py --help)")
+
+
+def main(argv=None):
+    datasets_help = "\n".join(f"  {name:18} {about}" for name, (_, _, about) in DATASETS.items())
+    parser = _ArgumentParser(
+        description="Tokenize a text into data/NAME/{train.bin,val.bin,meta.pkl}.",
+        epilog=f"ready-made datasets:\n{datasets_help}\nany other NAME needs --input and --tokenizer.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("name", help="a ready-made dataset, or the folder name for your own --input text")
+    parser.add_argument("--input", dest="input_path", help="a UTF-8 text file to prepare as dataset NAME")
+    parser.add_argument("--tokenizer", help=f"one of {', '.join(TOKENIZERS)} (required with --input)")
+    parser.add_argument("--vocab_size", type=int,
+                        help=f"BPE vocabulary size (default {DEFAULT_BPE_VOCAB_SIZE}; tinystories "
+                             f"{DATASETS['tinystories'][1]}); at most {MAX_VOCAB_SIZE}")
+    parser.add_argument("--data_root", default="data", help="where dataset folders go (default: ./data)")
+    try:
+        args = parser.parse_args(argv)
+        prepare(args.name, args.input_path, args.tokenizer, args.vocab_size, args.data_root)
+    except (DataError, OSError, ValueError) as e:  # ValueError: bpe.py and tiktoken reject bad input so
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command (downloads resume where they stopped)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
