@@ -396,7 +396,6 @@ def shakespeare_input(data_root, out_dir):
 
 def download_tinystories(out_dir):
     """Download (or resume) TinyStoriesV2-GPT4 train and valid text files; return their paths."""
-    os.makedirs(out_dir, exist_ok=True)
     paths = []
     for url in (TINYSTORIES_URLS["train"], TINYSTORIES_URLS["val"]):
         path = os.path.join(out_dir, url.rsplit("/", 1)[-1])
@@ -418,6 +417,7 @@ def download(url, path, timeout=30, chunk_size=1 << 20):
     """
     if os.path.exists(path):
         return path
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     part = path + ".part"
     have = os.path.getsize(part) if os.path.exists(part) else 0
     # "identity" turns off gzip transfer encoding, so that byte counts and Range offsets are those of the file.
