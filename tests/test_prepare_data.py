@@ -173,7 +173,7 @@ def test_bpe_round_trip(tmp_path):
     src = write(tmp_path / "text.txt", TEXT)
     data_dir = pdata.prepare("b", src, "bpe", vocab_size=300, data_root=str(tmp_path / "data"))
     meta, tok = check_dataset(data_dir, TEXT)
-    assert meta["tokenizer"] == "bpe" and meta["vocab_size"] == 300
+    assert meta["tokenizer"] == "bpe" and 257 < meta["vocab_size"] <= 300  # BPE may run out of pairs to merge
     assert tok.eot_token is not None and tok.encode("<|endoftext|>") == [tok.eot_token]
     check_meta_is_plain(meta, tmp_path)
 
