@@ -315,7 +315,6 @@ class GPT(nn.Module):
         when the window slides, every kept token moves to a new position, so its cached keys and
         values (computed at the old position) are stale. Past that point we therefore recompute
         the cropped window every step; the cache is an optimisation that never changes the result.
-        (RoPE models can keep their cache while sliding — see llama.py.)
         """
         block_size = self.config.block_size
         cache = None
