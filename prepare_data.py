@@ -85,14 +85,13 @@ class DataError(ValueError):
 
 
 def check_text_file(path):
-    """Raise DataError unless `path` is a non-empty UTF-8 file; returns its size in bytes.
+    """Raise DataError unless `path` is a non-empty UTF-8 file.
 
     Decodes in chunks so that a multi-gigabyte file is checked in bounded memory.
     """
     if not os.path.isfile(path):
         raise DataError(f"input file not found: {path}")
-    size = os.path.getsize(path)
-    if size == 0:
+    if os.path.getsize(path) == 0:
         raise DataError(f"input file is empty: {path}")
     decoder = codecs.getincrementaldecoder("utf-8")()
     consumed = 0  # bytes of the file handed to the decoder so far
@@ -109,7 +108,7 @@ def check_text_file(path):
                 raise DataError(f"{path} is not UTF-8 text: invalid byte 0x{e.object[e.start]:02x} at byte "
                                 f"offset {offset}; convert it to UTF-8 first") from None
             if not chunk:
-                return size
+                return
             consumed += len(chunk)
 
 
