@@ -145,6 +145,11 @@ def test_batch_loader_refuses_short_split(tmp_path):
         pdata.BatchLoader(data_dir, block_size=10, batch_size=2, device="cpu")
 
 
+def test_warns_about_a_split_of_one_token(tmp_path, capsys):
+    pdata.prepare("mine", write(tmp_path / "t.txt", "abcdefghij"), "char", data_root=str(tmp_path))
+    assert "warning: the val split has only 1 token(s)" in capsys.readouterr().err
+
+
 def test_failure_leaves_previous_dataset_intact(tmp_path, monkeypatch):
     root = str(tmp_path)
     data_dir = pdata.prepare("mine", write(tmp_path / "t.txt", TEXT), "char", data_root=root)
@@ -197,7 +202,8 @@ def test_bpe_files_path_as_for_tinystories(tmp_path):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves server.files; honours "Range: bytes=N-"; server.cut_after truncates responses (a dropped link)."""
+    """Serves server.files; honours "Range: bytes=N-" unless server.ignore_range; server.cut_after truncates
+    responses (a dropped connection)."""
 
     def do_GET(self):
         body = self.server.files.get(self.path)
@@ -205,7 +211,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self.server.ranges.append(self.headers.get("Range"))
-        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        ranged = self.headers.get("Range") and not self.server.ignore_range
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if ranged else 0
         if start >= len(body) > 0:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{len(body)}")
@@ -227,7 +234,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.files, srv.ranges, srv.cut_after = {}, [], None
+    srv.files, srv.ranges, srv.cut_after, srv.ignore_range = {}, [], None, False
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -259,6 +266,14 @@ def test_download_finishes_a_complete_part_file(tmp_path, server):
     write(tmp_path / "f.txt.part", b"complete")  # downloaded, but stopped before the rename
     pdata.download(server.url + "/f.txt", str(tmp_path / "f.txt"), timeout=5)
     assert (tmp_path / "f.txt").read_bytes() == b"complete"
+
+
+def test_download_restarts_when_server_ignores_range(tmp_path, server):
+    server.files["/f.txt"] = b"0123456789"
+    server.ignore_range = True
+    write(tmp_path / "f.txt.part", b"01234")
+    pdata.download(server.url + "/f.txt", str(tmp_path / "f.txt"), timeout=5)
+    assert (tmp_path / "f.txt").read_bytes() == b"0123456789"  # not 01234 + 0123456789
 
 
 def test_download_failure_says_where_to_put_input(tmp_path, monkeypatch):
@@ -305,6 +320,8 @@ ERROR_CASES = [
     (["mine", "--input=cjk.txt", "--tokenizer=char"], r"70000 distinct characters, more than the 65536"),
     (["wikipedia"], r"unknown dataset 'wikipedia'; known datasets: shakespeare_char, shakespeare, shakespeare_bpe, tinystories"),
     (["mine", "--vocab_size=lots"], r"invalid int value: 'lots'"),
+    (["shakespeare_char", "--tokenizer=gpt2"], r"shakespeare_char uses the char tokenizer"),
+    (["../mine", "--input=ok.txt", "--tokenizer=char"], r"must be a plain folder name"),
 ]
 
 
