@@ -536,12 +536,12 @@ def main(argv=None):
         epilog=f"ready-made datasets:\n{datasets_help}\nany other NAME needs --input and --tokenizer.",
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("name", help="a ready-made dataset, or the folder name for your own --input text")
-    parser.add_argument("--input", dest="input_path", help="a UTF-8 text file to prepare as dataset NAME")
-    parser.add_argument("--tokenizer", help=f"one of {', '.join(TOKENIZERS)} (required with --input)")
-    parser.add_argument("--vocab_size", type=int,
+    parser.add_argument("--input", dest="input_path", metavar="FILE", help="a UTF-8 text file to prepare as dataset NAME")
+    parser.add_argument("--tokenizer", metavar="NAME", help=f"one of {', '.join(TOKENIZERS)} (required with --input)")
+    parser.add_argument("--vocab_size", type=int, metavar="N",
                         help=f"BPE vocabulary size (default {DEFAULT_BPE_VOCAB_SIZE}; tinystories "
                              f"{DATASETS['tinystories'][1]}); at most {MAX_VOCAB_SIZE}")
-    parser.add_argument("--data_root", default="data", help="where dataset folders go (default: ./data)")
+    parser.add_argument("--data_root", default="data", metavar="DIR", help="where dataset folders go (default: ./data)")
     try:
         args = parser.parse_args(argv)
         prepare(args.name, args.input_path, args.tokenizer, args.vocab_size, args.data_root)
