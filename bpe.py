@@ -1,0 +1,1088 @@
+"""
+Byte-level Byte Pair Encoding (BPE): training, encoding and decoding in one file.
+
+What BPE is
+-----------
+A language model reads integers, not text, so we need a tokenizer: a reversible
+map from strings to sequences of ids. Characters give short vocabularies but long
+sequences; whole words give short sequences but an open-ended vocabulary that can
+never cover every typo or name. BPE sits in between. It starts from the smallest
+units and repeatedly *merges the most frequent adjacent pair* into a new unit,
+recording each merge. After N merges the vocabulary is (base units + N merged
+units), frequent words have become single tokens, and rare words still decompose
+into smaller known pieces, so nothing is ever out of vocabulary.
+
+History
+-------
+* Gage (1994) introduced byte pair encoding as a data *compression* algorithm.
+* Sennrich, Haddow & Birch, "Neural Machine Translation of Rare Words with
+  Subword Units" (ACL 2016) repurposed it for NLP: merges are learned on
+  characters inside words, giving an open vocabulary for translation.
+* Radford et al., GPT-2 (2019) made it *byte-level*: the base units are the 256
+  possible byte values of UTF-8 text, so any string at all (emoji, Chinese,
+  binary junk) can be encoded with no "unknown" token. They also split text with
+  a regular expression into "pre-tokens" (words, numbers, punctuation runs,
+  whitespace runs) and never merge across them, so "dog." and "dog!" share the
+  token "dog" instead of growing separate "dog." and "dog!" tokens.
+  tiktoken (OpenAI) and Hugging Face `tokenizers` implement the same scheme in
+  Rust; GPT-2/3/4, Llama 3 and Qwen all use byte-level BPE.
+
+What you learn by reading this file
+-----------------------------------
+1. Training (`train_bpe`): count pre-tokens once, then run the merge loop with
+   *incremental* pair counts, so each merge touches only the words that contain
+   the merged pair, plus a heap with lazy invalidation to find the best pair.
+   The textbook version re-counts every pair after every merge, which is
+   O(merges x corpus); the incremental one is fast enough for real corpora.
+2. Encoding (`Tokenizer.encode`): apply the learned merges to each pre-token in
+   the order they were learned (lowest "rank" first), with a cache because
+   natural text repeats the same words constantly (Zipf's law).
+3. Where text can be cut into chunks without changing the result, which is what
+   makes parallel training, parallel file encoding and streaming encoding exact.
+4. The file formats of GPT-2 (encoder.json + vocab.bpe) and of Hugging Face
+   (tokenizer.json), so you can load real tokenizers and check that this code
+   reproduces them id for id (tests/test_bpe.py compares against tiktoken and
+   `tokenizers`).
+
+Conventions used throughout
+---------------------------
+* Vocabulary ids: 0..255 are the single bytes (id == byte value), then one id per
+  merge in the order learned (256, 257, ...), then the special tokens at the end
+  in the order given. GPT-2 does the same thing for its one special token
+  (<|endoftext|> = 50256, the last id). Loaded tokenizers (GPT-2, Hugging Face)
+  keep whatever ids their files say, so code must never assume id == byte.
+* A merge is a pair of byte strings (left, right); its "rank" is its position in
+  the merge list. Lower rank = learned earlier = more frequent = applied first.
+* Special tokens (e.g. "<|endoftext|>") are cut out of the text *before*
+  pre-tokenization, so they are always one id and never take part in merges.
+
+Usage
+-----
+    python bpe.py train --input=input.txt --vocab_size=4096 --out=out/shakespeare \
+        --special_tokens="<|endoftext|>"
+    python bpe.py encode --tokenizer=out/shakespeare --text="To be, or not to be"
+    python bpe.py decode --tokenizer=out/shakespeare --ids="1,2,3"
+"""
+
+import argparse
+import heapq
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import numpy as np
+import regex
+
+# GPT-2's pre-tokenization pattern (the `pat` in openai/gpt-2 encoder.py). Read
+# the alternatives left to right, the first that matches at a position wins:
+#   's 't 're 've 'm 'll 'd   English contractions as their own pieces
+#   " ?\p{L}+"                a word, with at most one leading space glued on, so
+#                             " the" (mid-sentence) and "the" are distinct tokens
+#   " ?\p{N}+"                a number, same leading-space rule
+#   " ?[^\s\p{L}\p{N}]+"      a run of punctuation/symbols
+#   "\s+(?!\S)"               a whitespace run, minus its last character when a
+#                             non-space follows (that last space then glues onto
+#                             the next word via " ?\p{L}+")
+#   "\s+"                     any remaining whitespace (e.g. a lone "\n")
+# Known quirks we keep on purpose, for exact compatibility: the contractions are
+# case-sensitive ("'S" is not matched) and ASCII-apostrophe only.
+GPT2_SPLIT_PATTERN = (
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
+
+# Below this size a file is pre-tokenized / encoded in the calling process:
+# starting worker processes costs ~0.1 s, more than the work it would save.
+MIN_PARALLEL_BYTES = 1 << 20
+# Upper bound on one chunk handed to a worker. A chunk is decoded to a str and
+# split into pre-token strings all at once, which costs ~10x its size in memory,
+# so this is what bounds memory on multi-GB corpora.
+MAX_CHUNK_BYTES = 8 << 20
+# encode_iterable accumulates this many characters before looking for a cut.
+STREAM_FLUSH_CHARS = 1 << 16
+# Bound on the per-tokenizer pre-token cache (pre-token string -> ids). Natural
+# text has a heavy head, so even a cleared cache refills with the useful entries.
+ENCODE_CACHE_LIMIT = 1 << 18
+
+
+# ----------------------------------------------------------------------------
+# GPT-2's bytes <-> printable unicode mapping (used only for the file formats)
+# ----------------------------------------------------------------------------
+
+def bytes_to_unicode():
+    """Map each byte value 0..255 to a printable unicode character.
+
+    Tokens are arbitrary byte strings (a token may even be half of a UTF-8
+    character), which neither JSON nor a human can read. GPT-2's trick: bytes
+    that are already visible characters (!..~, ¡..¬, ®..ÿ) stand for themselves,
+    and the remaining 68 (control characters, space, DEL, NBSP, soft hyphen...)
+    are shifted to code points 256+n in byte order. So the space byte shows up
+    as "Ġ" (U+0120) and newline as "Ċ" (U+010A) in GPT-2's files. The mapping is
+    a bijection, so every token has exactly one printable spelling.
+    """
+    visible = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {b: chr(b) for b in visible}
+    shifted = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + shifted)
+            shifted += 1
+    return mapping
+
+
+BYTE_TO_CHAR = bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+
+
+def _token_to_printable(token):
+    return "".join(BYTE_TO_CHAR[b] for b in token)
+
+
+def _printable_to_token(text, where):
+    try:
+        return bytes(CHAR_TO_BYTE[c] for c in text)
+    except KeyError as exc:
+        raise ValueError(
+            f"{where}: token {text!r} contains {exc.args[0]!r}, which is not in "
+            "GPT-2's byte-to-unicode alphabet; is this a byte-level BPE file?"
+        ) from None
+
+
+# ----------------------------------------------------------------------------
+# Special tokens and safe cut points
+# ----------------------------------------------------------------------------
+
+def _special_token_regex(special_tokens):
+    """Regex matching any special token, preferring the longest at a position.
+
+    Regex alternation is "first alternative that matches wins", not "longest",
+    so sorting longest first makes "<|endoftext|>x" beat "<|endoftext|>" when
+    both are registered and both match at the same place.
+    """
+    if not special_tokens:
+        return None
+    ordered = sorted(special_tokens, key=len, reverse=True)
+    return regex.compile("|".join(regex.escape(tok) for tok in ordered))
+
+
+def _specials_can_overlap(special_tokens):
+    """True if an occurrence of one special token could hide inside or overlap
+    another (a proper suffix of one is a prefix of, or starts with, another).
+
+    Only then can a special token found by searching from an arbitrary offset
+    fail to be a real match of a left-to-right scan; see _cut_patterns.
+    """
+    for outer in special_tokens:
+        for start in range(1, len(outer)):
+            tail = outer[start:]
+            if any(tail.startswith(t) or t.startswith(tail) for t in special_tokens):
+                return True
+    return False
+
+
+# Whitespace characters after which a cut is allowed (see _cut_patterns).
+_CUT_SPACES = " \t\n\r"
+
+
+def _cut_patterns(pattern, special_tokens):
+    """Regexes (for str, for bytes) whose match *starts* are safe cut points.
+
+    A cut at position k is safe when pre-tokenizing text[:k] and text[k:]
+    separately gives exactly the pre-tokens of the whole text. That is what
+    parallel training, parallel file encoding and streaming encoding rely on.
+
+    Cut 1, the start of a special token. Special tokens are removed before
+    pre-tokenization, so their starts are segment ends anyway. We search for
+    them from arbitrary offsets, so we need every occurrence to be a real match
+    of a left-to-right scan; that holds unless two special tokens can overlap
+    (e.g. "ab" and "ba"), in which case this cut is disabled.
+
+    Cut 2, GPT-2's pattern only: just before a whitespace character w (space,
+    tab, \n, \r) that is directly followed by a printable ASCII non-space c.
+    Why this is safe: no GPT-2 pre-token ends in whitespace and then continues,
+    and the only whitespace glued *forward* is a single " " before c. Take the
+    whitespace run R that ends with w. In the whole text, "\s+(?!\S)" takes
+    R minus w (the lookahead sees w, a space, and succeeds; one more character
+    would see c and fail), then w is alone or glued to c. Cut before w: the left
+    part ends with R minus w, which "\s+(?!\S)" takes entirely because the
+    string ends there; the right part starts with w then c, tokenized as before.
+    Both halves agree with the single pass. Requiring c to be ASCII lets us test
+    it on raw bytes (a byte < 0x80 is always a whole UTF-8 character) and keeps
+    the rule one cheap regex. Other patterns (e.g. Llama 3's, where ":\n" is one
+    pre-token) break this argument, so for them only Cut 1 is used; and if a
+    special token itself contains such whitespace, Cut 2 could land inside it,
+    so it is disabled then too.
+
+    Returns (None, None) when no cut is safe: the text is then one chunk.
+    """
+    str_alternatives, bytes_alternatives = [], []
+    if special_tokens and not _specials_can_overlap(special_tokens):
+        ordered = sorted(special_tokens, key=len, reverse=True)
+        str_alternatives += [regex.escape(tok) for tok in ordered]
+        bytes_alternatives += [regex.escape(tok.encode("utf-8")) for tok in ordered]
+    if pattern == GPT2_SPLIT_PATTERN and not any(
+        ch in tok for tok in special_tokens for ch in _CUT_SPACES
+    ):
+        str_alternatives.append(r"[ \t\n\r](?=[\x21-\x7e])")
+        bytes_alternatives.append(rb"[ \t\n\r](?=[\x21-\x7e])")
+    if not str_alternatives:
+        return None, None
+    return (
+        regex.compile("|".join(str_alternatives)),
+        regex.compile(b"|".join(bytes_alternatives)),
+    )
+
+
+def _find_cut(file, offset, size, cut_re, max_match_len):
+    """First safe cut at or after byte `offset` of an open binary file (or size)."""
+    window = 1 << 20
+    # Consecutive windows overlap by (longest match - 1) bytes so that a match
+    # straddling a window edge is seen whole in the next window.
+    overlap = max(max_match_len - 1, 1)
+    while offset < size:
+        file.seek(offset)
+        data = file.read(window)
+        match = cut_re.search(data)
+        if match:
+            return offset + match.start()
+        if offset + len(data) >= size:
+            break
+        offset += len(data) - overlap
+    return size
+
+
+def _chunk_ranges(path, size, chunk_bytes, cut_re, max_match_len):
+    """Split [0, size) of a file into byte ranges of about chunk_bytes, cut only
+    at safe points. Cuts fall on ASCII bytes or special-token starts, so every
+    range is also valid UTF-8 on its own if the file is."""
+    if cut_re is None or size <= chunk_bytes:
+        return [(0, size)]
+    starts = [0]
+    with open(path, "rb") as file:
+        while True:
+            cut = _find_cut(file, starts[-1] + chunk_bytes, size, cut_re, max_match_len)
+            if cut >= size:
+                break
+            starts.append(cut)
+    return list(zip(starts, starts[1:] + [size]))
+
+
+def _read_text(path, start, end):
+    with open(path, "rb") as file:
+        file.seek(start)
+        data = file.read(end - start)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not valid UTF-8 (bad byte at offset {start + exc.start}); "
+            "convert it to UTF-8 first"
+        ) from None
+
+
+def _check_input_file(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input file {path!r} does not exist")
+    return os.path.getsize(path)
+
+
+def _default_processes(num_processes):
+    if num_processes is None:
+        return os.cpu_count() or 1
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
+    return num_processes
+
+
+# ----------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------
+
+def _count_pretokens(args):
+    """Worker: pre-token string -> count, for one byte range of the corpus."""
+    path, start, end, special_tokens = args
+    text = _read_text(path, start, end)
+    special_re = _special_token_regex(special_tokens)
+    segments = special_re.split(text) if special_re else [text]
+    split_re = regex.compile(GPT2_SPLIT_PATTERN)
+    counts = Counter()
+    for segment in segments:
+        counts.update(split_re.findall(segment))
+    return counts
+
+
+def _descending_key(token):
+    """A sort key that orders byte strings in *reverse* lexicographic order.
+
+    heapq is a min-heap, but ties must go to the lexicographically *greater*
+    pair. Negating a count is easy; negating a byte string is not, so map each
+    byte b to 255 - b and append 256 as a terminator. The terminator makes a
+    string sort *after* its own extensions (b"ab" > b"a" normally, so under the
+    reversed order b"a" must come later), which plain 255 - b would get wrong.
+    """
+    return tuple(255 - b for b in token) + (256,)
+
+
+def train_bpe(input_path, vocab_size, special_tokens=(), num_processes=None, verbose=False):
+    """Learn a byte-level BPE vocabulary from a UTF-8 text file.
+
+    Returns (vocab, merges): vocab maps id -> bytes (0..255 single bytes, then
+    one id per merge, then the special tokens in the given order) and merges is
+    the list of (left, right) byte pairs in the order they were learned.
+    Ties between equally frequent pairs go to the lexicographically greater
+    (left, right) pair of byte strings, so results are deterministic. Training
+    stops early (with a smaller vocabulary) if every pre-token has become a
+    single token before vocab_size is reached.
+    """
+    start_time = time.perf_counter()
+    special_tokens = list(dict.fromkeys(special_tokens))  # dedupe, keep order
+    if any(not isinstance(tok, str) or not tok for tok in special_tokens):
+        raise ValueError("special tokens must be non-empty strings")
+    if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
+        raise ValueError(
+            f"vocab_size must be an integer >= 256 (the byte tokens) + "
+            f"{len(special_tokens)} (special tokens) = {256 + len(special_tokens)}, "
+            f"got {vocab_size!r}"
+        )
+    num_processes = _default_processes(num_processes)
+    size = _check_input_file(input_path)
+
+    # --- 1. Pre-tokenize and count, in parallel over safe chunks. ---
+    # The merge loop only needs each distinct pre-token and how often it occurs,
+    # not the text: 1.1 MB of Shakespeare is ~300k pre-tokens but only ~15k
+    # distinct ones, and the ratio improves as corpora grow.
+    cut_str, cut_bytes = _cut_patterns(GPT2_SPLIT_PATTERN, special_tokens)
+    max_match = max([1] + [len(t.encode("utf-8")) for t in special_tokens])
+    if num_processes == 1 or size < MIN_PARALLEL_BYTES:
+        chunk_bytes = max(size, 1) if size <= MAX_CHUNK_BYTES else MAX_CHUNK_BYTES
+    else:
+        chunk_bytes = min(MAX_CHUNK_BYTES, math.ceil(size / num_processes))
+    ranges = _chunk_ranges(input_path, size, chunk_bytes, cut_bytes, max_match)
+    jobs = [(input_path, start, end, special_tokens) for start, end in ranges]
+    word_counts = Counter()
+    if len(jobs) == 1 or num_processes == 1:
+        for job in jobs:
+            word_counts.update(_count_pretokens(job))
+    else:
+        with multiprocessing.get_context().Pool(min(num_processes, len(jobs))) as pool:
+            for counts in pool.imap_unordered(_count_pretokens, jobs):
+                word_counts.update(counts)
+    if not word_counts:
+        raise ValueError(
+            f"corpus {input_path!r} is empty (no text outside special tokens); "
+            "train on a file that contains text"
+        )
+    if verbose:
+        print(
+            f"pre-tokenized {size:,} bytes in {len(jobs)} chunk(s): "
+            f"{sum(word_counts.values()):,} pre-tokens, {len(word_counts):,} distinct "
+            f"({time.perf_counter() - start_time:.2f}s)"
+        )
+
+    # --- 2. Merge loop with incremental pair counts. ---
+    # Each distinct pre-token becomes a list of token ids ("symbols"); all the
+    # bookkeeping is weighted by the pre-token's count, which is the whole point
+    # of counting first: a word seen 10,000 times is processed once.
+    vocab = {i: bytes([i]) for i in range(256)}
+    sort_key = {i: _descending_key(vocab[i]) for i in range(256)}
+    words = [list(word.encode("utf-8")) for word in word_counts]
+    counts = list(word_counts.values())
+    del word_counts
+
+    # pair_counts: how many times each adjacent pair occurs in the corpus. Every
+    # adjacent position counts, so "aaa" holds the pair (a, a) twice, as in
+    # GPT-2/HF/minbpe; the merge itself then goes left to right without overlap.
+    # pair_words: which words contain each pair, so a merge visits only those.
+    # It is allowed to go stale (list a word that no longer has the pair); the
+    # merge step simply finds nothing to do there, which is cheaper than keeping
+    # the sets exact on every change.
+    pair_counts = Counter()
+    pair_words = {}
+    for index, (symbols, count) in enumerate(zip(words, counts)):
+        for pair in zip(symbols, symbols[1:]):
+            pair_counts[pair] += count
+            pair_words.setdefault(pair, set()).add(index)
+
+    # Max-heap (via negated counts) of (count, tie-break key, pair). Counts only
+    # change for a few pairs per merge, so instead of updating entries in place
+    # (heapq cannot) we push a fresh entry whenever a count *rises* and never on
+    # a fall. Popped entries are checked against pair_counts ("lazy
+    # invalidation"): equal -> it is the true maximum; higher than the truth ->
+    # stale, re-push with the true count; otherwise drop it. An entry whose count
+    # is too high can only be popped early, never late, so the first valid pop is
+    # always the real best pair.
+    heap = [(-c, sort_key[a], sort_key[b], a, b) for (a, b), c in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges = []
+    num_merges = vocab_size - 256 - len(special_tokens)
+    report_every = max(1, num_merges // 10)
+    while len(merges) < num_merges and heap:
+        neg_count, _, _, a, b = heapq.heappop(heap)
+        current = pair_counts.get((a, b), 0)
+        if current != -neg_count:
+            if 0 < current < -neg_count:
+                heapq.heappush(heap, (-current, sort_key[a], sort_key[b], a, b))
+            continue
+
+        new_id = 256 + len(merges)
+        vocab[new_id] = vocab[a] + vocab[b]
+        sort_key[new_id] = _descending_key(vocab[new_id])
+        merges.append((vocab[a], vocab[b]))
+
+        # Rewrite every word containing (a, b). Rather than reason about which
+        # neighbouring pairs appear and disappear (fiddly with repeats such as
+        # "aaaa"), remove all of the old word's pairs and add all of the new
+        # word's: words are short, and only the net change is applied below.
+        delta = Counter()
+        for index in pair_words.pop((a, b)):
+            old = words[index]
+            new = []
+            i, n = 0, len(old)
+            while i < n:
+                if i + 1 < n and old[i] == a and old[i + 1] == b:
+                    new.append(new_id)
+                    i += 2
+                else:
+                    new.append(old[i])
+                    i += 1
+            if len(new) == n:
+                continue  # stale entry: this word no longer contains (a, b)
+            words[index] = new
+            count = counts[index]
+            for pair in zip(old, old[1:]):
+                delta[pair] -= count
+            for pair in zip(new, new[1:]):
+                delta[pair] += count
+                # Only pairs with the new token are new to this word; the others
+                # were already adjacent in `old`, so their set holds the word.
+                if new_id in pair:
+                    pair_words.setdefault(pair, set()).add(index)
+        for pair, change in delta.items():
+            if change == 0:
+                continue
+            total = pair_counts[pair] + change
+            if total > 0:
+                pair_counts[pair] = total
+                if change > 0:
+                    heapq.heappush(heap, (-total, sort_key[pair[0]], sort_key[pair[1]], *pair))
+            else:
+                del pair_counts[pair]
+                pair_words.pop(pair, None)
+        pair_counts.pop((a, b), None)
+
+        if verbose and len(merges) % report_every == 0:
+            print(
+                f"merge {len(merges):,}/{num_merges:,}: {merges[-1]!r} "
+                f"(count {-neg_count:,}) {time.perf_counter() - start_time:.2f}s"
+            )
+
+    if verbose and len(merges) < num_merges:
+        print(f"stopped after {len(merges):,} merges: no adjacent pairs are left")
+    for tok in special_tokens:
+        vocab[len(vocab)] = tok.encode("utf-8")
+    if verbose:
+        print(f"trained vocab of {len(vocab):,} tokens in {time.perf_counter() - start_time:.2f}s")
+    return vocab, merges
+
+
+# ----------------------------------------------------------------------------
+# Tokenizer: encoding, decoding, file formats
+# ----------------------------------------------------------------------------
+
+class Tokenizer:
+    """Encode/decode with a byte-level BPE vocabulary and merge list.
+
+    vocab: dict id -> bytes. merges: list of (left, right) byte pairs, in rank
+    order; both halves and their concatenation must be in the vocabulary.
+    special_tokens: strings that are always encoded as one id when they appear
+    in text (like tiktoken with allowed_special="all"). Either a list, whose
+    tokens take the id already in vocab for their bytes or new ids at the end,
+    or a dict str -> id for files that fix the ids (Hugging Face).
+    pattern: the pre-tokenization regex (GPT-2's by default).
+    ignore_merges: Llama 3's tokenizer.json option; a pre-token that is itself a
+    vocabulary entry is emitted as that id without running the merges.
+    """
+
+    def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
+                 ignore_merges=False):
+        self.vocab = dict(vocab)
+        self.merges = [(bytes(left), bytes(right)) for left, right in merges]
+        self.pattern = pattern
+        self.ignore_merges = bool(ignore_merges)
+        try:
+            self._split_re = regex.compile(pattern)
+        except regex.error as exc:
+            raise ValueError(f"invalid pre-tokenization pattern {pattern!r}: {exc}") from None
+
+        # bytes -> id. If two ids share the same bytes (possible in principle),
+        # the lower id wins, so encoding is deterministic.
+        self._id_of = {}
+        for token_id in sorted(self.vocab):
+            self._id_of.setdefault(self.vocab[token_id], token_id)
+        missing = [b for b in range(256) if bytes([b]) not in self._id_of]
+        if missing:
+            raise ValueError(
+                f"vocabulary lacks {len(missing)} of the 256 single-byte tokens "
+                f"(e.g. byte {missing[0]}); byte-level BPE needs all of them"
+            )
+        self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
+
+        # Encoding works on ids, so translate each merge (bytes, bytes) into
+        # (left id, right id) -> rank, plus rank -> id of the merged token.
+        self._rank = {}
+        self._merged_id = []
+        for rank, (left, right) in enumerate(self.merges):
+            ids = [self._id_of.get(left), self._id_of.get(right), self._id_of.get(left + right)]
+            if None in ids:
+                raise ValueError(
+                    f"merge #{rank} {left!r} + {right!r} refers to a token that is not "
+                    "in the vocabulary; the merges and vocab files do not belong together"
+                )
+            self._rank.setdefault((ids[0], ids[1]), rank)
+            self._merged_id.append(ids[2])
+
+        self.special_tokens = {}
+        if isinstance(special_tokens, dict):
+            for token, token_id in special_tokens.items():
+                known = self.vocab.setdefault(token_id, token.encode("utf-8"))
+                if known != token.encode("utf-8"):
+                    raise ValueError(
+                        f"special token {token!r} has id {token_id}, but that id is "
+                        f"already the token {known!r}"
+                    )
+                self.special_tokens[token] = token_id
+        else:
+            for token in special_tokens or ():
+                token_id = self._id_of.get(token.encode("utf-8"))
+                if token_id is None:
+                    token_id = max(self.vocab) + 1
+                    self.vocab[token_id] = token.encode("utf-8")
+                self.special_tokens[token] = token_id
+        if any(not token for token in self.special_tokens):
+            raise ValueError("special tokens must be non-empty strings")
+        self._special_re = _special_token_regex(self.special_tokens)
+        self._cut_str, self._cut_bytes = _cut_patterns(pattern, list(self.special_tokens))
+        # The streaming encoder wants the *last* cut in its buffer; the regex
+        # module can search right-to-left with the (?r) flag.
+        self._last_cut = (
+            regex.compile("(?r)" + self._cut_str.pattern) if self._cut_str else None
+        )
+        self._cache = {}
+
+    @property
+    def vocab_size(self):
+        """One more than the largest id (the size an embedding table needs).
+        Equal to len(vocab) unless a loaded file leaves holes in its ids."""
+        return max(self.vocab) + 1
+
+    # -- encoding --------------------------------------------------------
+
+    def _encode_pretoken(self, pretoken):
+        """Apply the merges to one pre-token, lowest rank first.
+
+        This is the classic GPT-2 loop: among all adjacent pairs, find the one
+        whose merge was learned earliest, merge every occurrence of it, repeat
+        until no adjacent pair is a known merge. It reproduces training exactly
+        because training merged pairs in that same order. (tiktoken instead
+        ranks by the id of the merged token; for vocabularies trained this way
+        the two agree.) Each round scans the word, so this is quadratic in the
+        pre-token length, fine for words and made rare by the cache.
+        """
+        data = pretoken.encode("utf-8")
+        if self.ignore_merges:
+            whole = self._id_of.get(data)
+            if whole is not None:
+                return (whole,)
+        byte_ids = self._byte_ids
+        ids = [byte_ids[b] for b in data]
+        rank_of = self._rank
+        no_merge = len(self._merged_id)  # larger than every real rank
+        while len(ids) > 1:
+            pair = min(zip(ids, ids[1:]), key=lambda p: rank_of.get(p, no_merge))
+            rank = rank_of.get(pair)
+            if rank is None:
+                break
+            left, right = pair
+            merged = self._merged_id[rank]
+            out, i, n = [], 0, len(ids)
+            while i < n:
+                if i + 1 < n and ids[i] == left and ids[i + 1] == right:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            ids = out
+        return tuple(ids)
+
+    def _encode_ordinary(self, text, out):
+        """Append the ids of text that contains no special tokens to `out`."""
+        cache = self._cache
+        for pretoken in self._split_re.findall(text):
+            ids = cache.get(pretoken)
+            if ids is None:
+                ids = self._encode_pretoken(pretoken)
+                if len(cache) >= ENCODE_CACHE_LIMIT:
+                    cache.clear()
+                cache[pretoken] = ids
+            out.extend(ids)
+
+    def encode(self, text):
+        """Encode a string to a list of ids; special tokens are kept whole."""
+        if not isinstance(text, str):
+            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        out = []
+        if self._special_re is None:
+            self._encode_ordinary(text, out)
+            return out
+        # Text between special tokens is pre-tokenized on its own, exactly as in
+        # training and in tiktoken: a special token is a hard boundary.
+        position = 0
+        for match in self._special_re.finditer(text):
+            self._encode_ordinary(text[position:match.start()], out)
+            out.append(self.special_tokens[match.group()])
+            position = match.end()
+        self._encode_ordinary(text[position:], out)
+        return out
+
+    def encode_iterable(self, iterable):
+        """Lazily encode an iterable of strings (e.g. an open text file, which
+        yields lines) as if it were one concatenated string.
+
+        Encoding each line separately would be wrong: a pre-token can span a
+        line break (the run "  \\n\\n  " is split by what comes after it, and a
+        special token could be cut in half). So we buffer the pieces and only
+        encode up to the last *safe cut* in the buffer (see _cut_patterns); the
+        rest waits for more input. Memory stays around STREAM_FLUSH_CHARS unless
+        the text has no safe cut at all (e.g. a non-GPT-2 pattern and no special
+        tokens), in which case the buffer must grow.
+        """
+        parts, buffered = [], 0
+        flush_at = STREAM_FLUSH_CHARS
+        for piece in iterable:
+            if not isinstance(piece, str):
+                raise ValueError(
+                    f"encode_iterable expects str pieces, got {type(piece).__name__}; "
+                    "open files in text mode"
+                )
+            parts.append(piece)
+            buffered += len(piece)
+            if buffered < flush_at:
+                continue
+            text = "".join(parts)
+            match = self._last_cut.search(text) if self._last_cut else None
+            if match and match.start() > 0:
+                yield from self.encode(text[:match.start()])
+                text = text[match.start():]
+                flush_at = STREAM_FLUSH_CHARS
+            else:
+                flush_at = 2 * len(text)  # no cut yet: wait for more, without rescanning per line
+            parts, buffered = [text], len(text)
+        yield from self.encode("".join(parts))
+
+    # -- decoding --------------------------------------------------------
+
+    def decode(self, ids):
+        """Decode ids to a string. A token can be part of a UTF-8 character, so
+        an arbitrary id sequence need not be valid UTF-8; such bytes become
+        U+FFFD replacement characters (as GPT-2 does) instead of raising."""
+        try:
+            data = b"".join([self.vocab[i] for i in ids])
+        except (KeyError, TypeError):
+            bad = next(i for i in ids if not isinstance(i, int) or i not in self.vocab)
+            raise ValueError(f"cannot decode id {bad!r}: not in the vocabulary") from None
+        return data.decode("utf-8", errors="replace")
+
+    # -- GPT-2 style files -----------------------------------------------
+
+    def save(self, prefix):
+        """Write prefix.vocab.json and prefix.merges.txt in GPT-2's format.
+
+        vocab.json maps each token, spelled with GPT-2's bytes_to_unicode
+        alphabet, to its id (special tokens are written as themselves, as GPT-2
+        writes "<|endoftext|>"). merges.txt starts with "#version: 0.2" and has
+        one merge per line, "left right". Both files are exactly what GPT-2,
+        tiktoken and HF read, as long as the pattern is GPT-2's. Settings those
+        readers have no place for (a different pattern, ignore_merges) go as a
+        JSON object after "#version: 0.2" on the first line, which they skip.
+        """
+        merged_bytes = {left + right for left, right in self.merges}
+        special_ids = set(self.special_tokens.values())
+        # Special tokens are recognised on load as the entries that are neither
+        # a single byte nor the result of a merge. A token that is an ordinary
+        # token too would be taken for a special one, so refuse to write it.
+        for token, token_id in self.special_tokens.items():
+            data = token.encode("utf-8")
+            if len(data) == 1 or data in merged_bytes:
+                raise ValueError(
+                    f"cannot save: special token {token!r} is also an ordinary token, "
+                    "which the GPT-2 file format cannot express; use to_meta() instead"
+                )
+        vocab_json = {}
+        for token_id in sorted(self.vocab):
+            token = self.vocab[token_id]
+            if token_id in special_ids:
+                key = token.decode("utf-8")
+            else:
+                key = _token_to_printable(token)
+            if key in vocab_json:
+                raise ValueError(
+                    f"cannot save: ids {vocab_json[key]} and {token_id} would both be "
+                    f"written as {key!r}; use to_meta() instead"
+                )
+            vocab_json[key] = token_id
+        header = "#version: 0.2"
+        settings = {}
+        if self.pattern != GPT2_SPLIT_PATTERN:
+            settings["pattern"] = self.pattern
+        if self.ignore_merges:
+            settings["ignore_merges"] = True
+        if settings:
+            header += " " + json.dumps(settings, ensure_ascii=False)
+        merge_lines = [header] + [
+            f"{_token_to_printable(left)} {_token_to_printable(right)}"
+            for left, right in self.merges
+        ]
+        _atomic_write(prefix + ".vocab.json", json.dumps(vocab_json, ensure_ascii=False, indent=0))
+        _atomic_write(prefix + ".merges.txt", "\n".join(merge_lines) + "\n")
+
+    @classmethod
+    def load(cls, prefix):
+        """Load a tokenizer written by save(prefix)."""
+        return cls.from_gpt2_files(prefix + ".vocab.json", prefix + ".merges.txt")
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json_path, vocab_bpe_path):
+        """Load GPT-2's own encoder.json (token -> id) and vocab.bpe (merges).
+
+        The special tokens are not listed anywhere in GPT-2's files; they are
+        the vocabulary entries that are neither a single byte nor produced by a
+        merge (for GPT-2: only <|endoftext|>).
+        """
+        for path in (encoder_json_path, vocab_bpe_path):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+        with open(encoder_json_path, encoding="utf-8") as file:
+            try:
+                encoder = json.load(file)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{encoder_json_path} is not valid JSON: {exc}") from None
+        if not isinstance(encoder, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) for k, v in encoder.items()
+        ):
+            raise ValueError(f"{encoder_json_path} must be a JSON object mapping tokens to ids")
+        with open(vocab_bpe_path, encoding="utf-8") as file:
+            lines = file.read().split("\n")
+
+        settings = {}
+        if lines and lines[0].startswith("#version"):
+            version_line, lines = lines[0], lines[1:]
+            _, _, rest = version_line.partition(" ")  # "0.2" or '0.2 {...}'
+            _, _, settings_json = rest.partition(" ")
+            if settings_json:
+                try:
+                    settings = json.loads(settings_json)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{vocab_bpe_path}: bad settings on line 1: {exc}") from None
+        merge_strings = []
+        for number, line in enumerate(lines, start=2):
+            if not line:
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2:
+                raise ValueError(
+                    f"{vocab_bpe_path} line {number}: expected 'left right', got {line!r}"
+                )
+            for part in parts:
+                if part not in encoder:
+                    raise ValueError(
+                        f"{vocab_bpe_path} line {number}: token {part!r} is not in {encoder_json_path}"
+                    )
+            merge_strings.append(parts)
+
+        produced = {left + right for left, right in merge_strings}
+        vocab, special_tokens = {}, {}
+        for key, token_id in encoder.items():
+            if len(key) == 1 or key in produced:
+                vocab[token_id] = _printable_to_token(key, encoder_json_path)
+            else:
+                special_tokens[key] = token_id
+        merges = [
+            (_printable_to_token(left, vocab_bpe_path), _printable_to_token(right, vocab_bpe_path))
+            for left, right in merge_strings
+        ]
+        return cls(
+            vocab, merges, special_tokens,
+            pattern=settings.get("pattern", GPT2_SPLIT_PATTERN),
+            ignore_merges=settings.get("ignore_merges", False),
+        )
+
+    # -- plain-data form for checkpoints ---------------------------------
+
+    def to_meta(self):
+        """Everything needed to rebuild this tokenizer, as plain dict/list/str/
+        int/bytes values only, so it can be pickled into meta.pkl or stored in a
+        torch checkpoint that is loaded with torch.load(weights_only=True)."""
+        return {
+            "type": "byte_level_bpe",
+            "version": 1,
+            "vocab": dict(self.vocab),
+            "merges": [[left, right] for left, right in self.merges],
+            "special_tokens": dict(self.special_tokens),
+            "pattern": self.pattern,
+            "ignore_merges": int(self.ignore_merges),
+        }
+
+    @classmethod
+    def from_meta(cls, meta):
+        """Inverse of to_meta()."""
+        if not isinstance(meta, dict) or meta.get("type") != "byte_level_bpe":
+            raise ValueError("not a tokenizer meta dict (expected one made by Tokenizer.to_meta())")
+        try:
+            return cls(
+                meta["vocab"], meta["merges"], meta["special_tokens"],
+                pattern=meta["pattern"], ignore_merges=meta["ignore_merges"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed tokenizer meta dict: {exc!r}") from None
+
+    # -- Hugging Face tokenizer.json ---------------------------------------
+
+    @classmethod
+    def from_hf_tokenizer_json(cls, path):
+        """Load a Hugging Face tokenizer.json of a byte-level BPE model.
+
+        Supported: model.type "BPE" with a ByteLevel decoder, and as
+        pre-tokenizer either ByteLevel alone (GPT-2's regex; GPT-2, RoBERTa) or a
+        Sequence of Split(regex, "Isolated") then ByteLevel(use_regex=false)
+        (Llama 3, Qwen). added_tokens become special tokens with their ids.
+        Post-processors (e.g. adding a BOS token) are ignored: encode() returns
+        the ids of the text only. Anything else raises ValueError.
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+        with open(path, encoding="utf-8") as file:
+            try:
+                spec = json.load(file)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} is not valid JSON: {exc}") from None
+
+        def unsupported(what):
+            return ValueError(
+                f"{path}: {what} is not supported; only byte-level BPE tokenizer.json "
+                "files (GPT-2 / Llama 3 / Qwen style) are supported"
+            )
+
+        model = spec.get("model") if isinstance(spec, dict) else None
+        if not isinstance(model, dict):
+            raise ValueError(f"{path}: no 'model' section; is this a tokenizer.json?")
+        if model.get("type") != "BPE":
+            raise unsupported(f"model type {model.get('type')!r}")
+        if model.get("byte_fallback"):
+            raise unsupported("byte_fallback BPE (SentencePiece style)")
+        for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+            if model.get(option):
+                raise unsupported(f"BPE option {option}={model[option]!r}")
+        if spec.get("normalizer") is not None:
+            raise unsupported(f"normalizer {spec['normalizer'].get('type')!r}")
+        decoder = spec.get("decoder") or {}
+        if decoder.get("type") != "ByteLevel":
+            raise unsupported(f"decoder {decoder.get('type')!r} (need ByteLevel)")
+
+        pre = spec.get("pre_tokenizer") or {}
+        if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+            pattern = GPT2_SPLIT_PATTERN
+            byte_level = pre
+        elif pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 2:
+            split, byte_level = pre["pretokenizers"]
+            pattern = (split.get("pattern") or {}).get("Regex")
+            if (split.get("type") != "Split" or pattern is None
+                    or split.get("behavior") != "Isolated" or split.get("invert")
+                    or byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex", True)):
+                raise unsupported("this pre_tokenizer Sequence (need Split(Regex, Isolated) + "
+                                  "ByteLevel(use_regex=false))")
+        else:
+            raise unsupported(f"pre_tokenizer {pre.get('type')!r}")
+        if byte_level.get("add_prefix_space"):
+            raise unsupported("ByteLevel add_prefix_space=true")
+
+        vocab_json = model.get("vocab")
+        merges_json = model.get("merges")
+        if not isinstance(vocab_json, dict) or not isinstance(merges_json, list):
+            raise ValueError(f"{path}: model.vocab must be an object and model.merges a list")
+        vocab = {token_id: _printable_to_token(key, path) for key, token_id in vocab_json.items()}
+        merges = []
+        for number, merge in enumerate(merges_json):
+            # Older files spell a merge "left right", newer ones ["left", "right"].
+            parts = merge.split(" ") if isinstance(merge, str) else merge
+            if not isinstance(parts, list) or len(parts) != 2:
+                raise ValueError(f"{path}: merge #{number} {merge!r} is not a pair")
+            merges.append(tuple(_printable_to_token(p, path) for p in parts))
+        special_tokens = {tok["content"]: tok["id"] for tok in spec.get("added_tokens") or []}
+        for token, token_id in special_tokens.items():
+            # An added token may also sit in model.vocab, spelled in the byte
+            # alphabet; its id then means the literal text of the added token.
+            vocab.pop(token_id, None)
+        return cls(vocab, merges, special_tokens, pattern=pattern,
+                   ignore_merges=model.get("ignore_merges", False))
+
+
+def _atomic_write(path, text):
+    """Write a file so that readers see either the old file or the whole new
+    one, never a half-written file: write a temp file beside it, then rename."""
+    _atomic_write_with(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def _atomic_write_with(path, write):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"output directory {directory!r} does not exist")
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as file:
+            result = write(file)
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+    return result
+
+
+# ----------------------------------------------------------------------------
+# Parallel encoding of a large file into a flat binary array of ids
+# ----------------------------------------------------------------------------
+
+# Each worker process rebuilds the tokenizer once (from its plain-data form) and
+# keeps it, with its warm pre-token cache, for all the chunks it encodes.
+_worker_tokenizer = None
+
+
+def _init_encode_worker(meta):
+    global _worker_tokenizer
+    _worker_tokenizer = Tokenizer.from_meta(meta)
+
+
+def _encode_range(args):
+    path, start, end, dtype = args
+    ids = _worker_tokenizer.encode(_read_text(path, start, end))
+    return np.asarray(ids, dtype=dtype).tobytes()
+
+
+def encode_file_to_bin(tokenizer, input_path, output_path, num_processes=None, dtype=np.uint16):
+    """Encode a UTF-8 text file into a raw array of ids (nanoGPT's train.bin).
+
+    The file is cut at safe points (special-token starts, or for GPT-2's
+    pattern a space/newline before a printable ASCII character; see
+    _cut_patterns) into chunks that are encoded in parallel and written in
+    order, so the output equals tokenizer.encode(whole_text) while only a few
+    chunks are in memory at once. Writes to a temp file and renames it into
+    place. Returns the number of tokens written.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "ui":
+        raise ValueError(f"dtype must be an integer type, got {dtype}")
+    if tokenizer.vocab_size - 1 > np.iinfo(dtype).max:
+        raise ValueError(
+            f"token ids go up to {tokenizer.vocab_size - 1}, which does not fit in "
+            f"{dtype.name} (max {np.iinfo(dtype).max}); pass dtype=numpy.uint32"
+        )
+    num_processes = _default_processes(num_processes)
+    size = _check_input_file(input_path)
+    parallel = num_processes > 1 and size >= MIN_PARALLEL_BYTES
+    # Chunks of at most 1 MB keep results streaming to disk steadily; smaller
+    # files are split evenly across the processes.
+    chunk_bytes = min(1 << 20, math.ceil(size / num_processes)) if parallel else (1 << 20)
+    max_match = max([1] + [len(t.encode("utf-8")) for t in tokenizer.special_tokens])
+    ranges = _chunk_ranges(input_path, size, max(chunk_bytes, 1), tokenizer._cut_bytes, max_match)
+    jobs = [(input_path, start, end, dtype) for start, end in ranges]
+
+    def write_all(file):
+        written = 0
+        if parallel and len(jobs) > 1:
+            with multiprocessing.get_context().Pool(
+                min(num_processes, len(jobs)), _init_encode_worker, (tokenizer.to_meta(),)
+            ) as pool:
+                # imap (not imap_unordered) returns chunks in file order.
+                for data in pool.imap(_encode_range, jobs):
+                    file.write(data)
+                    written += len(data)
+        else:
+            for path, start, end, _ in jobs:
+                data = np.asarray(tokenizer.encode(_read_text(path, start, end)), dtype=dtype)
+                file.write(data.tobytes())
+                written += data.nbytes
+        return written // dtype.itemsize
+
+    return _atomic_write_with(output_path, write_all)
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+
+def _parse_ids(text):
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ValueError(f"--ids must be comma-separated integers, got {text!r}") from None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Byte-level BPE tokenizer (train / encode / decode).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="learn merges from a text file")
+    train.add_argument("--input", required=True, help="UTF-8 training text")
+    train.add_argument("--vocab_size", type=int, required=True,
+                       help="total ids: 256 bytes + merges + special tokens")
+    train.add_argument("--out", required=True, help="writes OUT.vocab.json and OUT.merges.txt")
+    train.add_argument("--special_tokens", default="",
+                       help='comma-separated, e.g. "<|endoftext|>"')
+    train.add_argument("--num_processes", type=int, default=None)
+    encode = commands.add_parser("encode", help="print the ids of a text, comma-separated")
+    encode.add_argument("--tokenizer", required=True, help="prefix given to train --out")
+    source = encode.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text")
+    source.add_argument("--input", help="UTF-8 text file to encode")
+    decode = commands.add_parser("decode", help="print the text of comma-separated ids")
+    decode.add_argument("--tokenizer", required=True)
+    decode.add_argument("--ids", required=True, help='e.g. "1,2,3"')
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "train":
+            special = [tok for tok in args.special_tokens.split(",") if tok]
+            started = time.perf_counter()
+            vocab, merges = train_bpe(args.input, args.vocab_size, special,
+                                      num_processes=args.num_processes, verbose=True)
+            Tokenizer(vocab, merges, special).save(args.out)
+            print(f"wrote {args.out}.vocab.json and {args.out}.merges.txt "
+                  f"({time.perf_counter() - started:.2f}s total)")
+        elif args.command == "encode":
+            tokenizer = Tokenizer.load(args.tokenizer)
+            if args.input is not None:
+                _check_input_file(args.input)
+                with open(args.input, encoding="utf-8", newline="") as file:
+                    ids = list(tokenizer.encode_iterable(file))
+            else:
+                ids = tokenizer.encode(args.text)
+            print(",".join(map(str, ids)))
+        else:
+            tokenizer = Tokenizer.load(args.tokenizer)
+            print(tokenizer.decode(_parse_ids(args.ids)))
+    except (ValueError, FileNotFoundError, UnicodeDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
