@@ -204,16 +204,11 @@ def load_tokenizer(meta):
         return GPT2Tokenizer()
     if kind == "bpe":
         tokenizer = _import_bpe().Tokenizer.from_meta(meta["bpe"])
-        if not hasattr(tokenizer, "eot_token"):
-            tokenizer.eot_token = _bpe_special_id(tokenizer, "<|endoftext|>")
+        # bpe.Tokenizer keeps its special tokens as a dict; give it the same eot_token attribute the
+        # others have, so that callers need not know which tokenizer they hold.
+        tokenizer.eot_token = tokenizer.special_tokens.get("<|endoftext|>")
         return tokenizer
     raise DataError(f"unknown tokenizer {kind!r} in meta; expected one of {', '.join(TOKENIZERS)}")
-
-
-def _bpe_special_id(tokenizer, token):
-    # The id that bpe.py gave a special token, found by encoding it (None if the tokenizer lacks it).
-    ids = tokenizer.encode(token) if token in (getattr(tokenizer, "special_tokens", None) or ()) else []
-    return ids[0] if len(ids) == 1 else None
 
 
 def check_vocab_size(vocab_size):
