@@ -697,9 +697,12 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
 
     # ---- data ----
-    data_dir = prepare_data.ensure_prepared(cfg["dataset"])
-    meta = prepare_data.load_meta(data_dir)
-    loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+    try:
+        data_dir = prepare_data.ensure_prepared(cfg["dataset"])
+        meta = prepare_data.load_meta(data_dir)
+        loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+    except prepare_data.DataError as e:
+        sys.exit(f"error: {e}")
     tokens_per_iter = cfg["gradient_accumulation_steps"] * world_size * cfg["batch_size"] * cfg["block_size"]
 
     # ---- model ----
