@@ -157,9 +157,14 @@ class GPT2Tokenizer:
     """tiktoken's GPT-2 encoding with the encode/decode/vocab_size interface of the other tokenizers."""
 
     def __init__(self):
-        import tiktoken  # only this tokenizer needs it; tiktoken may fetch its files on first use
+        import tiktoken  # only this tokenizer needs it
 
-        self.encoding = tiktoken.get_encoding("gpt2")
+        try:
+            self.encoding = tiktoken.get_encoding("gpt2")
+        except requests.RequestException as e:  # tiktoken downloads GPT-2's files once, then caches them
+            raise DataError(f"tiktoken could not download GPT-2's tokenizer files ({e.__class__.__name__}); "
+                            f"connect to the internet once, or set TIKTOKEN_CACHE_DIR to a folder that "
+                            f"holds them") from None
         self.vocab_size = self.encoding.n_vocab  # 50257; models pad their embedding to 50304 themselves
         self.eot_token = self.encoding.eot_token
 
@@ -317,14 +322,14 @@ def prepare_bpe_files(train_path, val_path, out_dir, vocab_size):
     for path in (train_path, val_path):
         check_text_file(path)
     bpe = _import_bpe()
-    print(f"training a {vocab_size}-token BPE on {train_path}")
+    print(f"training a {vocab_size}-token BPE on the train split")
     vocab, merges = bpe.train_bpe(train_path, vocab_size, special_tokens=SPECIAL_TOKENS)
     tokenizer = bpe.Tokenizer(vocab, merges, special_tokens=list(SPECIAL_TOKENS))
     meta = {"tokenizer": "bpe", "vocab_size": tokenizer.vocab_size, "bpe": tokenizer.to_meta()}
     with _staged_outputs(out_dir) as staged:
         counts = {}
         for split, path in (("train", train_path), ("val", val_path)):
-            print(f"encoding {path}")
+            print(f"encoding the {split} split")
             counts[split] = bpe.encode_file_to_bin(tokenizer, path, staged[f"{split}.bin"], dtype=np.uint16)
         _write_meta(staged["meta.pkl"], meta)
     # A human-readable copy of the vocabulary and merges for inspection; meta.pkl is what gets loaded.

@@ -94,6 +94,18 @@ def test_gpt2_tokenizer_knows_endoftext(tmp_path):
     assert tok.decode(tok.encode("Hello world")) == "Hello world"
 
 
+def test_gpt2_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise requests.ConnectionError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(pdata.DataError, match="TIKTOKEN_CACHE_DIR"):
+        pdata.prepare("g", write(tmp_path / "t.txt", TEXT), "gpt2", data_root=str(tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
+
+
 @needs_shakespeare
 def test_shakespeare_char_and_gpt2_reuse_the_same_input(tmp_path, monkeypatch):
     root = tmp_path / "data"
