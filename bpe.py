@@ -193,7 +193,7 @@ _CUT_SPACES = " \t\n\r"
 
 
 def _cut_patterns(pattern, special_tokens):
-    """Regexes (for str, for bytes) whose match *starts* are safe cut points.
+    r"""Regexes (for str, for bytes) whose match *starts* are safe cut points.
 
     A cut at position k is safe when pre-tokenizing text[:k] and text[k:]
     separately gives exactly the pre-tokens of the whole text. That is what
