@@ -1,0 +1,1065 @@
+"""
+llama.py — LLaMA in one file: the model, loading Hugging Face Llama checkpoints, and the training loop.
+
+LLaMA (Touvron et al., "LLaMA: Open and Efficient Foundation Language Models", Meta 2023) is GPT-2's
+decoder-only Transformer with a handful of changes that had each proved itself elsewhere, trained
+on far more tokens than was usual for its size. Llama 2 (Touvron et al., July 2023) kept the
+architecture, doubled the context to 4096 tokens and gave the 70B model grouped-query attention.
+Llama 3 (Meta, April 2024; "The Llama 3 Herd of Models", Grattafiori et al. 2024) used GQA at every
+size, a 128K-token tiktoken-style BPE vocabulary and rope_theta = 500000; Llama 3.1 stretched the
+context to 128K tokens by rescaling the rotary frequencies ("llama3" rope scaling), and Llama 3.2
+added small 1B and 3B models with tied input/output embeddings. Mistral, Qwen, Yi, TinyLlama,
+SmolLM and many others reuse this architecture, so the file loads all of them that Hugging Face
+labels model_type "llama".
+
+What differs from gpt.py, and why (everything else — the data, the loss, sampling, the training
+loop — is gpt.py's, so read that first):
+  1. RMSNorm instead of LayerNorm (Zhang & Sennrich 2019): scale by the root mean square only, no
+     mean subtraction and no bias. Cheaper and, in practice, just as good.
+  2. No biases anywhere (PaLM did the same): they cost memory and bandwidth and help nothing.
+  3. SwiGLU feed-forward (Shazeer 2020) instead of GELU: a gated unit, with the hidden width cut to
+     2/3 of 4 * n_embd so the three matrices cost what GPT's two did.
+  4. Rotary position embeddings (RoPE; Su et al. 2021) instead of a learned position table:
+     queries and keys are rotated by an angle proportional to their position, so attention scores
+     depend on relative distance. No table means no parameters and no hard length limit baked
+     into the weights (the context still has to be trained for, or stretched by rescaling).
+  5. Grouped-query attention (GQA; Ainslie et al. 2023): several query heads share one key/value
+     head, which shrinks the KV cache — the memory that limits long-context generation.
+  6. Untied input and output embeddings by default (tied again in Llama 3.2's small models).
+
+What you will learn here: each of those blocks written out, the two memory layouts of RoPE that
+confuse everyone who ports Llama weights, Llama 3.1's frequency rescaling, a KV cache holding only
+n_kv_head heads, and loading sharded Hugging Face safetensors checkpoints.
+
+Run it:
+    python llama.py config/llama_shakespeare_char.py        # a small character-level Llama (GPU)
+    python llama.py config/llama_shakespeare_char_cpu.py    # the same, shrunk for a laptop CPU
+    python llama.py config/llama_shakespeare_char.py --init_from=resume   # continue exactly
+    torchrun --standalone --nproc_per_node=4 llama.py config/llama_shakespeare_char.py
+    python sample.py --out_dir=out-llama-shakespeare-char   # generate from what you trained
+    Llama.from_pretrained("HuggingFaceTB/SmolLM2-135M")      # or any local HF Llama directory
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import prepare_data
+
+# -----------------------------------------------------------------------------
+# Model configuration
+
+
+@dataclass
+class LlamaConfig:
+    # Longest context the model is used with. Unlike GPT-2 nothing in the weights depends on it
+    # (there is no position table): it bounds training blocks and the generation window, and for
+    # pretrained models it is the context they were trained for (max_position_embeddings).
+    block_size: int = 1024
+    vocab_size: int = 32000  # LLaMA 1/2's SentencePiece vocabulary; Llama 3 has 128256
+    n_layer: int = 12
+    n_head: int = 12  # query heads
+    # Key/value heads. n_kv_head == n_head is ordinary multi-head attention (LLaMA 1, Llama 2 7B);
+    # n_kv_head == 1 is multi-query attention (Shazeer 2019); in between is grouped-query
+    # attention, each group of n_head // n_kv_head query heads sharing one key and one value.
+    n_kv_head: int = 4
+    n_embd: int = 768
+    # Width of the SwiGLU hidden layer. None derives it as Meta's code does, from the two below.
+    hidden_dim: int | None = None
+    multiple_of: int = 256  # round the derived hidden width up to a multiple of this (GPU friendly)
+    ffn_dim_multiplier: float = 1.0  # scales the derived width (Llama 2 70B used 1.3, Llama 3 8B 1.3)
+    norm_eps: float = 1e-5  # RMSNorm's epsilon (LLaMA 1 used 1e-6, Llama 2 and 3 use 1e-5)
+    # RoPE base: the wavelengths of the rotation frequencies run from 2*pi up to about
+    # 2*pi*rope_theta. 10000 in LLaMA 1/2 (as in the original Transformer's sinusoids); Llama 3
+    # raised it to 500000 so that the slowest rotations stay distinguishable over long contexts.
+    rope_theta: float = 10000.0
+    # None, or Llama 3.1's frequency rescaling in Hugging Face's format:
+    # {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    #  "original_max_position_embeddings": 8192}. See llama3_scaled_frequencies.
+    rope_scaling: dict | None = None
+    tie_embeddings: bool = False  # share the token embedding with the output head (Llama 3.2 1B/3B)
+    dropout: float = 0.0  # Meta trained without dropout; small data sets want some
+    attention: str = "sdpa"  # 'sdpa' (fused kernel) or 'manual' (written out), as in gpt.py
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.n_kv_head < 1 or self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}: "
+                             f"each key/value head serves a whole group of query heads")
+        if (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"head dimension n_embd // n_head = {self.n_embd // self.n_head} must be even: "
+                             f"RoPE rotates channels in pairs")
+        if self.attention not in ("sdpa", "manual"):
+            raise ValueError(f"attention={self.attention!r} must be 'sdpa' or 'manual'")
+        if self.rope_scaling is not None:
+            rope_type = self.rope_scaling.get("rope_type")
+            if rope_type != "llama3":
+                raise ValueError(f"unsupported rope_scaling type {rope_type!r}; llama.py implements only 'llama3'")
+            needed = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            missing = [key for key in needed if key not in self.rope_scaling]
+            if missing:
+                raise ValueError(f"rope_scaling {self.rope_scaling} lacks {missing}")
+        if self.hidden_dim is None:
+            # Meta's recipe: start from GPT's 4 * n_embd, take 2/3 of it because SwiGLU has three
+            # matrices instead of two (same parameter count), scale, and round up. For 4096 wide
+            # (LLaMA 7B): 2/3 * 16384 = 10922 -> 11008.
+            hidden = int(2 * 4 * self.n_embd / 3)
+            hidden = int(self.ffn_dim_multiplier * hidden)
+            self.hidden_dim = self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+
+# -----------------------------------------------------------------------------
+# Building blocks, in the order data meets them. (Token embeddings are a plain nn.Embedding; there
+# is no position embedding: position enters inside attention, through RoPE.)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * g over the channels of each position.
+
+    LayerNorm centres (subtracts the mean) and rescales; Zhang & Sennrich (2019) found the
+    re-centring is not what makes normalisation help, and dropping it (and the bias) saves work.
+    The mean of squares is taken in float32 even under bfloat16 autocast — squaring large
+    activations overflows or loses precision in 16 bits — and the result is cast back before the
+    gain, exactly as Hugging Face's LlamaRMSNorm does, so pretrained logits match it.
+    """
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def llama3_scaled_frequencies(inv_freq, scaling):
+    """Llama 3.1's rescaling of RoPE frequencies to stretch an 8K-trained context to 128K.
+
+    Each channel pair rotates with wavelength 2*pi / inv_freq. Pairs whose wavelength is short
+    compared with the original context (above high_freq_factor turns within it) encode local order
+    and are left alone. Pairs whose wavelength exceeds the original context (fewer than
+    low_freq_factor turns) never completed a turn in training; dividing their frequency by `factor`
+    ("position interpolation", Chen et al. 2023) makes the longer context look, to them, like the
+    one they were trained on. Pairs in between are blended linearly in the number of turns.
+    Written to reproduce Hugging Face's float32 arithmetic step by step.
+    """
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)  # 0 at the long end, 1 at the short end
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return torch.where(is_medium, blended, scaled)
+
+
+def rope_inverse_frequencies(config):
+    """(head_dim / 2,) rotation speeds in radians per position: theta^(-2i / head_dim), i = 0, 1, ...
+
+    The same geometric ladder as the original Transformer's sinusoidal position encoding: the first
+    pair turns one radian per token, the last about 1/theta radians per token.
+    """
+    head_dim = config.n_embd // config.n_head
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    inv_freq = 1.0 / (config.rope_theta ** exponents)
+    if config.rope_scaling is not None:
+        inv_freq = llama3_scaled_frequencies(inv_freq, config.rope_scaling)
+    return inv_freq
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the channel pairs of x (B, n_heads, T, head_dim) by the angles of each position.
+
+    RoPE's idea (Su et al. 2021): treat a head's head_dim channels as head_dim / 2 points in the
+    plane, and rotate pair i of a token at position m by m * inv_freq[i]. A rotated query at m
+    dotted with a rotated key at n equals the unrotated pair dotted after one rotation by
+    (n - m) * inv_freq[i]: the score sees only the relative offset, whatever the absolute positions.
+
+    Which channels form a pair is a layout choice, and two are in use:
+      - Meta's original code pairs neighbours (x0, x1), (x2, x3), ... and rotates them as complex
+        numbers (torch.view_as_complex): "interleaved" layout;
+      - Hugging Face pairs channel i with channel i + head_dim / 2: "rotate-half" layout, computed
+        as x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1).
+    The two are the same model up to the order of q's and k's output channels within each head, and
+    attention scores are dot products, which do not care about channel order as long as q and k
+    agree. So Hugging Face's conversion script permutes the rows of the q_proj and k_proj weights
+    (evens first, then odds, per head) and rotate-half on converted weights gives exactly Meta's
+    interleaved result. We load Hugging Face checkpoints, so we implement rotate-half. (v needs no
+    permutation: it is never rotated.)
+
+    cos, sin: (T, head_dim / 2), one angle per position and pair, in float32.
+    """
+    x1, x2 = x.chunk(2, dim=-1)  # the two halves: pair i is (x1[..., i], x2[..., i])
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    # The 2-D rotation (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), for every pair at once.
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V, as in gpt.py.
+
+    q, k, v: (B, n_head, T_q or T_k, head_dim) — by now the key/value heads have been repeated up to
+    n_head; mask: (T_q, T_k) bool, True where a query may look at a key.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores, dim=-1)
+    weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # (B, n_head, T_q, head_dim)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far (see gpt.py's KVCache for why).
+
+    Two differences from gpt.py. Only n_kv_head heads are stored — GQA's whole point: Llama 3 8B
+    (32 query heads, 8 key/value heads) needs a quarter of the cache memory multi-head attention
+    would. And the keys are stored already rotated, at their absolute positions: RoPE's relative
+    property means a later query, rotated at its own position, scores them correctly as they are.
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.n_layer = n_layer
+        self.max_len = max_len
+        self.keys = self.values = None  # (n_layer, B, n_kv_head, max_len, head_dim), made on first use
+        self.length = 0  # how many positions are filled; the next token goes at this position
+
+    def update(self, layer, k, v):
+        """Store the new tokens' k, v (B, n_kv_head, T, head_dim) for one layer; return all so far."""
+        if self.keys is None:
+            # Allocated at the first call, in the dtype and batch size the keys really have.
+            B, n_kv_head, _, head_dim = k.shape
+            shape = (self.n_layer, B, n_kv_head, self.max_len, head_dim)
+            self.keys = torch.zeros(shape, dtype=k.dtype, device=k.device)
+            self.values = torch.zeros(shape, dtype=v.dtype, device=v.device)
+        start, end = self.length, self.length + k.size(2)
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Causal self-attention with rotary positions and grouped-query key/value heads.
+
+    Separate q_proj, k_proj, v_proj instead of gpt.py's fused c_attn, because with GQA they have
+    different widths (n_head * head_dim for queries, n_kv_head * head_dim for keys and values) and
+    because those are Hugging Face's names, so checkpoints load without renaming. No biases.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        self.dropout = config.dropout
+        self.attention = config.attention
+        self.q_proj = nn.Linear(config.n_embd, config.n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.n_head * self.head_dim, config.n_embd, bias=False)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos, sin, cache=None, layer=0):
+        B, T, C = x.shape
+        # (B, T, C) -> (B, T, heads, head_dim) -> (B, heads, T, head_dim), as in gpt.py
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        # Position enters here, and only here: rotate queries and keys (never values).
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)  # now (B, n_kv_head, past + T, head_dim)
+        if self.attention == "manual" or (past > 0 and T > 1):
+            # Query i (absolute position past + i) may see keys 0 .. past + i, as in gpt.py.
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        else:
+            mask = None  # T == 1 with a cache sees everything; past == 0 is plain causal
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attention == "manual":
+            # GQA made explicit: query head h reads key/value head h // (n_head // n_kv_head), so
+            # each kv head is repeated for its group: (B, n_kv_head, T, d) -> (B, n_head, T, d).
+            # The copies cost memory and bandwidth for this one matmul only; the cache stays small.
+            group = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            y = manual_attention(q, k, v, mask, dropout_p)
+        else:
+            # enable_gqa=True lets the kernel broadcast each key/value head over its query group
+            # (same grouping as above) without materialising the repeated copies.
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=(mask is None and past == 0),
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.o_proj(y))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)) (Shazeer, "GLU Variants Improve Transformer", 2020).
+
+    A gated linear unit: one projection (up) carries the content, the other (gate) passes through
+    SiLU(z) = z * sigmoid(z) and decides, channel by channel, how much of it gets through. At equal
+    parameter count it beat GELU and ReLU MLPs in Shazeer's experiments and was adopted by PaLM and
+    LLaMA. ("Why" remains empirical; the paper famously attributes it to "divine benevolence".)
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm block as in gpt.py — x + attn(norm(x)), then x + mlp(norm(x)) — with RMSNorm.
+
+    The attribute names are Hugging Face's (input_layernorm, self_attn, post_attention_layernorm,
+    mlp), so a checkpoint's tensor names are our parameter names.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x, cos, sin, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+class Llama(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        # `model.` then `lm_head`: Hugging Face's LlamaForCausalLM layout, so that state-dict keys
+        # such as model.layers.3.mlp.up_proj.weight are exactly the checkpoint's.
+        self.model = nn.ModuleDict(
+            dict(
+                embed_tokens=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),  # holds no weights, so it adds no checkpoint key
+                layers=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                norm=RMSNorm(config.n_embd, config.norm_eps),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            # As in gpt.py. LLaMA 1-3.1 keep two matrices; with Llama 3's 128K vocabulary the
+            # embedding is a large share of a small model (263M of the 1.2B in Llama 3.2 1B), so
+            # the 1B and 3B models tie them again.
+            self.model.embed_tokens.weight = self.lm_head.weight
+        # The rotation speeds are fixed, not learned: a buffer (moves with .to(device)) that is
+        # not persistent (recomputed from the config, so not in checkpoints, as in HF's files).
+        self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
+        # Initialisation: N(0, 0.02) everywhere and RMSNorm gains at 1, like Hugging Face's
+        # LlamaForCausalLM (initializer_range=0.02), plus gpt.py's 1/sqrt(2 * n_layer) shrink of
+        # the two projections that write into the residual stream (o_proj, down_proj), for the same
+        # reason as there. Meta's training initialisation is not published; this trains well.
+        for name, param in self.named_parameters():
+            if param.dim() == 2:
+                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                nn.init.normal_(param, mean=0.0, std=std)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # a tied matrix is counted once
+
+    def forward(self, idx, targets=None, cache=None):
+        """idx: (B, T) token ids -> (logits (B, T, vocab_size), loss or None), as in gpt.py.
+
+        With targets (B, T) the loss is the mean cross-entropy of the next-token predictions
+        (targets of -1 ignored). With a cache, idx holds only the new tokens, whose positions
+        continue from cache.length.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of length {past + T} is longer than block_size={self.config.block_size}"
+            )
+        # The rotation angle of every (position, pair), computed once per forward in float32 and
+        # shared by all layers: angle[m, i] = m * inv_freq[i]. float32 matters: at position 100000
+        # a bfloat16 angle would be off by hundreds of radians.
+        pos = torch.arange(past, past + T, device=idx.device).float()
+        angles = torch.outer(pos, self.inv_freq.float())  # (T, head_dim / 2)
+        cos, sin = angles.cos(), angles.sin()
+        x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, C): no position added here
+        for layer, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, cache, layer)
+        if cache is not None:
+            cache.length += T
+        x = self.model.norm(x)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Lower the context limit, e.g. to fine-tune a 128K-context model on 1024-token blocks.
+
+        With RoPE there is no position table to cut: only the limit changes (and with it the
+        generation window and the block_size saved in checkpoints).
+        """
+        if block_size > self.config.block_size:
+            raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
+        self.config.block_size = block_size
+
+    # -------------------------------------------------------------------------
+    # Generation
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 repetition_penalty=1.0, use_cache=True):
+        """Append max_new_tokens sampled tokens to idx (B, T) and return the (B, T + new) result.
+
+        Same sampling as gpt.py (sample_next_token) and the same policy past block_size: once the
+        text is longer than the window, recompute the newest block_size tokens every step. One might
+        hope RoPE lets the cache simply slide — its scores depend only on relative positions, so
+        dropping the oldest entry leaves every remaining offset unchanged — and in layer 0 that is
+        true. But a key in layer 2 was computed from layer-1 hidden states that attended to the
+        tokens now dropped; a true recompute of the window, which no longer contains them, gives
+        different keys. Sliding would silently make cached and uncached generation disagree, so
+        we keep them exactly equal and pay the recompute instead.
+        """
+        block_size = self.config.block_size
+        # The cache only ever needs as many slots as the text can fill before it outgrows the
+        # window: for a 128K-context model and a short generation that is far less than block_size.
+        cache_len = min(block_size, idx.size(1) + max_new_tokens)
+        cache = None
+        logits = None
+        for _ in range(max_new_tokens):
+            if use_cache and idx.size(1) <= block_size:
+                if cache is None:  # first step: run the prompt and fill the cache
+                    cache = KVCache(self.config.n_layer, cache_len)
+                    logits, _ = self(idx, cache=cache)
+                # otherwise `logits` already holds the newest token's output from the last step
+            else:
+                logits, _ = self(idx[:, -block_size:])
+            next_token = sample_next_token(logits[:, -1, :], idx, temperature, top_k, top_p, repetition_penalty)
+            idx = torch.cat((idx, next_token), dim=1)
+            if use_cache and cache is not None and idx.size(1) <= block_size:
+                logits, _ = self(next_token, cache=cache)
+        return idx
+
+    # -------------------------------------------------------------------------
+    # Loading Hugging Face Llama-architecture checkpoints
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, dropout=0.0):
+        """Build a Llama from a Hugging Face checkpoint with model_type "llama": a local directory
+        (config.json plus model.safetensors, or model.safetensors.index.json and its shards) or a hub
+        id such as "HuggingFaceTB/SmolLM2-135M" or "meta-llama/Llama-3.2-1B" (downloaded once into a
+        cache directory; gated repositories need an access token in the HF_TOKEN variable)."""
+        directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
+        config_path = os.path.join(directory, "config.json")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
+        with open(config_path) as f:
+            hf = json.load(f)
+        if hf.get("model_type") != "llama":
+            raise ValueError(f"{directory} holds a {hf.get('model_type')!r} model; llama.py loads only 'llama' checkpoints")
+        # Options of HF's Llama implementation that change the maths; none is used by Meta's models.
+        for key, expected in [("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)]:
+            if hf.get(key, expected) != expected:
+                raise ValueError(f"unsupported Llama option {key}={hf[key]!r} in {config_path} (llama.py expects {expected!r})")
+        n_head, n_embd = hf["num_attention_heads"], hf["hidden_size"]
+        head_dim = hf.get("head_dim") or n_embd // n_head
+        if head_dim * n_head != n_embd:
+            raise ValueError(f"head_dim={head_dim} in {config_path} differs from hidden_size / num_attention_heads "
+                             f"= {n_embd} / {n_head}; llama.py assumes they are equal")
+        # Where the RoPE settings live depends on the transformers version that wrote the file:
+        # rope_theta and rope_scaling (older key "type") at the top level, or since transformers 5
+        # both inside rope_parameters.
+        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+        rope_theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+        rope_type = rope.pop("rope_type", rope.pop("type", "default"))
+        rope_scaling = None if rope_type == "default" else {"rope_type": rope_type} | rope
+        config = LlamaConfig(
+            block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
+            n_layer=hf["num_hidden_layers"], n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head,
+            n_embd=n_embd, hidden_dim=hf["intermediate_size"], norm_eps=hf["rms_norm_eps"],
+            rope_theta=float(rope_theta), rope_scaling=rope_scaling,
+            tie_embeddings=hf.get("tie_word_embeddings", False), dropout=dropout,
+        )
+        model = cls(config)
+
+        ours = model.state_dict()
+        loaded = set()
+        for name, tensor in load_hf_weights(directory).items():
+            if name.endswith("rotary_emb.inv_freq"):
+                continue  # older checkpoints saved RoPE's fixed frequencies; we compute them
+            if name == "lm_head.weight" and config.tie_embeddings:
+                continue  # the same matrix as the token embedding
+            if name not in ours:
+                raise ValueError(f"unexpected tensor {name!r} in the checkpoint at {directory}")
+            if tensor.shape != ours[name].shape:
+                raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[name].shape)}")
+            with torch.no_grad():
+                ours[name].copy_(tensor.to(ours[name].dtype))
+            loaded.add(name)
+        missing = set(ours) - loaded - ({"lm_head.weight"} if config.tie_embeddings else set())
+        if missing:
+            raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+        return model
+
+    # -------------------------------------------------------------------------
+    # Optimizer
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW, decaying matrices only (RMSNorm gains are 1-D and get none), as in gpt.py."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_token(self):
+        """Training FLOPs per token as in gpt.py: 6 per parameter that does a matmul, plus
+        attention's 12 * n_layer * T * n_embd. An untied embedding table is only looked up, so it is
+        left out; a tied one is also the output matmul, so it stays. GQA shrinks k_proj and v_proj
+        (counted through the parameters) but not the score and mixing matmuls, which still run
+        once per query head."""
+        cfg = self.config
+        lookup = 0 if cfg.tie_embeddings else self.model.embed_tokens.weight.numel()
+        return 6 * (self.num_params() - lookup) + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+
+def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0):
+    """Pick one next token per row from logits (B, vocab); context (B, T) is the text so far.
+
+    Copied from gpt.py: repetition penalty, then temperature (0 = greedy), top-k, top-p.
+    Returns (B, 1) token ids.
+    """
+    logits = logits.float()
+    if repetition_penalty != 1.0:
+        seen = torch.gather(logits, 1, context)
+        seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
+        logits = logits.scatter(1, context, seen)
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        # A token is dropped when the tokens ranked above it already cover p of the mass; the most
+        # likely token is therefore always kept.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop_sorted = mass_before >= top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)
+
+
+# -----------------------------------------------------------------------------
+# Reading Hugging Face checkpoints without extra dependencies
+
+
+def read_safetensors(path):
+    """Read a .safetensors file into a dict of tensors (the format is explained in gpt.py).
+
+    Llama checkpoints are usually bfloat16 ("BF16"), which numpy cannot represent; reading the raw
+    bytes with torch.frombuffer handles it like any other dtype.
+    """
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        data = bytearray(f.read())
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        if info["dtype"] not in dtypes:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        flat = torch.frombuffer(data, dtype=dtypes[info["dtype"]], offset=begin,
+                                count=(end - begin) // torch.tensor([], dtype=dtypes[info["dtype"]]).element_size())
+        tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def load_hf_weights(directory):
+    """The state dict of a Hugging Face checkpoint: one model.safetensors, or a sharded one.
+
+    Checkpoints above a few GB are split into shards (model-00001-of-00004.safetensors, ...) with
+    model.safetensors.index.json mapping every tensor name to the shard that holds it.
+    """
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.exists(single):
+        return read_safetensors(single)
+    index_path = os.path.join(directory, "model.safetensors.index.json")
+    if not os.path.exists(index_path):
+        raise FileNotFoundError(f"{directory} has neither model.safetensors nor model.safetensors.index.json")
+    with open(index_path) as f:
+        weight_map = json.load(f)["weight_map"]
+    state = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(read_safetensors(os.path.join(directory, shard)))
+    return state
+
+
+def download_hf_checkpoint(repo):
+    """Download a Llama checkpoint from the Hugging Face hub into a cache directory; return it.
+
+    The same cache as gpt.py ($NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name).
+    Fetches config.json, tokenizer.json (for sample.py, when the repository has one) and either
+    model.safetensors or the shard index and every shard it names.
+    """
+    if repo.count("/") != 1:
+        raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
+    import requests  # only needed for downloads
+
+    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
+    directory = os.path.join(cache_root, repo.replace("/", "--"))
+    os.makedirs(directory, exist_ok=True)
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def fetch(filename, required=True):
+        """Download one file unless present; return False if the hub has no such file (404)."""
+        target = os.path.join(directory, filename)
+        if os.path.exists(target):
+            return True
+        url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+        print(f"downloading {url}")
+        try:
+            with requests.get(url, stream=True, timeout=30, headers=headers) as response:
+                if response.status_code == 404 and not required:
+                    return False
+                response.raise_for_status()
+                with open(target + ".part", "wb") as f:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+        except requests.RequestException as e:
+            hint = " (a gated model: accept its licence on huggingface.co and set HF_TOKEN)" if "401" in str(e) or "403" in str(e) else ""
+            raise RuntimeError(f"could not download {url} ({e}){hint}; download the checkpoint's files by hand "
+                               f"into a folder and pass that folder instead") from None
+        os.replace(target + ".part", target)  # only a complete file ever gets the real name
+        return True
+
+    fetch("config.json")
+    fetch("tokenizer.json", required=False)
+    if not fetch("model.safetensors", required=False):
+        if not fetch("model.safetensors.index.json", required=False):
+            raise RuntimeError(f"{repo} has neither model.safetensors nor model.safetensors.index.json")
+        with open(os.path.join(directory, "model.safetensors.index.json")) as f:
+            for shard in sorted(set(json.load(f)["weight_map"].values())):
+                fetch(shard)
+    return directory
+
+
+# -----------------------------------------------------------------------------
+# Training configuration, as in gpt.py (config files and --key=value override these). The defaults
+# train a GPT-2-small-sized Llama (12 layers, 768 wide) with 3 query heads per key/value head.
+
+# I/O
+out_dir = "out-llama"
+eval_interval = 250  # evaluate train/val loss (and maybe checkpoint) every this many iterations
+log_interval = 10  # print a training line every this many iterations
+eval_iters = 200  # batches averaged per loss estimate
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), or a hub id / local HF directory
+# logging
+wandb_log = False
+wandb_project = "llama"
+wandb_run_name = "llama"
+# data
+dataset = "shakespeare"
+gradient_accumulation_steps = 40  # micro-batches summed into one optimizer step
+batch_size = 12  # sequences per micro-batch
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_kv_head = 4  # key/value heads; n_head for multi-head attention, 1 for multi-query
+n_embd = 768
+multiple_of = 256  # the SwiGLU width is 2/3 * 4 * n_embd * ffn_dim_multiplier rounded up to this
+ffn_dim_multiplier = 1.0
+norm_eps = 1e-5
+rope_theta = 10000.0
+tie_embeddings = False
+dropout = 0.0
+attention = "sdpa"
+# AdamW
+learning_rate = 6e-4
+max_iters = 5000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
+# learning-rate schedule
+decay_lr = True
+warmup_iters = 200
+lr_decay_iters = 5000  # ~ max_iters, as the Chinchilla paper suggests
+min_lr = 6e-5  # ~ learning_rate / 10
+# system
+backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
+compile = True  # torch.compile the model (falls back with a warning where it cannot)
+seed = 1337
+
+# Every simple-typed name defined above is a config key (names starting with "_" are not).
+config_keys = [k for k, v in list(globals().items())
+               if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
+
+
+def parse_config(argv, defaults):
+    """Apply config files and --key=value overrides to the defaults; return the final dict.
+
+    Exactly gpt.py's rules: each argument without "--" is a Python file whose top-level assignments
+    override keys, in order; each --key=value (a Python literal, else a string) overrides one key.
+    An unknown key or a value of the wrong type is an error naming the key.
+    """
+    import ast
+
+    config = dict(defaults)
+
+    def fail(message):
+        sys.exit(f"error: {message}")
+
+    def assign(key, value, source):
+        if key not in config:
+            fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
+        default = config[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # --rope_theta=500000 means 500000.0
+        if type(value) is not type(default):
+            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
+        config[key] = value
+
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            print("config keys and defaults:\n" + "\n".join(f"  {k} = {v!r}" for k, v in defaults.items()))
+            sys.exit(0)
+        if arg.startswith("--"):
+            if "=" not in arg:
+                fail(f"argument {arg!r} must look like --key=value")
+            key, text = arg[2:].split("=", 1)
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            assign(key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                fail(f"config file {arg!r} not found")
+            namespace = {}
+            try:
+                with open(arg) as f:
+                    exec(f.read(), namespace)  # (the config key `compile` shadows the builtin here)
+            except Exception as e:  # a broken config file: say which, not a traceback into exec
+                fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
+            for key, value in namespace.items():
+                if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
+                    assign(key, value, arg)
+    return config
+
+
+# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU (as in gpt.py).
+_GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def gpu_peak_flops(device_name):
+    for key, flops in _GPU_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def main(argv):
+    cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
+
+    # ---- devices, processes and precision (as in gpt.py) ----
+    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if ddp:
+        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        if cfg["device"].startswith("cuda"):
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if cfg["device"].startswith("cuda") else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+        if cfg["gradient_accumulation_steps"] % world_size != 0:
+            sys.exit(f"error: gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible "
+                     f"by the number of processes ({world_size})")
+        cfg["gradient_accumulation_steps"] //= world_size  # each process does its share of micro-batches
+    else:
+        rank, local_rank, world_size = 0, 0, 1
+    master = rank == 0  # only this process logs and writes checkpoints
+    device = cfg["device"]
+    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+    if device_type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: device='cuda' but no CUDA GPU is available; use --device=cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: device='mps' but MPS is not available on this machine; use --device=cpu")
+    if cfg["dtype"] == "auto":
+        if device_type == "cuda":
+            cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            cfg["dtype"] = "float32"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg["dtype"] not in dtypes:
+        sys.exit(f"error: dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    torch.manual_seed(cfg["seed"] + rank)  # ranks draw different batches and dropout masks
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    # Mixed precision as in gpt.py: autocast for 16-bit matmuls, a GradScaler only for float16.
+    # RMSNorm and the RoPE angles stay in float32 inside autocast by construction (see above).
+    autocast = (nullcontext() if cfg["dtype"] == "float32"
+                else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
+
+    # ---- data ----
+    try:
+        if ddp and not master:  # let rank 0 download and tokenize alone; the others wait for it
+            torch.distributed.barrier()
+        data_dir = prepare_data.ensure_prepared(cfg["dataset"])
+        if ddp and master:
+            torch.distributed.barrier()
+        meta = prepare_data.load_meta(data_dir)
+        loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+    except prepare_data.DataError as e:
+        sys.exit(f"error: {e}")
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * world_size * cfg["batch_size"] * cfg["block_size"]
+
+    # ---- model ----
+    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+    model_keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "multiple_of", "ffn_dim_multiplier",
+                  "norm_eps", "rope_theta", "tie_embeddings", "dropout", "attention")
+    if cfg["init_from"] == "scratch":
+        vocab_size = meta["vocab_size"]
+        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
+            vocab_size = (vocab_size + 63) // 64 * 64
+        try:
+            config = LlamaConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        model = Llama(config)
+        model_args = asdict(config)  # includes the derived hidden_dim
+    elif cfg["init_from"] == "resume":
+        ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        if not os.path.exists(ckpt_path):
+            sys.exit(f"error: init_from='resume' but there is no checkpoint at {ckpt_path}; train with init_from='scratch' first")
+        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if checkpoint.get("model_type") != "llama":
+            sys.exit(f"error: {ckpt_path} was written by {checkpoint.get('model_type')}.py, not llama.py")
+        # The architecture comes from the checkpoint; only dropout may change between runs.
+        model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
+        model = Llama(LlamaConfig(**model_args))
+        model.load_state_dict(checkpoint["model"])
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    else:
+        try:
+            model = Llama.from_pretrained(cfg["init_from"], dropout=cfg["dropout"])
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            sys.exit(f"error: cannot load {cfg['init_from']!r}: {e}")
+        # The dataset's token ids must mean the same tokens as the model's vocabulary; all we can
+        # check here is that they fit in it.
+        if meta["vocab_size"] > model.config.vocab_size:
+            sys.exit(f"error: dataset {cfg['dataset']!r} has {meta['vocab_size']} tokens but {cfg['init_from']} "
+                     f"knows {model.config.vocab_size}; tokenize the data with the model's own tokenizer")
+        if cfg["block_size"] < model.config.block_size:
+            model.crop_block_size(cfg["block_size"])
+        model_args = asdict(model.config)
+    if cfg["block_size"] > model.config.block_size:
+        sys.exit(f"error: block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng_state"]["cpu"].cpu())
+        if device_type == "cuda" and checkpoint["rng_state"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng_state"]["cuda"].cpu())
+    raw_model = model  # the plain module: what we save, and what MFU counts
+    if cfg["compile"]:
+        model = compile_model(model, autocast, device, cfg["batch_size"])
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print("config:", json.dumps(cfg))
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
+              f"({cfg['gradient_accumulation_steps'] * world_size} x {cfg['batch_size']} x {cfg['block_size']})")
+    wandb = None
+    if cfg["wandb_log"] and master:
+        try:
+            import wandb
+        except ImportError:
+            sys.exit("error: wandb_log=True but wandb is not installed: pip install wandb")
+        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+
+    def lr_at(it):
+        """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+        if not cfg["decay_lr"]:
+            return cfg["learning_rate"]
+        if it < cfg["warmup_iters"]:
+            return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+        if it > cfg["lr_decay_iters"]:
+            return cfg["min_lr"]
+        progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+        return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+    @torch.no_grad()
+    def estimate_loss():
+        """Mean loss over eval_iters batches of each split, with dropout off."""
+        model.eval()
+        losses = {}
+        for split in ("train", "val"):
+            total = 0.0
+            for _ in range(cfg["eval_iters"]):
+                x, y = loader.get_batch(split)
+                with autocast:
+                    _, loss = model(x, y)
+                total += loss.item()
+            losses[split] = total / cfg["eval_iters"]
+        model.train()
+        return losses
+
+    def save_checkpoint():
+        checkpoint = {
+            "model_type": "llama",
+            "model_args": model_args,
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "config": cfg,
+            "tokenizer": meta,
+            "rng_state": {"cpu": torch.get_rng_state(),
+                          "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
+        }
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        # Write then rename: a crash mid-write leaves the previous checkpoint intact.
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        print(f"saved checkpoint to {path}")
+
+    # ---- the training loop: gpt.py's, line for line ----
+    # Evaluate (and checkpoint) the current weights, then take one optimizer step; a checkpoint
+    # written at iteration N holds the state from just before step N, so resuming is exact.
+    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
+    resumed_at = iter_num if checkpoint is not None else None
+    checkpoint = None  # free the loaded copy
+    model.train()
+    t_last, timed_iters = time.time(), 0  # iterations since t_last, for the time per iteration
+    while True:
+        lr = lr_at(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if iter_num % cfg["eval_interval"] == 0 and iter_num != resumed_at:
+            losses = estimate_loss()
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                if wandb:
+                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+                if not math.isfinite(losses["val"]):
+                    sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint "
+                             f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+                if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                    best_val_loss = min(best_val_loss, losses["val"])
+                    save_checkpoint()
+            t_last, timed_iters = time.time(), 0  # keep evaluation out of the iteration timing
+        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+            break
+
+        for micro_step in range(cfg["gradient_accumulation_steps"]):
+            x, y = loader.get_batch("train")
+            last = micro_step == cfg["gradient_accumulation_steps"] - 1
+            with (model.no_sync() if ddp and not last else nullcontext()):  # DDP: sync grads once
+                with autocast:
+                    _, loss = model(x, y)
+                    loss = loss / cfg["gradient_accumulation_steps"]
+                scaler.scale(loss).backward()
+        if cfg["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        timed_iters += 1
+
+        if iter_num % cfg["log_interval"] == 0 and master:
+            loss_value = loss.item() * cfg["gradient_accumulation_steps"]
+            if not math.isfinite(loss_value):
+                sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
+                         f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            now = time.time()
+            dt = (now - t_last) / timed_iters
+            t_last, timed_iters = now, 0
+            tokens_per_sec = tokens_per_iter / dt
+            flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
+            mfu = f"{100 * flops_per_sec / peak_flops:.1f}%" if peak_flops and cfg["dtype"] != "float32" else "n/a (unknown peak)"
+            print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+                  f"mfu {mfu}, lr {lr:.2e}")
+        iter_num += 1
+
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+def compile_model(model, autocast, device, batch_size):
+    """torch.compile the model, or return it unchanged with a warning if compiling fails (gpt.py).
+
+    One trial forward and backward right away, inside fork_rng so the real run's random stream is
+    untouched, because compile errors only surface at the first call.
+    """
+    compiled = torch.compile(model)
+    try:
+        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
+            x = torch.randint(model.config.vocab_size, (batch_size, model.config.block_size), device=device)
+            with autocast:
+                _, loss = compiled(x, x)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        return compiled
+    except Exception as e:  # any compiler failure: training uncompiled is slower but correct
+        model.zero_grad(set_to_none=True)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"warning: torch.compile failed ({type(e).__name__}: {first_line}); continuing without compile")
+        return model
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
