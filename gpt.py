@@ -623,7 +623,7 @@ def parse_config(argv, defaults):
             namespace = {}
             try:
                 with open(arg) as f:
-                    exec(compile(f.read(), arg, "exec"), namespace)
+                    exec(f.read(), namespace)
             except Exception as e:  # a broken config file: say which, not a traceback into exec
                 fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
             for key, value in namespace.items():
@@ -698,7 +698,11 @@ def main(argv):
 
     # ---- data ----
     try:
+        if ddp and not master:  # let rank 0 download and tokenize alone; the others wait for it
+            torch.distributed.barrier()
         data_dir = prepare_data.ensure_prepared(cfg["dataset"])
+        if ddp and master:
+            torch.distributed.barrier()
         meta = prepare_data.load_meta(data_dir)
         loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
     except prepare_data.DataError as e:
