@@ -123,8 +123,10 @@ def test_cached_forward_equals_full_forward(attention):
     with torch.no_grad():
         full, _ = model(idx)
         cache = llama.KVCache(model.config.n_layer, model.config.block_size)
-        pieces = [model(idx[:, :7], cache=cache)[0]]  # a prompt, then one token at a time
-        pieces += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(7, 20)]
+        # a prompt, a chunk of several tokens (whose mask is neither full nor plain causal), then
+        # one token at a time
+        pieces = [model(idx[:, :7], cache=cache)[0], model(idx[:, 7:12], cache=cache)[0]]
+        pieces += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(12, 20)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
     # GQA: the cache holds n_kv_head heads, not n_head
     assert cache.keys.shape == (2, 2, 2, model.config.block_size, 8)
