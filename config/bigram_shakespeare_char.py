@@ -1,10 +1,13 @@
 # Train a character-level bigram on tiny Shakespeare, on a laptop CPU.
 # python bigram.py config/bigram_shakespeare_char.py, then python sample.py --out_dir=out-bigram
 #
-# Measured (2 CPU cores, torch 2.13, shared with other jobs): 2000 iterations in ~15-40 s,
-# final train loss 2.46, val loss 2.49 (estimates over eval_iters batches). That is the bigram's
-# ceiling: the count-based bigram of the training split scores 2.452 on train and 2.48-2.49 on val,
-# so more iterations cannot help — only more context can (gpt.py). The start is ln(65) = 4.17.
+# Measured on 2 CPU cores (torch 2.13): the loss starts at ln(65) = 4.17 and ends at train 2.46,
+# val 2.49 (step 2000; estimates over eval_iters batches), best val 2.476 at step 1250. That is the
+# bigram's ceiling: counting the training split's bigrams gives 2.452 on train and 2.48-2.49 on val,
+# so more iterations cannot help — only more context can (gpt.py).
+# Time: 3.8 s with OMP_NUM_THREADS=1, but 35 s with PyTorch's default of one thread per core while
+# other jobs shared the two cores: ops this small gain nothing from threads that wait for each other.
+# On a busy or small machine, run it as: OMP_NUM_THREADS=1 python bigram.py config/bigram_shakespeare_char.py
 
 out_dir = "out-bigram"
 eval_interval = 250
