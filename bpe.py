@@ -70,8 +70,8 @@ import json
 import math
 import multiprocessing
 import os
+import secrets
 import sys
-import tempfile
 import time
 from collections import Counter
 
@@ -343,6 +343,8 @@ def train_bpe(input_path, vocab_size, special_tokens=(), num_processes=None, ver
     single token before vocab_size is reached.
     """
     start_time = time.perf_counter()
+    if isinstance(special_tokens, str):
+        raise ValueError(f"special_tokens must be a list of strings, e.g. [{special_tokens!r}]")
     special_tokens = list(dict.fromkeys(special_tokens))  # dedupe, keep order
     if any(not isinstance(tok, str) or not tok for tok in special_tokens):
         raise ValueError("special tokens must be non-empty strings")
@@ -362,7 +364,7 @@ def train_bpe(input_path, vocab_size, special_tokens=(), num_processes=None, ver
     cut_str, cut_bytes = _cut_patterns(GPT2_SPLIT_PATTERN, special_tokens)
     max_match = max([1] + [len(t.encode("utf-8")) for t in special_tokens])
     if num_processes == 1 or size < MIN_PARALLEL_BYTES:
-        chunk_bytes = max(size, 1) if size <= MAX_CHUNK_BYTES else MAX_CHUNK_BYTES
+        chunk_bytes = min(max(size, 1), MAX_CHUNK_BYTES)
     else:
         chunk_bytes = min(MAX_CHUNK_BYTES, math.ceil(size / num_processes))
     ranges = _chunk_ranges(input_path, size, chunk_bytes, cut_bytes, max_match)
@@ -551,6 +553,8 @@ class Tokenizer:
             self._merged_id.append(ids[2])
 
         self.special_tokens = {}
+        if isinstance(special_tokens, str):
+            raise ValueError(f"special_tokens must be a list or dict, e.g. [{special_tokens!r}]")
         if isinstance(special_tokens, dict):
             for token, token_id in special_tokens.items():
                 known = self.vocab.setdefault(token_id, token.encode("utf-8"))
@@ -946,7 +950,13 @@ def _atomic_write_with(path, write):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"output directory {directory!r} does not exist")
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    # A unique name beside the target (same filesystem, so os.replace is an
+    # atomic rename). os.open with mode 0o666 lets the umask decide permissions,
+    # as for any ordinary file; tempfile.mkstemp would force 0600.
+    tmp_path = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
             result = write(file)
@@ -961,14 +971,16 @@ def _atomic_write_with(path, write):
 # Parallel encoding of a large file into a flat binary array of ids
 # ----------------------------------------------------------------------------
 
-# Each worker process rebuilds the tokenizer once (from its plain-data form) and
-# keeps it, with its warm pre-token cache, for all the chunks it encodes.
+# Each worker process receives the tokenizer once, when it starts, and keeps it
+# (with its growing pre-token cache) for all the chunks it encodes. With the
+# "fork" start method (Linux's default) the object is simply inherited, cache
+# included, at no cost; with "spawn" it is pickled once per worker.
 _worker_tokenizer = None
 
 
-def _init_encode_worker(meta):
+def _init_encode_worker(tokenizer):
     global _worker_tokenizer
-    _worker_tokenizer = Tokenizer.from_meta(meta)
+    _worker_tokenizer = tokenizer
 
 
 def _encode_range(args):
@@ -1009,7 +1021,7 @@ def encode_file_to_bin(tokenizer, input_path, output_path, num_processes=None, d
         written = 0
         if parallel and len(jobs) > 1:
             with multiprocessing.get_context().Pool(
-                min(num_processes, len(jobs)), _init_encode_worker, (tokenizer.to_meta(),)
+                min(num_processes, len(jobs)), _init_encode_worker, (tokenizer,)
             ) as pool:
                 # imap (not imap_unordered) returns chunks in file order.
                 for data in pool.imap(_encode_range, jobs):

@@ -395,6 +395,10 @@ def test_save_load_roundtrip(tmp_path):
     saved_vocab = json.loads(Path(prefix + ".vocab.json").read_text(encoding="utf-8"))
     assert saved_vocab["Ġ"] == 32 and saved_vocab[SPECIAL] == 498 and saved_vocab["<pad>"] == 499
     assert_same_tokenizer(tok, bpe.Tokenizer.load(prefix))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(prefix + ".vocab.json").st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "tok.merges.txt", "tok.vocab.json"]
 
 
 def test_save_gpt2_reproduces_its_files(gpt2_tokenizer, tmp_path):
@@ -524,6 +528,8 @@ def test_train_bad_input(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         bpe.train_bpe(only_special, 300, [SPECIAL])
     corpus = write(tmp_path / "c.txt", "hello")
+    with pytest.raises(ValueError, match="special_tokens must be a list"):
+        bpe.train_bpe(corpus, 300, SPECIAL)
     with pytest.raises(ValueError, match="vocab_size must be an integer >= 256.*= 257"):
         bpe.train_bpe(corpus, 256, [SPECIAL])
     with pytest.raises(FileNotFoundError, match="does not exist"):
