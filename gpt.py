@@ -825,7 +825,7 @@ def main(argv):
     resumed_at = iter_num if checkpoint is not None else None
     checkpoint = None  # free the loaded copy
     model.train()
-    t_last = time.time()
+    t_last, iters_timed = time.time(), 0  # wall-clock start and iteration count of the current timing window
     while True:
         lr = lr_at(iter_num)
         for group in optimizer.param_groups:
@@ -843,7 +843,7 @@ def main(argv):
                 if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                     best_val_loss = min(best_val_loss, losses["val"])
                     save_checkpoint()
-            t_last = time.time()  # keep evaluation out of the next iteration's timing
+            t_last, iters_timed = time.time(), 0  # keep evaluation out of the timing
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
 
@@ -869,6 +869,7 @@ def main(argv):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
 
+        iters_timed += 1
         if iter_num % cfg["log_interval"] == 0 and master:
             # .item() waits for the GPU to finish, so we only call it when logging.
             loss_value = loss.item() * cfg["gradient_accumulation_steps"]
@@ -876,11 +877,16 @@ def main(argv):
                 sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
                          f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
             now = time.time()
-            dt = (now - t_last) / (cfg["log_interval"] if iter_num > 0 else 1)
-            t_last = now
+            dt = (now - t_last) / iters_timed
+            t_last, iters_timed = now, 0
             tokens_per_sec = tokens_per_iter / dt
             flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
-            mfu = f"{100 * flops_per_sec / peak_flops:.1f}%" if peak_flops and cfg["dtype"] != "float32" else "n/a (unknown peak)"
+            if peak_flops is None:
+                mfu = "n/a (unknown peak)"
+            elif cfg["dtype"] == "float32":
+                mfu = "n/a (peaks are for 16-bit)"
+            else:
+                mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
             print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
                   f"mfu {mfu}, lr {lr:.2e}")
         iter_num += 1
