@@ -73,6 +73,7 @@ import os
 import secrets
 import sys
 import time
+import unicodedata
 from collections import Counter
 
 import numpy as np
@@ -104,6 +105,9 @@ MIN_PARALLEL_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 8 << 20
 # encode_iterable accumulates this many characters before looking for a cut.
 STREAM_FLUSH_CHARS = 1 << 16
+# Unicode normal forms a Tokenizer can apply before pre-tokenizing (None: none).
+# They have the same names in Python's unicodedata and in Hugging Face's files.
+UNICODE_NORMAL_FORMS = (None, "NFC", "NFD", "NFKC", "NFKD")
 # Bound on the per-tokenizer pre-token cache (pre-token string -> ids). Natural
 # text has a heavy head, so even a cleared cache refills with the useful entries.
 ENCODE_CACHE_LIMIT = 1 << 18
@@ -512,14 +516,20 @@ class Tokenizer:
     pattern: the pre-tokenization regex (GPT-2's by default).
     ignore_merges: Llama 3's tokenizer.json option; a pre-token that is itself a
     vocabulary entry is emitted as that id without running the merges.
+    normalization: None, or a Unicode normal form ("NFC", "NFD", "NFKC",
+    "NFKD") applied to the text between special tokens before pre-tokenizing,
+    as Qwen's tokenizer.json asks for NFC. decode() cannot undo it.
     """
 
     def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
-                 ignore_merges=False):
+                 ignore_merges=False, normalization=None):
         self.vocab = dict(vocab)
         self.merges = [(bytes(left), bytes(right)) for left, right in merges]
         self.pattern = pattern
         self.ignore_merges = bool(ignore_merges)
+        if normalization not in UNICODE_NORMAL_FORMS:
+            raise ValueError(f"normalization must be one of {UNICODE_NORMAL_FORMS}, got {normalization!r}")
+        self.normalization = normalization
         try:
             self._split_re = regex.compile(pattern)
         except regex.error as exc:
@@ -630,6 +640,11 @@ class Tokenizer:
 
     def _encode_ordinary(self, text, out):
         """Append the ids of text that contains no special tokens to `out`."""
+        if self.normalization:
+            # Normalizing each piece separately equals normalizing the whole:
+            # the pieces end at special tokens or at safe cuts, which sit before
+            # an ASCII space/newline that no normal form changes or composes.
+            text = unicodedata.normalize(self.normalization, text)
         cache = self._cache
         for pretoken in self._split_re.findall(text):
             ids = cache.get(pretoken)
@@ -716,7 +731,7 @@ class Tokenizer:
         writes "<|endoftext|>"). merges.txt starts with "#version: 0.2" and has
         one merge per line, "left right". Both files are exactly what GPT-2,
         tiktoken and HF read, as long as the pattern is GPT-2's. Settings those
-        readers have no place for (a different pattern, ignore_merges) go as a
+        readers have no place for (another pattern, ignore_merges, normalization) go as a
         JSON object after "#version: 0.2" on the first line, which they skip.
         """
         merged_bytes = {left + right for left, right in self.merges}
@@ -750,6 +765,8 @@ class Tokenizer:
             settings["pattern"] = self.pattern
         if self.ignore_merges:
             settings["ignore_merges"] = True
+        if self.normalization:
+            settings["normalization"] = self.normalization
         if settings:
             header += " " + json.dumps(settings, ensure_ascii=False)
         merge_lines = [header] + [
@@ -828,6 +845,7 @@ class Tokenizer:
             vocab, merges, special_tokens,
             pattern=settings.get("pattern", GPT2_SPLIT_PATTERN),
             ignore_merges=settings.get("ignore_merges", False),
+            normalization=settings.get("normalization"),
         )
 
     # -- plain-data form for checkpoints ---------------------------------
@@ -844,6 +862,7 @@ class Tokenizer:
             "special_tokens": dict(self.special_tokens),
             "pattern": self.pattern,
             "ignore_merges": int(self.ignore_merges),
+            "normalization": self.normalization,
         }
 
     @classmethod
@@ -855,6 +874,7 @@ class Tokenizer:
             return cls(
                 meta["vocab"], meta["merges"], meta["special_tokens"],
                 pattern=meta["pattern"], ignore_merges=meta["ignore_merges"],
+                normalization=meta["normalization"],
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed tokenizer meta dict: {exc!r}") from None
@@ -865,7 +885,8 @@ class Tokenizer:
     def from_hf_tokenizer_json(cls, path):
         """Load a Hugging Face tokenizer.json of a byte-level BPE model.
 
-        Supported: model.type "BPE" with a ByteLevel decoder, and as
+        Supported: model.type "BPE" with a ByteLevel decoder, no normalizer or
+        a single Unicode one (NFC, NFD, NFKC, NFKD; Qwen uses NFC), and as
         pre-tokenizer either ByteLevel alone (GPT-2's regex; GPT-2, RoBERTa) or a
         Sequence of Split(regex, "Isolated") then ByteLevel(use_regex=false)
         (Llama 3, Qwen). added_tokens become special tokens with their ids.
@@ -896,8 +917,10 @@ class Tokenizer:
         for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
             if model.get(option):
                 raise unsupported(f"BPE option {option}={model[option]!r}")
-        if spec.get("normalizer") is not None:
-            raise unsupported(f"normalizer {spec['normalizer'].get('type')!r}")
+        normalizer = spec.get("normalizer") or {}
+        normalization = normalizer.get("type")
+        if normalization not in UNICODE_NORMAL_FORMS:
+            raise unsupported(f"normalizer {normalization!r}")
         decoder = spec.get("decoder") or {}
         if decoder.get("type") != "ByteLevel":
             raise unsupported(f"decoder {decoder.get('type')!r} (need ByteLevel)")
@@ -937,7 +960,7 @@ class Tokenizer:
             # alphabet; its id then means the literal text of the added token.
             vocab.pop(token_id, None)
         return cls(vocab, merges, special_tokens, pattern=pattern,
-                   ignore_merges=model.get("ignore_merges", False))
+                   ignore_merges=model.get("ignore_merges", False), normalization=normalization)
 
 
 def _atomic_write(path, text):

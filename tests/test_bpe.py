@@ -380,6 +380,7 @@ def assert_same_tokenizer(a, b, text=TRICKY_TEXT + SPECIAL):
     assert a.merges == b.merges
     assert a.special_tokens == b.special_tokens
     assert a.pattern == b.pattern and a.ignore_merges == b.ignore_merges
+    assert a.normalization == b.normalization
     assert a.encode(text) == b.encode(text)
 
 
@@ -440,12 +441,14 @@ LLAMA3_PATTERN = (
 )
 
 
-def train_hf(tmp_path, llama_style, ignore_merges=False):
+def train_hf(tmp_path, llama_style, ignore_merges=False, nfc=False):
     tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
     model = models.BPE(ignore_merges=ignore_merges)
     hf = tokenizers.Tokenizer(model)
+    if nfc:
+        hf.normalizer = normalizers.NFC()
     if llama_style:
         hf.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
@@ -466,20 +469,28 @@ def train_hf(tmp_path, llama_style, ignore_merges=False):
 
 HF_TEXT = (
     TRICKY_TEXT + f"{SPECIAL}I'M YOU'RE it's 1234567 x:\n\ny;\r\n  z  \n<pad>"
-    + small_corpus()[:2000]
+    + "cafe\u0301 cafe\u0301 \u212b\u0301 " + small_corpus()[:2000]  # decomposed accents for NFC
 )
 
 
-@pytest.mark.parametrize("llama_style,ignore_merges", [(False, False), (True, False), (True, True)])
-def test_from_hf_tokenizer_json_matches_tokenizers(tmp_path, llama_style, ignore_merges):
-    hf, path = train_hf(tmp_path, llama_style, ignore_merges)
+@pytest.mark.parametrize("llama_style,ignore_merges,nfc", [
+    (False, False, False), (True, False, False), (True, True, True),
+])
+def test_from_hf_tokenizer_json_matches_tokenizers(tmp_path, llama_style, ignore_merges, nfc):
+    hf, path = train_hf(tmp_path, llama_style, ignore_merges, nfc)
     ours = bpe.Tokenizer.from_hf_tokenizer_json(str(path))
     assert ours.pattern == (LLAMA3_PATTERN if llama_style else bpe.GPT2_SPLIT_PATTERN)
     assert ours.ignore_merges == ignore_merges
+    assert ours.normalization == ("NFC" if nfc else None)
     for text in [HF_TEXT, small_corpus(), "<pad><pad>x" + SPECIAL, "   \n\n  "]:
         expected = hf.encode(text).ids
         assert ours.encode(text) == expected
         assert ours.decode(expected) == hf.decode(expected, skip_special_tokens=False)
+    if nfc:
+        # The comparison above only means something if NFC changed the ids.
+        plain = bpe.Tokenizer(ours.vocab, ours.merges, ours.special_tokens, pattern=ours.pattern,
+                              ignore_merges=ours.ignore_merges)
+        assert ours.encode("cafe\u0301") == ours.encode("caf\u00e9") != plain.encode("cafe\u0301")
     assert list(ours.encode_iterable(io.StringIO(HF_TEXT, newline=""))) == hf.encode(HF_TEXT).ids
 
     # Older tokenizer.json files write merges as "left right" strings.
@@ -498,7 +509,7 @@ def test_from_hf_tokenizer_json_matches_tokenizers(tmp_path, llama_style, ignore
 
 def test_from_hf_unsupported_models(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
 
     wordpiece = tokenizers.Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     unigram = tokenizers.Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], 0))
@@ -507,8 +518,16 @@ def test_from_hf_unsupported_models(tmp_path):
     metaspace = tokenizers.Tokenizer(models.BPE({"a": 0}, []))
     metaspace.pre_tokenizer = pre_tokenizers.Metaspace()
     metaspace.decoder = decoders.ByteLevel()
+    lowercase = tokenizers.Tokenizer(models.BPE({"a": 0}, []))
+    lowercase.normalizer = normalizers.Lowercase()
+    lowercase.pre_tokenizer = pre_tokenizers.ByteLevel()
+    lowercase.decoder = decoders.ByteLevel()
+    digits = tokenizers.Tokenizer(models.BPE({"a": 0}, []))  # SmolLM's style
+    digits.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel()])
+    digits.decoder = decoders.ByteLevel()
     cases = [(wordpiece, "WordPiece"), (unigram, "Unigram"), (fallback, "byte_fallback"),
-             (metaspace, "Metaspace")]
+             (metaspace, "Metaspace"), (lowercase, "Lowercase"), (digits, "Sequence")]
     for hf, name in cases:
         path = tmp_path / f"{name}.json"
         hf.save(str(path))
