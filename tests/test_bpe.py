@@ -507,6 +507,25 @@ def test_from_hf_tokenizer_json_matches_tokenizers(tmp_path, llama_style, ignore
     assert_same_tokenizer(ours, bpe.Tokenizer.from_meta(ours.to_meta()), HF_TEXT)
 
 
+def test_from_hf_gpt2_tokenizer_json_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2, tmp_path):
+    # GPT-2's own vocabulary, written by `tokenizers` in its tokenizer.json form
+    # (as openai-community/gpt2 ships it), must load to the same tokenizer.
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers
+
+    directory = gpt2_cache_dir()
+    hf = tokenizers.Tokenizer(models.BPE.from_file(str(directory / GPT2_ENCODER_JSON),
+                                                   str(directory / GPT2_VOCAB_BPE)))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([SPECIAL])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    ours = bpe.Tokenizer.from_hf_tokenizer_json(str(tmp_path / "tokenizer.json"))
+    assert_same_tokenizer(gpt2_tokenizer, ours)
+    text = TRICKY_TEXT + SPECIAL + "x"
+    assert ours.encode(text) == tiktoken_gpt2.encode(text, allowed_special={SPECIAL}) == hf.encode(text).ids
+
+
 def test_from_hf_unsupported_models(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import decoders, models, normalizers, pre_tokenizers
