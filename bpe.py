@@ -69,6 +69,7 @@ import heapq
 import json
 import math
 import multiprocessing
+import operator
 import os
 import secrets
 import sys
@@ -714,10 +715,13 @@ class Tokenizer:
         """Decode ids to a string. A token can be part of a UTF-8 character, so
         an arbitrary id sequence need not be valid UTF-8; such bytes become
         U+FFFD replacement characters (as GPT-2 does) instead of raising."""
+        vocab = self.vocab
         try:
-            data = b"".join([self.vocab[i] for i in ids])
+            # operator.index accepts ints, numpy integers and 0-d integer tensors
+            # (ids straight out of a model) but rejects floats and strings.
+            data = b"".join([vocab[operator.index(i)] for i in ids])
         except (KeyError, TypeError):
-            bad = next(i for i in ids if not isinstance(i, int) or i not in self.vocab)
+            bad = next(i for i in ids if not _is_known_id(i, vocab))
             raise ValueError(f"cannot decode id {bad!r}: not in the vocabulary") from None
         return data.decode("utf-8", errors="replace")
 
@@ -961,6 +965,13 @@ class Tokenizer:
             vocab.pop(token_id, None)
         return cls(vocab, merges, special_tokens, pattern=pattern,
                    ignore_merges=model.get("ignore_merges", False), normalization=normalization)
+
+
+def _is_known_id(value, vocab):
+    try:
+        return operator.index(value) in vocab
+    except TypeError:
+        return False
 
 
 def _atomic_write(path, text):

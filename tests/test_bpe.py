@@ -209,6 +209,9 @@ def test_decode_invalid_utf8_gives_replacement_chars(gpt2_tokenizer):
     assert gpt2_tokenizer.decode(ids[1:] + ids) == "\ufffd" * len(ids[1:]) + "🤖"
     with pytest.raises(ValueError, match="not in the vocabulary"):
         gpt2_tokenizer.decode([50257])
+    with pytest.raises(ValueError, match="cannot decode id '1'"):
+        gpt2_tokenizer.decode([0, "1"])
+    assert gpt2_tokenizer.decode(np.array([15496, 995], dtype=np.uint16)) == "Hello world"
 
 
 def test_overlapping_special_tokens_longest_first():
