@@ -1106,6 +1106,9 @@ def main(argv=None):
     try:
         if args.command == "train":
             special = [tok for tok in args.special_tokens.split(",") if tok]
+            out_dir = os.path.dirname(os.path.abspath(args.out))
+            if not os.path.isdir(out_dir):  # fail before training, not after
+                raise FileNotFoundError(f"output directory {out_dir!r} does not exist")
             started = time.perf_counter()
             vocab, merges = train_bpe(args.input, args.vocab_size, special,
                                       num_processes=args.num_processes, verbose=True)
@@ -1124,7 +1127,7 @@ def main(argv=None):
         else:
             tokenizer = Tokenizer.load(args.tokenizer)
             print(tokenizer.decode(_parse_ids(args.ids)))
-    except (ValueError, FileNotFoundError, UnicodeDecodeError) as exc:
+    except (ValueError, OSError) as exc:  # OSError: missing or unwritable files
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
