@@ -8,9 +8,9 @@ architecture, doubled the context to 4096 tokens and gave the 70B model grouped-
 Llama 3 (Meta, April 2024; "The Llama 3 Herd of Models", Grattafiori et al. 2024) used GQA at every
 size, a 128K-token tiktoken-style BPE vocabulary and rope_theta = 500000; Llama 3.1 stretched the
 context to 128K tokens by rescaling the rotary frequencies ("llama3" rope scaling), and Llama 3.2
-added small 1B and 3B models with tied input/output embeddings. Mistral, Qwen, Yi, TinyLlama,
-SmolLM and many others reuse this architecture, so the file loads all of them that Hugging Face
-labels model_type "llama".
+added small 1B and 3B models with tied input/output embeddings. Many open models reuse the
+architecture unchanged and are published as Hugging Face model_type "llama" (TinyLlama, SmolLM2, Yi,
+DeepSeek LLM), so this file loads them too; Mistral and Qwen2 changed details and have their own types.
 
 What differs from gpt.py, and why (everything else — the data, the loss, sampling, the training
 loop — is gpt.py's, so read that first):
@@ -296,8 +296,8 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             y = manual_attention(q, k, v, mask, dropout_p)
         else:
-            # enable_gqa=True lets the kernel broadcast each key/value head over its query group
-            # (same grouping as above) without materialising the repeated copies.
+            # enable_gqa=True (PyTorch 2.5+) lets the kernel broadcast each key/value head over its
+            # query group (same grouping as above) without materialising the repeated copies.
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=(mask is None and past == 0),
                 enable_gqa=self.n_kv_head != self.n_head,
@@ -372,6 +372,8 @@ class Llama(nn.Module):
             self.model.embed_tokens.weight = self.lm_head.weight
         # The rotation speeds are fixed, not learned: a buffer (moves with .to(device)) that is
         # not persistent (recomputed from the config, so not in checkpoints, as in HF's files).
+        # Keep the model in float32 and use autocast for 16-bit speed, as the training loop does:
+        # model.to(torch.bfloat16) would round these frequencies too.
         self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
         # Initialisation: N(0, 0.02) everywhere and RMSNorm gains at 1, like Hugging Face's
         # LlamaForCausalLM (initializer_range=0.02), plus gpt.py's 1/sqrt(2 * n_layer) shrink of
@@ -497,9 +499,9 @@ class Llama(nn.Module):
         rope_type = rope.pop("rope_type", rope.pop("type", "default"))
         rope_scaling = None if rope_type == "default" else {"rope_type": rope_type} | rope
         config = LlamaConfig(
-            block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
+            block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
             n_layer=hf["num_hidden_layers"], n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head,
-            n_embd=n_embd, hidden_dim=hf["intermediate_size"], norm_eps=hf["rms_norm_eps"],
+            n_embd=n_embd, hidden_dim=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta), rope_scaling=rope_scaling,
             tie_embeddings=hf.get("tie_word_embeddings", False), dropout=dropout,
         )
@@ -975,7 +977,7 @@ def main(argv):
         os.replace(path + ".tmp", path)
         print(f"saved checkpoint to {path}")
 
-    # ---- the training loop: gpt.py's, line for line ----
+    # ---- the training loop, as in gpt.py ----
     # Evaluate (and checkpoint) the current weights, then take one optimizer step; a checkpoint
     # written at iteration N holds the state from just before step N, so resuming is exact.
     peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
