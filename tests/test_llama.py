@@ -161,8 +161,8 @@ def test_rope_makes_scores_depend_on_relative_position():
     q, k = torch.randn(1, 1, 1, head_dim), torch.randn(1, 1, 1, head_dim)
 
     def score(m, n):
-        angles_q, angles_k = torch.outer(torch.tensor([float(m)]), inv_freq), torch.outer(torch.tensor([float(n)]), inv_freq)
-        return (llama.apply_rope(q, angles_q.cos(), angles_q.sin()) * llama.apply_rope(k, angles_k.cos(), angles_k.sin())).sum()
+        return (llama.apply_rope(q, *llama.rope_cos_sin(inv_freq, m, 1))
+                * llama.apply_rope(k, *llama.rope_cos_sin(inv_freq, n, 1))).sum()
 
     torch.testing.assert_close(score(3, 1), score(13, 11))
     assert not torch.isclose(score(3, 1), score(3, 2))
