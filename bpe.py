@@ -1106,9 +1106,8 @@ def main(argv=None):
     try:
         if args.command == "train":
             special = [tok for tok in args.special_tokens.split(",") if tok]
-            out_dir = os.path.dirname(os.path.abspath(args.out))
-            if not os.path.isdir(out_dir):  # fail before training, not after
-                raise FileNotFoundError(f"output directory {out_dir!r} does not exist")
+            # Create the output folder first: a failure to write should come before training, not after.
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             started = time.perf_counter()
             vocab, merges = train_bpe(args.input, args.vocab_size, special,
                                       num_processes=args.num_processes, verbose=True)
