@@ -37,7 +37,8 @@ Run it:
     python llama.py config/llama_shakespeare_char.py --init_from=resume   # continue exactly
     torchrun --standalone --nproc_per_node=4 llama.py config/llama_shakespeare_char.py
     python sample.py --out_dir=out-llama-shakespeare-char   # generate from what you trained
-    Llama.from_pretrained("HuggingFaceTB/SmolLM2-135M")      # or any local HF Llama directory
+and in Python, a pretrained model (any Hugging Face "llama" checkpoint, hub id or local directory):
+    model = Llama.from_pretrained("HuggingFaceTB/SmolLM2-135M")
 """
 
 import json
@@ -127,9 +128,9 @@ class RMSNorm(nn.Module):
 
     LayerNorm centres (subtracts the mean) and rescales; Zhang & Sennrich (2019) found the
     re-centring is not what makes normalisation help, and dropping it (and the bias) saves work.
-    The mean of squares is taken in float32 even under bfloat16 autocast — squaring large
-    activations overflows or loses precision in 16 bits — and the result is cast back before the
-    gain, exactly as Hugging Face's LlamaRMSNorm does, so pretrained logits match it.
+    The mean of squares is taken in float32 even under 16-bit autocast — squares of large
+    activations overflow float16 and lose precision in bfloat16 — and the result is cast back
+    before the gain, exactly as Hugging Face's LlamaRMSNorm does, so pretrained logits match it.
     """
 
     def __init__(self, dim, eps):
@@ -681,6 +682,11 @@ def download_hf_checkpoint(repo):
         os.replace(target + ".part", target)  # only a complete file ever gets the real name
         return True
 
+    # Written once every file is in place, so that later loads (offline ones too) ask the hub nothing,
+    # not even whether the optional files it lacked have appeared.
+    complete_marker = os.path.join(directory, ".complete")
+    if os.path.exists(complete_marker):
+        return directory
     fetch("config.json")
     fetch("tokenizer.json", required=False)
     if not fetch("model.safetensors", required=False):
@@ -689,6 +695,7 @@ def download_hf_checkpoint(repo):
         with open(os.path.join(directory, "model.safetensors.index.json")) as f:
             for shard in sorted(set(json.load(f)["weight_map"].values())):
                 fetch(shard)
+    open(complete_marker, "w").close()
     return directory
 
 

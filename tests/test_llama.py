@@ -279,3 +279,51 @@ def test_resume_is_exact(workdir):
     assert straight["iter_num"] == resumed["iter_num"] == 20
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_download_from_hub_sharded(tmp_path, monkeypatch):
+    """A hub id is fetched with requests into $NANO_MODELS_CACHE/owner--name: config.json,
+    tokenizer.json when the repository has one, and the shard index plus every shard it names."""
+    requests = pytest.importorskip("requests")
+    hub = tmp_path / "hub"
+    hf = save_hf_llama(hub, 2, True, max_shard_size="50KB")
+    (hub / "tokenizer.json").write_text("{}")
+    requested = []
+
+    class FakeResponse:
+        def __init__(self, url):
+            prefix = "https://huggingface.co/someone/tiny-llama/resolve/main/"
+            assert url.startswith(prefix), url
+            self.path = hub / url.removeprefix(prefix)
+            self.status_code = 200 if self.path.exists() else 404
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def raise_for_status(self):
+            if self.status_code != 200:
+                raise requests.HTTPError(f"{self.status_code} for {self.path.name}")
+
+        def iter_content(self, chunk_size):
+            yield self.path.read_bytes()
+
+    def fake_get(url, **kwargs):
+        requested.append(url.rsplit("/", 1)[-1])
+        return FakeResponse(url)
+
+    monkeypatch.setattr(requests, "get", fake_get)
+    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path / "cache"))
+    model = llama.Llama.from_pretrained("someone/tiny-llama").eval()
+    cached = tmp_path / "cache" / "someone--tiny-llama"
+    assert (cached / "tokenizer.json").exists() and (cached / "model.safetensors.index.json").exists()
+    assert "model.safetensors" in requested and not (cached / "model.safetensors").exists()  # 404, then the index
+    assert not list(cached.glob("*.part"))
+    idx = torch.randint(0, 97, (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
+    requested.clear()
+    llama.Llama.from_pretrained("someone/tiny-llama")  # second time: everything comes from the cache
+    assert requested == []
