@@ -453,9 +453,9 @@ class Llama(nn.Module):
         text is longer than the window, recompute the newest block_size tokens every step. One might
         hope RoPE lets the cache simply slide — its scores depend only on relative positions, so
         dropping the oldest entry leaves every remaining offset unchanged — and in layer 0 that is
-        true. But a key in layer 2 was computed from layer-1 hidden states that attended to the
-        tokens now dropped; a true recompute of the window, which no longer contains them, gives
-        different keys. Sliding would silently make cached and uncached generation disagree, so
+        true. But the keys of every later layer were computed from hidden states that had attended
+        to the tokens now dropped; a true recompute of the window, which no longer contains them,
+        gives different keys. Sliding would silently make cached and uncached generation disagree, so
         we keep them exactly equal and pay the recompute instead.
         """
         block_size = self.config.block_size
