@@ -7,6 +7,12 @@ TIKTOKEN_CACHE_DIR there lets `tiktoken.get_encoding("gpt2")` load them instead 
 import os
 import sys
 
+# One OpenMP thread per process, set before torch is imported. The suite's models are tiny, so a
+# second thread buys little; but when processes overlap (a training subprocess while pytest's own
+# threads still spin, or torchrun's two ranks) oversubscribed spinning threads can make each step
+# tens of times slower on a 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 if REPO not in sys.path:

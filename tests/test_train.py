@@ -220,3 +220,29 @@ def test_sample_from_hf_gpt2_directory_matches_hf_generate(tmp_path, monkeypatch
     sample.main([f"--init_from={tmp_path}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=12",
                  "--temperature=0", "--device=cpu"])
     assert capsys.readouterr().out == encoding.decode(expected_ids) + "\n---------------\n"
+
+
+def test_sample_from_hf_llama_directory_with_tokenizer_json(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    # A byte-level BPE tokenizer.json, trained here on a little text, saved beside a random Llama.
+    text = "the quick brown fox jumps over the lazy dog. " * 50 + "Shall I compare thee to a summer's day?"
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+                                             show_progress=False)
+    tok.train_from_iterator([text], trainer)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, bos_token_id=None, eos_token_id=None)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path)
+    prompt = "Shall I compare thee"
+    ids = tok.encode(prompt).ids
+    expected = hf.generate(torch.tensor([ids]), max_new_tokens=15, do_sample=False, pad_token_id=0)[0].tolist()
+    sample.main([f"--init_from={tmp_path}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=15",
+                 "--temperature=0", "--device=cpu"])
+    assert capsys.readouterr().out == tok.decode(expected) + "\n---------------\n"
