@@ -716,8 +716,12 @@ def main(argv):
         vocab_size = meta["vocab_size"]
         if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
             vocab_size = (vocab_size + 63) // 64 * 64
-        model_args = {k: cfg[k] for k in model_keys} | {"vocab_size": vocab_size}
-        model = GPT(GPTConfig(**model_args))
+        try:
+            config = GPTConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        model = GPT(config)
+        model_args = asdict(config)
     elif cfg["init_from"] == "resume":
         ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
         if not os.path.exists(ckpt_path):
@@ -825,7 +829,7 @@ def main(argv):
     resumed_at = iter_num if checkpoint is not None else None
     checkpoint = None  # free the loaded copy
     model.train()
-    t_last, iters_timed = time.time(), 0  # wall-clock start and iteration count of the current timing window
+    t_last, timed_iters = time.time(), 0  # wall-clock start and iteration count of the current timing window
     while True:
         lr = lr_at(iter_num)
         for group in optimizer.param_groups:
@@ -843,7 +847,7 @@ def main(argv):
                 if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                     best_val_loss = min(best_val_loss, losses["val"])
                     save_checkpoint()
-            t_last, iters_timed = time.time(), 0  # keep evaluation out of the timing
+            t_last, timed_iters = time.time(), 0  # keep evaluation out of the timing
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
 
@@ -869,7 +873,7 @@ def main(argv):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
 
-        iters_timed += 1
+        timed_iters += 1
         if iter_num % cfg["log_interval"] == 0 and master:
             # .item() waits for the GPU to finish, so we only call it when logging.
             loss_value = loss.item() * cfg["gradient_accumulation_steps"]
@@ -877,8 +881,8 @@ def main(argv):
                 sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
                          f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
             now = time.time()
-            dt = (now - t_last) / iters_timed
-            t_last, iters_timed = now, 0
+            dt = (now - t_last) / timed_iters
+            t_last, timed_iters = now, 0
             tokens_per_sec = tokens_per_iter / dt
             flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
             if peak_flops is None:

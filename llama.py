@@ -1051,7 +1051,12 @@ def main(argv):
             t_last, timed_iters = now, 0
             tokens_per_sec = tokens_per_iter / dt
             flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
-            mfu = f"{100 * flops_per_sec / peak_flops:.1f}%" if peak_flops and cfg["dtype"] != "float32" else "n/a (unknown peak)"
+            if peak_flops is None:
+                mfu = "n/a (unknown peak)"
+            elif cfg["dtype"] == "float32":
+                mfu = "n/a (peaks are for 16-bit)"
+            else:
+                mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
             print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
                   f"mfu {mfu}, lr {lr:.2e}")
         iter_num += 1
