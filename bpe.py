@@ -336,6 +336,24 @@ def _descending_key(token):
     return tuple(255 - b for b in token) + (256,)
 
 
+def merge_pair(ids, left, right, merged):
+    """Return ids with every adjacent (left, right) replaced by `merged`, scanning left to right.
+
+    The one operation of BPE, shared by training (applying a new merge to every word that has the
+    pair) and encoding (replaying the learned merges). Left to right matters for repeats: with the
+    merge (a, a), "a a a" becomes "aa a", as GPT-2's encoder does.
+    """
+    out, i, n = [], 0, len(ids)
+    while i < n:
+        if i + 1 < n and ids[i] == left and ids[i + 1] == right:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
 def train_bpe(input_path, vocab_size, special_tokens=(), num_processes=None, verbose=False):
     """Learn a byte-level BPE vocabulary from a UTF-8 text file.
 
@@ -452,16 +470,8 @@ def train_bpe(input_path, vocab_size, special_tokens=(), num_processes=None, ver
         delta = Counter()
         for index in pair_words.pop((a, b)):
             old = words[index]
-            new = []
-            i, n = 0, len(old)
-            while i < n:
-                if i + 1 < n and old[i] == a and old[i + 1] == b:
-                    new.append(new_id)
-                    i += 2
-                else:
-                    new.append(old[i])
-                    i += 1
-            if len(new) == n:
+            new = merge_pair(old, a, b, new_id)
+            if len(new) == len(old):
                 continue  # stale entry: this word no longer contains (a, b)
             words[index] = new
             count = counts[index]
@@ -627,16 +637,7 @@ class Tokenizer:
             if rank is None:
                 break
             left, right = pair
-            merged = self._merged_id[rank]
-            out, i, n = [], 0, len(ids)
-            while i < n:
-                if i + 1 < n and ids[i] == left and ids[i + 1] == right:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            ids = out
+            ids = merge_pair(ids, left, right, self._merged_id[rank])
         return tuple(ids)
 
     def _encode_ordinary(self, text, out):
