@@ -189,10 +189,21 @@ def main(argv):
     else:
         model, tokenizer = load_pretrained(cfg["init_from"])
     model.eval().to(cfg["device"])
-    if cfg["compile"]:
-        model.compile()  # compiles forward in place, so generate()'s calls to the model use it
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    if cfg["compile"]:
+        # Replace forward (which generate() calls) by its compiled version. Compiling is lazy, so try
+        # a short generation now and fall back to the plain forward if this platform cannot compile.
+        # dynamic=True: sequence lengths and the cache position change on every call, so compile one
+        # shape-generic graph instead of recompiling for each new length.
+        model.forward = torch.compile(model.forward, dynamic=True)
+        try:
+            with autocast:
+                model.generate(torch.zeros((1, 1), dtype=torch.long, device=cfg["device"]), 2)
+        except Exception as e:  # any compiler failure: sampling uncompiled is slower but correct
+            del model.forward  # the class's forward again
+            print(f"warning: torch.compile failed ({type(e).__name__}); sampling without compile", file=sys.stderr)
+        torch.manual_seed(cfg["seed"])  # the trial must not change the samples
 
     def generate(prompt):
         try:
