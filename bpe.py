@@ -794,14 +794,9 @@ class Tokenizer:
         the vocabulary entries that are neither a single byte nor produced by a
         merge (for GPT-2: only <|endoftext|>).
         """
-        for path in (encoder_json_path, vocab_bpe_path):
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
-        with open(encoder_json_path, encoding="utf-8") as file:
-            try:
-                encoder = json.load(file)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{encoder_json_path} is not valid JSON: {exc}") from None
+        if not os.path.isfile(vocab_bpe_path):
+            raise FileNotFoundError(f"tokenizer file {vocab_bpe_path!r} does not exist")
+        encoder = _read_json(encoder_json_path)
         if not isinstance(encoder, dict) or not all(
             isinstance(k, str) and isinstance(v, int) for k, v in encoder.items()
         ):
@@ -898,13 +893,7 @@ class Tokenizer:
         Post-processors (e.g. adding a BOS token) are ignored: encode() returns
         the ids of the text only. Anything else raises ValueError.
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
-        with open(path, encoding="utf-8") as file:
-            try:
-                spec = json.load(file)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        spec = _read_json(path)
 
         def unsupported(what):
             return ValueError(
@@ -966,6 +955,17 @@ class Tokenizer:
             vocab.pop(token_id, None)
         return cls(vocab, merges, special_tokens, pattern=pattern,
                    ignore_merges=model.get("ignore_merges", False), normalization=normalization)
+
+
+def _read_json(path):
+    """A tokenizer's JSON file, with a one-line error for a missing or malformed file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+    with open(path, encoding="utf-8") as file:
+        try:
+            return json.load(file)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
 
 
 def _is_known_id(value, vocab):
