@@ -23,7 +23,7 @@ Run it:
     python gpt.py config/shakespeare_char.py            # train a small character-level GPT (GPU)
     python gpt.py config/shakespeare_char_cpu.py        # the same, shrunk to run on a laptop CPU
     python gpt.py config/finetune_shakespeare.py        # fine-tune OpenAI's GPT-2 on Shakespeare
-    torchrun --standalone --nproc_per_node=4 gpt.py config/shakespeare_char.py   # 4 GPUs
+    torchrun --standalone --nproc_per_node=4 gpt.py config/shakespeare_char.py --gradient_accumulation_steps=4
     python sample.py --out_dir=out-shakespeare-char     # generate from what you trained
 
 Compared with bigram.py (the previous lesson), tokens now look at each other: attention lets every

@@ -35,7 +35,7 @@ Run it:
     python llama.py config/llama_shakespeare_char.py        # a small character-level Llama (GPU)
     python llama.py config/llama_shakespeare_char_cpu.py    # the same, shrunk for a laptop CPU
     python llama.py config/llama_shakespeare_char.py --init_from=resume   # continue exactly
-    torchrun --standalone --nproc_per_node=4 llama.py config/llama_shakespeare_char.py
+    torchrun --standalone --nproc_per_node=4 llama.py config/llama_shakespeare_char.py --gradient_accumulation_steps=4
     python sample.py --out_dir=out-llama-shakespeare-char   # generate from what you trained
 and in Python, a pretrained model (any Hugging Face "llama" checkpoint, hub id or local directory):
     model = Llama.from_pretrained("HuggingFaceTB/SmolLM2-135M")
