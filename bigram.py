@@ -31,7 +31,6 @@ gpt.py keeps this file's data, loss, sampling and training loop and replaces the
 Transformer, whose attention lets each position look at all earlier positions.
 """
 
-import builtins
 import json
 import math
 import os
@@ -305,8 +304,7 @@ def parse_config(argv, defaults):
             namespace = {}
             try:
                 with open(arg) as f:
-                    # builtins.compile: the config key `compile` above hides the builtin in this module.
-                    exec(builtins.compile(f.read(), arg, "exec"), namespace)
+                    exec(f.read(), namespace)  # (the config key `compile` shadows the builtin here)
             except Exception as e:  # a broken config file: say which, not a traceback into exec
                 fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
             for key, value in namespace.items():

@@ -329,7 +329,7 @@ class GPT(nn.Module):
                 logits, _ = self(idx[:, -block_size:])
             next_token = sample_next_token(logits[:, -1, :], idx, temperature, top_k, top_p, repetition_penalty)
             idx = torch.cat((idx, next_token), dim=1)
-            if use_cache and cache is not None and idx.size(1) <= block_size:
+            if cache is not None and idx.size(1) <= block_size:
                 logits, _ = self(next_token, cache=cache)
         return idx
 
@@ -479,7 +479,7 @@ def read_safetensors(path):
         if info["dtype"] not in dtypes:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         flat = torch.frombuffer(data, dtype=dtypes[info["dtype"]], offset=begin,
-                                count=(end - begin) // torch.tensor([], dtype=dtypes[info["dtype"]]).element_size())
+                                count=(end - begin) // dtypes[info["dtype"]].itemsize)
         tensors[name] = flat.reshape(info["shape"])
     return tensors
 
@@ -829,7 +829,8 @@ def main(argv):
     resumed_at = iter_num if checkpoint is not None else None
     checkpoint = None  # free the loaded copy
     model.train()
-    t_last, timed_iters = time.time(), 0  # wall-clock start and iteration count of the current timing window
+    # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
+    t_last, iter_timed = time.time(), iter_num
     while True:
         lr = lr_at(iter_num)
         for group in optimizer.param_groups:
@@ -847,7 +848,7 @@ def main(argv):
                 if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                     best_val_loss = min(best_val_loss, losses["val"])
                     save_checkpoint()
-            t_last, timed_iters = time.time(), 0  # keep evaluation out of the timing
+            t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
 
@@ -873,7 +874,6 @@ def main(argv):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
 
-        timed_iters += 1
         if iter_num % cfg["log_interval"] == 0 and master:
             # .item() waits for the GPU to finish, so we only call it when logging.
             loss_value = loss.item() * cfg["gradient_accumulation_steps"]
@@ -881,8 +881,8 @@ def main(argv):
                 sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
                          f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
             now = time.time()
-            dt = (now - t_last) / timed_iters
-            t_last, timed_iters = now, 0
+            dt = (now - t_last) / (iter_num + 1 - iter_timed)
+            t_last, iter_timed = now, iter_num + 1
             tokens_per_sec = tokens_per_iter / dt
             flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
             if peak_flops is None:
