@@ -1,0 +1,843 @@
+"""
+t5.py — T5, the encoder-decoder Transformer, in one file: the model, real T5 checkpoints, greedy /
+sampled / beam-search decoding, and a training loop for sequence-to-sequence tasks.
+
+T5 (Raffel et al., "Exploring the Limits of Transfer Learning with a Unified Text-to-Text
+Transformer", JMLR 2020) frames every task as text in, text out: translation, summarisation,
+classification ("sst2 sentence: ..." -> "positive") all become one model reading an input and
+writing an output. It keeps the original Transformer's two halves (Vaswani et al. 2017):
+
+    input ids ──> ENCODER (bidirectional self-attention) ──> one vector per input token ─┐
+                                                                                         │ cross-attention
+    <start> y1 y2 ... ──> DECODER (causal self-attention + cross-attention) ──> logits ──┘ (next y)
+
+What you will learn here, top to bottom:
+  1. what an encoder-decoder adds to gpt.py's decoder-only model: an encoder that reads the whole
+     input in both directions, and cross-attention, through which every decoder position queries
+     the encoder's output;
+  2. T5's own choices: no position embeddings but a learned relative position bias with
+     log-spaced buckets, added to the attention scores (bidirectional in the encoder, causal in
+     the decoder, computed once per stack and shared by its layers); attention without the
+     1/sqrt(d) scaling (it moved into the initialisation); a scale-only RMS layer norm; ReLU
+     (T5 v1.0) or gated-GELU (v1.1, Flan-T5) feed-forward layers; tied or untied output layer;
+  3. padding masks: a batch of inputs of different lengths is right-padded, and no token may
+     attend to padding;
+  4. teacher forcing and the decoder start token: in training the decoder reads the target shifted
+     right by one (starting with <pad>, T5's start token) and predicts it, all positions at once;
+  5. decoding: greedy, sampling (temperature / top-k / top-p), and beam search with a length
+     penalty, early stopping and several returned sequences; a KV cache for the decoder's
+     self-attention while the cross-attention keys/values are computed once per input;
+  6. loading Hugging Face T5ForConditionalGeneration checkpoints (t5-small, google/t5-v1_1-*,
+     google/flan-t5-*), and a training loop (gpt.py's, with padded sequence-to-sequence batches and
+     exact match as the evaluation metric) on a toy translation task: numbers to English words.
+
+Run it:
+    python prepare_data.py numbers                     # "4,321" -> "four thousand three hundred twenty-one"
+    python t5.py config/t5_numbers_cpu.py              # a small T5 on a laptop CPU
+    python t5.py config/t5_numbers.py                  # the GPU preset
+    python sample.py --out_dir=out-t5-numbers --start="123456" --beam_size=4
+
+Compared with gpt.py (the template this file is written against): the decoder-only stack becomes
+two stacks joined by cross-attention; position embeddings are replaced by a relative bias in the
+attention scores; LayerNorm becomes RMSNorm without bias; there are no biases anywhere; the
+batches are (input, target) pairs instead of windows of one long text; and the evaluation
+reports exact match of decoded outputs beside the loss.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import prepare_data
+
+# -----------------------------------------------------------------------------
+# Model configuration
+
+
+@dataclass
+class T5Config:
+    # Relative positions put no hard limit on length (T5 was trained on 512 input tokens and ran on
+    # longer ones); these two are the limits we enforce, so that a too-long input is an error
+    # instead of an out-of-memory crash. block_size bounds the encoder's input, target_block_size
+    # the decoder's (the start token plus the generated tokens).
+    block_size: int = 512
+    target_block_size: int = 512
+    vocab_size: int = 32128  # T5's SentencePiece vocabulary (32000 + 100 sentinels, padded to 128)
+    n_layer: int = 6  # encoder blocks
+    n_decoder_layer: int = 6  # decoder blocks (T5 uses as many as the encoder)
+    n_head: int = 8
+    n_embd: int = 512  # d_model: the width of the residual stream
+    # T5 decouples the head size from n_embd / n_head (t5-11b: 128 heads of 128 channels on a
+    # 1024-wide stream), so the attention's inner width n_head * head_dim is a free choice.
+    head_dim: int = 64
+    n_ff: int = 2048  # hidden width of the feed-forward layers (d_ff)
+    num_buckets: int = 32  # relative position buckets per direction pair (see relative_position_bucket)
+    max_distance: int = 128  # distances beyond this share the last bucket
+    feed_forward: str = "relu"  # 'relu' (T5 v1.0) or 'gated-gelu' (T5 v1.1, Flan-T5)
+    # v1.0 ties the output layer to the token embedding (and rescales by n_embd**-0.5, see T5.forward);
+    # v1.1 gives the output layer its own matrix.
+    tie_embeddings: bool = True
+    dropout: float = 0.1  # T5 pre-trained and fine-tuned with 0.1
+    layer_norm_eps: float = 1e-6
+    attention: str = "sdpa"  # 'sdpa' (fused kernel) or 'manual' (t5_attention, written out)
+    # T5's special ids: <pad> = 0 doubles as the decoder start token, </s> = 1 ends every sequence.
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+
+    def __post_init__(self):
+        for key in ("block_size", "target_block_size", "vocab_size", "n_layer", "n_decoder_layer", "n_head",
+                    "n_embd", "head_dim", "n_ff", "num_buckets", "max_distance"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key}={value!r} must be a positive integer")
+        if self.num_buckets < 4:
+            raise ValueError(f"num_buckets={self.num_buckets} must be at least 4 (two directions, exact and log-spaced)")
+        if self.feed_forward not in ("relu", "gated-gelu"):
+            raise ValueError(f"feed_forward={self.feed_forward!r} must be 'relu' or 'gated-gelu'")
+        if self.attention not in ("sdpa", "manual"):
+            raise ValueError(f"attention={self.attention!r} must be 'sdpa' or 'manual'")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        for key in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
+            if not 0 <= getattr(self, key) < self.vocab_size:
+                raise ValueError(f"{key}={getattr(self, key)} must be a token id below vocab_size={self.vocab_size}")
+
+
+# -----------------------------------------------------------------------------
+# Building blocks, in the order data meets them.
+
+
+def relative_position_bucket(relative_position, bidirectional, num_buckets, max_distance):
+    """Map key_position - query_position to one of num_buckets ids (T5, section 2.1).
+
+    T5 learns one scalar per (bucket, head) and adds it to the attention score, so a head can
+    prefer "the previous token" or "anything far to the right" regardless of absolute position.
+    Nearby offsets matter most, so the buckets are exact for small distances and logarithmically
+    wider for large ones:
+      - bidirectional (the encoder): half the buckets are for keys to the right (offset > 0), half
+        for keys at or to the left; the causal decoder never sees the right, so it uses all
+        buckets for offsets <= 0;
+      - within a direction of n buckets, distances 0 .. n/2 - 1 get one bucket each; distances
+        from n/2 to max_distance are spread over the other n/2 buckets by log(distance), and
+        everything farther shares the last bucket.
+    With T5's 32 buckets and max distance 128: the encoder has 16 per side, exact up to 7, then
+    buckets covering ~8-9, 10-11, ..., 91-127, 128+.
+    """
+    bucket = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        bucket += (relative_position > 0).long() * num_buckets  # keys to the right: the upper half
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)  # offsets to the right cannot occur (masked anyway)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # log(distance / max_exact) / log(max_distance / max_exact) runs from 0 at max_exact to 1 at
+    # max_distance; scaled to the (num_buckets - max_exact) log-spaced buckets and truncated.
+    # clamp(min=1) only keeps log() finite where is_small will pick the exact bucket anyway.
+    log_ratio = torch.log(distance.clamp(min=1).float() / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).long()
+    large = large.clamp(max=num_buckets - 1)
+    return bucket + torch.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """The learned relative position bias of one stack: (1, n_head, T_q, T_k) added to every score.
+
+    T5 computes it once, in the first layer of each stack, and every later layer of that stack
+    reuses it: 32 x n_head numbers per stack are all the position information the model has. (Hugging
+    Face stores the table inside block 0's attention; we keep it on the stack, which says the same.)
+    """
+
+    def __init__(self, config, bidirectional):
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.num_buckets, self.max_distance = config.num_buckets, config.max_distance
+        self.embedding = nn.Embedding(config.num_buckets, config.n_head)
+
+    def forward(self, q_len, k_len, past=0):
+        # With a cache, the q_len new queries sit at absolute positions past .. past + q_len - 1.
+        device = self.embedding.weight.device
+        query_pos = torch.arange(past, past + q_len, dtype=torch.long, device=device)[:, None]
+        key_pos = torch.arange(k_len, dtype=torch.long, device=device)[None, :]
+        buckets = relative_position_bucket(key_pos - query_pos, self.bidirectional, self.num_buckets, self.max_distance)
+        bias = self.embedding(buckets)  # (T_q, T_k, n_head)
+        return bias.permute(2, 0, 1).unsqueeze(0)  # (1, n_head, T_q, T_k)
+
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: x / sqrt(mean(x^2) + eps) * g, with no mean subtraction and no bias.
+
+    LayerNorm centres and scales each vector; T5 only rescales it to unit root-mean-square and
+    multiplies by a learned gain (Zhang & Sennrich 2019 later named this RMSNorm and showed the
+    centring is not needed). The statistics are computed in float32 even under mixed precision:
+    mean(x^2) of a 16-bit residual stream can overflow or lose all precision.
+    """
+
+    def __init__(self, n_embd, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n_embd))
+
+    def forward(self, x):
+        variance = x.float().pow(2).mean(dim=-1, keepdim=True)
+        x = x * torch.rsqrt(variance + self.eps)
+        return self.weight * x.to(self.weight.dtype)
+
+
+def t5_attention(q, k, v, bias, dropout_p=0.0):
+    """T5's attention written out: softmax(Q K^T + bias) V, with NO division by sqrt(head_dim).
+
+    q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim); bias: additive, broadcastable
+    to (B, n_head, T_q, T_k): the relative position bias plus the masks (a very negative number where
+    a query must not look). gpt.py's manual_attention divides by sqrt(head_dim) to keep the scores
+    near unit variance; T5 (following Mesh TensorFlow) leaves the scores unscaled and instead
+    initialises the query projection sqrt(head_dim) times smaller (see T5._init_weights), which gives
+    the same scores at initialisation and one operation less at every step. A checkpoint trained
+    this way must be run this way: adding the scaling would flatten its attention. The softmax runs
+    in float32, as T5's, so that 16-bit scores with a large mask value stay exact.
+    """
+    scores = q @ k.transpose(-2, -1) + bias  # (B, n_head, T_q, T_k)
+    weights = F.softmax(scores.float(), dim=-1).to(q.dtype)
+    weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # (B, n_head, T_q, head_dim)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so generation never recomputes them.
+
+    (The same class as gpt.py's.) In T5 it serves the decoder's self-attention only: the decoder's
+    keys and values for earlier target tokens never change. Cross-attention needs no growing cache:
+    its keys and values come from the encoder output, which is fixed for the whole generation, so
+    T5.cross_keys_values computes them once per input.
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.n_layer = n_layer
+        self.max_len = max_len
+        self.keys = self.values = None  # (n_layer, B, n_head, max_len, head_dim), made on first use
+        self.length = 0  # how many positions are filled; the next token goes at this position
+
+    def update(self, layer, k, v):
+        """Store the new tokens' k, v (B, n_head, T, head_dim) for one layer; return all so far."""
+        if self.keys is None:
+            # Allocated at the first call so that it takes the dtype the keys really have (bfloat16
+            # under autocast, float32 otherwise) and the batch size of the prompt.
+            B, n_head, _, head_dim = k.shape
+            shape = (self.n_layer, B, n_head, self.max_len, head_dim)
+            self.keys = torch.zeros(shape, dtype=k.dtype, device=k.device)
+            self.values = torch.zeros(shape, dtype=v.dtype, device=v.device)
+        start, end = self.length, self.length + k.size(2)
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head attention for all three uses in T5: encoder self-attention, decoder (causal)
+    self-attention and decoder cross-attention. Only where keys/values come from and which bias
+    (positions, padding, causality) is added differ; the caller decides both.
+
+    Separate q, k, v, o projections without biases, as T5 (and Hugging Face's names for them).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        inner = config.n_head * config.head_dim
+        self.q = nn.Linear(config.n_embd, inner, bias=False)
+        self.k = nn.Linear(config.n_embd, inner, bias=False)
+        self.v = nn.Linear(config.n_embd, inner, bias=False)
+        self.o = nn.Linear(inner, config.n_embd, bias=False)
+        self.dropout = config.dropout
+        self.attention = config.attention
+
+    def heads(self, x):
+        """(B, T, n_head * head_dim) -> (B, n_head, T, head_dim): heads before time, to batch the matmuls."""
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+
+    def keys_values(self, source):
+        """Keys and values of a source sequence (B, T_k, n_embd), each (B, n_head, T_k, head_dim)."""
+        return self.heads(self.k(source)), self.heads(self.v(source))
+
+    def forward(self, x, bias, source=None, kv=None, cache=None, layer=0):
+        """x: (B, T_q, n_embd), the queries' side. Keys/values come from, in this order of priority:
+        kv (precomputed, for cross-attention while decoding), source (the encoder output, for
+        cross-attention), or x itself (self-attention), then through the cache if one is given."""
+        B, T, _ = x.shape
+        q = self.heads(self.q(x))
+        if kv is not None:
+            k, v = kv
+        else:
+            k, v = self.keys_values(x if source is None else source)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # (B, n_head, past + T, head_dim)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attention == "manual":
+            y = t5_attention(q, k, v, bias, dropout_p)
+        else:
+            # The fused kernel takes the additive bias as attn_mask; scale=1.0 switches off its
+            # default 1/sqrt(head_dim), which T5 does not use.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, scale=1.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.o(y)
+
+
+class FeedForward(nn.Module):
+    """The position-wise feed-forward network, in its two T5 versions.
+
+    v1.0 ('relu'): wo(dropout(relu(wi x))), as the original Transformer.
+    v1.1 ('gated-gelu'): wo(dropout(gelu(wi_0 x) * wi_1 x)), a gated linear unit (Shazeer 2020,
+    "GLU Variants Improve Transformer"): one projection decides, per hidden channel, how much of the
+    other passes. It costs a third more parameters at equal n_ff and trains measurably better.
+    The GELU is the tanh approximation ('gelu_new'), as in the v1.1 checkpoints.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.gated = config.feed_forward == "gated-gelu"
+        if self.gated:
+            self.wi_0 = nn.Linear(config.n_embd, config.n_ff, bias=False)
+            self.wi_1 = nn.Linear(config.n_embd, config.n_ff, bias=False)
+        else:
+            self.wi = nn.Linear(config.n_embd, config.n_ff, bias=False)
+        self.wo = nn.Linear(config.n_ff, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        if self.gated:
+            h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
+        else:
+            h = F.relu(self.wi(x))
+        return self.wo(self.dropout(h))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm: x + dropout(attn(norm(x))), then x + dropout(ff(norm(x))) — gpt.py's Block with RMSNorm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_attn = RMSNorm(config.n_embd, config.layer_norm_eps)
+        self.attn = Attention(config)
+        self.ln_ff = RMSNorm(config.n_embd, config.layer_norm_eps)
+        self.ff = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, bias):
+        x = x + self.dropout(self.attn(self.ln_attn(x), bias))
+        x = x + self.dropout(self.ff(self.ln_ff(x)))
+        return x
+
+
+class DecoderBlock(nn.Module):
+    """Three pre-norm sub-layers: causal self-attention over the target so far, cross-attention in
+    which each target position queries the encoder output, then the feed-forward network.
+
+    Cross-attention is the whole bridge between the halves: queries come from the decoder, keys and
+    values from the encoder's final output (the same for every decoder layer). It has no position
+    bias: which input token to read is decided by content alone (the encoder has already mixed
+    position information into its outputs)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_self = RMSNorm(config.n_embd, config.layer_norm_eps)
+        self.self_attn = Attention(config)
+        self.ln_cross = RMSNorm(config.n_embd, config.layer_norm_eps)
+        self.cross_attn = Attention(config)
+        self.ln_ff = RMSNorm(config.n_embd, config.layer_norm_eps)
+        self.ff = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, self_bias, encoder_out, cross_bias, cross_kv=None, cache=None, layer=0):
+        x = x + self.dropout(self.self_attn(self.ln_self(x), self_bias, cache=cache, layer=layer))
+        x = x + self.dropout(self.cross_attn(self.ln_cross(x), cross_bias, source=encoder_out, kv=cross_kv))
+        x = x + self.dropout(self.ff(self.ln_ff(x)))
+        return x
+
+
+def padding_bias(attention_mask, dtype):
+    """(B, T_k) with 1 for real tokens and 0 for padding -> additive bias (B, 1, 1, T_k).
+
+    0 where a key is real, the most negative finite number where it is padding: after the softmax a
+    padded key gets exactly zero weight. A finite value rather than -inf, so that a row with nothing
+    to attend to yields a uniform average instead of NaN (0/0)."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+class T5(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        # One token embedding shared by the encoder's input, the decoder's input and (if tied) the
+        # output layer: T5's input and output text use one vocabulary.
+        self.shared = nn.Embedding(config.vocab_size, config.n_embd)
+        self.encoder = nn.ModuleDict(dict(
+            relative_bias=RelativePositionBias(config, bidirectional=True),
+            blocks=nn.ModuleList([EncoderBlock(config) for _ in range(config.n_layer)]),
+            ln_f=RMSNorm(config.n_embd, config.layer_norm_eps),
+        ))
+        self.decoder = nn.ModuleDict(dict(
+            relative_bias=RelativePositionBias(config, bidirectional=False),
+            blocks=nn.ModuleList([DecoderBlock(config) for _ in range(config.n_decoder_layer)]),
+            ln_f=RMSNorm(config.n_embd, config.layer_norm_eps),
+        ))
+        self.drop = nn.Dropout(config.dropout)
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        """Mesh TensorFlow's initialisation, which T5 used: every matrix N(0, 1/fan_in), except that
+        the query projection is a further sqrt(head_dim) smaller.
+
+        That one factor is where attention's 1/sqrt(head_dim) went (see t5_attention): with
+        q ~ N(0, 1/(n_embd * head_dim)) the dot product q.k of unit-RMS inputs has variance ~1 at
+        initialisation, exactly what the scaling would have produced. Embeddings are N(0, 1): an
+        RMS-normalised vector has unit RMS too, so inputs and residual stream start on one scale."""
+        cfg = self.config
+        if isinstance(module, Attention):
+            nn.init.normal_(module.q.weight, std=(cfg.n_embd * cfg.head_dim) ** -0.5)
+            nn.init.normal_(module.k.weight, std=cfg.n_embd ** -0.5)
+            nn.init.normal_(module.v.weight, std=cfg.n_embd ** -0.5)
+            nn.init.normal_(module.o.weight, std=(cfg.n_head * cfg.head_dim) ** -0.5)
+        elif isinstance(module, FeedForward):
+            for name in ("wi", "wi_0", "wi_1"):
+                if hasattr(module, name):
+                    nn.init.normal_(getattr(module, name).weight, std=cfg.n_embd ** -0.5)
+            nn.init.normal_(module.wo.weight, std=cfg.n_ff ** -0.5)
+        elif isinstance(module, RelativePositionBias):
+            nn.init.normal_(module.embedding.weight, std=cfg.n_embd ** -0.5)
+        elif module is self:
+            nn.init.normal_(self.shared.weight, std=1.0)
+            if not cfg.tie_embeddings:
+                nn.init.normal_(self.lm_head.weight, std=cfg.n_embd ** -0.5)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    # -------------------------------------------------------------------------
+    # The two halves
+
+    def encode(self, input_ids, attention_mask=None):
+        """input_ids (B, T_src) -> the encoder's output (B, T_src, n_embd), one vector per input token.
+
+        attention_mask (B, T_src): 1 for real tokens, 0 for padding (None: no padding). Padding is
+        at the right of each row; no query attends to it. The padded positions still produce
+        vectors, which the decoder's cross-attention masks out the same way."""
+        B, T = input_ids.shape
+        if T > self.config.block_size:
+            raise ValueError(f"input of {T} tokens is longer than block_size={self.config.block_size}")
+        x = self.drop(self.shared(input_ids))  # no position embedding: positions enter through the bias
+        bias = self.encoder.relative_bias(T, T)  # (1, n_head, T, T), shared by all layers
+        if attention_mask is not None:
+            bias = bias + padding_bias(attention_mask, bias.dtype)  # (B, n_head, T, T)
+        for block in self.encoder.blocks:
+            x = block(x, bias)
+        return self.drop(self.encoder.ln_f(x))
+
+    def cross_keys_values(self, encoder_out):
+        """Every decoder layer's cross-attention keys and values for one encoder output: computed
+        once per input and reused at every decoding step, since the encoder output never changes."""
+        return [block.cross_attn.keys_values(encoder_out) for block in self.decoder.blocks]
+
+    def decode(self, decoder_input_ids, encoder_out, attention_mask=None, cross_kv=None, cache=None):
+        """decoder_input_ids (B, T_tgt) -> logits (B, T_tgt, vocab_size).
+
+        Causal: position t sees decoder inputs 0..t and the whole (unpadded) encoder output. With a
+        cache, decoder_input_ids holds only the new tokens, placed after cache.length earlier ones."""
+        B, T = decoder_input_ids.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.target_block_size:
+            raise ValueError(f"target of {past + T} tokens is longer than target_block_size="
+                             f"{self.config.target_block_size}")
+        x = self.drop(self.shared(decoder_input_ids))
+        # Self-attention bias: relative positions (the causal bucketing) plus the causal mask: query
+        # past + i may see keys 0 .. past + i.
+        self_bias = self.decoder.relative_bias(T, past + T, past)  # (1, n_head, T, past + T)
+        causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        self_bias = self_bias.masked_fill(~causal, torch.finfo(self_bias.dtype).min)
+        # Cross-attention bias: only the encoder's padding (zeros when there is none).
+        T_src = encoder_out.size(1)
+        if attention_mask is not None:
+            cross_bias = padding_bias(attention_mask, self_bias.dtype)  # (B, 1, 1, T_src)
+        else:
+            cross_bias = torch.zeros(1, 1, 1, T_src, dtype=self_bias.dtype, device=x.device)
+        for i, block in enumerate(self.decoder.blocks):
+            x = block(x, self_bias, encoder_out, cross_bias, cross_kv[i] if cross_kv is not None else None,
+                      cache, i)
+        x = self.drop(self.decoder.ln_f(x))
+        if cache is not None:
+            cache.length += T
+        if self.config.tie_embeddings:
+            # The tied output layer reuses the N(0, 1) embedding matrix; x has unit RMS, so x @ E^T
+            # would have logits of standard deviation sqrt(n_embd). Mesh TensorFlow rescales by
+            # n_embd**-0.5 to bring them back to ~1 (v1.1's untied head learns its own scale).
+            return F.linear(x * self.config.n_embd ** -0.5, self.shared.weight)
+        return self.lm_head(x)
+
+    def forward(self, input_ids, decoder_input_ids, attention_mask=None, targets=None):
+        """Teacher forcing: (logits (B, T_tgt, vocab_size), loss or None).
+
+        The decoder reads the target shifted right by one, starting with the decoder start token,
+        and predicts the target itself at every position at once: decoder_input_ids =
+        [start, y0, y1, ...] and targets = [y0, y1, ..., </s>]. Feeding the true previous tokens
+        (not the model's own guesses) is what makes training parallel over positions, like a GPT.
+        targets of -100 (Hugging Face's convention) or -1 (this repository's) are ignored: the
+        padding of shorter targets in a batch. The loss is the mean over the remaining target
+        tokens, so every real token counts the same however the batch was padded.
+        """
+        encoder_out = self.encode(input_ids, attention_mask)
+        logits = self.decode(decoder_input_ids, encoder_out, attention_mask)
+        loss = None
+        if targets is not None:
+            targets = targets.masked_fill(targets == -1, -100)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # -------------------------------------------------------------------------
+    # Decoding
+
+    def _start(self, batch_size, device):
+        return torch.full((batch_size, 1), self.config.decoder_start_token_id, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def generate(self, input_ids, max_new_tokens, attention_mask=None, temperature=1.0, top_k=None, top_p=None,
+                 repetition_penalty=1.0, use_cache=True):
+        """Decode one output per input row, token by token: greedy (temperature=0) or sampled.
+
+        Returns the decoder ids (B, 1 + n): the start token, then the output. A row that has produced
+        </s> is finished and gets <pad> from then on; decoding stops once every row is finished,
+        after max_new_tokens, or when the output reaches target_block_size tokens.
+
+        The encoder runs once. With use_cache, the cross-attention keys/values of every decoder
+        layer are computed once from its output, and the decoder's self-attention keys/values go
+        into a KVCache, so each step feeds only the newest token. T5's relative positions depend
+        only on offsets, so unlike gpt.py there is never a sliding window to recompute.
+        """
+        cfg = self.config
+        encoder_out = self.encode(input_ids, attention_mask)
+        cross_kv = self.cross_keys_values(encoder_out) if use_cache else None
+        cache = KVCache(cfg.n_decoder_layer, cfg.target_block_size) if use_cache else None
+        out = self._start(input_ids.size(0), input_ids.device)
+        finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+        for _ in range(min(max_new_tokens, cfg.target_block_size - 1)):
+            if use_cache:
+                # The first step feeds the start token; later ones the token chosen last step.
+                logits = self.decode(out[:, cache.length:], encoder_out, attention_mask, cross_kv, cache)
+            else:
+                logits = self.decode(out, encoder_out, attention_mask)
+            next_token = sample_next_token(logits[:, -1, :], out, temperature, top_k, top_p, repetition_penalty)
+            next_token = next_token.masked_fill(finished[:, None], cfg.pad_token_id)
+            out = torch.cat((out, next_token), dim=1)
+            finished |= next_token[:, 0] == cfg.eos_token_id
+            if finished.all():
+                break
+        return out
+
+    @torch.no_grad()
+    def beam_search(self, input_ids, max_new_tokens, attention_mask=None, beam_size=4, length_penalty=1.0,
+                    early_stopping=True, num_return_sequences=1):
+        """Beam search: keep the beam_size most likely partial outputs per input instead of one.
+
+        Greedy decoding commits to the best token at every step and can walk into a sequence whose
+        later tokens are all unlikely. Beam search keeps beam_size candidates ("beams"), extends each
+        by every token, and keeps the beam_size best of the beam_size * vocab_size extensions by
+        total log-probability. A beam that ends with </s> becomes a finished hypothesis, scored
+        sum(log p) / length ** length_penalty (length: generated tokens, </s> included): log-probs
+        only add up negatives, so without the division shorter outputs always win; length_penalty
+        1.0 ranks by mean log-prob, > 1 favours longer, 0 ranks by plain total (Wu et al. 2016 use a
+        similar normalisation). We look at the 2 * beam_size best extensions at each step so that,
+        even if up to beam_size of them end with </s>, beam_size live beams remain.
+
+        Search for an input ends when it has beam_size finished hypotheses and either
+        early_stopping (stop right there) or no live beam can still beat the worst finished one
+        (its current score, length-normalised, is below it: the heuristic Hugging Face uses), or at
+        max_new_tokens / target_block_size, where the live beams join the hypotheses.
+
+        Returns (sequences, scores): sequences (B * num_return_sequences, L), the best
+        num_return_sequences hypotheses of each input in order, each starting with the start token
+        and padded with <pad> after </s>; scores (B * num_return_sequences,) their length-normalised
+        log-probabilities.
+        """
+        cfg = self.config
+        if not 1 <= num_return_sequences <= beam_size:
+            raise ValueError(f"num_return_sequences={num_return_sequences} must be between 1 and beam_size={beam_size}")
+        B, device = input_ids.size(0), input_ids.device
+        K = beam_size
+        # Every input becomes K rows, one per beam: (B * K, ...), the beams of input b at rows b*K .. b*K+K-1.
+        encoder_out = self.encode(input_ids, attention_mask).repeat_interleave(K, dim=0)
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat_interleave(K, dim=0)
+        cross_kv = self.cross_keys_values(encoder_out)
+        cache = KVCache(cfg.n_decoder_layer, cfg.target_block_size)
+        beams = self._start(B * K, device)
+        # All beams start identical; giving all but the first -inf keeps the first step from filling
+        # the beam with K copies of the same extension.
+        beam_scores = torch.full((B, K), float("-inf"), device=device)
+        beam_scores[:, 0] = 0.0
+        beam_scores = beam_scores.view(-1)
+        hypotheses = [[] for _ in range(B)]  # per input: (score, token list)
+        done = [False] * B
+        for step in range(min(max_new_tokens, cfg.target_block_size - 1)):
+            logits = self.decode(beams[:, -1:], encoder_out, attention_mask, cross_kv, cache)
+            log_probs = F.log_softmax(logits[:, -1, :].float(), dim=-1)  # (B * K, vocab)
+            vocab = log_probs.size(-1)
+            candidates = (beam_scores[:, None] + log_probs).view(B, K * vocab)
+            top_scores, top_ids = candidates.topk(2 * K, dim=1)  # (B, 2K), best first
+            source_beam, token = top_ids // vocab, top_ids % vocab
+            length = step + 1  # generated tokens, this one included
+            next_rows, next_tokens, next_scores = [], [], []
+            for b in range(B):
+                chosen = []
+                if not done[b]:
+                    for rank in range(2 * K):
+                        row = b * K + source_beam[b, rank].item()
+                        score = top_scores[b, rank].item()
+                        if token[b, rank].item() == cfg.eos_token_id:
+                            # A finished beam counts only if it would have been among the K best.
+                            if rank < K:
+                                sequence = beams[row].tolist() + [cfg.eos_token_id]
+                                hypotheses[b].append((score / length ** length_penalty, sequence))
+                        else:
+                            chosen.append((row, token[b, rank].item(), score))
+                        if len(chosen) == K:
+                            break
+                    hypotheses[b] = sorted(hypotheses[b], key=lambda h: -h[0])[:K]
+                    if len(hypotheses[b]) == K:
+                        best_live = max(score for _, _, score in chosen) / length ** length_penalty
+                        done[b] = early_stopping or hypotheses[b][-1][0] >= best_live
+                if done[b]:  # a finished input keeps K dummy beams so that tensors stay (B * K, ...)
+                    chosen = [(b * K, cfg.pad_token_id, float("-inf"))] * K
+                for row, tok, score in chosen:
+                    next_rows.append(row)
+                    next_tokens.append(tok)
+                    next_scores.append(score)
+            if all(done):
+                break
+            rows = torch.tensor(next_rows, device=device)
+            beams = torch.cat((beams[rows], torch.tensor(next_tokens, device=device)[:, None]), dim=1)
+            beam_scores = torch.tensor(next_scores, device=device)
+            # Each new beam continues some old beam: its cached keys/values must follow it.
+            cache.keys, cache.values = cache.keys[:, rows], cache.values[:, rows]
+        for b in range(B):
+            if not done[b]:  # ran out of length: the live beams compete with the finished ones
+                length = beams.size(1) - 1
+                for k in range(K):
+                    hypotheses[b].append((beam_scores[b * K + k].item() / length ** length_penalty,
+                                          beams[b * K + k].tolist()))
+                hypotheses[b] = sorted(hypotheses[b], key=lambda h: -h[0])[:K]
+        best = [h for b in range(B) for h in hypotheses[b][:num_return_sequences]]
+        width = max(len(sequence) for _, sequence in best)
+        sequences = torch.full((len(best), width), cfg.pad_token_id, dtype=torch.long, device=device)
+        for i, (_, sequence) in enumerate(best):
+            sequences[i, :len(sequence)] = torch.tensor(sequence, device=device)
+        return sequences, torch.tensor([score for score, _ in best], device=device)
+
+    # -------------------------------------------------------------------------
+    # Loading Hugging Face T5ForConditionalGeneration checkpoints
+
+    @classmethod
+    def from_pretrained(cls, directory, dropout=0.0):
+        """Build a T5 from a local Hugging Face T5ForConditionalGeneration directory (config.json plus
+        model.safetensors or pytorch_model.bin): t5-small/base/large (v1.0), google/t5-v1_1-*,
+        google/flan-t5-* (v1.1). Download those three files (and spiece.model, the tokenizer) by hand."""
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"{directory!r} is not a directory; t5.py loads local Hugging Face T5 folders "
+                                    f"(config.json, model.safetensors, spiece.model downloaded by hand)")
+        config_path = os.path.join(directory, "config.json")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
+        with open(config_path) as f:
+            hf = json.load(f)
+        if hf.get("model_type") != "t5":
+            raise ValueError(f"{directory} holds a {hf.get('model_type')!r} model; t5.py loads only 't5' checkpoints")
+        feed_forward = hf.get("feed_forward_proj", "relu")
+        if feed_forward not in ("relu", "gated-gelu"):
+            raise ValueError(f"unsupported feed_forward_proj={feed_forward!r} in {config_path} (relu or gated-gelu)")
+        # Real checkpoints come in two kinds: v1.0 ties the output layer to the embedding and rescales
+        # by n_embd**-0.5; v1.1 stores its own lm_head.weight and does not rescale (config.json:
+        # tie_word_embeddings=false). transformers 5 writes the rescaling as scale_decoder_outputs and
+        # may share the matrix even without it; that is the same maths as an untied head that holds a
+        # copy of the embedding, which is how we load it (tie_embeddings means tied *and* rescaled).
+        tie = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
+        n_layer = hf["num_layers"]
+        config = T5Config(
+            vocab_size=hf["vocab_size"], n_embd=hf["d_model"], head_dim=hf["d_kv"], n_ff=hf["d_ff"],
+            n_layer=n_layer, n_decoder_layer=hf.get("num_decoder_layers") or n_layer, n_head=hf["num_heads"],
+            num_buckets=hf.get("relative_attention_num_buckets", 32),
+            max_distance=hf.get("relative_attention_max_distance", 128), feed_forward=feed_forward,
+            tie_embeddings=tie, dropout=dropout, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+            pad_token_id=hf.get("pad_token_id", 0), eos_token_id=hf.get("eos_token_id", 1),
+            decoder_start_token_id=hf.get("decoder_start_token_id", 0))
+        model = cls(config)
+        ours = model.state_dict()
+        # Hugging Face's names spell out the sub-layer index: encoder block layer.0 is self-attention,
+        # layer.1 the feed-forward; decoder layer.0 self-attention, layer.1 cross-attention
+        # ("EncDecAttention"), layer.2 feed-forward. Each layer.N holds its own layer_norm.
+        sublayers = {"encoder": {"0": ("attn", "ln_attn"), "1": ("ff", "ln_ff")},
+                     "decoder": {"0": ("self_attn", "ln_self"), "1": ("cross_attn", "ln_cross"), "2": ("ff", "ln_ff")}}
+        loaded = set()
+        hf_state = load_hf_weights(directory)
+        for hf_name, tensor in hf_state.items():
+            parts = hf_name.split(".")
+            if hf_name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") or (
+                    hf_name == "lm_head.weight" and tie):
+                continue  # copies of (tied to) shared.weight
+            if hf_name == "shared.weight" and not tie and "lm_head.weight" not in hf_state:
+                with torch.no_grad():
+                    ours["lm_head.weight"].copy_(tensor.to(ours["lm_head.weight"].dtype))  # see above
+                loaded.add("lm_head.weight")
+            if parts[0] in sublayers and parts[1] == "block":
+                module, norm = sublayers[parts[0]][parts[4]]
+                if parts[6] == "relative_attention_bias":
+                    key = f"{parts[0]}.relative_bias.embedding.weight"
+                elif parts[5] == "layer_norm":
+                    key = f"{parts[0]}.blocks.{parts[2]}.{norm}.weight"
+                else:  # SelfAttention/EncDecAttention.{q,k,v,o} or DenseReluDense.{wi,wi_0,wi_1,wo}
+                    key = f"{parts[0]}.blocks.{parts[2]}.{module}.{parts[6]}.weight"
+            elif parts[0] in sublayers and parts[1] == "final_layer_norm":
+                key = f"{parts[0]}.ln_f.weight"
+            else:
+                key = hf_name  # shared.weight, lm_head.weight
+            if key not in ours:
+                raise ValueError(f"unexpected tensor {hf_name!r} in the checkpoint at {directory}")
+            if tensor.shape != ours[key].shape:
+                raise ValueError(f"shape mismatch for {hf_name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[key].shape)}")
+            with torch.no_grad():
+                ours[key].copy_(tensor.to(ours[key].dtype))
+            loaded.add(key)
+        missing = set(ours) - loaded
+        if missing:
+            raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+        return model
+
+    # -------------------------------------------------------------------------
+    # Optimizer
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices only (gpt.py's): norms' gains are 1-D and get none.
+
+        T5 itself trained with Adafactor (Shazeer & Stern 2018), which stores second moments as a
+        row and a column vector per matrix instead of a full copy: at 11B parameters that memory
+        mattered. At our sizes memory is no concern and AdamW is the optimizer every other script
+        here uses, so the loops stay comparable."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_token(self, source_len, target_len):
+        """Training FLOPs per token of a (source_len, target_len) pair, counting both sides' tokens.
+
+        6 per parameter per token that passes through it (PaLM appendix B: forward 2, backward 4):
+        the encoder's parameters see source tokens, the decoder's and the output layer's see target
+        tokens; plus 12 * layers * T * attention width for the score and mixing matmuls (self-
+        attention over its own length, cross-attention over the source)."""
+        cfg = self.config
+        enc = sum(p.numel() for p in self.encoder.parameters())
+        dec = sum(p.numel() for p in self.decoder.parameters())
+        head = cfg.vocab_size * cfg.n_embd
+        width = cfg.n_head * cfg.head_dim
+        flops = 6 * (enc * source_len + (dec + head) * target_len)
+        flops += 12 * width * (cfg.n_layer * source_len * source_len
+                               + cfg.n_decoder_layer * target_len * (target_len + source_len))
+        return flops / (source_len + target_len)
+
+
+def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0):
+    """Pick one next token per row from logits (B, vocab); context (B, T) is the text so far.
+
+    The steps, in the order they are applied:
+    - repetition penalty (Keskar et al. 2019, CTRL): tokens already in the context get their logit
+      divided by the penalty if positive, multiplied if negative — either way less likely;
+    - temperature: logits / T. T < 1 sharpens the distribution, T > 1 flattens it, and T = 0 means
+      greedy decoding (always the most likely token);
+    - top-k: keep only the k most likely tokens;
+    - top-p, nucleus sampling (Holtzman et al. 2019): keep the smallest set of most likely tokens
+      whose probabilities sum to at least p, so the cut-off adapts to how confident the model is.
+    Returns (B, 1) token ids.
+    """
+    logits = logits.float()
+    if repetition_penalty != 1.0:
+        seen = torch.gather(logits, 1, context)
+        seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
+        logits = logits.scatter(1, context, seen)
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        # A token is dropped when the tokens ranked above it already cover p of the mass; the most
+        # likely token is therefore always kept.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop_sorted = mass_before >= top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)
+
+
+
+# -----------------------------------------------------------------------------
+# Reading Hugging Face checkpoints without extra dependencies
+
+
+def read_safetensors(path):
+    """Read a .safetensors file into a dict of tensors.
+
+    The format is deliberately simple: 8 bytes holding N (little-endian uint64), then N bytes of
+    JSON mapping each tensor name to its dtype, shape and [begin, end) byte offsets, then the raw
+    little-endian tensor bytes. Unlike a pickle, nothing in it can execute code.
+    """
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        data = bytearray(f.read())
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        if info["dtype"] not in dtypes:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        flat = torch.frombuffer(data, dtype=dtypes[info["dtype"]], offset=begin,
+                                count=(end - begin) // dtypes[info["dtype"]].itemsize)
+        tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def load_hf_weights(directory):
+    """The state dict of a Hugging Face checkpoint directory, from safetensors or a PyTorch .bin."""
+    safetensors_path = os.path.join(directory, "model.safetensors")
+    if os.path.exists(safetensors_path):
+        return read_safetensors(safetensors_path)
+    bin_path = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
+
+
