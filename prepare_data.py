@@ -28,6 +28,7 @@ How to run it
     python prepare_data.py shakespeare                 # tiny Shakespeare, GPT-2 tokens
     python prepare_data.py shakespeare_bpe --vocab_size=1024
     python prepare_data.py tinystories --vocab_size=4096
+    python prepare_data.py numbers                     # "4,321" -> "four thousand three hundred twenty-one" pairs
     python prepare_data.py mytext --input=book.txt --tokenizer=char|gpt2|bpe [--vocab_size=N]
     Every command takes --data_root=DIR (default: ./data). The training scripts call ensure_prepared(),
     so the ready-made datasets are prepared on first use without running this by hand.
@@ -65,6 +66,7 @@ DATASETS = {
     "shakespeare": ("gpt2", None, "tiny Shakespeare, GPT-2 BPE tokens (tiktoken)"),
     "shakespeare_bpe": ("bpe", 1024, "tiny Shakespeare, this repo's BPE trained on it"),
     "tinystories": ("bpe", 4096, "TinyStoriesV2-GPT4 (2 GB download), this repo's BPE"),
+    "numbers": ("char", None, "generated number -> English words pairs (t5.py), characters"),
 }
 TOKENIZERS = ("char", "gpt2", "bpe")
 DEFAULT_BPE_VOCAB_SIZE = 1024  # for --input=... --tokenizer=bpe
@@ -372,6 +374,8 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
 
     if input_path is not None:
         return prepare_text(read_text(input_path), out_dir, tokenizer, vocab_size)
+    if name == "numbers":
+        return prepare_numbers(out_dir)
     if name == "tinystories":
         return prepare_bpe_files(*download_tinystories(out_dir), out_dir, vocab_size)
     return prepare_text(read_text(shakespeare_input(data_root, out_dir)), out_dir, tokenizer, vocab_size)
@@ -451,6 +455,81 @@ def download(url, path, timeout=30, chunk_size=1 << 20):
         raise requests.RequestException(f"connection closed after {done} of {total} bytes; rerun to resume")
     os.replace(part, path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# The numbers task: a toy translation dataset for t5.py that needs no download
+
+NUMBERS_MAX = 1_000_000  # pairs cover 0 .. NUMBERS_MAX
+NUMBERS_VAL, NUMBERS_TRAIN = 2_000, 200_000  # held-out and training pairs, disjoint sets of numbers
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+         "sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_to_words(n):
+    """English words for 0 <= n <= 1,000,000, American style without "and": 4321 -> "four thousand
+    three hundred twenty-one", 1005 -> "one thousand five"."""
+    if not isinstance(n, int) or not 0 <= n <= NUMBERS_MAX:
+        raise DataError(f"{n!r} is outside the numbers task's range 0 to {NUMBERS_MAX:,}")
+    if n == NUMBERS_MAX:
+        return "one million"
+
+    def below_thousand(k):
+        hundreds, rest = divmod(k, 100)
+        words = [f"{_ONES[hundreds]} hundred"] if hundreds else []
+        if rest >= 20:
+            words.append(_TENS[rest // 10] + (f"-{_ONES[rest % 10]}" if rest % 10 else ""))
+        elif rest or not words:
+            words.append(_ONES[rest])
+        return " ".join(words)
+
+    thousands, rest = divmod(n, 1000)
+    if not thousands:
+        return below_thousand(rest)
+    return f"{below_thousand(thousands)} thousand" + (f" {below_thousand(rest)}" if rest else "")
+
+
+def number_to_pieces(n):
+    """The words of n as output tokens, each carrying the space or hyphen before it, as SentencePiece's
+    "▁thousand" does: 4321 -> ["four", " thousand", " three", " hundred", " twenty", "-one"]."""
+    import re
+
+    return re.findall(r"[ -]?[a-z]+", number_to_words(n))
+
+
+def prepare_numbers(out_dir, n_train=NUMBERS_TRAIN, n_val=NUMBERS_VAL, seed=0):
+    """Write number -> words pairs, one "4,321<TAB>four thousand ...<NEWLINE>" line per pair.
+
+    The numbers are drawn without replacement from 0 .. NUMBERS_MAX, so no validation number ever
+    appears in training: exact match on val measures generalisation, not memory.
+
+    The vocabulary is that of a translation model: the input side is characters (digits and the
+    comma), the output side whole words (each with its leading space or hyphen, so that decoding is
+    concatenation), which keeps targets ~9 tokens long instead of ~53 characters. It starts with T5's
+    two special tokens, "<pad>" (id 0, also the decoder start) and "</s>" (id 1). The meta is a char
+    tokenizer's (stoi / itos), so load_tokenizer encodes inputs and decodes outputs as usual; the files
+    have the usual layout, so gpt.py can also train on them as one stream; t5.py splits them into pairs.
+    """
+    import random
+
+    numbers = random.Random(seed).sample(range(NUMBERS_MAX + 1), n_val + n_train)
+    # Every output piece occurs in 0..999, 1,000 or 1,000,000 (thousands reuse the same words).
+    pieces = sorted({p for n in [*range(1000), 1000, NUMBERS_MAX] for p in number_to_pieces(n)})
+    vocab = ["<pad>", "</s>", "\t", "\n", ","] + [str(d) for d in range(10)] + pieces
+    stoi = {token: i for i, token in enumerate(vocab)}
+    meta = {"tokenizer": "char", "vocab_size": len(vocab), "stoi": stoi, "itos": dict(enumerate(vocab)),
+            "task": "numbers", "max_number": NUMBERS_MAX}
+
+    def line(n):
+        return [stoi[c] for c in f"{n:,}"] + [stoi["\t"]] + [stoi[p] for p in number_to_pieces(n)] + [stoi["\n"]]
+
+    with _staged_outputs(out_dir) as staged:
+        counts = {"val": _write_tokens(staged["val.bin"], [i for n in numbers[:n_val] for i in line(n)]),
+                  "train": _write_tokens(staged["train.bin"], [i for n in numbers[n_val:] for i in line(n)])}
+        _write_meta(staged["meta.pkl"], meta)
+    _report(out_dir, meta, counts)
+    return out_dir
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ sample.py — generate text from a trained checkpoint or from pretrained Hugging
     python sample.py --init_from=gpt2 --start="The meaning of life is" --top_p=0.9
     python sample.py --init_from=path/to/hf_checkpoint_dir          # a local GPT-2 or Llama checkpoint
     python sample.py --out_dir=out --interactive=True               # type prompts, get continuations
+    python sample.py --out_dir=out-t5-numbers --start="123456" --beam_size=4   # a T5: input -> output
+    python sample.py --init_from=path/to/flan-t5-small --start="translate English to German: Hello"
 
 The checkpoint says which script wrote it (its "model_type"), the model's shape ("model_args") and the
 tokenizer it was trained with, so this one file rebuilds any of the repository's models: it imports
@@ -15,7 +17,9 @@ trains), builds the model, loads the weights and calls its generate().
 
 Options (all --key=value): out_dir, init_from ('resume' reads out_dir/ckpt.pt; otherwise a Hugging
 Face hub id or local directory), start, num_samples, max_new_tokens, temperature (0 = greedy), top_k,
-top_p, repetition_penalty, seed, device, dtype, compile, interactive.
+top_p, repetition_penalty, seed, device, dtype, compile, interactive; for encoder-decoder (T5)
+models also beam_size (> 1: beam search; num_samples then returns that many best beams) and
+length_penalty. A T5 reads --start as its input and prints its output for it.
 """
 
 import importlib
@@ -33,9 +37,10 @@ MODELS = {
     "bigram": ("bigram", "Bigram", "BigramConfig"),
     "gpt": ("gpt", "GPT", "GPTConfig"),
     "llama": ("llama", "Llama", "LlamaConfig"),
+    "t5": ("t5", "T5", "T5Config"),
 }
 # Hugging Face config.json "model_type" -> our model_type
-HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama"}
+HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "t5": "t5"}
 
 DEFAULTS = {
     "out_dir": "out",
@@ -52,6 +57,8 @@ DEFAULTS = {
     "dtype": "auto",
     "compile": False,
     "interactive": False,
+    "beam_size": 1,  # encoder-decoder models: 1 decodes token by token (greedy/sampled), > 1 beam search
+    "length_penalty": 1.0,  # beam search ranks outputs by log-prob / length ** length_penalty
 }
 # Keys that may also be None, and the type of their non-None value.
 OPTIONAL = {"top_k": int, "top_p": float}
@@ -97,6 +104,8 @@ def parse_args(argv):
         fail(f"top_k must be >= 1, got {config['top_k']}")
     if config["repetition_penalty"] <= 0:
         fail(f"repetition_penalty must be > 0, got {config['repetition_penalty']}")
+    if config["beam_size"] < 1:
+        fail(f"beam_size must be >= 1, got {config['beam_size']}")
     return config
 
 
@@ -156,6 +165,8 @@ def load_pretrained(name_or_dir):
         model = model_class.from_pretrained(directory)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         fail(f"cannot load {name_or_dir!r}: {e}")
+    if model_type == "t5":
+        return model, t5_sentencepiece(directory)
     tokenizer_json = os.path.join(directory, "tokenizer.json")
     if os.path.isfile(tokenizer_json):
         import bpe
@@ -191,6 +202,8 @@ def main(argv):
     model.eval().to(cfg["device"])
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    if type(model).__name__ == "T5":
+        return sample_t5(cfg, model, tokenizer, autocast)
     if cfg["compile"]:
         # Replace forward (which generate() calls) by its compiled version. Compiling is lazy, so try
         # a short generation now and fall back to the plain forward if this platform cannot compile.
@@ -239,6 +252,95 @@ def main(argv):
         with open(path, encoding="utf-8") as f:
             start = f.read()
     generate(start)
+
+
+def t5_sentencepiece(directory):
+    """The SentencePiece tokenizer (spiece.model) of a Hugging Face T5 directory, through the optional
+    sentencepiece package. Like T5's own tokenizer, encode ends every input with </s>."""
+    path = os.path.join(directory, "spiece.model")
+    if not os.path.isfile(path):
+        fail(f"{directory} has no spiece.model; T5 checkpoints need their SentencePiece tokenizer file")
+    try:
+        import sentencepiece
+    except ImportError:
+        fail("T5 checkpoints use a SentencePiece tokenizer: pip install sentencepiece")
+    processor = sentencepiece.SentencePieceProcessor(model_file=path)
+
+    class Tokenizer:
+        eot_token = processor.eos_id()
+
+        def encode(self, text):
+            return processor.encode(text) + [processor.eos_id()] if text else []
+
+        def decode(self, ids):
+            return processor.decode(list(ids))
+
+    return Tokenizer()
+
+
+def sample_t5(cfg, model, tokenizer, autocast):
+    """An encoder-decoder model: --start is the input, and we print num_samples outputs for it.
+
+    beam_size > 1 prints the num_samples best beams (beam search is deterministic); otherwise each
+    output is decoded token by token with the sampling options (temperature=0: greedy). A checkpoint
+    trained on the numbers task (its tokenizer meta says task="numbers") takes a number with or
+    without thousands separators ("123456" or "123,456") and is given it in the training format."""
+    meta = {}
+    if cfg["init_from"] == "resume":  # mmap: read the tokenizer meta without loading the weights again
+        meta = torch.load(os.path.join(cfg["out_dir"], "ckpt.pt"), map_location="cpu", weights_only=True, mmap=True)["tokenizer"]
+    if cfg["beam_size"] > 1 and cfg["num_samples"] > cfg["beam_size"]:
+        fail(f"num_samples={cfg['num_samples']} must be at most beam_size={cfg['beam_size']} (beam search returns its best beams)")
+
+    def run(prompt):
+        if meta.get("task") == "numbers":
+            digits = prompt.strip().replace(",", "").replace("_", "")
+            if not digits.isdigit():
+                fail(f"this model turns a whole number into words, like 4321 or 4,321; got {prompt!r}")
+            if int(digits) > meta["max_number"]:
+                fail(f"{int(digits):,} is outside the numbers task's range 0 to {meta['max_number']:,}")
+            prompt = f"{int(digits):,}"
+        try:
+            ids = tokenizer.encode(prompt)
+        except ValueError as e:  # characters the model's vocabulary does not have
+            fail(str(e))
+        if not ids:
+            fail("the input encodes to no tokens; give a non-empty --start")
+        if len(ids) > model.config.block_size:
+            fail(f"the input has {len(ids)} tokens, more than this model's block_size={model.config.block_size}; shorten it")
+        idx = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
+        with autocast:
+            if cfg["beam_size"] > 1:
+                out, _ = model.beam_search(idx, cfg["max_new_tokens"], beam_size=cfg["beam_size"],
+                                           length_penalty=cfg["length_penalty"], num_return_sequences=cfg["num_samples"])
+            else:
+                out = model.generate(idx.expand(cfg["num_samples"], -1), cfg["max_new_tokens"],
+                                     temperature=cfg["temperature"], top_k=cfg["top_k"], top_p=cfg["top_p"],
+                                     repetition_penalty=cfg["repetition_penalty"])
+        for row in out[:, 1:].tolist():  # after the decoder start token, up to </s>
+            if model.config.eos_token_id in row:
+                row = row[:row.index(model.config.eos_token_id)]
+            print(tokenizer.decode(row))
+            print("---------------")
+
+    if cfg["interactive"]:
+        print("type an input and press enter (an empty line or Ctrl-D quits)")
+        while True:
+            try:
+                prompt = input("> ")
+            except EOFError:
+                break
+            if not prompt:
+                break
+            run(prompt)
+        return
+    start = cfg["start"]
+    if start.startswith("FILE:"):
+        path = start[len("FILE:"):]
+        if not os.path.isfile(path):
+            fail(f"prompt file {path!r} not found")
+        with open(path, encoding="utf-8") as f:
+            start = f.read()
+    run(start)
 
 
 if __name__ == "__main__":

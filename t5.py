@@ -598,22 +598,22 @@ class T5(nn.Module):
             vocab = log_probs.size(-1)
             candidates = (beam_scores[:, None] + log_probs).view(B, K * vocab)
             top_scores, top_ids = candidates.topk(2 * K, dim=1)  # (B, 2K), best first
-            source_beam, token = top_ids // vocab, top_ids % vocab
+            # Python lists: the bookkeeping below reads them element by element.
+            top_scores, source_beam, token = top_scores.tolist(), (top_ids // vocab).tolist(), (top_ids % vocab).tolist()
             length = step + 1  # generated tokens, this one included
             next_rows, next_tokens, next_scores = [], [], []
             for b in range(B):
                 chosen = []
                 if not done[b]:
                     for rank in range(2 * K):
-                        row = b * K + source_beam[b, rank].item()
-                        score = top_scores[b, rank].item()
-                        if token[b, rank].item() == cfg.eos_token_id:
+                        row, score = b * K + source_beam[b][rank], top_scores[b][rank]
+                        if token[b][rank] == cfg.eos_token_id:
                             # A finished beam counts only if it would have been among the K best.
                             if rank < K:
                                 sequence = beams[row].tolist() + [cfg.eos_token_id]
                                 hypotheses[b].append((score / length ** length_penalty, sequence))
                         else:
-                            chosen.append((row, token[b, rank].item(), score))
+                            chosen.append((row, token[b][rank], score))
                         if len(chosen) == K:
                             break
                     hypotheses[b] = sorted(hypotheses[b], key=lambda h: -h[0])[:K]
@@ -631,8 +631,10 @@ class T5(nn.Module):
             rows = torch.tensor(next_rows, device=device)
             beams = torch.cat((beams[rows], torch.tensor(next_tokens, device=device)[:, None]), dim=1)
             beam_scores = torch.tensor(next_scores, device=device)
-            # Each new beam continues some old beam: its cached keys/values must follow it.
-            cache.keys, cache.values = cache.keys[:, rows], cache.values[:, rows]
+            # Each new beam continues some old beam: its cached keys/values (the filled part) must follow it.
+            filled = cache.length
+            cache.keys[:, :, :, :filled] = cache.keys[:, rows, :, :filled]
+            cache.values[:, :, :, :filled] = cache.values[:, rows, :, :filled]
         for b in range(B):
             if not done[b]:  # ran out of length: the live beams compete with the finished ones
                 length = beams.size(1) - 1
@@ -841,3 +843,531 @@ def load_hf_weights(directory):
     raise FileNotFoundError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
 
 
+
+
+# -----------------------------------------------------------------------------
+# Sequence-to-sequence data: (input, target) pairs, padded per batch
+
+
+class PairLoader:
+    """Random batches of (input, target) pairs from a prepared pairs dataset.
+
+    The dataset's train.bin / val.bin hold lines "input<TAB>target<NEWLINE>" as token ids (see
+    prepare_data.prepare_numbers); its vocabulary has "<pad>" and "</s>". A language model reads one
+    long stream in fixed windows; a sequence-to-sequence model needs whole pairs, and pairs differ in
+    length, so each batch is padded to its own longest input and target (padding to a global
+    maximum would waste work on every short batch). get_batch returns, for B pairs:
+        input_ids (B, S)            the inputs, right-padded with <pad>
+        attention_mask (B, S)       1 on real input tokens, 0 on padding
+        decoder_input_ids (B, T)    <start> y_0 .. y_{n-1}   (teacher forcing: the target shifted right)
+        targets (B, T)              y_0 .. y_{n-1} </s>      (-100 on padding: ignored by the loss)
+    """
+
+    def __init__(self, data_dir, meta, batch_size, device, block_size, target_block_size):
+        stoi = meta.get("stoi", {})
+        if not all(token in stoi for token in ("\t", "\n", "<pad>", "</s>")):
+            raise prepare_data.DataError(f"{data_dir} is not a pairs dataset (lines 'input<TAB>target' and the "
+                                         f"tokens <pad>, </s>); prepare one with: python prepare_data.py numbers")
+        self.pad, self.eos = stoi["<pad>"], stoi["</s>"]
+        self.batch_size, self.device = batch_size, device
+        self.pairs = {}
+        for split in ("train", "val"):
+            path = os.path.join(data_dir, f"{split}.bin")
+            if not os.path.isfile(path):
+                raise prepare_data.DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
+            self.pairs[split] = read_pairs(path, stoi["\t"], stoi["\n"])
+            if not self.pairs[split]:
+                raise prepare_data.DataError(f"{path} holds no 'input<TAB>target' lines; prepare the dataset again")
+            longest_input = max(len(source) for source, _ in self.pairs[split])
+            longest_target = max(len(target) for _, target in self.pairs[split]) + 1  # + </s> or <start>
+            if longest_input > block_size or longest_target > target_block_size:
+                raise prepare_data.DataError(
+                    f"{split} split has inputs of up to {longest_input} tokens and targets of up to {longest_target} "
+                    f"(with </s>), more than block_size={block_size} / target_block_size={target_block_size}; raise them")
+
+    def mean_lengths(self):
+        """Average input and target (with </s>) lengths of the training pairs: what a batch costs."""
+        pairs = self.pairs["train"]
+        return (sum(len(s) for s, _ in pairs) / len(pairs), sum(len(t) + 1 for _, t in pairs) / len(pairs))
+
+    def collate(self, pairs):
+        """Pad a list of (source ids, target ids) into the four tensors of get_batch."""
+        B = len(pairs)
+        S = max(len(source) for source, _ in pairs)
+        T = max(len(target) for _, target in pairs) + 1
+        input_ids = torch.full((B, S), self.pad, dtype=torch.long)
+        attention_mask = torch.zeros((B, S), dtype=torch.long)
+        decoder_input_ids = torch.full((B, T), self.pad, dtype=torch.long)  # <pad> is also the start token
+        targets = torch.full((B, T), -100, dtype=torch.long)
+        for i, (source, target) in enumerate(pairs):
+            input_ids[i, :len(source)] = torch.as_tensor(source)
+            attention_mask[i, :len(source)] = 1
+            decoder_input_ids[i, 1:len(target) + 1] = torch.as_tensor(target)
+            targets[i, :len(target)] = torch.as_tensor(target)
+            targets[i, len(target)] = self.eos
+        return tuple(t.to(self.device) for t in (input_ids, attention_mask, decoder_input_ids, targets))
+
+    def get_batch(self, split):
+        # The global torch RNG, as prepare_data.BatchLoader: seeded per rank, saved for exact resume.
+        rows = torch.randint(len(self.pairs[split]), (self.batch_size,)).tolist()
+        return self.collate([self.pairs[split][i] for i in rows])
+
+
+def read_pairs(path, tab, newline):
+    """[(source ids, target ids), ...] from a .bin file of "source<TAB>target<NEWLINE>" lines."""
+    import numpy as np
+
+    ids = np.fromfile(path, dtype=np.uint16).astype(np.int64)
+    pairs = []
+    start = 0
+    for end in np.flatnonzero(ids == newline).tolist():
+        line = ids[start:end]
+        cut = np.flatnonzero(line == tab)
+        if len(cut) == 1 and cut[0] > 0:
+            pairs.append((line[:cut[0]], line[cut[0] + 1:]))
+        start = end + 1
+    return pairs
+
+
+@torch.no_grad()
+def exact_match(model, loader, n_pairs, beam_size=1, batch_size=250):
+    """Fraction of the first n_pairs validation pairs whose decoded output equals the target exactly.
+
+    Loss measures how much probability the model puts on the right answer; exact match measures
+    whether decoding (greedy, or beam search with beam_size > 1) actually produces it, every token
+    right and </s> in the right place: the number a translation task cares about."""
+    was_training = model.training
+    model.eval()
+    pairs = loader.pairs["val"][:n_pairs]
+    correct = 0
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        input_ids, attention_mask, _, targets = loader.collate(chunk)
+        max_new = targets.size(1) + 2  # enough for the longest target and </s>, plus room to be wrong
+        if beam_size > 1:
+            out, _ = model.beam_search(input_ids, max_new, attention_mask, beam_size=beam_size)
+        else:
+            out = model.generate(input_ids, max_new, attention_mask, temperature=0.0)
+        out = out[:, 1:]  # drop the start token
+        for row, (_, target) in zip(out.tolist(), chunk):
+            expected = target.tolist() + [loader.eos]
+            correct += row[:len(expected)] == expected
+    model.train(was_training)
+    return correct / len(pairs)
+
+
+# -----------------------------------------------------------------------------
+# Training configuration. Every simple value below can be overridden by config files and
+# --key=value arguments (see parse_config). The defaults are t5-small's shape on the numbers task.
+
+# I/O
+out_dir = "out-t5"
+eval_interval = 250  # evaluate losses and exact match (and maybe checkpoint) every this many iterations
+log_interval = 10  # print a training line every this many iterations
+eval_iters = 50  # batches averaged per loss estimate
+eval_exact_match = 500  # validation pairs decoded greedily for exact match at each evaluation; 0 disables
+eval_beam_size = 0  # > 1: at the last evaluation, also report beam-search exact match with this many beams
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt) or a local HF T5 directory
+# logging
+wandb_log = False
+wandb_project = "t5"
+wandb_run_name = "t5"
+# data
+dataset = "numbers"
+gradient_accumulation_steps = 1  # micro-batches summed into one optimizer step
+batch_size = 64  # pairs per micro-batch
+block_size = 64  # longest input (tokens)
+target_block_size = 128  # longest target, with </s>
+# model
+n_layer = 6
+n_decoder_layer = 6
+n_head = 8
+n_embd = 512
+head_dim = 64
+n_ff = 2048
+num_buckets = 32
+max_distance = 128
+feed_forward = "relu"
+tie_embeddings = True
+dropout = 0.1
+attention = "sdpa"
+# AdamW
+learning_rate = 1e-3
+max_iters = 5000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
+# learning-rate schedule
+decay_lr = True
+warmup_iters = 200
+lr_decay_iters = 5000  # ~ max_iters
+min_lr = 1e-4  # ~ learning_rate / 10
+# system
+backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
+compile = True  # torch.compile the model (falls back with a warning where it cannot)
+seed = 1337
+
+# Every simple-typed name defined above is a config key (names starting with "_" are not).
+config_keys = [k for k, v in list(globals().items())
+               if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
+
+
+def parse_config(argv, defaults):
+    """Apply config files and --key=value overrides to the defaults; return the final dict.
+
+    Each argument without "--" is a Python file whose top-level assignments override keys, in
+    order; each --key=value overrides one key, later ones winning. Values are Python literals
+    (--batch_size=32, --decay_lr=False, --dropout=0.1); anything that is not a literal is taken as
+    a string (--device=cuda). A key that does not exist, or a value of the wrong type, is an error
+    naming the key: a typo must never silently train with the default.
+    """
+    import ast
+
+    config = dict(defaults)
+
+    def fail(message):
+        sys.exit(f"error: {message}")
+
+    def assign(key, value, source):
+        if key not in config:
+            fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
+        default = config[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # --learning_rate=1 means 1.0
+        if type(value) is not type(default):
+            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
+        config[key] = value
+
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            print("config keys and defaults:\n" + "\n".join(f"  {k} = {v!r}" for k, v in defaults.items()))
+            sys.exit(0)
+        if arg.startswith("--"):
+            if "=" not in arg:
+                fail(f"argument {arg!r} must look like --key=value")
+            key, text = arg[2:].split("=", 1)
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            assign(key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                fail(f"config file {arg!r} not found")
+            namespace = {}
+            try:
+                with open(arg) as f:
+                    exec(f.read(), namespace)
+            except Exception as e:  # a broken config file: say which, not a traceback into exec
+                fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
+            for key, value in namespace.items():
+                if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
+                    assign(key, value, arg)
+    return config
+
+
+# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU: model FLOPs per second
+# achieved divided by what the hardware could do. Matched against torch.cuda.get_device_name().
+_GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def gpu_peak_flops(device_name):
+    for key, flops in _GPU_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+
+def main(argv):
+    cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
+
+    # ---- devices, processes and precision ----
+    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if ddp:
+        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        if cfg["device"].startswith("cuda"):
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if cfg["device"].startswith("cuda") else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+        if cfg["gradient_accumulation_steps"] % world_size != 0:
+            sys.exit(f"error: gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible "
+                     f"by the number of processes ({world_size})")
+        # Each process does its share of the micro-batches; together they make one optimizer step.
+        cfg["gradient_accumulation_steps"] //= world_size
+    else:
+        rank, local_rank, world_size = 0, 0, 1
+    master = rank == 0  # only this process logs and writes checkpoints
+    device = cfg["device"]
+    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+    if device_type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: device='cuda' but no CUDA GPU is available; use --device=cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: device='mps' but MPS is not available on this machine; use --device=cpu")
+    if cfg["dtype"] == "auto":
+        if device_type == "cuda":
+            cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            cfg["dtype"] = "float32"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg["dtype"] not in dtypes:
+        sys.exit(f"error: dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
+    torch.manual_seed(cfg["seed"] + rank)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
+    torch.backends.cudnn.allow_tf32 = True
+    # Mixed precision, as gpt.py: bfloat16 needs nothing else, float16 needs the GradScaler.
+    autocast = (nullcontext() if cfg["dtype"] == "float32"
+                else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
+
+    # ---- data ----
+    try:
+        if ddp and not master:  # let rank 0 generate or download the data alone; the others wait for it
+            torch.distributed.barrier()
+        data_dir = prepare_data.ensure_prepared(cfg["dataset"])
+        if ddp and master:
+            torch.distributed.barrier()
+        meta = prepare_data.load_meta(data_dir)
+        loader = PairLoader(data_dir, meta, cfg["batch_size"], device, cfg["block_size"], cfg["target_block_size"])
+    except prepare_data.DataError as e:
+        sys.exit(f"error: {e}")
+    # Batches are padded to their own longest pair, so tokens per iteration vary; we count the real
+    # (unpadded) input and target tokens, which is what the model learns from.
+    mean_source, mean_target = loader.mean_lengths()
+    pairs_per_iter = cfg["gradient_accumulation_steps"] * world_size * cfg["batch_size"]
+    tokens_per_iter = pairs_per_iter * (mean_source + mean_target)
+
+    # ---- model ----
+    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+    model_keys = ("n_layer", "n_decoder_layer", "n_head", "n_embd", "head_dim", "n_ff", "num_buckets", "max_distance",
+                  "feed_forward", "tie_embeddings", "dropout", "attention", "block_size", "target_block_size")
+    if cfg["init_from"] == "scratch":
+        try:
+            config = T5Config(**{k: cfg[k] for k in model_keys}, vocab_size=meta["vocab_size"],
+                              pad_token_id=loader.pad, eos_token_id=loader.eos, decoder_start_token_id=loader.pad)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        model = T5(config)
+        model_args = asdict(config)
+    elif cfg["init_from"] == "resume":
+        ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        if not os.path.exists(ckpt_path):
+            sys.exit(f"error: init_from='resume' but there is no checkpoint at {ckpt_path}; train with init_from='scratch' first")
+        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if checkpoint.get("model_type") != "t5":
+            sys.exit(f"error: {ckpt_path} was written by {checkpoint.get('model_type')}.py, not t5.py")
+        # The architecture comes from the checkpoint; only dropout may change between runs.
+        model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
+        model = T5(T5Config(**model_args))
+        model.load_state_dict(checkpoint["model"])
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    else:
+        try:
+            model = T5.from_pretrained(cfg["init_from"], dropout=cfg["dropout"])
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: cannot load {cfg['init_from']!r}: {e}")
+        if meta["vocab_size"] > model.config.vocab_size:
+            sys.exit(f"error: dataset {cfg['dataset']!r} has {meta['vocab_size']} tokens but {cfg['init_from']} "
+                     f"knows {model.config.vocab_size}; fine-tune on a dataset tokenized with its vocabulary")
+        model.config.block_size, model.config.target_block_size = cfg["block_size"], cfg["target_block_size"]
+        model_args = asdict(model.config)
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng_state"]["cpu"].cpu())
+        if device_type == "cuda" and checkpoint["rng_state"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng_state"]["cuda"].cpu())
+    raw_model = model  # the plain module: what we save, decode with, and what MFU counts
+    if cfg["compile"]:
+        model = compile_t5(model, autocast, loader)
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print("config:", json.dumps(cfg))
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: ~{tokens_per_iter:,.0f} "
+              f"({pairs_per_iter} pairs x ({mean_source:.1f} input + {mean_target:.1f} target tokens))")
+    wandb = None
+    if cfg["wandb_log"] and master:
+        try:
+            import wandb
+        except ImportError:
+            sys.exit("error: wandb_log=True but wandb is not installed: pip install wandb")
+        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+
+    def lr_at(it):
+        """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+        if not cfg["decay_lr"]:
+            return cfg["learning_rate"]
+        if it < cfg["warmup_iters"]:
+            return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+        if it > cfg["lr_decay_iters"]:
+            return cfg["min_lr"]
+        progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+        return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+    @torch.no_grad()
+    def estimate_loss(final):
+        """Mean loss over eval_iters batches of each split, with dropout off; exact match on val
+        (and, at the final evaluation, beam-search exact match: it costs several greedy decodings)."""
+        model.eval()
+        losses = {}
+        for split in ("train", "val"):
+            total = 0.0
+            for _ in range(cfg["eval_iters"]):
+                x, mask, decoder_x, y = loader.get_batch(split)
+                with autocast:
+                    _, loss = model(x, decoder_x, mask, y)
+                total += loss.item()
+            losses[split] = total / cfg["eval_iters"]
+        # Decoding draws no random numbers (greedy and beam search are deterministic), so the
+        # training batches after an evaluation are the same with or without it.
+        if cfg["eval_exact_match"] > 0:
+            with autocast:
+                losses["exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"])
+                if cfg["eval_beam_size"] > 1 and final:
+                    losses["beam_exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"], cfg["eval_beam_size"])
+        model.train()
+        return losses
+
+    def save_checkpoint():
+        checkpoint = {
+            "model_type": "t5",
+            "model_args": model_args,
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "config": cfg,
+            "tokenizer": meta,
+            "rng_state": {"cpu": torch.get_rng_state(),
+                          "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
+        }
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        # Write then rename: a crash mid-write leaves the previous checkpoint intact.
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        print(f"saved checkpoint to {path}")
+
+    # ---- the training loop ----
+    # Order within an iteration, as gpt.py: evaluate (and checkpoint) the current weights, then take
+    # one optimizer step, so that a resumed run repeats exactly what the original run did next.
+    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
+    flops_per_token = raw_model.flops_per_token(mean_source, mean_target)
+    resumed_at = iter_num if checkpoint is not None else None
+    checkpoint = None  # free the loaded copy
+    model.train()
+    # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
+    t_last, iter_timed = time.time(), iter_num
+    t_start = time.time()
+    while True:
+        lr = lr_at(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if iter_num % cfg["eval_interval"] == 0 and iter_num != resumed_at:
+            losses = estimate_loss(final=cfg["eval_only"] or iter_num >= cfg["max_iters"])
+            if master:
+                metrics = "".join(f", {name.replace('_', ' ')} {100 * losses[name]:.1f}%"
+                                  for name in ("exact_match", "beam_exact_match") if name in losses)
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{metrics} "
+                      f"(training time {time.time() - t_start:.0f}s)")
+                if wandb:
+                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}
+                              | {f"val/{name}": losses[name] for name in ("exact_match", "beam_exact_match") if name in losses})
+                if not math.isfinite(losses["val"]):
+                    sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint "
+                             f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+                if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                    best_val_loss = min(best_val_loss, losses["val"])
+                    save_checkpoint()
+            t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
+        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+            break
+
+        # Gradient accumulation, as gpt.py. Each micro-batch's loss is already a mean over its target
+        # tokens; micro-batches of one step hold similar numbers of them, so averaging the means is
+        # close to the mean over the step's tokens.
+        for micro_step in range(cfg["gradient_accumulation_steps"]):
+            x, mask, decoder_x, y = loader.get_batch("train")
+            last = micro_step == cfg["gradient_accumulation_steps"] - 1
+            with (model.no_sync() if ddp and not last else nullcontext()):
+                with autocast:
+                    _, loss = model(x, decoder_x, mask, y)
+                    loss = loss / cfg["gradient_accumulation_steps"]
+                scaler.scale(loss).backward()
+        if cfg["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
+
+        if iter_num % cfg["log_interval"] == 0 and master:
+            loss_value = loss.item() * cfg["gradient_accumulation_steps"]
+            if not math.isfinite(loss_value):
+                sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
+                         f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            now = time.time()
+            dt = (now - t_last) / (iter_num + 1 - iter_timed)
+            t_last, iter_timed = now, iter_num + 1
+            tokens_per_sec = tokens_per_iter / dt
+            flops_per_sec = flops_per_token * tokens_per_sec / world_size
+            if peak_flops is None:
+                mfu = "n/a (unknown peak)"
+            elif cfg["dtype"] == "float32":
+                mfu = "n/a (peaks are for 16-bit)"
+            else:
+                mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
+            print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+                  f"mfu {mfu}, lr {lr:.2e}")
+        iter_num += 1
+
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+def compile_t5(model, autocast, loader):
+    """torch.compile the model, or return it unchanged with a warning if compiling fails here.
+
+    gpt.py's compile_model with a sequence-to-sequence trial: one forward and backward on a real
+    training batch (inside fork_rng, so that drawing it does not change the run's random stream).
+    Batches change shape with their longest pair, so we compile shape-generically (dynamic=True)
+    rather than recompiling for every new length."""
+    compiled = torch.compile(model, dynamic=True)
+    try:
+        device = loader.device
+        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
+            x, mask, decoder_x, y = loader.get_batch("train")
+            with autocast:
+                _, loss = compiled(x, decoder_x, mask, y)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        return compiled
+    except Exception as e:  # any compiler failure: training uncompiled is slower but correct
+        model.zero_grad(set_to_none=True)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"warning: torch.compile failed ({type(e).__name__}: {first_line}); continuing without compile")
+        return model
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,12 +1,14 @@
 """t5.py: parity with Hugging Face T5 (v1.0 and v1.1), attention paths, masks, decoding, bad input."""
-import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import prepare_data
+import sample
 import t5
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,3 +236,213 @@ def test_beam_of_one_is_greedy_and_wider_beams_find_likelier_outputs():
     torch.testing.assert_close(wide_lp, scores, rtol=1e-4, atol=1e-4)  # the returned score is that log-prob
     assert (wide_lp >= greedy_lp - 1e-5).all()
     assert (wide_lp > greedy_lp + 1e-3).any()
+
+
+# -----------------------------------------------------------------------------
+# Configuration and loading errors
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(feed_forward="swiglu"), "feed_forward='swiglu' must be 'relu' or 'gated-gelu'"),
+    (dict(attention="flash"), "attention='flash' must be 'sdpa' or 'manual'"),
+    (dict(n_head=0), "n_head=0 must be a positive integer"),
+    (dict(num_buckets=2), "num_buckets=2 must be at least 4"),
+    (dict(eos_token_id=53), "eos_token_id=53 must be a token id below vocab_size=53"),
+])
+def test_config_validation(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tiny_config(**overrides)
+
+
+def test_input_longer_than_block_size_is_an_error(model):
+    with pytest.raises(ValueError, match="input of 65 tokens is longer than block_size=64"):
+        model(torch.zeros(1, 65, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="target of 49 tokens is longer than target_block_size=48"):
+        model(torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 49, dtype=torch.long))
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        t5.T5.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="holds a 'bert' model; t5.py loads only 't5'"):
+        t5.T5.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "t5", "feed_forward_proj": "gated-silu"}')
+    with pytest.raises(ValueError, match="unsupported feed_forward_proj='gated-silu'"):
+        t5.T5.from_pretrained(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        t5.T5.from_pretrained("google/flan-t5-small")
+
+
+# -----------------------------------------------------------------------------
+# The numbers task, training and sample.py
+
+
+def test_number_to_words():
+    words = prepare_data.number_to_words
+    assert [words(n) for n in (0, 7, 13, 20, 21, 105, 999, 1000, 4321, 20017, 100001, 999999, 1000000)] == [
+        "zero", "seven", "thirteen", "twenty", "twenty-one", "one hundred five", "nine hundred ninety-nine",
+        "one thousand", "four thousand three hundred twenty-one", "twenty thousand seventeen",
+        "one hundred thousand one", "nine hundred ninety-nine thousand nine hundred ninety-nine", "one million"]
+    assert "".join(prepare_data.number_to_pieces(4321)) == words(4321)
+    for bad in (-1, 1_000_001, 2.5):
+        with pytest.raises(prepare_data.DataError, match="outside the numbers task's range 0 to 1,000,000"):
+            words(bad)
+
+
+@pytest.fixture(scope="module")
+def numbers_dir(tmp_path_factory):
+    """A small numbers dataset under <root>/data/numbers: 6,000 training and 200 held-out pairs."""
+    root = tmp_path_factory.mktemp("t5_numbers")
+    prepare_data.prepare_numbers(str(root / "data" / "numbers"), n_train=6000, n_val=200)
+    return root
+
+
+def test_numbers_dataset_pairs_and_held_out(numbers_dir):
+    data_dir = str(numbers_dir / "data" / "numbers")
+    meta = prepare_data.load_meta(data_dir)
+    tokenizer = prepare_data.load_tokenizer(meta)
+    loader = t5.PairLoader(data_dir, meta, 4, "cpu", 16, 16)
+    assert len(loader.pairs["train"]) == 6000 and len(loader.pairs["val"]) == 200
+    sources = {}
+    for split in ("train", "val"):
+        sources[split] = set()
+        for source, target in loader.pairs[split]:
+            number = int(tokenizer.decode(source.tolist()).replace(",", ""))
+            assert tokenizer.decode(source.tolist()) == f"{number:,}"
+            assert tokenizer.decode(target.tolist()) == prepare_data.number_to_words(number)
+            sources[split].add(number)
+    assert not sources["train"] & sources["val"]  # held-out numbers never appear in training
+    x, mask, decoder_x, y = loader.get_batch("train")
+    # Teacher forcing: the decoder input is the target shifted right behind the start token <pad>.
+    for row in range(4):
+        n_target = int((y[row] != -100).sum())
+        assert y[row, n_target - 1] == meta["stoi"]["</s>"]
+        assert torch.equal(decoder_x[row, 1:n_target], y[row, :n_target - 1])
+        assert decoder_x[row, 0] == 0 and (decoder_x[row, n_target:] == 0).all()
+        assert torch.equal(x[row] != 0, mask[row].bool()) or mask[row].sum() < x.size(1)
+
+
+TINY = ["--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=1", "--n_decoder_layer=1", "--n_head=2",
+        "--n_embd=32", "--head_dim=16", "--n_ff=64", "--block_size=16", "--target_block_size=16", "--batch_size=16",
+        "--eval_iters=3", "--eval_exact_match=50", "--log_interval=5", "--learning_rate=1e-2", "--warmup_iters=2"]
+
+
+def train(root, monkeypatch, capsys, *args):
+    monkeypatch.chdir(root)
+    t5.main(TINY + list(args))
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def trained(numbers_dir):
+    """(training log, out_dir) of a 40-iteration run on the small numbers dataset."""
+    import contextlib
+    import io
+
+    log, cwd = io.StringIO(), os.getcwd()
+    os.chdir(numbers_dir)
+    try:
+        with contextlib.redirect_stdout(log):
+            t5.main(TINY + ["--out_dir=out-basic", "--max_iters=40", "--lr_decay_iters=40", "--eval_interval=20",
+                            "--eval_beam_size=2", "--dropout=0.0"])
+    finally:
+        os.chdir(cwd)
+    return log.getvalue(), numbers_dir / "out-basic"
+
+
+def test_training_reduces_loss_and_reports_exact_match(trained):
+    log, out_dir = trained
+    val = [float(v) for v in re.findall(r"val loss ([0-9.]+)", log)]
+    assert len(val) == 3 and val[-1] < val[0] - 2.0, log
+    assert len(re.findall(r" exact match [0-9.]+%", log)) == 4  # greedy at every evaluation, beam at the last
+    assert re.search(r"step 40: .*, exact match [0-9.]+%, beam exact match [0-9.]+%", log)
+    checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    assert checkpoint["model_type"] == "t5" and checkpoint["iter_num"] == 40
+    assert checkpoint["tokenizer"]["task"] == "numbers"
+    model = t5.T5(t5.T5Config(**checkpoint["model_args"]))
+    model.load_state_dict(checkpoint["model"])
+
+
+def test_exact_match_counts_whole_outputs(numbers_dir):
+    data_dir = str(numbers_dir / "data" / "numbers")
+    loader = t5.PairLoader(data_dir, prepare_data.load_meta(data_dir), 4, "cpu", 16, 16)
+
+    class Oracle(t5.T5):
+        """Decodes the true target for every second pair and a wrong word for the others."""
+        def generate(self, input_ids, max_new_tokens, attention_mask=None, **kwargs):
+            _, _, decoder_x, y = loader.collate(loader.pairs["val"][self.offset:self.offset + len(input_ids)])
+            self.offset += len(input_ids)
+            out = torch.cat((decoder_x[:, :1], y.clamp(min=0)), dim=1)
+            out[1::2, 1] = 5  # the digit "0": never a word
+            return out
+
+    oracle = Oracle(tiny_config(vocab_size=loader.eos + 100))
+    oracle.offset = 0
+    assert t5.exact_match(oracle, loader, 40, batch_size=16) == 0.5
+
+
+def test_resume_is_exact(numbers_dir, monkeypatch, capsys):
+    common = ["--eval_interval=10", "--dropout=0.1", "--lr_decay_iters=20", "--eval_exact_match=0"]
+    straight = train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-straight")
+    train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=10", "--out_dir=out-resumed")
+    resumed = train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-resumed",
+                    "--init_from=resume")
+    a = torch.load(numbers_dir / "out-straight" / "ckpt.pt", weights_only=True)
+    b = torch.load(numbers_dir / "out-resumed" / "ckpt.pt", weights_only=True)
+    assert b["iter_num"] == 20
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert re.findall(r"val loss ([0-9.]+)", straight)[-1] == re.findall(r"val loss ([0-9.]+)", resumed)[-1]
+
+
+def test_sample_decodes_a_number_like_generate(trained, capsys):
+    out_dir = trained[1]
+    checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)
+    model = t5.T5(t5.T5Config(**checkpoint["model_args"])).eval()
+    model.load_state_dict(checkpoint["model"])
+    tokenizer = prepare_data.load_tokenizer(checkpoint["tokenizer"])
+    ids = torch.tensor([tokenizer.encode("123,456")])
+
+    def decoded(out):
+        return [tokenizer.decode(row[1:row.index(1)] if 1 in row else row[1:]) for row in out.tolist()]
+
+    greedy = decoded(model.generate(ids, 15, temperature=0.0))
+    beams = decoded(model.beam_search(ids, 15, beam_size=3, num_return_sequences=2, length_penalty=0.5)[0])
+    capsys.readouterr()
+    sample.main([f"--out_dir={out_dir}", "--start=123456", "--temperature=0", "--num_samples=1",
+                 "--max_new_tokens=15", "--device=cpu"])
+    assert capsys.readouterr().out == greedy[0] + "\n---------------\n"
+    sample.main([f"--out_dir={out_dir}", "--start=123,456", "--beam_size=3", "--num_samples=2",
+                 "--length_penalty=0.5", "--max_new_tokens=15", "--device=cpu"])
+    assert capsys.readouterr().out == "".join(text + "\n---------------\n" for text in beams)
+
+
+def test_bad_input_gives_one_line_errors(numbers_dir, trained, tmp_path, monkeypatch):
+    out = trained[1]
+    gpt_dir = tmp_path / "gpt-ckpt"
+    gpt_dir.mkdir()
+    torch.save({"model_type": "gpt", "model_args": {}, "model": {}}, gpt_dir / "ckpt.pt")
+    (tmp_path / "plain.txt").write_text("not pairs, just text\n" * 50)
+    prepare_data.prepare("plain", input_path=str(tmp_path / "plain.txt"), tokenizer="char",
+                         data_root=str(numbers_dir / "data"))
+    monkeypatch.chdir(numbers_dir)
+    cases = [
+        (sample, [f"--out_dir={out}", "--start=1234567"], "1,234,567 is outside the numbers task's range 0 to 1,000,000"),
+        (sample, [f"--out_dir={out}", "--start="], "turns a whole number into words"),
+        (sample, [f"--out_dir={out}", "--start=twelve"], "turns a whole number into words, like 4321"),
+        (sample, [f"--out_dir={out}", "--beam_size=2", "--num_samples=3"], "num_samples=3 must be at most beam_size=2"),
+        (t5, [f"--out_dir={gpt_dir}", "--init_from=resume", *TINY], "was written by gpt.py, not t5.py"),
+        (t5, ["--out_dir=o", *TINY, "--block_size=4"], "more than block_size=4"),
+        (t5, ["--out_dir=o", *TINY, "--feed_forward=geglu"], "must be 'relu' or 'gated-gelu'"),
+        (t5, ["--dataset=plain", "--out_dir=o", *TINY], "is not a pairs dataset"),
+    ]
+    for module, args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(args)
+        text = str(exit_info.value)
+        assert text.startswith("error: ") and message in text and "\n" not in text, (args, text)
+    # And on the command line: one line on stderr, no traceback.
+    result = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--out_dir={out}", "--start=2000000"],
+                            capture_output=True, text=True, timeout=120, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1 and result.stderr == "error: 2,000,000 is outside the numbers task's range 0 to 1,000,000\n"
