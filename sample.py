@@ -256,7 +256,7 @@ def main(argv):
 
 def t5_sentencepiece(directory):
     """The SentencePiece tokenizer (spiece.model) of a Hugging Face T5 directory, through the optional
-    sentencepiece package. Like T5's own tokenizer, encode ends every input with </s>."""
+    sentencepiece package."""
     path = os.path.join(directory, "spiece.model")
     if not os.path.isfile(path):
         fail(f"{directory} has no spiece.model; T5 checkpoints need their SentencePiece tokenizer file")
@@ -270,7 +270,7 @@ def t5_sentencepiece(directory):
         eot_token = processor.eos_id()
 
         def encode(self, text):
-            return processor.encode(text) + [processor.eos_id()] if text else []
+            return processor.encode(text)
 
         def decode(self, ids):
             return processor.decode(list(ids))
@@ -305,6 +305,7 @@ def sample_t5(cfg, model, tokenizer, autocast):
             fail(str(e))
         if not ids:
             fail("the input encodes to no tokens; give a non-empty --start")
+        ids.append(model.config.eos_token_id)  # T5 reads every input with </s> at its end
         if len(ids) > model.config.block_size:
             fail(f"the input has {len(ids)} tokens, more than this model's block_size={model.config.block_size}; shorten it")
         idx = torch.tensor([ids], dtype=torch.long, device=cfg["device"])

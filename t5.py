@@ -856,8 +856,11 @@ class PairLoader:
     prepare_data.prepare_numbers); its vocabulary has "<pad>" and "</s>". A language model reads one
     long stream in fixed windows; a sequence-to-sequence model needs whole pairs, and pairs differ in
     length, so each batch is padded to its own longest input and target (padding to a global
-    maximum would waste work on every short batch). get_batch returns, for B pairs:
-        input_ids (B, S)            the inputs, right-padded with <pad>
+    maximum would waste work on every short batch). Every input ends with </s>, as T5's tokenizer
+    ends every input: it marks where the input stops, so that with only relative positions the
+    encoder can still tell the units digit (just before </s>) from the thousands digit.
+    get_batch returns, for B pairs:
+        input_ids (B, S)            the inputs and their </s>, right-padded with <pad>
         attention_mask (B, S)       1 on real input tokens, 0 on padding
         decoder_input_ids (B, T)    <start> y_0 .. y_{n-1}   (teacher forcing: the target shifted right)
         targets (B, T)              y_0 .. y_{n-1} </s>      (-100 on padding: ignored by the loss)
@@ -878,22 +881,22 @@ class PairLoader:
             self.pairs[split] = read_pairs(path, stoi["\t"], stoi["\n"])
             if not self.pairs[split]:
                 raise prepare_data.DataError(f"{path} holds no 'input<TAB>target' lines; prepare the dataset again")
-            longest_input = max(len(source) for source, _ in self.pairs[split])
+            longest_input = max(len(source) for source, _ in self.pairs[split]) + 1  # + </s>
             longest_target = max(len(target) for _, target in self.pairs[split]) + 1  # + </s> or <start>
             if longest_input > block_size or longest_target > target_block_size:
                 raise prepare_data.DataError(
                     f"{split} split has inputs of up to {longest_input} tokens and targets of up to {longest_target} "
-                    f"(with </s>), more than block_size={block_size} / target_block_size={target_block_size}; raise them")
+                    f"(each with </s>), more than block_size={block_size} / target_block_size={target_block_size}; raise them")
 
     def mean_lengths(self):
-        """Average input and target (with </s>) lengths of the training pairs: what a batch costs."""
+        """Average input and target lengths (with </s>) of the training pairs: what a batch costs."""
         pairs = self.pairs["train"]
-        return (sum(len(s) for s, _ in pairs) / len(pairs), sum(len(t) + 1 for _, t in pairs) / len(pairs))
+        return (sum(len(s) + 1 for s, _ in pairs) / len(pairs), sum(len(t) + 1 for _, t in pairs) / len(pairs))
 
     def collate(self, pairs):
         """Pad a list of (source ids, target ids) into the four tensors of get_batch."""
         B = len(pairs)
-        S = max(len(source) for source, _ in pairs)
+        S = max(len(source) for source, _ in pairs) + 1
         T = max(len(target) for _, target in pairs) + 1
         input_ids = torch.full((B, S), self.pad, dtype=torch.long)
         attention_mask = torch.zeros((B, S), dtype=torch.long)
@@ -901,7 +904,8 @@ class PairLoader:
         targets = torch.full((B, T), -100, dtype=torch.long)
         for i, (source, target) in enumerate(pairs):
             input_ids[i, :len(source)] = torch.as_tensor(source)
-            attention_mask[i, :len(source)] = 1
+            input_ids[i, len(source)] = self.eos
+            attention_mask[i, :len(source) + 1] = 1
             decoder_input_ids[i, 1:len(target) + 1] = torch.as_tensor(target)
             targets[i, :len(target)] = torch.as_tensor(target)
             targets[i, len(target)] = self.eos

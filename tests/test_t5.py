@@ -320,7 +320,9 @@ def test_numbers_dataset_pairs_and_held_out(numbers_dir):
         assert y[row, n_target - 1] == meta["stoi"]["</s>"]
         assert torch.equal(decoder_x[row, 1:n_target], y[row, :n_target - 1])
         assert decoder_x[row, 0] == 0 and (decoder_x[row, n_target:] == 0).all()
-        assert torch.equal(x[row] != 0, mask[row].bool()) or mask[row].sum() < x.size(1)
+        n_source = int(mask[row].sum())
+        assert x[row, n_source - 1] == meta["stoi"]["</s>"] and (x[row, n_source:] == 0).all()
+        assert (x[row, :n_source - 1] >= 4).all()  # digits and commas
 
 
 TINY = ["--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=1", "--n_decoder_layer=1", "--n_head=2",
@@ -402,7 +404,7 @@ def test_sample_decodes_a_number_like_generate(trained, capsys):
     model = t5.T5(t5.T5Config(**checkpoint["model_args"])).eval()
     model.load_state_dict(checkpoint["model"])
     tokenizer = prepare_data.load_tokenizer(checkpoint["tokenizer"])
-    ids = torch.tensor([tokenizer.encode("123,456")])
+    ids = torch.tensor([tokenizer.encode("123,456") + [1]])  # inputs end with </s>
 
     def decoded(out):
         return [tokenizer.decode(row[1:row.index(1)] if 1 in row else row[1:]) for row in out.tolist()]
