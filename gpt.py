@@ -182,7 +182,8 @@ class MLP(nn.Module):
     """The position-wise feed-forward network: expand 4x, GELU, project back.
 
     Attention moves information between positions; the MLP then processes each position on its own.
-    Most of a GPT's parameters (two thirds) live here. GPT-2 uses the tanh approximation of GELU
+    It holds two thirds of each block's parameters (8 * n_embd^2 against attention's 4 * n_embd^2);
+    over the whole of GPT-2 small, with its 38M-parameter token embedding, that is 57M of 124M, 46%. GPT-2 uses the tanh approximation of GELU
     (what Hugging Face calls 'gelu_new'), so we must too to reproduce its logits.
     """
 
