@@ -144,8 +144,11 @@ def load_checkpoint(out_dir):
     return model, tokenizer, tokenizer.eot_token
 
 
-def load_pretrained(name_or_dir):
-    """A Hugging Face checkpoint (hub id or local directory), its tokenizer and its end-of-sequence id(s)."""
+def load_pretrained(name_or_dir, dtype):
+    """A Hugging Face checkpoint (hub id or local directory), its tokenizer and its end-of-sequence id(s).
+
+    The weights are loaded in `dtype`: with --dtype=bfloat16 a model takes half the memory of
+    float32, and generating one token, which reads every weight once, is correspondingly faster."""
     if os.path.isdir(name_or_dir):
         config_path = os.path.join(name_or_dir, "config.json")
         if not os.path.isfile(config_path):
@@ -164,7 +167,7 @@ def load_pretrained(name_or_dir):
     try:
         # A hub id is downloaded once into a local cache directory; from then on it is a directory.
         directory = name_or_dir if os.path.isdir(name_or_dir) else module.download_hf_checkpoint(name_or_dir)
-        model = model_class.from_pretrained(directory)
+        model = model_class.from_pretrained(directory, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         fail(f"cannot load {name_or_dir!r}: {e}")
     eos_token_id = hf_eos_token_id(directory)
@@ -252,7 +255,7 @@ def main(argv):
     if cfg["init_from"] == "resume":
         model, tokenizer, eos_token_id = load_checkpoint(cfg["out_dir"])
     else:
-        model, tokenizer, eos_token_id = load_pretrained(cfg["init_from"])
+        model, tokenizer, eos_token_id = load_pretrained(cfg["init_from"], dtypes[cfg["dtype"]])
     if not cfg["stop_at_eos"]:
         eos_token_id = None
     model.eval().to(cfg["device"])
