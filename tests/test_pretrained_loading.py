@@ -73,3 +73,25 @@ def test_gpt2_loads_tied_and_transposed_in_bfloat16(tmp_path):
     idx = torch.randint(0, 101, (1, 10))
     with torch.no_grad():
         torch.testing.assert_close(model(idx)[0].float(), hf.to(torch.bfloat16)(idx).logits.float(), atol=2e-2, rtol=0)
+
+
+def test_sample_reads_a_hub_models_type_before_downloading_weights(tmp_path, monkeypatch, capsys):
+    # An architecture sample.py cannot load is refused after fetching config.json alone.
+    import requests
+
+    import sample
+
+    requested = []
+
+    class Response:
+        def raise_for_status(self):
+            pass
+
+        def json(self):
+            return {"model_type": "mamba"}
+
+    monkeypatch.setattr(requests, "get", lambda url, **kwargs: requested.append(url) or Response())
+    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path))
+    with pytest.raises(SystemExit, match="holds a 'mamba' model"):
+        sample.main(["--init_from=someone/some-mamba", "--device=cpu"])
+    assert requested == ["https://huggingface.co/someone/some-mamba/resolve/main/config.json"]
