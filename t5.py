@@ -46,6 +46,7 @@ reports exact match of decoded outputs beside the loss.
 
 import json
 import math
+import mmap
 import os
 import sys
 import time
@@ -528,6 +529,7 @@ class T5(nn.Module):
         into a KVCache, so each step feeds only the newest token. T5's relative positions depend
         only on offsets, so unlike gpt.py there is never a sliding window to recompute.
         """
+        check_sampling_options(temperature, top_k, top_p, repetition_penalty)
         cfg = self.config
         encoder_out = self.encode(input_ids, attention_mask)
         cross_kv = self.cross_keys_values(encoder_out) if use_cache else None
@@ -653,10 +655,11 @@ class T5(nn.Module):
     # Loading Hugging Face T5ForConditionalGeneration checkpoints
 
     @classmethod
-    def from_pretrained(cls, directory, dropout=0.0):
+    def from_pretrained(cls, directory, dropout=0.0, dtype=torch.float32):
         """Build a T5 from a local Hugging Face T5ForConditionalGeneration directory (config.json plus
         model.safetensors or pytorch_model.bin): t5-small/base/large (v1.0), google/t5-v1_1-*,
-        google/flan-t5-* (v1.1). Download those three files (and spiece.model, the tokenizer) by hand."""
+        google/flan-t5-* (v1.1). Download those three files (and spiece.model, the tokenizer) by hand.
+        dtype: of the weights (float32 for training; bfloat16 halves the memory for generation)."""
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"{directory!r} is not a directory; t5.py loads local Hugging Face T5 folders "
                                     f"(config.json, model.safetensors, spiece.model downloaded by hand)")
@@ -725,7 +728,7 @@ class T5(nn.Module):
         missing = set(ours) - loaded
         if missing:
             raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
-        return model
+        return model.to(dtype)
 
     # -------------------------------------------------------------------------
     # Optimizer
@@ -761,6 +764,23 @@ class T5(nn.Module):
         flops += 12 * width * (cfg.n_layer * source_len * source_len
                                + cfg.n_decoder_layer * target_len * (target_len + source_len))
         return flops / (source_len + target_len)
+
+
+def check_sampling_options(temperature, top_k, top_p, repetition_penalty):
+    """Raise ValueError naming the first sampling option that has no meaning.
+
+    generate() calls it before any work, so a mistake is reported at once and in words (a top_k of
+    0 would otherwise fail deep inside torch.topk, and a negative temperature would silently invert
+    the distribution, making the least likely token the favourite).
+    """
+    if not temperature >= 0:  # written so that NaN fails too
+        raise ValueError(f"temperature must be >= 0 (0 means greedy decoding), got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {repetition_penalty}")
 
 
 def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0):
@@ -800,7 +820,6 @@ def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, 
     return torch.multinomial(probs, num_samples=1)
 
 
-
 # -----------------------------------------------------------------------------
 # Reading Hugging Face checkpoints without extra dependencies
 
@@ -811,6 +830,12 @@ def read_safetensors(path):
     The format is deliberately simple: 8 bytes holding N (little-endian uint64), then N bytes of
     JSON mapping each tensor name to its dtype, shape and [begin, end) byte offsets, then the raw
     little-endian tensor bytes. Unlike a pickle, nothing in it can execute code.
+
+    The file is memory-mapped, not read: every tensor is a view of the mapping, and the operating
+    system reads a page from disk only when something touches it. Loading a model therefore never
+    holds a second copy of the weights in memory, and tensors a loader assigns as they are (same
+    dtype) cost nothing until used. The mapping is copy-on-write (ACCESS_COPY), so training such a
+    tensor in place changes memory, never the file.
     """
     dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -818,30 +843,47 @@ def read_safetensors(path):
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
-        data = bytearray(f.read())
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file closes
+    start = 8 + header_len  # the offsets count from the end of the header
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        begin, end = info["data_offsets"]
         if info["dtype"] not in dtypes:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        flat = torch.frombuffer(data, dtype=dtypes[info["dtype"]], offset=begin,
-                                count=(end - begin) // dtypes[info["dtype"]].itemsize)
+        dtype = dtypes[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if begin == end:  # a shape with a 0 in it holds no bytes (and frombuffer refuses a count of 0)
+            tensors[name] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(data, dtype=dtype, offset=start + begin, count=(end - begin) // dtype.itemsize)
         tensors[name] = flat.reshape(info["shape"])
     return tensors
 
 
 def load_hf_weights(directory):
-    """The state dict of a Hugging Face checkpoint directory, from safetensors or a PyTorch .bin."""
-    safetensors_path = os.path.join(directory, "model.safetensors")
-    if os.path.exists(safetensors_path):
-        return read_safetensors(safetensors_path)
+    """The state dict of a Hugging Face checkpoint directory.
+
+    Three layouts exist: one model.safetensors; a sharded one, where checkpoints above a few GB are
+    split into model-00001-of-00004.safetensors, ... and model.safetensors.index.json maps every
+    tensor name to the shard holding it; and older pickled pytorch_model.bin files (GPT-2's repos
+    have both), which weights_only=True loads without running any code they might contain.
+    """
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.exists(single):
+        return read_safetensors(single)
+    index_path = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+        state = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(read_safetensors(os.path.join(directory, shard)))
+        return state
     bin_path = os.path.join(directory, "pytorch_model.bin")
     if os.path.exists(bin_path):
         return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
-
+    raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
 
@@ -1034,9 +1076,6 @@ def parse_config(argv, defaults):
 
     config = dict(defaults)
 
-    def fail(message):
-        sys.exit(f"error: {message}")
-
     def assign(key, value, source):
         if key not in config:
             fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
@@ -1085,6 +1124,7 @@ _GPU_PEAK_FLOPS = [
 ]
 
 
+
 def gpu_peak_flops(device_name):
     for key, flops in _GPU_PEAK_FLOPS:
         if key in device_name:
@@ -1093,34 +1133,97 @@ def gpu_peak_flops(device_name):
 
 
 
+def check_config(cfg):
+    """Refuse, in one line naming the key, a numeric setting that has no meaning.
+
+    The types are already right (parse_config); this checks the values. Keys a script does not have
+    are skipped, so every script shares this one function. Meanings at the edges: max_iters=0
+    evaluates once and trains nothing, grad_clip=0 disables clipping, weight_decay=0 disables decay.
+    """
+    rules = [
+        (("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval",
+          "n_layer", "n_head", "n_embd", "n_kv_head"), lambda v: v >= 1, "must be >= 1"),
+        (("max_iters", "warmup_iters", "lr_decay_iters"), lambda v: v >= 0, "must be >= 0"),
+        (("learning_rate",), lambda v: v > 0, "must be > 0"),
+        (("min_lr", "weight_decay", "grad_clip"), lambda v: v >= 0, "must be >= 0 (0 disables it)"),
+        (("dropout", "beta1", "beta2"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ]
+    for keys, meaningful, requirement in rules:
+        for key in keys:
+            if key in cfg and not meaningful(cfg[key]):  # comparisons with NaN are False: refused too
+                fail(f"config key {key!r} {requirement}, got {cfg[key]!r}")
+
+
+
+def fail(message):
+    """Stop with the one line "error: <message>" and exit status 1.
+
+    Under torchrun every process runs the same code and meets the same failure (errors that one
+    process alone sees are first shared with all, see first_error), so only rank 0 prints: the
+    message appears once, not once per process.
+    """
+    sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
+
+
+
+def first_error(error, ddp):
+    """The first error message (or None) of all processes; under DDP every process must call it.
+
+    A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
+    or the others wait forever at their next collective call. Gathering every process's message,
+    None when it is fine, lets all of them take the same decision.
+    """
+    if not ddp:
+        return error
+    errors = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
+
+
+
+def local_rank0_first(step, ddp, local_rank):
+    """Run step() -> (value, error message or None) on every process, local rank 0 first; return
+    the value, or fail everywhere if any process failed.
+
+    Downloads and data preparation write files that every process then reads. One process per
+    machine (local rank 0: each machine of a multi-node run has its own disk) does the writing
+    while the others wait; after it, they find the files in place and only read them.
+    """
+    value = None
+    for leaders_turn in (True, False):
+        error = None
+        if (local_rank == 0) == leaders_turn:
+            value, error = step()
+        error = first_error(error, ddp)
+        if error is not None:
+            fail(error)
+    return value
+
+
+
 def main(argv):
     cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
+    check_config(cfg)
 
     # ---- devices, processes and precision ----
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
-    if cfg["device"] == "auto":
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        if cfg["device"].startswith("cuda"):
-            cfg["device"] = f"cuda:{local_rank}"
-            torch.cuda.set_device(cfg["device"])
-        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if cfg["device"].startswith("cuda") else "gloo")
-        torch.distributed.init_process_group(backend=backend)
         if cfg["gradient_accumulation_steps"] % world_size != 0:
-            sys.exit(f"error: gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible "
-                     f"by the number of processes ({world_size})")
-        # Each process does its share of the micro-batches; together they make one optimizer step.
-        cfg["gradient_accumulation_steps"] //= world_size
-    else:
-        rank, local_rank, world_size = 0, 0, 1
+            fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
+                 f"number of processes ({world_size})")
+    # Each process does its share of the micro-batches; together they make one optimizer step. (The
+    # config keeps the total the user gave: that is what a resume with another process count needs.)
+    micro_steps = cfg["gradient_accumulation_steps"] // world_size
     master = rank == 0  # only this process logs and writes checkpoints
-    device = cfg["device"]
-    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
     if device_type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: device='cuda' but no CUDA GPU is available; use --device=cpu")
+        fail("device='cuda' but no CUDA GPU is available; use --device=cpu")
     if device_type == "mps" and not torch.backends.mps.is_available():
-        sys.exit("error: device='mps' but MPS is not available on this machine; use --device=cpu")
+        fail("device='mps' but MPS is not available on this machine; use --device=cpu")
     if cfg["dtype"] == "auto":
         if device_type == "cuda":
             cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -1128,31 +1231,44 @@ def main(argv):
             cfg["dtype"] = "float32"
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if cfg["dtype"] not in dtypes:
-        sys.exit(f"error: dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+        fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    if ddp:
+        if device_type == "cuda":
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        # NCCL is NVIDIA's fast GPU-to-GPU library; gloo works everywhere (CPUs, and Windows, which
+        # has no NCCL).
+        nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+    device = cfg["device"]
     # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
     torch.manual_seed(cfg["seed"] + rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
     torch.backends.cudnn.allow_tf32 = True
-    # Mixed precision, as gpt.py: bfloat16 needs nothing else, float16 needs the GradScaler.
+    # Mixed precision: autocast runs matmuls in 16 bits while keeping weights and reductions in
+    # float32. bfloat16 has float32's exponent range, so it needs nothing else; float16 gradients
+    # can underflow to zero, which the GradScaler prevents by scaling the loss up before backward
+    # (and skipping a step whose gradients overflowed to inf).
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
 
     # ---- data ----
-    try:
-        if ddp and not master:  # let rank 0 generate or download the data alone; the others wait for it
-            torch.distributed.barrier()
-        data_dir = prepare_data.ensure_prepared(cfg["dataset"])
-        if ddp and master:
-            torch.distributed.barrier()
-        meta = prepare_data.load_meta(data_dir)
-        loader = PairLoader(data_dir, meta, cfg["batch_size"], device, cfg["block_size"], cfg["target_block_size"])
-    except prepare_data.DataError as e:
-        sys.exit(f"error: {e}")
+    def prepare_dataset():
+        try:
+            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
+            meta = prepare_data.load_meta(data_dir)
+            return (meta, PairLoader(data_dir, meta, cfg["batch_size"], device, cfg["block_size"],
+                                     cfg["target_block_size"])), None
+        except prepare_data.DataError as e:
+            return None, str(e)
+
+    meta, loader = local_rank0_first(prepare_dataset, ddp, local_rank)
     # Batches are padded to their own longest pair, so tokens per iteration vary; we count the real
     # (unpadded) input and target tokens, which is what the model learns from.
     mean_source, mean_target = loader.mean_lengths()
-    pairs_per_iter = cfg["gradient_accumulation_steps"] * world_size * cfg["batch_size"]
+    pairs_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"]
     tokens_per_iter = pairs_per_iter * (mean_source + mean_target)
 
     # ---- model ----
@@ -1161,45 +1277,37 @@ def main(argv):
                   "feed_forward", "tie_embeddings", "dropout", "attention", "block_size", "target_block_size")
     if cfg["init_from"] == "scratch":
         try:
+            # T5's conventions: <pad> is also the decoder start token; </s> ends inputs and targets.
             config = T5Config(**{k: cfg[k] for k in model_keys}, vocab_size=meta["vocab_size"],
                               pad_token_id=loader.pad, eos_token_id=loader.eos, decoder_start_token_id=loader.pad)
         except ValueError as e:
-            sys.exit(f"error: {e}")
+            fail(e)
         model = T5(config)
         model_args = asdict(config)
     elif cfg["init_from"] == "resume":
-        ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        if not os.path.exists(ckpt_path):
-            sys.exit(f"error: init_from='resume' but there is no checkpoint at {ckpt_path}; train with init_from='scratch' first")
-        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if checkpoint.get("model_type") != "t5":
-            sys.exit(f"error: {ckpt_path} was written by {checkpoint.get('model_type')}.py, not t5.py")
+        checkpoint = load_checkpoint(cfg["out_dir"], device, "t5")
         # The architecture comes from the checkpoint; only dropout may change between runs.
         model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
         model = T5(T5Config(**model_args))
         model.load_state_dict(checkpoint["model"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     else:
-        try:
-            model = T5.from_pretrained(cfg["init_from"], dropout=cfg["dropout"])
-        except (ValueError, FileNotFoundError) as e:
-            sys.exit(f"error: cannot load {cfg['init_from']!r}: {e}")
-        if meta["vocab_size"] > model.config.vocab_size:
-            sys.exit(f"error: dataset {cfg['dataset']!r} has {meta['vocab_size']} tokens but {cfg['init_from']} "
-                     f"knows {model.config.vocab_size}; fine-tune on a dataset tokenized with its vocabulary")
-        model.config.block_size, model.config.target_block_size = cfg["block_size"], cfg["target_block_size"]
-        model_args = asdict(model.config)
+        # Token ids mean nothing without the tokenizer that made them: a pretrained T5 reads its own
+        # SentencePiece ids, and prepare_data.py makes no dataset in that vocabulary.
+        fail(f"init_from={cfg['init_from']!r}: fine-tuning a pretrained T5 needs a dataset in its SentencePiece "
+             f"vocabulary, which prepare_data.py does not make; sample from it with sample.py --init_from=... instead")
     model.to(device)
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng_state"]["cpu"].cpu())
-        if device_type == "cuda" and checkpoint["rng_state"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng_state"]["cuda"].cpu())
-    raw_model = model  # the plain module: what we save, decode with, and what MFU counts
+        if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
+            scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
+    raw_model = model  # the plain module: what we save, and what MFU counts
     if cfg["compile"]:
-        model = compile_t5(model, autocast, loader)
+        model, compile_error = compile_t5(model, autocast, loader)
+        if compile_error and master:
+            print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
@@ -1213,7 +1321,7 @@ def main(argv):
         try:
             import wandb
         except ImportError:
-            sys.exit("error: wandb_log=True but wandb is not installed: pip install wandb")
+            fail("wandb_log=True but wandb is not installed: pip install wandb")
         wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
 
     def lr_at(it):
@@ -1221,18 +1329,31 @@ def main(argv):
         if not cfg["decay_lr"]:
             return cfg["learning_rate"]
         if it < cfg["warmup_iters"]:
+            # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
+            # wasted), and the ramp reaches the full rate just as the cosine takes over.
             return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
         if it > cfg["lr_decay_iters"]:
             return cfg["min_lr"]
         progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
         return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
 
+    def mean_over_processes(values):
+        """Average a few floats over all processes (each has measured its own batches)."""
+        if not ddp:
+            return values
+        total = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)  # a sum: gloo has no average
+        return (total / world_size).tolist()
+
     @torch.no_grad()
-    def estimate_loss(final):
-        """Mean loss over eval_iters batches of each split, with dropout off; exact match on val
-        (and, at the final evaluation, beam-search exact match: it costs several greedy decodings)."""
+    def estimate_loss():
+        """Mean loss over eval_iters batches of each split (on every process), with dropout off.
+
+        Averaged over the processes, so that all of them see the same numbers and take the same
+        decisions: whether to save, whether the loss has diverged.
+        """
         model.eval()
-        losses = {}
+        losses = []
         for split in ("train", "val"):
             total = 0.0
             for _ in range(cfg["eval_iters"]):
@@ -1240,18 +1361,11 @@ def main(argv):
                 with autocast:
                     _, loss = model(x, decoder_x, mask, y)
                 total += loss.item()
-            losses[split] = total / cfg["eval_iters"]
-        # Decoding draws no random numbers (greedy and beam search are deterministic), so the
-        # training batches after an evaluation are the same with or without it.
-        if cfg["eval_exact_match"] > 0:
-            with autocast:
-                losses["exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"])
-                if cfg["eval_beam_size"] > 1 and final:
-                    losses["beam_exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"], cfg["eval_beam_size"])
+            losses.append(total / cfg["eval_iters"])
         model.train()
-        return losses
+        return dict(zip(("train", "val"), mean_over_processes(losses)))
 
-    def save_checkpoint():
+    def save_checkpoint(rng_states):
         checkpoint = {
             "model_type": "t5",
             "model_args": model_args,
@@ -1262,18 +1376,21 @@ def main(argv):
             "best_val_loss": best_val_loss,
             "config": cfg,
             "tokenizer": meta,
-            "rng_state": {"cpu": torch.get_rng_state(),
-                          "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
+            "rng_state": rng_states,
         }
         path = os.path.join(cfg["out_dir"], "ckpt.pt")
         # Write then rename: a crash mid-write leaves the previous checkpoint intact.
-        torch.save(checkpoint, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        try:
+            torch.save(checkpoint, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
         print(f"saved checkpoint to {path}")
 
     # ---- the training loop ----
-    # Order within an iteration, as gpt.py: evaluate (and checkpoint) the current weights, then take
-    # one optimizer step, so that a resumed run repeats exactly what the original run did next.
+    # Order within an iteration: evaluate (and checkpoint) the current weights, then take one
+    # optimizer step. A checkpoint written at iteration N therefore holds the weights and RNG state
+    # from just before step N, and resuming repeats exactly what the original run did next.
     peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
     flops_per_token = raw_model.flops_per_token(mean_source, mean_target)
     resumed_at = iter_num if checkpoint is not None else None
@@ -1281,55 +1398,76 @@ def main(argv):
     model.train()
     # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
     t_last, iter_timed = time.time(), iter_num
-    t_start = time.time()
+    t_start = t_last  # wall time since training began, evaluations included: what "trains in N minutes" means
     while True:
         lr = lr_at(iter_num)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        if iter_num % cfg["eval_interval"] == 0 and iter_num != resumed_at:
-            losses = estimate_loss(final=cfg["eval_only"] or iter_num >= cfg["max_iters"])
+        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
+        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
+            losses = estimate_loss()
+            if master and cfg["eval_exact_match"] > 0:
+                # The metric of a translation task: is the decoded output right, every token? Greedy at
+                # every evaluation; beam search (several greedy decodings' cost) at the last one. Decoding
+                # draws no random numbers, so the training batches after it are the same without it.
+                with autocast:
+                    losses["exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"])
+                    if cfg["eval_beam_size"] > 1 and (cfg["eval_only"] or iter_num >= cfg["max_iters"]):
+                        losses["beam_exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"],
+                                                                 cfg["eval_beam_size"])
             if master:
-                metrics = "".join(f", {name.replace('_', ' ')} {100 * losses[name]:.1f}%"
-                                  for name in ("exact_match", "beam_exact_match") if name in losses)
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{metrics} "
-                      f"(training time {time.time() - t_start:.0f}s)")
+                metrics = {name: losses[name] for name in ("exact_match", "beam_exact_match") if name in losses}
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                      + "".join(f", {name.replace('_', ' ')} {100 * value:.1f}%" for name, value in metrics.items())
+                      + f" (time {time.time() - t_start:.0f}s)")
                 if wandb:
                     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}
-                              | {f"val/{name}": losses[name] for name in ("exact_match", "beam_exact_match") if name in losses})
-                if not math.isfinite(losses["val"]):
-                    sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint "
-                             f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-                if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
-                    best_val_loss = min(best_val_loss, losses["val"])
-                    save_checkpoint()
+                              | {f"val/{name}": value for name, value in metrics.items()})
+            if not math.isfinite(losses["val"]):
+                fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng_states = every_rank_rng_state(ddp, device_type)  # collective: every process takes part
+                if master:
+                    save_checkpoint(rng_states)
             t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
 
-        # Gradient accumulation, as gpt.py. Each micro-batch's loss is already a mean over its target
-        # tokens; micro-batches of one step hold similar numbers of them, so averaging the means is
-        # close to the mean over the step's tokens.
-        for micro_step in range(cfg["gradient_accumulation_steps"]):
+        # Gradient accumulation: sum the gradients of several micro-batches (each loss divided by
+        # their number, so the sum is a mean) to train with a larger batch than fits in memory. Each
+        # micro-batch's loss is already the mean over its target tokens (T5.forward).
+        train_loss = 0.0  # the mean over this step's micro-batches, for the log
+        for micro_step in range(micro_steps):
             x, mask, decoder_x, y = loader.get_batch("train")
-            last = micro_step == cfg["gradient_accumulation_steps"] - 1
+            # Under DDP, gradients are averaged across processes during backward; doing it only on
+            # the last micro-step saves all the communication of the earlier ones.
+            last = micro_step == micro_steps - 1
             with (model.no_sync() if ddp and not last else nullcontext()):
                 with autocast:
                     _, loss = model(x, decoder_x, mask, y)
-                    loss = loss / cfg["gradient_accumulation_steps"]
+                    loss = loss / micro_steps
                 scaler.scale(loss).backward()
+            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
         if cfg["grad_clip"] > 0:
+            # Clipping the global gradient norm bounds the size of any one update, protecting
+            # against the occasional huge gradient of a bad batch. Unscale first so the threshold
+            # applies to true gradients.
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
 
-        if iter_num % cfg["log_interval"] == 0 and master:
-            loss_value = loss.item() * cfg["gradient_accumulation_steps"]
+        if iter_num % cfg["log_interval"] == 0:
+            # The mean loss over all micro-batches of this step, of every process. .item() waits
+            # for the GPU to finish, so we only ask for it when logging.
+            loss_value = mean_over_processes([train_loss.item()])[0]
             if not math.isfinite(loss_value):
-                sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
-                         f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+                fail(f"training loss is {loss_value} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
             now = time.time()
             dt = (now - t_last) / (iter_num + 1 - iter_timed)
             t_last, iter_timed = now, iter_num + 1
@@ -1341,16 +1479,78 @@ def main(argv):
                 mfu = "n/a (peaks are for 16-bit)"
             else:
                 mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
-            print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                  f"mfu {mfu}, lr {lr:.2e}")
+            if master:
+                print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+                      f"mfu {mfu}, lr {lr:.2e}")
         iter_num += 1
 
     if ddp:
         torch.distributed.destroy_process_group()
 
 
+def load_checkpoint(out_dir, device, model_type):
+    """out_dir/ckpt.pt as a dict, or a one-line error if it is missing, damaged or another script's.
+
+    The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
+    """
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
+    try:
+        # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        written_by = checkpoint["model_type"]
+    except Exception as e:  # truncated, not a torch file, or not our dict
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        fail(f"{path} is not a readable checkpoint of this repository ({type(e).__name__}: {first_line}); "
+             f"restore it from a copy, or train again with init_from='scratch'")
+    if written_by != model_type:
+        fail(f"{path} was written by {written_by}.py, not {model_type}.py")
+    return checkpoint
+
+
+
+def every_rank_rng_state(ddp, device_type):
+    """The random-number-generator state of every process, as a list indexed by rank.
+
+    The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
+    seed + rank), so an exact resume must restore each process's own state, not rank 0's for all:
+    with one state, every process would draw the same batches after a resume, and the effective
+    batch would silently shrink by the process count. Every process must call this together.
+    """
+    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+    if not ddp:
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+
+def restore_rng_state(states, rank, world_size, fresh_seed):
+    """Restore this process's RNG state from a checkpoint's list (see every_rank_rng_state).
+
+    With as many processes as the run that wrote it, each takes its own state and the run continues
+    exactly. With another number there is no exact continuation (the batches are split differently
+    anyway): each process then starts a fresh stream of its own, seeded from the seed, the iteration
+    and its rank, so that processes still differ and no batch sequence from the start is replayed.
+    """
+    if isinstance(states, dict):  # a checkpoint from before every process's state was saved: one state
+        states = [states]
+    if len(states) == world_size:
+        torch.set_rng_state(states[rank]["cpu"].cpu())
+        if states[rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[rank]["cuda"].cpu())
+        return
+    if rank == 0:
+        print(f"note: the checkpoint was written by {len(states)} process(es) and this run has {world_size}: "
+              f"training continues with fresh random streams, not exactly as the original run would have")
+    torch.manual_seed(fresh_seed)
+
+
+
 def compile_t5(model, autocast, loader):
-    """torch.compile the model, or return it unchanged with a warning if compiling fails here.
+    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails here.
 
     gpt.py's compile_model with a sequence-to-sequence trial: one forward and backward on a real
     training batch (inside fork_rng, so that drawing it does not change the run's random stream).
@@ -1365,12 +1565,12 @@ def compile_t5(model, autocast, loader):
                 _, loss = compiled(x, decoder_x, mask, y)
             loss.backward()
         model.zero_grad(set_to_none=True)
-        return compiled
-    except Exception as e:  # any compiler failure: training uncompiled is slower but correct
+        return compiled, None
+    except Exception as e:  # any compiler failure
         model.zero_grad(set_to_none=True)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"warning: torch.compile failed ({type(e).__name__}: {first_line}); continuing without compile")
-        return model
+        return model, f"{type(e).__name__}: {first_line}"
+
 
 
 if __name__ == "__main__":
