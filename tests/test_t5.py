@@ -448,3 +448,49 @@ def test_bad_input_gives_one_line_errors(numbers_dir, trained, tmp_path, monkeyp
     result = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--out_dir={out}", "--start=2000000"],
                             capture_output=True, text=True, timeout=120, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert result.returncode == 1 and result.stderr == "error: 2,000,000 is outside the numbers task's range 0 to 1,000,000\n"
+
+
+def test_sample_from_hf_t5_directory_with_sentencepiece(tmp_path, capsys):
+    """sample.py --init_from=<HF T5 dir>: spiece.model encodes the input (plus </s>, as T5's tokenizer),
+    and the printed output is HF generate's greedy output, decoded."""
+    transformers = pytest.importorskip("transformers")
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    words = "the king doth speak and queen answers thee my lord good night sweet sorrow to be or not".split()
+    generator = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(len(words), (8,), generator=generator).tolist()) for _ in range(300)]
+    model_bytes = io.BytesIO()
+    # T5's special ids: <pad> 0, </s> 1, <unk> 2, no <s>.
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model_bytes, vocab_size=40,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram")
+    (tmp_path / "spiece.model").write_bytes(model_bytes.getvalue())
+    processor = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=40, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                                   dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    hf = transformers.T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():  # varied outputs instead of one token repeated
+            if p.dim() == 2 and not name.startswith(("shared", "lm_head")):
+                p.mul_(3.0)
+    hf.save_pretrained(tmp_path)
+    prompt = "good night sweet lord"
+    ids = torch.tensor([processor.encode(prompt) + [1]])
+    expected = hf.generate(input_ids=ids, max_new_tokens=12, do_sample=False, num_beams=1)[0, 1:].tolist()
+    if 1 in expected:
+        expected = expected[:expected.index(1)]
+    assert len(expected) >= 3  # a real output, not an immediate </s>
+    capsys.readouterr()
+    sample.main([f"--init_from={tmp_path}", f"--start={prompt}", "--temperature=0", "--num_samples=1",
+                 "--max_new_tokens=12", "--device=cpu"])
+    assert capsys.readouterr().out == processor.decode(expected) + "\n---------------\n"
+
+
+def test_t5_checkpoint_without_sentencepiece_installed(tmp_path, monkeypatch):
+    save_random_hf_t5(tmp_path, "v1.0")
+    (tmp_path / "spiece.model").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece now raises ImportError
+    with pytest.raises(SystemExit, match="T5 checkpoints use a SentencePiece tokenizer: pip install sentencepiece"):
+        sample.main([f"--init_from={tmp_path}", "--start=hello", "--device=cpu"])
