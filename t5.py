@@ -552,7 +552,7 @@ class T5(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, input_ids, max_new_tokens, attention_mask=None, beam_size=4, length_penalty=1.0,
-                    early_stopping=True, num_return_sequences=1):
+                    early_stopping=False, num_return_sequences=1):
         """Beam search: keep the beam_size most likely partial outputs per input instead of one.
 
         Greedy decoding commits to the best token at every step and can walk into a sequence whose
@@ -568,7 +568,10 @@ class T5(nn.Module):
         Search for an input ends when it has beam_size finished hypotheses and either
         early_stopping (stop right there) or no live beam can still beat the worst finished one
         (its current score, length-normalised, is below it: the heuristic Hugging Face uses), or at
-        max_new_tokens / target_block_size, where the live beams join the hypotheses.
+        max_new_tokens / target_block_size, where the live beams join the hypotheses. The default
+        is the heuristic: early_stopping=True can end the search while the best beam is still
+        running (on the numbers task, beam_size short wrong outputs of log-prob -9 finished before
+        the right one, of log-prob -0.005, and exact match fell from 99.9% to 97.2%).
 
         Returns (sequences, scores): sequences (B * num_return_sequences, L), the best
         num_return_sequences hypotheses of each input in order, each starting with the start token
