@@ -30,7 +30,7 @@ import prepare_data  # noqa: E402
 import t5  # noqa: E402
 
 COMMON = ["--dataset=numbers", "--device=cpu", "--compile=False", "--dtype=float32", "--dropout=0.0",
-          "--learning_rate=1e-3", "--decay_lr=True", "--warmup_iters=50", "--lr_decay_iters=1000000",
+          "--gradient_accumulation_steps=1", "--beta2=0.99", "--learning_rate=1e-3", "--decay_lr=True", "--warmup_iters=50", "--lr_decay_iters=1000000",
           "--min_lr=1e-3", "--eval_interval=50", "--eval_iters=2", "--log_interval=50",
           "--always_save_checkpoint=True", "--max_iters=1000000"]
 T5_ARGS = ["--n_layer=2", "--n_decoder_layer=2", "--n_head=4", "--n_embd=128", "--head_dim=32", "--n_ff=512",
