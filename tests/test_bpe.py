@@ -239,6 +239,16 @@ def test_cut_points_do_not_change_pretokenization():
         assert left + right == whole, f"cut at {k} ({text[k - 5:k + 5]!r}) changes pre-tokens"
 
 
+def test_no_cut_splits_whitespace_that_ends_a_segment():
+    # "\n\n" right before a special token is one pre-token (the segment ends
+    # there), so there is no cut before its second "\n"; before "X" there is.
+    text = "end.\n\n<|endoftext|>Next\n\nX"
+    cut_str, cut_bytes = bpe._cut_patterns(bpe.GPT2_SPLIT_PATTERN, [SPECIAL])
+    expected = [text.index(SPECIAL), text.rindex("\n")]
+    assert [m.start() for m in cut_str.finditer(text)] == expected
+    assert [m.start() for m in cut_bytes.finditer(text.encode())] == expected
+
+
 def test_no_cuts_for_unknown_patterns_or_overlapping_specials():
     assert bpe._cut_patterns(r"\S+|\s+", []) == (None, None)
     assert bpe._cut_patterns(r"\S+|\s+", ["ab", "ba"]) == (None, None)
@@ -301,6 +311,73 @@ def test_encode_file_to_bin_dtype_too_small(gpt2_tokenizer, tmp_path):
     assert not (tmp_path / "out.bin").exists()
     assert bpe.encode_file_to_bin(big, path, str(tmp_path / "out.bin"), dtype=np.uint32) == 3
     assert np.fromfile(tmp_path / "out.bin", dtype=np.uint32).tolist() == [31373, 220, 70000]
+
+
+# Safe cuts, fuzzed. A wrong cut shows only when text around a chunk boundary
+# has a particular shape ("\n\n" before a special token, a whitespace run
+# split in two, half a special token at the end of a buffer), so the texts are
+# built from exactly such pieces and the chunk, window and buffer sizes are
+# small and random, which puts boundaries everywhere. The tokenizer merges
+# every pair of whitespace characters (and a space with what follows it), so a
+# pre-token split in two encodes to different ids than the whole one.
+FUZZ_SPECIALS = [SPECIAL, "<pad>"]
+FUZZ_PIECES = (
+    [" ", "  ", "\t", "\n", "\n\n", "\r\n", "\r", "\u00a0", "\u3000"] * 3
+    + [SPECIAL, "<pad>"] * 3
+    + ["a", "ab", "X", "!", "'s", "1", "é", "<", "<|", "<|endoftext", "<pa", "pad>"]
+)
+
+
+def fuzz_tokenizer():
+    spaces = [b" ", b"\t", b"\n", b"\r"]
+    merges = [(a, b) for a in spaces for b in spaces]
+    merges += [(b"\n\n", b"\n"), (b"  ", b" "), (b"a", b"b")]
+    merges += [(b" ", c.encode()) for c in "a<X!'1"]
+    vocab = {i: bytes([i]) for i in range(256)}
+    for left, right in merges:
+        vocab[len(vocab)] = left + right
+    return bpe.Tokenizer(vocab, merges, FUZZ_SPECIALS)
+
+
+def fuzz_text(rng):
+    return "".join(rng.choice(FUZZ_PIECES) for _ in range(rng.randint(1, 30)))
+
+
+def random_pieces(rng, text):
+    cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
+    return [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
+
+
+def test_fuzz_cut_points_streaming_and_file_encoding(tmp_path, monkeypatch):
+    tok = fuzz_tokenizer()
+    assert tok.encode("\n\n") != tok.encode("\n") * 2  # a split whitespace run would show
+    rng = random.Random(1234)
+    path, out = tmp_path / "in.txt", tmp_path / "out.bin"
+    texts = []
+    for case in range(400):
+        text = fuzz_text(rng)
+        texts.append(text)
+        expected = tok.encode(text)
+        assert tok.decode(expected) == text
+        monkeypatch.setattr(bpe, "STREAM_FLUSH_CHARS", rng.randint(1, 24))
+        pieces = random_pieces(rng, text)
+        assert list(tok.encode_iterable(pieces)) == expected, (case, pieces)
+        write(path, text)
+        monkeypatch.setattr(bpe, "ENCODE_CHUNK_BYTES", rng.randint(1, 24))
+        monkeypatch.setattr(bpe, "CUT_SEARCH_BYTES", rng.randint(1, 40))
+        bpe.encode_file_to_bin(tok, str(path), str(out), num_processes=1)
+        assert np.fromfile(out, dtype=np.uint16).tolist() == expected, (case, text)
+
+    # The same texts as one file: worker processes, and training's chunks.
+    text = "".join(texts)
+    write(path, text)
+    monkeypatch.setattr(bpe, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(bpe, "ENCODE_CHUNK_BYTES", 50)
+    bpe.encode_file_to_bin(tok, str(path), str(out), num_processes=2)
+    assert np.fromfile(out, dtype=np.uint16).tolist() == tok.encode(text)
+    whole = bpe.train_bpe(str(path), 400, FUZZ_SPECIALS, num_processes=1)
+    monkeypatch.setattr(bpe, "MAX_CHUNK_BYTES", 37)
+    assert bpe.train_bpe(str(path), 400, FUZZ_SPECIALS, num_processes=1) == whole
 
 
 # ----------------------------------------------------------------------------
