@@ -79,11 +79,14 @@ def tiny_shakespeare():
     # prepare_data.py's own search: any data/shakespeare*/input.txt, else a download into
     # data/shakespeare_char/input.txt (so a later `python prepare_data.py shakespeare_char` reuses it).
     data_root = os.path.join(REPO, "data")
+    target_dir = os.path.join(data_root, "shakespeare_char")
     try:
-        return prepare_data.shakespeare_input(data_root, os.path.join(data_root, "shakespeare_char"))
+        return prepare_data.shakespeare_input(data_root, target_dir)
     except prepare_data.DataError as e:
-        pytest.skip(f"needs tiny Shakespeare, which is not in {shared_copy} or {data_root}/shakespeare*/ "
-                    f"and {e}")
+        cause = e.__context__.__class__.__name__ if e.__context__ else str(e)  # requests' long message aside
+        pytest.skip(f"needs tiny Shakespeare, which is neither in {shared_copy} nor in "
+                    f"{data_root}/shakespeare*/input.txt and could not be downloaded ({cause}); save "
+                    f"{prepare_data.SHAKESPEARE_URL} as {os.path.join(target_dir, 'input.txt')}")
 
 
 @pytest.fixture(scope="session")
@@ -95,8 +98,8 @@ def gpt2_bpe_files(tmp_path_factory):
         try:
             data = tiktoken_load.read_file_cached(url)
         except Exception as e:  # requests' errors when offline; OSError for an unreadable cache
-            pytest.skip(f"needs GPT-2's {name}, which is not in tiktoken's cache and could not be downloaded "
-                        f"({e.__class__.__name__}); {GPT2_HOW_TO_PROVIDE}")
+            pytest.skip(f"needs GPT-2's BPE files (encoder.json, vocab.bpe), which are not in tiktoken's cache "
+                        f"and could not be downloaded ({e.__class__.__name__}); {GPT2_HOW_TO_PROVIDE}")
         # A copy under its plain name, as GPT-2 ships it (tiktoken's cache names files by a hash).
         paths.append(directory / name)
         paths[-1].write_bytes(data)
