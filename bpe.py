@@ -104,6 +104,11 @@ MIN_PARALLEL_BYTES = 1 << 20
 # split into pre-token strings all at once, which costs ~10x its size in memory,
 # so this is what bounds memory on multi-GB corpora.
 MAX_CHUNK_BYTES = 8 << 20
+# encode_file_to_bin's chunks: at most this big, so that encoded chunks reach
+# the output file steadily instead of all at the end.
+ENCODE_CHUNK_BYTES = 1 << 20
+# How much of a file is read at a time while looking for the next safe cut.
+CUT_SEARCH_BYTES = 1 << 20
 # encode_iterable accumulates this many characters before looking for a cut.
 STREAM_FLUSH_CHARS = 1 << 16
 # Unicode normal forms a Tokenizer can apply before pre-tokenizing (None: none).
@@ -211,33 +216,52 @@ def _cut_patterns(pattern, special_tokens):
     (e.g. "ab" and "ba"), in which case this cut is disabled.
 
     Cut 2, GPT-2's pattern only: just before a whitespace character w (space,
-    tab, \n, \r) that is directly followed by a printable ASCII non-space c.
+    tab, \n, \r) that is directly followed by a printable ASCII non-space c,
+    where c does not start a special token.
     Why this is safe: no GPT-2 pre-token ends in whitespace and then continues,
     and the only whitespace glued *forward* is a single " " before c. Take the
-    whitespace run R that ends with w. In the whole text, "\s+(?!\S)" takes
-    R minus w (the lookahead sees w, a space, and succeeds; one more character
-    would see c and fail), then w is alone or glued to c. Cut before w: the left
-    part ends with R minus w, which "\s+(?!\S)" takes entirely because the
-    string ends there; the right part starts with w then c, tokenized as before.
-    Both halves agree with the single pass. Requiring c to be ASCII lets us test
-    it on raw bytes (a byte < 0x80 is always a whole UTF-8 character) and keeps
-    the rule one cheap regex. Other patterns (e.g. Llama 3's, where ":\n" is one
-    pre-token) break this argument, so for them only Cut 1 is used; and if a
-    special token itself contains such whitespace, Cut 2 could land inside it,
-    so it is disabled then too.
+    whitespace run R that ends with w. Because c is not the start of a special
+    token, c is in the same segment as w (the text between special tokens that
+    is pre-tokenized as one piece), so w is not the last character of its
+    segment. In the whole text, "\s+(?!\S)" then takes R minus w (the lookahead
+    sees w, a space, and succeeds; one more character would see c and fail),
+    and w is alone or glued to c. Cut before w: the left part ends with R minus
+    w, which "\s+(?!\S)" takes entirely because the string ends there; the
+    right part starts with w then c, tokenized as before. Both halves agree with
+    the single pass.
+    If c started a special token, the segment would end at w, "\s+(?!\S)" would
+    take all of R as one pre-token (nothing follows it inside the segment), and
+    the cut would split it in two: "...\n\n<|endoftext|>" has one "\n\n"
+    pre-token, the halves "\n" and "\n". Hence the negative lookahead for the
+    special tokens. (If special tokens can overlap, a special token spelled at c
+    is still a real match: a match that began earlier would contain w.)
+    Requiring c to be ASCII lets us test it on raw bytes (a byte < 0x80 is
+    always a whole UTF-8 character) and keeps the rule one cheap regex. Other
+    patterns (e.g. Llama 3's, where ":\n" is one pre-token) break this argument,
+    so for them only Cut 1 is used; and if a special token itself contains such
+    whitespace, Cut 2 could land inside it, so it is disabled then too.
+
+    A match is only decided by the text after its start (Cut 2 looks past c
+    for a special token), so a search in a window of the text must not trust a
+    match within _cut_lookahead(special_tokens) characters of the window's end,
+    unless the window ends where the text does.
 
     Returns (None, None) when no cut is safe: the text is then one chunk.
     """
     str_alternatives, bytes_alternatives = [], []
+    ordered = sorted(special_tokens, key=len, reverse=True)
     if special_tokens and not _specials_can_overlap(special_tokens):
-        ordered = sorted(special_tokens, key=len, reverse=True)
         str_alternatives += [regex.escape(tok) for tok in ordered]
         bytes_alternatives += [regex.escape(tok.encode("utf-8")) for tok in ordered]
     if pattern == GPT2_SPLIT_PATTERN and not any(
         ch in tok for tok in special_tokens for ch in _CUT_SPACES
     ):
-        str_alternatives.append(r"[ \t\n\r](?=[\x21-\x7e])")
-        bytes_alternatives.append(rb"[ \t\n\r](?=[\x21-\x7e])")
+        str_cut2, bytes_cut2 = r"[ \t\n\r](?=[\x21-\x7e])", rb"[ \t\n\r](?=[\x21-\x7e])"
+        if special_tokens:
+            str_cut2 += "(?!" + "|".join(regex.escape(tok) for tok in ordered) + ")"
+            bytes_cut2 += b"(?!" + b"|".join(regex.escape(tok.encode("utf-8")) for tok in ordered) + b")"
+        str_alternatives.append(str_cut2)
+        bytes_alternatives.append(bytes_cut2)
     if not str_alternatives:
         return None, None
     return (
@@ -246,25 +270,34 @@ def _cut_patterns(pattern, special_tokens):
     )
 
 
-def _find_cut(file, offset, size, cut_re, max_match_len):
+def _cut_lookahead(special_tokens):
+    """How many bytes from a cut match's start decide it: the whitespace w and
+    c for Cut 2, or w and a whole special token after it; a special token for
+    Cut 1. Counted in UTF-8 bytes, which is also a bound in characters."""
+    return 1 + max([1] + [len(tok.encode("utf-8")) for tok in special_tokens])
+
+
+def _find_cut(file, offset, size, cut_re, lookahead):
     """First safe cut at or after byte `offset` of an open binary file (or size)."""
-    window = 1 << 20
-    # Consecutive windows overlap by (longest match - 1) bytes so that a match
-    # straddling a window edge is seen whole in the next window.
-    overlap = max(max_match_len - 1, 1)
+    window = max(CUT_SEARCH_BYTES, 2 * lookahead)
     while offset < size:
         file.seek(offset)
         data = file.read(window)
+        at_end = offset + len(data) >= size
         match = cut_re.search(data)
-        if match:
+        # A match whose lookahead runs past the window's end may be wrong (the
+        # window could end inside "<|endoftext|>", hiding it from Cut 2's
+        # check), so it counts only if it has all it needs in view.
+        if match and (at_end or match.start() + lookahead <= len(data)):
             return offset + match.start()
-        if offset + len(data) >= size:
+        if at_end:
             break
-        offset += len(data) - overlap
+        # The next window starts early enough to see every undecided match whole.
+        offset += len(data) - lookahead
     return size
 
 
-def _chunk_ranges(path, size, chunk_bytes, cut_re, max_match_len):
+def _chunk_ranges(path, size, chunk_bytes, cut_re, lookahead):
     """Split [0, size) of a file into byte ranges of about chunk_bytes, cut only
     at safe points. Cuts fall on ASCII bytes or special-token starts, so every
     range is also valid UTF-8 on its own if the file is."""
@@ -273,7 +306,7 @@ def _chunk_ranges(path, size, chunk_bytes, cut_re, max_match_len):
     starts = [0]
     with open(path, "rb") as file:
         while True:
-            cut = _find_cut(file, starts[-1] + chunk_bytes, size, cut_re, max_match_len)
+            cut = _find_cut(file, starts[-1] + chunk_bytes, size, cut_re, lookahead)
             if cut >= size:
                 break
             starts.append(cut)
@@ -385,12 +418,11 @@ def train_bpe(input_path, vocab_size, special_tokens=(), num_processes=None, ver
     # not the text: 1.1 MB of Shakespeare is ~300k pre-tokens but only ~15k
     # distinct ones, and the ratio improves as corpora grow.
     cut_str, cut_bytes = _cut_patterns(GPT2_SPLIT_PATTERN, special_tokens)
-    max_match = max([1] + [len(t.encode("utf-8")) for t in special_tokens])
     if num_processes == 1 or size < MIN_PARALLEL_BYTES:
         chunk_bytes = min(max(size, 1), MAX_CHUNK_BYTES)
     else:
         chunk_bytes = min(MAX_CHUNK_BYTES, math.ceil(size / num_processes))
-    ranges = _chunk_ranges(input_path, size, chunk_bytes, cut_bytes, max_match)
+    ranges = _chunk_ranges(input_path, size, chunk_bytes, cut_bytes, _cut_lookahead(special_tokens))
     jobs = [(input_path, start, end, special_tokens) for start, end in ranges]
     word_counts = Counter()
     if len(jobs) == 1 or num_processes == 1:
@@ -596,6 +628,7 @@ class Tokenizer:
             raise ValueError("special tokens must be non-empty strings")
         self._special_re = _special_token_regex(self.special_tokens)
         self._cut_str, self._cut_bytes = _cut_patterns(pattern, list(self.special_tokens))
+        self._cut_lookahead = _cut_lookahead(self.special_tokens)
         # The streaming encoder wants the *last* cut in its buffer; the regex
         # module can search right-to-left with the (?r) flag.
         self._last_cut = (
@@ -700,7 +733,7 @@ class Tokenizer:
             if buffered < flush_at:
                 continue
             text = "".join(parts)
-            match = self._last_cut.search(text) if self._last_cut else None
+            match = self._last_decided_cut(text)
             if match and match.start() > 0:
                 yield from self.encode(text[:match.start()])
                 text = text[match.start():]
@@ -709,6 +742,18 @@ class Tokenizer:
                 flush_at = 2 * len(text)  # no cut yet: wait for more, without rescanning per line
             parts, buffered = [text], len(text)
         yield from self.encode("".join(parts))
+
+    def _last_decided_cut(self, text):
+        """The last cut in text that has enough text after it to be decided
+        (see _cut_patterns): "\n\n<|endo" must wait for the rest of the
+        special token before the cut before its second "\n" can be trusted."""
+        if self._last_cut is None:
+            return None
+        last_decided = len(text) - self._cut_lookahead
+        for match in self._last_cut.finditer(text):  # right to left: (?r)
+            if match.start() <= last_decided:
+                return match
+        return None
 
     # -- decoding --------------------------------------------------------
 
@@ -1045,11 +1090,11 @@ def encode_file_to_bin(tokenizer, input_path, output_path, num_processes=None, d
     num_processes = _default_processes(num_processes)
     size = _check_input_file(input_path)
     parallel = num_processes > 1 and size >= MIN_PARALLEL_BYTES
-    # Chunks of at most 1 MB keep results streaming to disk steadily; smaller
-    # files are split evenly across the processes.
-    chunk_bytes = min(1 << 20, math.ceil(size / num_processes)) if parallel else (1 << 20)
-    max_match = max([1] + [len(t.encode("utf-8")) for t in tokenizer.special_tokens])
-    ranges = _chunk_ranges(input_path, size, max(chunk_bytes, 1), tokenizer._cut_bytes, max_match)
+    # Chunks of at most ENCODE_CHUNK_BYTES; smaller files are split evenly
+    # across the processes.
+    chunk_bytes = min(ENCODE_CHUNK_BYTES, math.ceil(size / num_processes)) if parallel else ENCODE_CHUNK_BYTES
+    ranges = _chunk_ranges(input_path, size, max(chunk_bytes, 1), tokenizer._cut_bytes,
+                           tokenizer._cut_lookahead)
     jobs = [(input_path, start, end, dtype) for start, end in ranges]
 
     def write_all(file):
