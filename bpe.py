@@ -27,6 +27,28 @@ History
   tiktoken (OpenAI) and Hugging Face `tokenizers` implement the same scheme in
   Rust; GPT-2/3/4, Llama 3 and Qwen all use byte-level BPE.
 
+SentencePiece-style BPE
+-----------------------
+Llama 1 and 2, TinyLlama and Mistral were trained with Google's SentencePiece
+(Kudo & Richardson, 2018) in its BPE mode, and their tokenizer.json files
+describe the same algorithm in Hugging Face's terms. It is BPE too (the same
+merge loop, the same encoder), but it differs from GPT-2's byte-level BPE in
+three ways:
+* Characters, not bytes, are the base units. Only a character missing from the
+  vocabulary falls back to its UTF-8 bytes, as the 256 tokens <0x00>..<0xFF>
+  ("byte_fallback"), so "é" is one token if it was frequent in training and the
+  two tokens <0xC3> <0xA9> if it was not. Nothing is out of vocabulary either.
+* A space is not a byte to hide but a visible character: every " " becomes
+  "▁" (U+2581), and a "▁" goes in front of the text as well, so "Hello world"
+  is "▁Hello▁world" and the first word gets the same token as a word after a
+  space. Decoding turns "▁" back into spaces and drops the one added in front.
+* No regex pre-split: the text is not cut into words first. SentencePiece keeps
+  "▁" at the start of pieces only, so its merges stay within words anyway, but
+  one merge rule meets the whole text, and runs like "▁▁▁" are tokens of their own.
+Here such a vocabulary is stored with spaces in place of "▁" and the byte
+tokens listed apart (the `sentencepiece` option of Tokenizer), so encoding and
+decoding are the byte-level code with a different first step.
+
 What you learn by reading this file
 -----------------------------------
 1. Training (`train_bpe`): count pre-tokens once, then run the merge loop with
@@ -40,9 +62,12 @@ What you learn by reading this file
 3. Where text can be cut into chunks without changing the result, which is what
    makes parallel training, parallel file encoding and streaming encoding exact.
 4. The file formats of GPT-2 (encoder.json + vocab.bpe) and of Hugging Face
-   (tokenizer.json), so you can load real tokenizers and check that this code
-   reproduces them id for id (tests/test_bpe.py compares against tiktoken and
-   `tokenizers`).
+   (tokenizer.json), so you can load real tokenizers (GPT-2, Llama 2 and 3,
+   Qwen, SmolLM2, TinyLlama, Mistral, OLMo) and check that this code
+   reproduces them id for id (tests/test_bpe.py and tests/test_bpe_hf.py
+   compare against tiktoken and `tokenizers`), including what their files add
+   around BPE: normalizers, several pre-tokenization steps, added tokens with
+   their options, and the template that puts a BOS token before a prompt.
 
 Conventions used throughout
 ---------------------------

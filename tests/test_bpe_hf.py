@@ -102,9 +102,14 @@ def build(kind, corpus):
     if kind == "neox":
         hf = train_byte_level(corpus, pre_tokenizers.ByteLevel(add_prefix_space=False), ["<|endoftext|>"],
                               missing=MISSING_BYTES, normalizer=normalizers.NFC())
-        # GPT-NeoX adds tokens for runs of spaces, matched in the normalized text.
+        # GPT-NeoX adds tokens for runs of spaces, matched in the normalized text, and its files also
+        # spell them literally (spaces, not "Ġ") inside model.vocab.
         hf.add_tokens([AddedToken(" " * n, normalized=True) for n in (2, 3, 4, 8)])
-        return hf, ["<|endoftext|>", "   "]
+        spec = json.loads(hf.to_str())
+        for token in spec["added_tokens"]:
+            spec["model"]["vocab"][token["content"]] = token["id"]
+        assert "  " in spec["model"]["vocab"]
+        return tokenizers.Tokenizer.from_str(json.dumps(spec)), ["<|endoftext|>", "   "]
     if kind == "dolma2":
         hf = train_byte_level(corpus, pre_tokenizers.Sequence([
             pre_tokenizers.Split(tokenizers.Regex(CL100K_PATTERN), behavior="removed", invert=True),

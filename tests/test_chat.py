@@ -1,0 +1,116 @@
+"""sample.py --chat=True: a conversation rendered with the model's chat template, checked against transformers.
+
+A small random Hugging Face Llama is saved with a byte-level tokenizer.json trained here (with ChatML's
+<|im_start|> and <|im_end|> as special tokens, the latter the model's eos_token_id) and a tokenizer_config.json
+holding ChatML's template, as SmolLM2-Instruct ships them. Each turn's prompt ids must equal transformers'
+apply_chat_template on the conversation so far, each reply must be HF generate()'s greedy continuation up to
+<|im_end|>, and the replies must carry into the next turn's prompt.
+"""
+import json
+
+import pytest
+import torch
+
+import llama
+import sample
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory, small_text):
+    directory = tmp_path_factory.mktemp("chat_model")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Digits(individual_digits=True),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([small_text], trainer)
+    tok.save(str(directory / "tokenizer.json"))
+    im_end = tok.token_to_id("<|im_end|>")
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML, "bos_token": None,
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}), encoding="utf-8")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, bos_token_id=None, eos_token_id=im_end)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    # A random model rarely ends its turn by itself: make <|im_end|> likely enough that some replies do.
+    with torch.no_grad():
+        hf.lm_head.weight[im_end] *= 1.5
+    hf.save_pretrained(directory)
+    return directory, hf
+
+
+def run_chat(monkeypatch, directory, lines, *options):
+    """Run sample.py --chat=True on typed lines; return the prompt ids of each turn."""
+    typed = iter(lines)
+
+    def fake_input(prompt=""):
+        try:
+            return next(typed)
+        except StopIteration:
+            raise EOFError from None
+    monkeypatch.setattr("builtins.input", fake_input)
+    prompts = []
+    original = llama.Llama.generate
+
+    def recording_generate(self, idx, *args, **kwargs):
+        prompts.append(idx[0].tolist())
+        return original(self, idx, *args, **kwargs)
+    monkeypatch.setattr(llama.Llama, "generate", recording_generate)
+    sample.main([f"--init_from={directory}", "--chat=True", "--temperature=0", "--max_new_tokens=12",
+                 "--device=cpu", *options])
+    return prompts
+
+
+def test_chat_matches_transformers(chat_model, monkeypatch, capsys):
+    directory, hf = chat_model
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    im_end = hf_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    turns = ["First Citizen: speak, speak.", "You are all resolved rather to die than to famish? 1234", "Resolved."]
+    prompts = run_chat(monkeypatch, directory, turns + [""])
+    assert len(prompts) == 3
+    messages, replies, ended = [], [], []
+    for turn, prompt in zip(turns, prompts):
+        messages.append({"role": "user", "content": turn})
+        expected = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False)
+        assert prompt == list(expected)
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=im_end,
+                          pad_token_id=0)[0, len(prompt):].tolist()
+        ended.append(out[-1] == im_end)
+        reply = hf_tokenizer.decode(out, skip_special_tokens=True)
+        replies.append(reply)
+        messages.append({"role": "assistant", "content": reply})
+    printed = capsys.readouterr().out
+    for reply in replies:
+        assert reply + "\n---------------\n" in printed
+    assert "<|im_start|>" not in printed  # only the replies are shown
+    assert any(ended), "no reply ended at <|im_end|>: the test does not check stopping there"
+
+
+def test_chat_errors(chat_model, tmp_path, monkeypatch):
+    directory, _ = chat_model
+    with pytest.raises(SystemExit, match="one reply at a time"):
+        sample.main([f"--init_from={directory}", "--chat=True", "--num_samples=2"])
+    with pytest.raises(SystemExit, match="--init_from"):
+        sample.main(["--chat=True"])
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (tmp_path / name).write_bytes((directory / name).read_bytes())
+    with pytest.raises(SystemExit, match="neither chat_template.jinja nor a chat_template"):
+        run_chat(monkeypatch, tmp_path, ["hi"])
+    (tmp_path / "chat_template.jinja").write_text("{{ raise_exception('only system messages, please') }}")
+    with pytest.raises(SystemExit, match="refused the conversation: only system messages"):
+        run_chat(monkeypatch, tmp_path, ["hi"])
+    monkeypatch.setitem(__import__("sys").modules, "jinja2", None)  # as if jinja2 were not installed
+    with pytest.raises(SystemExit, match="pip install jinja2"):
+        run_chat(monkeypatch, tmp_path, ["hi"])
