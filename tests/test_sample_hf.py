@@ -1,6 +1,7 @@
-"""sample.py --chat=True: a conversation rendered with the model's chat template, checked against transformers.
+"""sample.py with pretrained models' tokenizers, checked against transformers: the BOS token a tokenizer.json's
+template puts before a prompt, and --chat=True.
 
-A small random Hugging Face Llama is saved with a byte-level tokenizer.json trained here (with ChatML's
+Chat: a small random Hugging Face Llama is saved with a byte-level tokenizer.json trained here (with ChatML's
 <|im_start|> and <|im_end|> as special tokens, the latter the model's eos_token_id) and a tokenizer_config.json
 holding ChatML's template, as SmolLM2-Instruct ships them. Each turn's prompt ids must equal transformers'
 apply_chat_template on the conversation so far, each reply must be HF generate()'s greedy continuation up to
@@ -13,6 +14,7 @@ import torch
 
 import llama
 import sample
+from test_bpe_hf import SENTENCEPIECE_DECODER, train_sentencepiece_style
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
@@ -114,3 +116,35 @@ def test_chat_errors(chat_model, tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "jinja2", None)  # as if jinja2 were not installed
     with pytest.raises(SystemExit, match="pip install jinja2"):
         run_chat(monkeypatch, tmp_path, ["hi"])
+
+
+def test_sample_llama2_style_prompt_gets_bos(tmp_path, capsys, small_text):
+    # A Llama 2 / TinyLlama-style model: SentencePiece-style tokenizer.json whose template puts <s> (id 1)
+    # before a text; the model must see it, the printout must not show it.
+    tok = train_sentencepiece_style(small_text.splitlines(keepends=True))
+    tok.normalizer = tokenizers.normalizers.Sequence([tokenizers.normalizers.Prepend("\u2581"),
+                                                      tokenizers.normalizers.Replace(" ", "\u2581")])
+    tok.decoder = tokenizers.decoders.Sequence(SENTENCEPIECE_DECODER)
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path)
+    prompt = "MENENIUS: Take my cap, Jupiter"
+    ids = tok.encode(prompt).ids
+    assert ids[0] == 1 and 1 not in tok.encode(prompt, add_special_tokens=False).ids
+    out = hf.generate(torch.tensor([ids]), max_new_tokens=15, do_sample=False, eos_token_id=2,
+                      pad_token_id=0)[0].tolist()
+    end = out.index(2, len(ids)) if 2 in out[len(ids):] else len(out)
+    expected = tok.decode(out[1:end], skip_special_tokens=False)
+    assert expected.startswith(prompt)
+    sample.main([f"--init_from={tmp_path}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=15",
+                 "--temperature=0", "--device=cpu"])
+    assert capsys.readouterr().out == expected + "\n---------------\n"
+    # Several samples are printed the same way (greedy: identical rows).
+    sample.main([f"--init_from={tmp_path}", f"--start={prompt}", "--num_samples=2", "--max_new_tokens=15",
+                 "--temperature=0", "--device=cpu"])
+    assert capsys.readouterr().out == 2 * (expected + "\n---------------\n")
