@@ -1304,8 +1304,9 @@ class Tokenizer:
                 if step.get("content") != " " or step.get("stop"):
                     raise unsupported(f"decoder Strip {step}")
                 strip += step.get("start", 0)
-            elif step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") != "never":
-                strip += 1
+            elif step.get("type") == "Metaspace" and step.get(
+                    "prepend_scheme", "always" if step.get("add_prefix_space", True) else "never") != "never":
+                strip += 1  # the "▁" it put in front, unless it never puts one
             elif step.get("type") == "Replace" and (step.get("pattern") != {"String": SENTENCEPIECE_SPACE}
                                                     or step.get("content") != " "):
                 raise unsupported(f"decoder Replace {step.get('pattern')} -> {step.get('content')!r}")

@@ -284,3 +284,20 @@ def test_unsupported_files_are_refused(corpus, tmp_path):
                                                 pre_tokenizers.Digits()])
     with pytest.raises(ValueError, match="'Digits' after ByteLevel"):
         load_ours(hf, tmp_path)
+
+
+def test_legacy_metaspace_files(corpus, tmp_path):
+    # Files written by older `tokenizers` spell Metaspace's scheme as add_prefix_space (true: "always").
+    hf, specials = build("metaspace_split", corpus)
+    spec = json.loads(hf.to_str())
+    for section in (spec["pre_tokenizer"], spec["decoder"]["decoders"][1]):
+        assert section["type"] == "Metaspace"
+        del section["prepend_scheme"]
+        section["add_prefix_space"] = True
+    path = tmp_path / "legacy.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    ours = bpe.Tokenizer.from_hf_tokenizer_json(str(path))
+    assert ours.sentencepiece["prepend"] == "always" and ours.sentencepiece["strip"] == 1
+    for text in [stress_text(specials), "Hello world", " two  spaces"]:
+        assert_same_ids(ours, hf, text)
