@@ -418,8 +418,9 @@ def _descending_key(token):
 def merge_pair(ids, left, right, merged):
     """Return ids with every adjacent (left, right) replaced by `merged`, scanning left to right.
 
-    The one operation of BPE, shared by training (applying a new merge to every word that has the
-    pair) and encoding (replaying the learned merges). Left to right matters for repeats: with the
+    The one operation of BPE training: a new merge applied to every word that has the pair.
+    (Encoding replays the merges one occurrence at a time, which gives the same result for
+    trained merges; see Tokenizer._encode_pretoken.) Left to right matters for repeats: with the
     merge (a, a), "a a a" becomes "aa a", as GPT-2's encoder does.
     """
     out, i, n = [], 0, len(ids)
@@ -774,13 +775,20 @@ class Tokenizer:
     def _encode_pretoken(self, pretoken):
         """Apply the merges to one pre-token, lowest rank first.
 
-        This is the classic GPT-2 loop: among all adjacent pairs, find the one
-        whose merge was learned earliest, merge every occurrence of it, repeat
-        until no adjacent pair is a known merge. It reproduces training exactly
-        because training merged pairs in that same order. (tiktoken instead
-        ranks by the id of the merged token; for vocabularies trained this way
-        the two agree.) Each round scans the word, so this is quadratic in the
-        pre-token length, fine for words and made rare by the cache.
+        GPT-2's loop: among all adjacent pairs, find the one whose merge was
+        learned earliest (the leftmost, if it occurs more than once), merge it,
+        repeat until no adjacent pair is a known merge. It reproduces training
+        because training merged pairs in that same order. GPT-2's code merges
+        every occurrence of the pair in one sweep; we merge one at a time, as
+        tiktoken and Hugging Face do. For trained merge lists the two agree (a
+        merge only makes pairs with the new token, learned later, so the other
+        occurrences still go next), but files converted from another format
+        (Llama 2's from SentencePiece, Llama 3's from tiktoken) list a merge
+        for every way to split a token, some before the merges that make their
+        parts, and there only one-at-a-time matches. (tiktoken ranks by the id
+        of the merged token; for such files that is the merge order.) Each
+        round scans the word, so this is quadratic in the pre-token length,
+        fine for words and made rare by the cache.
         """
         data = pretoken.encode("utf-8")
         if self.ignore_merges:
@@ -807,12 +815,12 @@ class Tokenizer:
         rank_of = self._rank
         no_merge = len(self._merged_id)  # larger than every real rank
         while len(ids) > 1:
-            pair = min(zip(ids, ids[1:]), key=lambda p: rank_of.get(p, no_merge))
-            rank = rank_of.get(pair)
-            if rank is None:
+            ranks = [rank_of.get(pair, no_merge) for pair in zip(ids, ids[1:])]
+            rank = min(ranks)
+            if rank == no_merge:
                 break
-            left, right = pair
-            ids = merge_pair(ids, left, right, self._merged_id[rank])
+            at = ranks.index(rank)  # the leftmost occurrence
+            ids[at:at + 2] = [self._merged_id[rank]]
         return tuple(ids)
 
     def _merge_long_word(self, ids):
@@ -824,11 +832,10 @@ class Tokenizer:
         order of merges, found differently: a heap of (rank, position) for
         every adjacent pair, the symbols in a linked list. Popping the lowest
         (rank, position) merges the earliest-learned pair, leftmost first, as
-        the loop does; a merge creates pairs with the new token, whose ranks
-        are higher than the current one (a token is learned before any merge
-        that uses it), so all occurrences of the current pair go first, again
-        as in the loop. Entries made stale by a neighbouring merge are skipped
-        when popped. Hugging Face merges every word this way.
+        the loop does; the pairs a merge creates with its neighbours are pushed,
+        so the heap always holds every current pair, and the next pop is the
+        loop's next choice. Entries made stale by a neighbouring merge are
+        skipped when popped. Hugging Face merges every word this way.
         """
         rank_of, merged_id = self._rank, self._merged_id
         n = len(ids)

@@ -301,3 +301,29 @@ def test_legacy_metaspace_files(corpus, tmp_path):
     assert ours.sentencepiece["prepend"] == "always" and ours.sentencepiece["strip"] == 1
     for text in [stress_text(specials), "Hello world", " two  spaces"]:
         assert_same_ids(ours, hf, text)
+
+
+@pytest.mark.parametrize("sentencepiece", [False, True])
+def test_merges_listed_before_their_parts(sentencepiece, tmp_path):
+    # Files converted from SentencePiece or tiktoken list a merge for every split of a token, some
+    # before the merges that make their parts: here "bc"+"b" (rank 0) before "b"+"c" (rank 1). HF (and
+    # tiktoken) merge the leftmost lowest-rank pair one at a time: "bcbc" -> "bc" "b" "c" -> "bcb" "c";
+    # merging every "b"+"c" at once would give "bc" "bc".
+    merges = [("bc", "b"), ("b", "c"), ("c", "bcb"), ("a", "a")]
+    if sentencepiece:
+        vocab = {"<unk>": 0, **{f"<0x{byte:02X}>": 1 + byte for byte in range(256)}}
+        vocab.update({piece: len(vocab) + i for i, piece in enumerate(["\u2581", "a", "b", "c", "bc", "bcb", "cbcb", "aa"])})
+        hf = tokenizers.Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True))
+        hf.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never", split=False)
+        hf.decoder = decoders.Sequence(SENTENCEPIECE_DECODER)
+    else:
+        vocab = {char: byte for byte, char in bpe.BYTE_TO_CHAR.items()}
+        vocab.update({piece: 256 + i for i, piece in enumerate(["bc", "bcb", "cbcb", "aa"])})
+        hf = tokenizers.Tokenizer(models.BPE(vocab, merges))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+    ours, _ = load_ours(hf, tmp_path)
+    assert hf.encode("bcbc").tokens == ["bcb", "c"]
+    # Short words take the loop, the long one (no pre-split: one word) the heap.
+    for text in ["bcbc", "bcbcbc", "cbcbcb", "aaaaa", "abcbcaaabcb", "bcbcaaabc" * 60]:
+        assert ours.encode(text) == hf.encode(text).ids
