@@ -248,7 +248,8 @@ def load_chat_template(directory):
             template = f.read()
     if not template:
         fail(f"--chat needs the model's chat template, but {directory} has neither chat_template.jinja nor a "
-             f"chat_template in tokenizer_config.json (base models have none: use the instruct version)")
+             f"chat_template in tokenizer_config.json (base models have none: use the instruct version; if the "
+             f"model has one, copy its tokenizer_config.json or chat_template.jinja into that folder)")
     try:
         from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
