@@ -741,6 +741,8 @@ def restore_rng_state(states, rank, world_size, fresh_seed):
     anyway): each process then starts a fresh stream of its own, seeded from the seed, the iteration
     and its rank, so that processes still differ and no batch sequence from the start is replayed.
     """
+    if isinstance(states, dict):  # a checkpoint from before every process's state was saved: one state
+        states = [states]
     if len(states) == world_size:
         torch.set_rng_state(states[rank]["cpu"].cpu())
         if states[rank]["cuda"] is not None and torch.cuda.is_available():

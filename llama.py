@@ -43,6 +43,7 @@ and in Python, a pretrained model (any Hugging Face "llama" checkpoint, hub id o
 
 import json
 import math
+import mmap
 import os
 import sys
 import time
@@ -497,11 +498,17 @@ class Llama(nn.Module):
     # Loading Hugging Face Llama-architecture checkpoints
 
     @classmethod
-    def from_pretrained(cls, name_or_dir, dropout=0.0):
+    def from_pretrained(cls, name_or_dir, dropout=0.0, dtype=torch.float32):
         """Build a Llama from a Hugging Face checkpoint with model_type "llama": a local directory
         (config.json plus model.safetensors, or model.safetensors.index.json and its shards) or a hub
         id such as "HuggingFaceTB/SmolLM2-135M" or "meta-llama/Llama-3.2-1B" (downloaded once into a
-        cache directory; gated repositories need an access token in the HF_TOKEN variable)."""
+        cache directory; gated repositories need an access token in the HF_TOKEN variable).
+
+        dtype: of the weights, float32 by default; bfloat16 halves the memory (sample.py
+        --dtype=bfloat16). RoPE's frequencies stay float32 either way. As in gpt.py, the model is
+        built on the meta device and takes the memory-mapped checkpoint tensors as its parameters,
+        so loading needs about the weights' size in memory, shard after shard.
+        """
         directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
         config_path = os.path.join(directory, "config.json")
         if not os.path.exists(config_path):
@@ -533,10 +540,11 @@ class Llama(nn.Module):
             rope_theta=float(rope_theta), rope_scaling=rope_scaling,
             tie_embeddings=hf.get("tie_word_embeddings", False), dropout=dropout,
         )
-        model = cls(config)
+        with torch.device("meta"):
+            model = cls(config)
 
-        ours = model.state_dict()
-        loaded = set()
+        ours = model.state_dict()  # meta tensors: names and shapes only
+        state = {}
         for name, tensor in load_hf_weights(directory).items():
             if name.endswith("rotary_emb.inv_freq"):
                 continue  # older checkpoints saved RoPE's fixed frequencies; we compute them
@@ -546,12 +554,15 @@ class Llama(nn.Module):
                 raise ValueError(f"unexpected tensor {name!r} in the checkpoint at {directory}")
             if tensor.shape != ours[name].shape:
                 raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[name].shape)}")
-            with torch.no_grad():
-                ours[name].copy_(tensor.to(ours[name].dtype))
-            loaded.add(name)
-        missing = set(ours) - loaded - ({"lm_head.weight"} if config.tie_embeddings else set())
+            state[name] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
+        missing = set(ours) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
         if missing:
             raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+        model.load_state_dict(state, strict=False, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight  # assign=True replaced the tied matrix
+        # The buffer was made on the meta device too; compute the real frequencies, in float32.
+        model.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
         return model
 
     # -------------------------------------------------------------------------
@@ -641,7 +652,8 @@ def read_safetensors(path):
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
-        data = bytearray(f.read())
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file closes
+    start = 8 + header_len  # the offsets count from the end of the header
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -653,7 +665,7 @@ def read_safetensors(path):
         if begin == end:  # a shape with a 0 in it holds no bytes (and frombuffer refuses a count of 0)
             tensors[name] = torch.empty(info["shape"], dtype=dtype)
             continue
-        flat = torch.frombuffer(data, dtype=dtype, offset=begin, count=(end - begin) // dtype.itemsize)
+        flat = torch.frombuffer(data, dtype=dtype, offset=start + begin, count=(end - begin) // dtype.itemsize)
         tensors[name] = flat.reshape(info["shape"])
     return tensors
 
@@ -1241,6 +1253,8 @@ def restore_rng_state(states, rank, world_size, fresh_seed):
     anyway): each process then starts a fresh stream of its own, seeded from the seed, the iteration
     and its rank, so that processes still differ and no batch sequence from the start is replayed.
     """
+    if isinstance(states, dict):  # a checkpoint from before every process's state was saved: one state
+        states = [states]
     if len(states) == world_size:
         torch.set_rng_state(states[rank]["cpu"].cpu())
         if states[rank]["cuda"] is not None and torch.cuda.is_available():

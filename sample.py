@@ -144,27 +144,29 @@ def load_checkpoint(out_dir):
     return model, tokenizer, tokenizer.eot_token
 
 
-def load_pretrained(name_or_dir):
-    """A Hugging Face checkpoint (hub id or local directory), its tokenizer and its end-of-sequence id(s)."""
+def load_pretrained(name_or_dir, dtype):
+    """A Hugging Face checkpoint (hub id or local directory), its tokenizer and its end-of-sequence id(s).
+
+    The weights are loaded in `dtype`: with --dtype=bfloat16 a model takes half the memory of
+    float32, and generating one token, which reads every weight once, is correspondingly faster."""
     if os.path.isdir(name_or_dir):
         config_path = os.path.join(name_or_dir, "config.json")
         if not os.path.isfile(config_path):
             fail(f"{name_or_dir} has no config.json: not a Hugging Face checkpoint directory")
         with open(config_path) as f:
             hf_type = json.load(f).get("model_type")
-        if hf_type not in HF_MODEL_TYPES:
-            fail(f"{name_or_dir} holds a {hf_type!r} model; sample.py loads {', '.join(HF_MODEL_TYPES)} checkpoints")
-        model_type = HF_MODEL_TYPES[hf_type]
     else:
-        # Hub ids: GPT-2's are known by name; anything else is tried as a Llama-architecture model,
-        # whose loader reads the downloaded config.json and refuses other architectures.
-        model_type = "gpt" if name_or_dir.removeprefix("openai-community/").startswith("gpt2") else "llama"
-    model_class, _ = import_model(model_type)
+        if name_or_dir in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+            name_or_dir = "openai-community/" + name_or_dir  # where OpenAI's weights live on the hub
+        hf_type = hub_model_type(name_or_dir)
+    if hf_type not in HF_MODEL_TYPES:
+        fail(f"{name_or_dir} holds a {hf_type!r} model; sample.py loads {', '.join(HF_MODEL_TYPES)} checkpoints")
+    model_class, _ = import_model(HF_MODEL_TYPES[hf_type])
     module = sys.modules[model_class.__module__]
     try:
         # A hub id is downloaded once into a local cache directory; from then on it is a directory.
         directory = name_or_dir if os.path.isdir(name_or_dir) else module.download_hf_checkpoint(name_or_dir)
-        model = model_class.from_pretrained(directory)
+        model = model_class.from_pretrained(directory, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         fail(f"cannot load {name_or_dir!r}: {e}")
     eos_token_id = hf_eos_token_id(directory)
@@ -176,10 +178,32 @@ def load_pretrained(name_or_dir):
             return model, bpe.Tokenizer.from_hf_tokenizer_json(tokenizer_json), eos_token_id
         except ValueError as e:
             fail(f"cannot use {tokenizer_json}: {e}")
-    if model_type == "gpt":  # OpenAI's GPT-2 tokenizer, through tiktoken
+    if hf_type == "gpt2":  # OpenAI's GPT-2 tokenizer, through tiktoken
         return model, prepare_data.load_tokenizer({"tokenizer": "gpt2"}), eos_token_id
     fail(f"{name_or_dir} has no tokenizer.json; sample.py reads byte-level BPE tokenizer.json files "
          f"(SentencePiece .model files are not supported)")
+
+
+def hub_model_type(repo):
+    """The model_type in a hub repository's config.json, read before any weights are downloaded, so
+    that an architecture sample.py cannot load is refused at once, not after gigabytes."""
+    if repo.count("/") != 1:
+        fail(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
+    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
+    cached = os.path.join(cache_root, repo.replace("/", "--"), "config.json")  # where the scripts download to
+    if os.path.isfile(cached):
+        with open(cached) as f:
+            return json.load(f).get("model_type")
+    import requests  # only needed for downloads
+
+    url = f"https://huggingface.co/{repo}/resolve/main/config.json"
+    token = os.environ.get("HF_TOKEN")
+    try:
+        response = requests.get(url, timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response.raise_for_status()
+        return response.json().get("model_type")
+    except (requests.RequestException, ValueError) as e:
+        fail(f"could not read {url} ({e}); download the checkpoint's files by hand into a folder and pass that folder")
 
 
 def hf_eos_token_id(directory):
@@ -252,7 +276,7 @@ def main(argv):
     if cfg["init_from"] == "resume":
         model, tokenizer, eos_token_id = load_checkpoint(cfg["out_dir"])
     else:
-        model, tokenizer, eos_token_id = load_pretrained(cfg["init_from"])
+        model, tokenizer, eos_token_id = load_pretrained(cfg["init_from"], dtypes[cfg["dtype"]])
     if not cfg["stop_at_eos"]:
         eos_token_id = None
     model.eval().to(cfg["device"])
