@@ -1004,7 +1004,7 @@ class Tokenizer:
         yield from self.encode("".join(parts))
 
     def _last_decided_cut(self, text):
-        """The last cut in text that has enough text after it to be decided
+        r"""The last cut in text that has enough text after it to be decided
         (see _cut_patterns): "\n\n<|endo" must wait for the rest of the
         special token before the cut before its second "\n" can be trusted."""
         if self._last_cut is None:
@@ -1493,8 +1493,8 @@ def encode_file_to_bin(tokenizer, input_path, output_path, num_processes=None, d
     """Encode a UTF-8 text file into a raw array of ids (nanoGPT's train.bin).
 
     The file is cut at safe points (special-token starts, or for GPT-2's
-    pattern a space/newline before a printable ASCII character; see
-    _cut_patterns) into chunks that are encoded in parallel and written in
+    pattern a space/newline before a printable ASCII character that does not
+    start a special token; see _cut_patterns) into chunks that are encoded in parallel and written in
     order, so the output equals tokenizer.encode(whole_text) while only a few
     chunks are in memory at once. Writes to a temp file and renames it into
     place. Returns the number of tokens written.
