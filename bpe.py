@@ -635,7 +635,10 @@ class Tokenizer:
         if normalization not in UNICODE_NORMAL_FORMS:
             raise ValueError(f"normalization must be one of {UNICODE_NORMAL_FORMS}, got {normalization!r}")
         self.normalization = normalization
-        self.sentencepiece = dict(sentencepiece) if sentencepiece else None
+        self.sentencepiece = None
+        if sentencepiece:
+            self.sentencepiece = {"byte_ids": list(sentencepiece.get("byte_ids", ())),
+                                  "prepend": sentencepiece.get("prepend"), "strip": int(sentencepiece.get("strip", 0))}
         self.added_token_flags = {token: dict(flags) for token, flags in (added_token_flags or {}).items()}
         prefix, suffix = template or ([], [])
         self.template = (list(prefix), list(suffix))
@@ -670,11 +673,11 @@ class Tokenizer:
             self._byte_ids = [self._id_of.get(bytes([b])) for b in range(256)]
             self._char_ids = None
         else:
-            byte_ids = list(self.sentencepiece.get("byte_ids", ()))
+            byte_ids = self.sentencepiece["byte_ids"]
             if len(byte_ids) != 256 or any(self.vocab.get(i) != bytes([b]) for b, i in enumerate(byte_ids)):
                 raise ValueError("sentencepiece['byte_ids'] must be the ids of the 256 byte tokens "
                                  "<0x00>..<0xFF>, in byte order")
-            if self.sentencepiece.get("prepend") not in PREPEND_SCHEMES:
+            if self.sentencepiece["prepend"] not in PREPEND_SCHEMES:
                 raise ValueError(f"sentencepiece['prepend'] must be one of {PREPEND_SCHEMES}")
             self._byte_ids = byte_ids
             # SentencePiece's base units are characters: character -> its token.
