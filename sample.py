@@ -348,6 +348,9 @@ def main(argv):
     if cfg["dtype"] not in dtypes:
         fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
     torch.manual_seed(cfg["seed"])
+    if cfg["chat"]:  # read the chat template first: a model without one need not be loaded at all
+        init_from = cfg["init_from"]
+        render = load_chat_template(init_from if os.path.isdir(init_from) else hub_cache_directory(init_from))
 
     if cfg["init_from"] == "resume":
         model, tokenizer, eos_token_id = load_checkpoint(cfg["out_dir"])
@@ -403,8 +406,6 @@ def main(argv):
             print("---------------")
 
     if cfg["chat"]:
-        init_from = cfg["init_from"]
-        render = load_chat_template(init_from if os.path.isdir(init_from) else hub_cache_directory(init_from))
         messages = []
         print("chat: type a message and press enter (an empty line or Ctrl-D quits)")
         while True:
