@@ -35,6 +35,7 @@ reply, up to the model's end-of-turn token, joins the conversation.
 import importlib
 import json
 import os
+import re
 import sys
 from contextlib import nullcontext
 
@@ -260,11 +261,19 @@ def load_chat_template(directory):
     def raise_exception(message):  # how templates refuse a conversation (e.g. roles that do not alternate)
         raise TemplateError(message)
 
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
     # The same environment as transformers': a sandbox (a template is code from the model's authors),
-    # block tags that leave no blank lines, the helpers templates call, and tojson keeping non-ASCII.
+    # block tags that leave no blank lines, break/continue, the helpers templates call, and a tojson
+    # that keeps non-ASCII text. Some templates mark the assistant's part with
+    # {% generation %}...{% endgeneration %} (transformers uses it to find the tokens to train on);
+    # here it is only text, so the tags become an always-true {% if %} with the same whitespace control.
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    env.filters["tojson"] = tojson
+    template = re.sub(r"\{%(-?)\s*generation\s*(-?)%\}", r"{%\1 if true \2%}", template)
+    template = re.sub(r"\{%(-?)\s*endgeneration\s*(-?)%\}", r"{%\1 endif \2%}", template)
     try:
         compiled = env.from_string(template)
     except TemplateError as e:

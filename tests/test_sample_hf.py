@@ -148,3 +148,37 @@ def test_sample_llama2_style_prompt_gets_bos(tmp_path, capsys, small_text):
     sample.main([f"--init_from={tmp_path}", f"--start={prompt}", "--num_samples=2", "--max_new_tokens=15",
                  "--temperature=0", "--device=cpu"])
     assert capsys.readouterr().out == 2 * (expected + "\n---------------\n")
+
+
+TEMPLATES = {
+    "chatml": CHATML,
+    # Llama 3's shape: the BOS written by the template, a date from strftime_now, trimmed contents.
+    "llama3_like": ("{{- bos_token }}{%- set today = strftime_now('%d %b %Y') %}"
+                    "{{- '<|im_start|>system\\nToday: ' + today + '<|im_end|>\\n' }}"
+                    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim"
+                    " + '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+                    "{%- endif %}"),
+    # {% generation %} tags, tojson with options, namespace, loop controls, whitespace control.
+    "generation_tags": ("{% set ns = namespace(turns=0) %}{% for message in messages %}\n"
+                        "  {% if message['role'] == 'assistant' %}{%- generation -%}\n  {{ message['content'] | tojson(indent=2) }}"
+                        "\n{%- endgeneration %}\n{% else %}{% set ns.turns = ns.turns + 1 %}{{ ns.turns }}: "
+                        "{{ message | tojson(sort_keys=true) }}\n{% endif %}{% if loop.index > 4 %}{% break %}{% endif %}"
+                        "{% endfor %}{{ eos_token }}"),
+}
+
+
+@pytest.mark.parametrize("name", list(TEMPLATES))
+def test_chat_template_renders_as_transformers(name, chat_model, tmp_path):
+    directory, _ = chat_model
+    (tmp_path / "tokenizer.json").write_bytes((directory / "tokenizer.json").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": TEMPLATES[name],
+        "bos_token": "<|endoftext|>",  # and a token written as an added-token dict, as older files do:
+        "eos_token": {"__type": "AddedToken", "content": "<|im_end|>", "lstrip": False, "normalized": False,
+                      "rstrip": False, "single_word": False, "special": True}}), encoding="utf-8")
+    messages = [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": " café 🤖 \"quoted\" "},
+                {"role": "assistant", "content": "Oui.\n"}, {"role": "user", "content": "1234?"},
+                {"role": "assistant", "content": "No"}, {"role": "user", "content": "last"}]
+    expected = transformers.AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True)
+    assert sample.load_chat_template(str(tmp_path))(messages) == expected
