@@ -1333,6 +1333,10 @@ class Tokenizer:
         # An added token may also sit in model.vocab, spelled in the vocabulary's
         # alphabet or literally (GPT-NeoX spells its runs of spaces as spaces);
         # its id means the literal text of the added token, so skip that entry.
+        # decode() gives an added token's own text. (HF's ByteLevel decoder
+        # passes added tokens through the byte alphabet too, so one written
+        # with letters such as "é" or "Ġ" decodes to other bytes there; the
+        # special tokens of the models named above are ASCII, where both agree.)
         added_ids = set(special_tokens.values())
 
         if byte_level is not None:
