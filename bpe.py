@@ -1,5 +1,6 @@
 """
-Byte-level Byte Pair Encoding (BPE): training, encoding and decoding in one file.
+Byte-level Byte Pair Encoding (BPE): training, encoding and decoding in one file,
+and reading pretrained models' tokenizers (byte-level, or SentencePiece-style BPE).
 
 What BPE is
 -----------
