@@ -206,8 +206,7 @@ def hub_model_type(repo):
     that an architecture sample.py cannot load is refused at once, not after gigabytes."""
     if repo.count("/") != 1:
         fail(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
-    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
-    cached = os.path.join(cache_root, repo.replace("/", "--"), "config.json")  # where the scripts download to
+    cached = os.path.join(hub_cache_directory(repo), "config.json")
     if os.path.isfile(cached):
         with open(cached) as f:
             return json.load(f).get("model_type")
