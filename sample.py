@@ -5,7 +5,7 @@ sample.py — generate text from a trained checkpoint or from pretrained Hugging
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=300
     python sample.py --out_dir=out --start=FILE:prompt.txt          # the prompt is read from a file
     python sample.py --init_from=gpt2 --start="The meaning of life is" --top_p=0.9
-    python sample.py --init_from=path/to/hf_checkpoint_dir          # a local GPT-2 or Llama checkpoint
+    python sample.py --init_from=path/to/hf_checkpoint_dir          # a local GPT-2, Llama or OLMo checkpoint
     python sample.py --out_dir=out --interactive=True               # type prompts, get continuations
 
 The checkpoint says which script wrote it (its "model_type"), the model's shape ("model_args") and the
@@ -33,9 +33,10 @@ MODELS = {
     "bigram": ("bigram", "Bigram", "BigramConfig"),
     "gpt": ("gpt", "GPT", "GPTConfig"),
     "llama": ("llama", "Llama", "LlamaConfig"),
+    "olmo": ("olmo", "OLMo", "OLMoConfig"),
 }
 # Hugging Face config.json "model_type" -> our model_type
-HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama"}
+HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "olmo": "olmo", "olmo2": "olmo", "olmo3": "olmo"}
 
 DEFAULTS = {
     "out_dir": "out",
@@ -145,9 +146,11 @@ def load_pretrained(name_or_dir):
             fail(f"{name_or_dir} holds a {hf_type!r} model; sample.py loads {', '.join(HF_MODEL_TYPES)} checkpoints")
         model_type = HF_MODEL_TYPES[hf_type]
     else:
-        # Hub ids: GPT-2's are known by name; anything else is tried as a Llama-architecture model,
+        # Hub ids: GPT-2's and OLMo's are known by name; anything else is tried as a Llama-architecture model,
         # whose loader reads the downloaded config.json and refuses other architectures.
         model_type = "gpt" if name_or_dir.removeprefix("openai-community/").startswith("gpt2") else "llama"
+        if "olmo" in name_or_dir.lower():  # allenai/OLMo-2-0425-1B, allenai/Olmo-3-1025-7B, ...
+            model_type = "olmo"
     model_class, _ = import_model(model_type)
     module = sys.modules[model_class.__module__]
     try:
