@@ -913,3 +913,400 @@ def download_hf_checkpoint(repo):
     return directory
 
 
+
+
+# -----------------------------------------------------------------------------
+# Training configuration, as in llama.py (config files and --key=value override these). The defaults
+# train a GPT-2-small-sized OLMo 2 (12 layers, 768 wide) with 3 query heads per key/value head.
+
+# I/O
+out_dir = "out-olmo"
+eval_interval = 250  # evaluate train/val loss (and maybe checkpoint) every this many iterations
+log_interval = 10  # print a training line every this many iterations
+eval_iters = 200  # batches averaged per loss estimate
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), or a hub id / local HF directory
+# logging
+wandb_log = False
+wandb_project = "olmo"
+wandb_run_name = "olmo"
+# data
+dataset = "shakespeare"
+gradient_accumulation_steps = 40  # micro-batches summed into one optimizer step
+batch_size = 12  # sequences per micro-batch
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_kv_head = 4  # key/value heads; n_head for multi-head attention, 1 for multi-query
+n_embd = 768
+multiple_of = 256  # the SwiGLU width is 2/3 * 4 * n_embd rounded up to this
+block_type = "olmo2"  # 'olmo2' (also OLMo 3's block) or 'olmo1'
+norm_eps = 1e-6
+clip_qkv = 0.0  # clamp q, k, v to [-clip_qkv, clip_qkv]; 0 disables (OLMo 1.7 used 8.0)
+pos_emb = "rope"  # 'rope' or 'alibi'
+rope_theta = 10000.0  # OLMo 2 and 3 use 500000 for their 4K-65K contexts; 10000 suits short blocks
+sliding_window = 0  # > 0: OLMo 3's pattern, three layers of every four attend only this far back
+tie_embeddings = False
+dropout = 0.0
+attention = "sdpa"
+# AdamW
+learning_rate = 6e-4
+max_iters = 5000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
+# learning-rate schedule
+decay_lr = True
+warmup_iters = 200
+lr_decay_iters = 5000  # ~ max_iters, as the Chinchilla paper suggests
+min_lr = 6e-5  # ~ learning_rate / 10
+# system
+backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
+compile = True  # torch.compile the model (falls back with a warning where it cannot)
+seed = 1337
+
+# Every simple-typed name defined above is a config key (names starting with "_" are not).
+config_keys = [k for k, v in list(globals().items())
+               if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
+
+
+def parse_config(argv, defaults):
+    """Apply config files and --key=value overrides to the defaults; return the final dict.
+
+    Exactly gpt.py's rules: each argument without "--" is a Python file whose top-level assignments
+    override keys, in order; each --key=value (a Python literal, else a string) overrides one key.
+    An unknown key or a value of the wrong type is an error naming the key.
+    """
+    import ast
+
+    config = dict(defaults)
+
+    def fail(message):
+        sys.exit(f"error: {message}")
+
+    def assign(key, value, source):
+        if key not in config:
+            fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
+        default = config[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # --rope_theta=500000 means 500000.0
+        if type(value) is not type(default):
+            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
+        config[key] = value
+
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            print("config keys and defaults:\n" + "\n".join(f"  {k} = {v!r}" for k, v in defaults.items()))
+            sys.exit(0)
+        if arg.startswith("--"):
+            if "=" not in arg:
+                fail(f"argument {arg!r} must look like --key=value")
+            key, text = arg[2:].split("=", 1)
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            assign(key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                fail(f"config file {arg!r} not found")
+            namespace = {}
+            try:
+                with open(arg) as f:
+                    exec(f.read(), namespace)  # (the config key `compile` shadows the builtin here)
+            except Exception as e:  # a broken config file: say which, not a traceback into exec
+                fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
+            for key, value in namespace.items():
+                if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
+                    assign(key, value, arg)
+    return config
+
+
+# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU (as in gpt.py).
+_GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def gpu_peak_flops(device_name):
+    for key, flops in _GPU_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def main(argv):
+    cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
+
+    # ---- devices, processes and precision (as in gpt.py) ----
+    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if ddp:
+        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        if cfg["device"].startswith("cuda"):
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if cfg["device"].startswith("cuda") else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+        if cfg["gradient_accumulation_steps"] % world_size != 0:
+            sys.exit(f"error: gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible "
+                     f"by the number of processes ({world_size})")
+        cfg["gradient_accumulation_steps"] //= world_size  # each process does its share of micro-batches
+    else:
+        rank, local_rank, world_size = 0, 0, 1
+    master = rank == 0  # only this process logs and writes checkpoints
+    device = cfg["device"]
+    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+    if device_type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: device='cuda' but no CUDA GPU is available; use --device=cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: device='mps' but MPS is not available on this machine; use --device=cpu")
+    if cfg["dtype"] == "auto":
+        if device_type == "cuda":
+            cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            cfg["dtype"] = "float32"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg["dtype"] not in dtypes:
+        sys.exit(f"error: dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    torch.manual_seed(cfg["seed"] + rank)  # ranks draw different batches and dropout masks
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    # Mixed precision as in gpt.py: autocast for 16-bit matmuls, a GradScaler only for float16.
+    # The norms and the RoPE angles stay in float32 inside autocast by construction (see above);
+    # ALiBi's bias is cast to the queries' 16-bit dtype, like the scores it is added to.
+    autocast = (nullcontext() if cfg["dtype"] == "float32"
+                else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
+
+    # ---- data ----
+    try:
+        if ddp and not master:  # let rank 0 download and tokenize alone; the others wait for it
+            torch.distributed.barrier()
+        data_dir = prepare_data.ensure_prepared(cfg["dataset"])
+        if ddp and master:
+            torch.distributed.barrier()
+        meta = prepare_data.load_meta(data_dir)
+        loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+    except prepare_data.DataError as e:
+        sys.exit(f"error: {e}")
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * world_size * cfg["batch_size"] * cfg["block_size"]
+
+    # ---- model ----
+    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+    model_keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "multiple_of", "block_type", "norm_eps",
+                  "pos_emb", "rope_theta", "tie_embeddings", "dropout", "attention")
+    if cfg["init_from"] == "scratch":
+        vocab_size = meta["vocab_size"]
+        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
+            vocab_size = (vocab_size + 63) // 64 * 64
+        try:
+            config = OLMoConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size,
+                                clip_qkv=cfg["clip_qkv"] or None, sliding_window=cfg["sliding_window"] or None)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        model = OLMo(config)
+        model_args = asdict(config)  # includes the derived hidden_dim
+    elif cfg["init_from"] == "resume":
+        ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        if not os.path.exists(ckpt_path):
+            sys.exit(f"error: init_from='resume' but there is no checkpoint at {ckpt_path}; train with init_from='scratch' first")
+        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if checkpoint.get("model_type") != "olmo":
+            sys.exit(f"error: {ckpt_path} was written by {checkpoint.get('model_type')}.py, not olmo.py")
+        # The architecture comes from the checkpoint; only dropout may change between runs.
+        model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
+        model = OLMo(OLMoConfig(**model_args))
+        model.load_state_dict(checkpoint["model"])
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    else:
+        try:
+            model = OLMo.from_pretrained(cfg["init_from"], dropout=cfg["dropout"])
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            sys.exit(f"error: cannot load {cfg['init_from']!r}: {e}")
+        # The dataset's token ids must mean the same tokens as the model's vocabulary; all we can
+        # check here is that they fit in it.
+        if meta["vocab_size"] > model.config.vocab_size:
+            sys.exit(f"error: dataset {cfg['dataset']!r} has {meta['vocab_size']} tokens but {cfg['init_from']} "
+                     f"knows {model.config.vocab_size}; tokenize the data with the model's own tokenizer")
+        if cfg["block_size"] < model.config.block_size:
+            model.crop_block_size(cfg["block_size"])
+        model_args = asdict(model.config)
+    if cfg["block_size"] > model.config.block_size:
+        sys.exit(f"error: block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng_state"]["cpu"].cpu())
+        if device_type == "cuda" and checkpoint["rng_state"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng_state"]["cuda"].cpu())
+    raw_model = model  # the plain module: what we save, and what MFU counts
+    if cfg["compile"]:
+        model = compile_model(model, autocast, device, cfg["batch_size"])
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print("config:", json.dumps(cfg))
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
+              f"({cfg['gradient_accumulation_steps'] * world_size} x {cfg['batch_size']} x {cfg['block_size']})")
+    wandb = None
+    if cfg["wandb_log"] and master:
+        try:
+            import wandb
+        except ImportError:
+            sys.exit("error: wandb_log=True but wandb is not installed: pip install wandb")
+        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+
+    def lr_at(it):
+        """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+        if not cfg["decay_lr"]:
+            return cfg["learning_rate"]
+        if it < cfg["warmup_iters"]:
+            return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+        if it > cfg["lr_decay_iters"]:
+            return cfg["min_lr"]
+        progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+        return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+    @torch.no_grad()
+    def estimate_loss():
+        """Mean loss over eval_iters batches of each split, with dropout off."""
+        model.eval()
+        losses = {}
+        for split in ("train", "val"):
+            total = 0.0
+            for _ in range(cfg["eval_iters"]):
+                x, y = loader.get_batch(split)
+                with autocast:
+                    _, loss = model(x, y)
+                total += loss.item()
+            losses[split] = total / cfg["eval_iters"]
+        model.train()
+        return losses
+
+    def save_checkpoint():
+        checkpoint = {
+            "model_type": "olmo",
+            "model_args": model_args,
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "config": cfg,
+            "tokenizer": meta,
+            "rng_state": {"cpu": torch.get_rng_state(),
+                          "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
+        }
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        # Write then rename: a crash mid-write leaves the previous checkpoint intact.
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        print(f"saved checkpoint to {path}")
+
+    # ---- the training loop, as in gpt.py ----
+    # Evaluate (and checkpoint) the current weights, then take one optimizer step; a checkpoint
+    # written at iteration N holds the state from just before step N, so resuming is exact.
+    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
+    resumed_at = iter_num if checkpoint is not None else None
+    checkpoint = None  # free the loaded copy
+    model.train()
+    # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
+    t_last, iter_timed = time.time(), iter_num
+    while True:
+        lr = lr_at(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if iter_num % cfg["eval_interval"] == 0 and iter_num != resumed_at:
+            losses = estimate_loss()
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                if wandb:
+                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+                if not math.isfinite(losses["val"]):
+                    sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint "
+                             f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+                if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                    best_val_loss = min(best_val_loss, losses["val"])
+                    save_checkpoint()
+            t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
+        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+            break
+
+        for micro_step in range(cfg["gradient_accumulation_steps"]):
+            x, y = loader.get_batch("train")
+            last = micro_step == cfg["gradient_accumulation_steps"] - 1
+            with (model.no_sync() if ddp and not last else nullcontext()):  # DDP: sync grads once
+                with autocast:
+                    _, loss = model(x, y)
+                    loss = loss / cfg["gradient_accumulation_steps"]
+                scaler.scale(loss).backward()
+        if cfg["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        if iter_num % cfg["log_interval"] == 0 and master:
+            loss_value = loss.item() * cfg["gradient_accumulation_steps"]
+            if not math.isfinite(loss_value):
+                sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
+                         f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            now = time.time()
+            dt = (now - t_last) / (iter_num + 1 - iter_timed)
+            t_last, iter_timed = now, iter_num + 1
+            tokens_per_sec = tokens_per_iter / dt
+            flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
+            if peak_flops is None:
+                mfu = "n/a (unknown peak)"
+            elif cfg["dtype"] == "float32":
+                mfu = "n/a (peaks are for 16-bit)"
+            else:
+                mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
+            print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+                  f"mfu {mfu}, lr {lr:.2e}")
+        iter_num += 1
+
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+def compile_model(model, autocast, device, batch_size):
+    """torch.compile the model, or return it unchanged with a warning if compiling fails (gpt.py).
+
+    One trial forward and backward right away, inside fork_rng so the real run's random stream is
+    untouched, because compile errors only surface at the first call.
+    """
+    compiled = torch.compile(model)
+    try:
+        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
+            x = torch.randint(model.config.vocab_size, (batch_size, model.config.block_size), device=device)
+            with autocast:
+                _, loss = compiled(x, x)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        return compiled
+    except Exception as e:  # any compiler failure: training uncompiled is slower but correct
+        model.zero_grad(set_to_none=True)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"warning: torch.compile failed ({type(e).__name__}: {first_line}); continuing without compile")
+        return model
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -413,3 +413,90 @@ def test_sample_from_hf_olmo2_directory_with_tokenizer_json(tmp_path, capsys):
     sample.main([f"--init_from={tmp_path}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=15",
                  "--temperature=0", "--device=cpu"])
     assert capsys.readouterr().out == tok.decode(expected) + "\n---------------\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Training through the command line
+
+
+TINY = ["--dataset=tiny", "--device=cpu", "--gradient_accumulation_steps=1", "--compile=False", "--dtype=float32", "--n_layer=2", "--n_head=4",
+        "--n_kv_head=2", "--n_embd=32", "--multiple_of=16", "--block_size=32", "--batch_size=8",
+        "--eval_iters=4", "--log_interval=5", "--learning_rate=1e-2", "--warmup_iters=2",
+        "--always_save_checkpoint=True"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A directory with a small character dataset 'tiny' prepared under data/."""
+    root = tmp_path_factory.mktemp("olmo_train")
+    words = ["the", "king", "doth", "speak", "and", "queen", "answers", "thee", "my", "lord"]
+    generator = torch.Generator().manual_seed(0)
+    text = " ".join(words[i] for i in torch.randint(0, len(words), (8000,), generator=generator).tolist())
+    (root / "input.txt").write_text(text)
+    prepare_data.prepare("tiny", input_path=str(root / "input.txt"), tokenizer="char", data_root=str(root / "data"))
+    return root
+
+
+def train(workdir, monkeypatch, capsys, *args):
+    """Run olmo.py's main in-process (no interpreter start-up per run, as tests/test_train.py does)."""
+    monkeypatch.chdir(workdir)
+    olmo.main(TINY + list(args))
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant", [[], ["--pos_emb=alibi", "--sliding_window=8", "--block_type=olmo1", "--clip_qkv=2.0"]],
+                         ids=["olmo2-rope", "olmo1-alibi-sliding-clip"])
+def test_training_reduces_loss_and_checkpoint_loads(workdir, monkeypatch, capsys, variant):
+    out_dir = "out-" + "-".join(v.split("=")[1] for v in variant) if variant else "out-plain"
+    out = train(workdir, monkeypatch, capsys, f"--out_dir={out_dir}", "--max_iters=40", "--lr_decay_iters=40",
+                "--eval_interval=20", *variant)
+    val = [float(v) for v in re.findall(r"val loss ([\d.]+)", out)]
+    assert len(val) == 3 and val[-1] < val[0] - 1.0, out
+    checkpoint = torch.load(workdir / out_dir / "ckpt.pt", weights_only=True)
+    assert checkpoint["model_type"] == "olmo" and checkpoint["iter_num"] == 40
+    args = checkpoint["model_args"]
+    assert args["n_kv_head"] == 2 and args["hidden_dim"] == 96 and checkpoint["config"]["n_kv_head"] == 2
+    if variant:
+        assert (args["pos_emb"], args["sliding_window"], args["block_type"], args["clip_qkv"]) == ("alibi", 8, "olmo1", 2.0)
+        assert args["layer_types"] == ["sliding_attention", "sliding_attention"]  # (the 4th layer would be full)
+    # sample.py rebuilds the model from the checkpoint alone; greedy, it equals the model's own generate
+    model = olmo.OLMo(olmo.OLMoConfig(**args))
+    model.load_state_dict(checkpoint["model"])
+    tokenizer = prepare_data.load_tokenizer(checkpoint["tokenizer"])
+    expected = model.eval().generate(torch.tensor([tokenizer.encode("the")]), 40, temperature=0.0)[0].tolist()
+    sample.main([f"--out_dir={out_dir}", "--start=the", "--num_samples=1", "--max_new_tokens=40", "--temperature=0",
+                 "--device=cpu"])
+    assert capsys.readouterr().out == tokenizer.decode(expected) + "\n---------------\n"
+
+
+def test_resume_is_exact(workdir, monkeypatch, capsys):
+    # Dropout on, so the resumed run must also restore the RNG state to match.
+    common = ["--dropout=0.1", "--lr_decay_iters=20", "--eval_interval=10", "--pos_emb=alibi"]
+    train(workdir, monkeypatch, capsys, "--out_dir=out-straight", "--max_iters=20", *common)
+    train(workdir, monkeypatch, capsys, "--out_dir=out-resumed", "--max_iters=10", *common)
+    train(workdir, monkeypatch, capsys, "--out_dir=out-resumed", "--max_iters=20", "--init_from=resume", *common)
+    straight = torch.load(workdir / "out-straight" / "ckpt.pt", weights_only=True)
+    resumed = torch.load(workdir / "out-resumed" / "ckpt.pt", weights_only=True)
+    assert straight["iter_num"] == resumed["iter_num"] == 20
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pos_emb=learned"], "error: pos_emb='learned' must be 'rope' or 'alibi'"),
+    (["--sliding_window=-2"], "error: sliding_window=-2 must be at least 1"),
+    (["--block_type=olmo5"], "error: block_type='olmo5'"),
+    (["--clip_qkv=-1.0"], "error: clip_qkv=-1.0 must be positive"),
+    (["--init_from=resume", "--out_dir=nowhere"], "error: init_from='resume' but there is no checkpoint"),
+])
+def test_training_errors_are_one_line(workdir, monkeypatch, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train(workdir, monkeypatch, capsys, "--max_iters=1", *args)
+    assert str(exit_info.value).startswith(message) and "\n" not in str(exit_info.value)
+
+
+def test_command_line_error_has_no_traceback(workdir):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, os.path.join(REPO, "olmo.py"), *TINY, "--pos_emb=learned"], cwd=workdir,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr == "error: pos_emb='learned' must be 'rope' or 'alibi'\n"
