@@ -500,3 +500,69 @@ def test_command_line_error_has_no_traceback(workdir):
     result = subprocess.run([sys.executable, os.path.join(REPO, "olmo.py"), *TINY, "--pos_emb=learned"], cwd=workdir,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr == "error: pos_emb='learned' must be 'rope' or 'alibi'\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The template's generation options (tests/test_hardening.py checks them for gpt.py and llama.py)
+
+
+@pytest.mark.parametrize("variant", ["olmo2-rope", "alibi-sliding"])
+def test_last_only_and_one_forward_per_new_token(variant, monkeypatch):
+    model = random_model(**VARIANTS[variant])
+    idx = torch.randint(0, 71, (2, 10))
+    with torch.no_grad():
+        full, _ = model(idx)
+        last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, 71)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=0, atol=1e-6)
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    model.generate(torch.zeros((1, 3), dtype=torch.long), 5, temperature=0)
+    assert len(calls) == 5  # the prompt, then one per new token but the last
+
+
+def test_generate_vocab_limit_end_token_and_option_checks():
+    model = random_model()
+    with torch.no_grad():  # make the ids 65..70 overwhelmingly likely
+        model.lm_head.weight[65:] = 0.0
+        model.lm_head.weight[65:, 0] = 1e4
+    assert int(model.generate(torch.ones((4, 2), dtype=torch.long), 10, vocab_size=65).max()) < 65
+    assert int(model.generate(torch.ones((4, 2), dtype=torch.long), 10).max()) >= 65
+    model = random_model()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    greedy = model.generate(prompt, 8, temperature=0)
+    both = model.generate(prompt, 8, temperature=0, eos_token_id=[int(greedy[0, 3]), int(greedy[1, 3])])
+    assert both.size(1) == 4 and torch.equal(both, greedy[:, :4])  # every row stopped at its end token
+    with pytest.raises(ValueError, match=re.escape("top_k must be None or an integer >= 1")):
+        model.generate(prompt, 3, top_k=0)
+
+
+def test_finetune_pretrained_olmo2_on_text_tokenized_with_its_tokenizer(workdir, tmp_path, monkeypatch, capsys):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    text = (workdir / "input.txt").read_text()
+    model_dir = tmp_path / "hf-olmo2"
+    model_dir.mkdir()
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    tok.train_from_iterator([text], tokenizers.trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.save(str(model_dir / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = transformers.Olmo2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, pad_token_id=None, eos_token_id=None)
+    transformers.Olmo2ForCausalLM(config).save_pretrained(model_dir)
+    prepare_data.prepare("tiny_olmo", input_path=str(workdir / "input.txt"), tokenizer=str(model_dir),
+                         data_root=str(workdir / "data"))
+    common = ["--block_size=32", "--eval_interval=10", "--learning_rate=1e-3", f"--init_from={model_dir}",
+              "--max_iters=10", "--lr_decay_iters=10"]
+    with pytest.raises(SystemExit, match="was not tokenized with"):
+        train(workdir, monkeypatch, capsys, *common, "--out_dir=out-ft-refused")  # the char-level dataset
+    log = train(workdir, monkeypatch, capsys, *common, "--dataset=tiny_olmo", "--out_dir=out-ft")
+    losses = [float(v) for v in re.findall(r"val loss ([\d.]+)", log)]
+    assert len(losses) == 2 and losses[-1] < losses[0], log
+    checkpoint = torch.load(workdir / "out-ft" / "ckpt.pt", weights_only=True)
+    assert checkpoint["model_args"]["block_size"] == 32 and checkpoint["model_args"]["block_type"] == "olmo2"
