@@ -21,8 +21,10 @@ the times.
 
 With --generate it also times olmo.py's KV-cached greedy generation of --new_tokens tokens against
 Hugging Face's Olmo2ForCausalLM.generate() and Olmo3ForCausalLM.generate() (sliding windows) on the
-same random weights (benchmarks/bench_generate.py's method and size: 6 layers, 384 wide, context
-1024), checking that all paths produce the same tokens. Needs transformers.
+same random weights (benchmarks/bench_generate.py's size: 6 layers, 384 wide, context 1024; best of two
+alternating runs each), checking that both produce the same tokens. (Uncached generation, which bench_generate.py also times, is left
+out: tests/test_olmo.py checks that it gives the same tokens, and on a busy 2-core machine it takes
+minutes.) Needs transformers.
 """
 import argparse
 import importlib
@@ -150,7 +152,7 @@ def compare_generation(args):
              ("olmo3 (window 128)", Olmo3ForCausalLM(Olmo3Config(**common, sliding_window=128)))]
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, float32 on CPU, "
           f"{args.new_tokens} new tokens, greedy")
-    print(f"{'model':20} {'cached':>9} {'uncached':>9} {'HF generate':>12} {'uncached/cached':>16} {'HF/cached':>10}")
+    print(f"{'model':20} {'cached':>9} {'HF generate':>12} {'HF/cached':>10}")
     for name, hf in cases:
         hf.eval()
         with tempfile.TemporaryDirectory() as directory:
@@ -165,15 +167,16 @@ def compare_generation(args):
 
         with torch.inference_mode():
             model.generate(prompt, 8, temperature=0.0)  # warm-up
-            cached, t_cached = timed(lambda: model.generate(prompt, args.new_tokens, temperature=0.0))
-            uncached, t_uncached = timed(lambda: model.generate(prompt, args.new_tokens, temperature=0.0,
-                                                                use_cache=False))
-            reference, t_hf = timed(lambda: hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False,
-                                                        min_new_tokens=args.new_tokens, pad_token_id=0))
-        if not (torch.equal(cached, uncached) and torch.equal(cached, reference)):
-            sys.exit(f"error: {name}: the three paths generated different tokens; timings not comparable")
-        print(f"{name:20} {t_cached:8.2f}s {t_uncached:8.2f}s {t_hf:11.2f}s {t_uncached / t_cached:15.1f}x "
-              f"{t_hf / t_cached:9.2f}x", flush=True)
+            t_cached = t_hf = float("inf")
+            for _ in range(2):  # alternating, best of two: less at the mercy of other load on the machine
+                cached, t = timed(lambda: model.generate(prompt, args.new_tokens, temperature=0.0))
+                t_cached = min(t_cached, t)
+                reference, t = timed(lambda: hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False,
+                                                         min_new_tokens=args.new_tokens, pad_token_id=0))
+                t_hf = min(t_hf, t)
+        if not torch.equal(cached, reference):
+            sys.exit(f"error: {name}: ours and HF generated different tokens; timings not comparable")
+        print(f"{name:20} {t_cached:8.2f}s {t_hf:11.2f}s {t_hf / t_cached:9.2f}x", flush=True)
 
 
 def main():
