@@ -146,8 +146,8 @@ def compare_generation(args):
     from transformers import Olmo2Config, Olmo2ForCausalLM, Olmo3Config, Olmo3ForCausalLM
 
     common = dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
-                  num_key_value_heads=6, max_position_embeddings=1024, vocab_size=65, bos_token_id=0,
-                  eos_token_id=0, pad_token_id=0)
+                  num_key_value_heads=6, max_position_embeddings=1024, vocab_size=65, bos_token_id=None,
+                  eos_token_id=None, pad_token_id=None)  # no end token: both generate all new_tokens
     cases = [("olmo2", Olmo2ForCausalLM(Olmo2Config(**common))),
              ("olmo3 (window 128)", Olmo3ForCausalLM(Olmo3Config(**common, sliding_window=128)))]
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, float32 on CPU, "
@@ -158,7 +158,7 @@ def compare_generation(args):
         with tempfile.TemporaryDirectory() as directory:
             hf.save_pretrained(directory)
             model = olmo.OLMo.from_pretrained(directory).eval()
-        prompt = torch.zeros((1, 1), dtype=torch.long)
+        prompt = torch.ones((1, 1), dtype=torch.long)
 
         def timed(fn):
             start = time.perf_counter()
@@ -171,8 +171,7 @@ def compare_generation(args):
             for _ in range(2):  # alternating, best of two: less at the mercy of other load on the machine
                 cached, t = timed(lambda: model.generate(prompt, args.new_tokens, temperature=0.0))
                 t_cached = min(t_cached, t)
-                reference, t = timed(lambda: hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False,
-                                                         min_new_tokens=args.new_tokens, pad_token_id=0))
+                reference, t = timed(lambda: hf.generate(prompt, max_new_tokens=args.new_tokens, do_sample=False))
                 t_hf = min(t_hf, t)
         if not torch.equal(cached, reference):
             sys.exit(f"error: {name}: ours and HF generated different tokens; timings not comparable")
