@@ -10,7 +10,9 @@ everything that is not the architecture: tiny Shakespeare at character level, 4 
 wide, context 64, batch 12, the same iterations, seed, schedule shape, float32 and no compile. (Each
 preset keeps the learning rate measured best for its model: 3e-3 for gpt.py, 1e-3 for the others;
 see the config files.) The runs happen one after another in a scratch directory. For each it reports
-the parameter count, the median time per iteration (start-up and evaluation left out), and the val
+the parameter count, the median time per iteration of its run (start-up and evaluation left out), the
+median time of a training step measured with the models taking turns in one process (fairer on a
+shared machine: see step_times), and the val
 loss at the training context (64) and at 2x and 4x that context, measured here on the same 65,536 val
 tokens cut into non-overlapping sequences of each length (every token of each sequence counts, so a longer
 context can only help a model that generalises to it). gpt.py's learned position table has 64 rows:
@@ -128,17 +130,56 @@ def compare_training(args):
             return f"{values[0]:.3f}"
         return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
+    interleaved = step_times()
     contexts = list(results["gpt"][0][2])
     print(f"\n{args.max_iters} iterations, CPU presets (4x4x128, block 64, batch 12), float32, no compile, "
           f"seeds {args.seeds}; val loss: mean (min-max) over seeds")
-    header = ["model", "params", "ms/iter"] + [f"val loss @{c}" + (" (trained)" if i == 0 else "")
+    header = ["model", "params", "ms/iter (run)", "ms/step (interleaved)"] + [f"val loss @{c}" + (" (trained)" if i == 0 else "")
                                                for i, c in enumerate(contexts)]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, runs in results.items():
-        cells = [name, f"{runs[0][0] / 1e6:.2f}M", f"{statistics.median(r[1] for r in runs):.1f}"]
+        cells = [name, f"{runs[0][0] / 1e6:.2f}M", f"{statistics.median(r[1] for r in runs):.1f}",
+                 f"{interleaved[name]:.1f}"]
         cells += [summary([r[2][c] for r in runs]) for c in contexts]
         print("| " + " | ".join(cells) + " |")
+
+
+def step_times(rounds=3, steps=20):
+    """Median ms per training step of each model, measured in one process, the models taking turns.
+
+    Sequential training runs on a shared machine see different background load; here every model
+    gets the same slices of time. Each model is built from its preset (parse_config of its own
+    script, so exactly the preset's shape) and takes forward, backward and AdamW steps on one fixed
+    12 x 64 batch, as the training loop does (float32, no compile).
+    """
+    import dataclasses
+
+    torch.manual_seed(0)
+    batch = torch.randint(0, 65, (12, 64))
+    built = {}
+    for name, (script, preset, extra) in MODELS.items():
+        module = importlib.import_module(script.removesuffix(".py"))
+        cfg = module.parse_config([os.path.join(REPO, preset), *extra], {k: getattr(module, k) for k in module.config_keys})
+        config_class = next(v for k, v in vars(module).items() if k.endswith("Config") and dataclasses.is_dataclass(v))
+        model_class = next(v for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, torch.nn.Module)
+                           and k.lower() == script.removesuffix(".py"))
+        fields = {f.name for f in dataclasses.fields(config_class)}
+        # olmo.py's training keys use 0 for "off" where its config class uses None.
+        args = {k: (v or None) if k in ("clip_qkv", "sliding_window") else v for k, v in cfg.items() if k in fields}
+        model = model_class(config_class(**(args | {"vocab_size": 65})))
+        optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), "cpu")
+        built[name] = (model, optimizer, [])
+    for _ in range(rounds):
+        for model, optimizer, times in built.values():
+            for _ in range(steps):
+                start = time.perf_counter()
+                _, loss = model(batch, batch)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                times.append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(times) for name, (_, _, times) in built.items()}
 
 
 def compare_generation(args):
@@ -183,12 +224,17 @@ def main():
     parser.add_argument("--max_iters", type=int, default=2000)
     parser.add_argument("--seeds", default="1337", help="comma-separated training seeds")
     parser.add_argument("--generate", action="store_true", help="also time cached generation against HF")
-    parser.add_argument("--skip_training", action="store_true", help="with --generate: only the generation part")
+    parser.add_argument("--skip_training", action="store_true", help="only the --generate part and/or --step_timing")
+    parser.add_argument("--step_timing", action="store_true", help="with --skip_training: only the interleaved step times")
     parser.add_argument("--new_tokens", type=int, default=1000)
     args = parser.parse_args()
     torch.manual_seed(0)
     if not args.skip_training:
         compare_training(args)
+    elif args.step_timing:
+        print("median ms per training step, models taking turns in one process:")
+        for name, ms in step_times().items():
+            print(f"  {name:13} {ms:6.1f}")
     if args.generate:
         compare_generation(args)
 
