@@ -5,7 +5,7 @@ sample.py — generate text from a trained checkpoint or from pretrained Hugging
     python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=300
     python sample.py --out_dir=out --start=FILE:prompt.txt          # the prompt is read from a file
     python sample.py --init_from=gpt2 --start="The meaning of life is" --top_p=0.9
-    python sample.py --init_from=path/to/hf_checkpoint_dir          # a local GPT-2 or Llama checkpoint
+    python sample.py --init_from=path/to/hf_checkpoint_dir          # a local GPT-2, Llama or OLMo checkpoint
     python sample.py --out_dir=out --interactive=True               # type prompts, get continuations
     python sample.py --out_dir=out-t5-numbers --start="123456" --beam_size=4   # a T5: input -> output
     python sample.py --init_from=path/to/flan-t5-small --start="translate English to German: Hello"
@@ -52,10 +52,11 @@ MODELS = {
     "bigram": ("bigram", "Bigram", "BigramConfig"),
     "gpt": ("gpt", "GPT", "GPTConfig"),
     "llama": ("llama", "Llama", "LlamaConfig"),
+    "olmo": ("olmo", "OLMo", "OLMoConfig"),
     "t5": ("t5", "T5", "T5Config"),
 }
 # Hugging Face config.json "model_type" -> our model_type
-HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "t5": "t5"}
+HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "olmo": "olmo", "olmo2": "olmo", "olmo3": "olmo", "t5": "t5"}
 
 DEFAULTS = {
     "out_dir": "out",

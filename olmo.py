@@ -1,0 +1,1518 @@
+"""
+olmo.py — the OLMo family in one file (OLMo 1, 2 and 3), loading Hugging Face OLMo checkpoints, and
+the training loop; plus ALiBi, the third way of telling a Transformer where its tokens are.
+
+OLMo is the Allen Institute for AI's "fully open" language model: not only the weights but the
+training data (Dolma), the code, the intermediate checkpoints and the training logs are published,
+so every design choice below can be traced to a paper and an ablation. Three generations:
+  - OLMo 1 (Groeneveld et al., "OLMo: Accelerating the Science of Language Models", Feb 2024;
+    1B and 7B): a Llama-like decoder with no biases, SwiGLU and RoPE, but a LayerNorm with no
+    learnable scale or shift at all, and (from OLMo 1.7) clip_qkv, which clamps the query, key and
+    value activations to [-clip, clip] to stop loss spikes.
+  - OLMo 2 (OLMo et al., "2 OLMo 2 Furious", Dec 2024; 1B, 7B, 13B, 32B): rebuilt for training
+    stability. RMSNorm; QK-norm (an RMSNorm over the whole query and the whole key projection,
+    before RoPE); and the norm moved from the input of each sub-layer to its output:
+    x = x + norm(attn(x)), x = x + norm(mlp(x)). rope_theta 500000, GQA in the 32B.
+  - OLMo 3 (AI2, Nov 2025; 7B and 32B): OLMo 2's block with sliding-window attention in three of
+    every four layers (each attends to the last 4096 tokens only; every fourth layer sees the whole
+    context), which keeps long-context (65K) training and inference affordable, and YaRN rescaling
+    of the rotary frequencies in the full-attention layers for the long-context stage.
+
+What differs from llama.py, and why (the data, the loss, sampling and the training loop are
+llama.py's, which are gpt.py's, so read those first):
+  1. Normalisation. OLMo 1: LayerNorm with no parameters (block_type='olmo1'), which its paper
+     reports as the safest choice and the fastest of PyTorch's norms. OLMo 2 (block_type='olmo2'):
+     RMSNorm, placed after each sub-layer instead of before it, plus QK-norm. Both changes bound the
+     size of what is added to the residual stream and of the attention logits, the two quantities
+     the OLMo 2 paper saw growing before its loss spikes.
+  2. clip_qkv (OLMo 1.7): a blunter tool for the same problem: clamp the activations themselves.
+  3. Sliding-window attention (OLMo 3; layer_types, sliding_window): a causal mask that also hides
+     keys more than sliding_window - 1 positions back. Memory and compute of those layers stop
+     growing with the context; the full layers carry information across the whole of it. The KV
+     cache of a sliding layer keeps only the last sliding_window - 1 positions (see
+     SlidingWindowKVCache), and generation stays exactly equal to recomputing everything.
+  4. Initialisation: every matrix from N(0, 0.02), with no 1/sqrt(2 * n_layer) shrink of the output
+     projections (OLMo 2's choice: it measured the simple scheme as the more stable one), and no
+     weight decay on the token embeddings (also OLMo 2).
+  5. ALiBi (Press et al., "Train Short, Test Long", ICLR 2022), as pos_emb='alibi' beside
+     pos_emb='rope': no position embedding and no rotation at all; each head adds a fixed penalty
+     proportional to the distance between query and key to its attention scores. The released OLMo
+     checkpoints all use RoPE: ALiBi is here as the repository's third position scheme (learned
+     table in gpt.py, rotation in llama.py, linear biases here), the one its paper claims
+     extrapolates best to sequences longer than those trained on. benchmarks/compare_decoders.py
+     measures that claim against the other two.
+
+What you will learn here: the three OLMo blocks side by side and the stability reasoning behind
+each change, the sliding-window mask and its small cache, YaRN's frequency interpolation, and
+ALiBi's slopes (including AI2's and BLOOM's trick for head counts that are not powers of two).
+
+Run it:
+    python olmo.py config/olmo_shakespeare_char.py          # a small character-level OLMo 2 (GPU)
+    python olmo.py config/olmo_shakespeare_char_cpu.py      # the same, shrunk for a laptop CPU
+    python olmo.py config/olmo_shakespeare_char_cpu.py --pos_emb=alibi         # ALiBi instead of RoPE
+    python olmo.py config/olmo_shakespeare_char_cpu.py --sliding_window=16     # OLMo 3's layer pattern
+    python olmo.py config/olmo_shakespeare_char.py --init_from=resume          # continue exactly
+    python sample.py --out_dir=out-olmo-shakespeare-char    # generate from what you trained
+and in Python, a pretrained model (a Hugging Face "olmo", "olmo2" or "olmo3" checkpoint):
+    model = OLMo.from_pretrained("allenai/OLMo-2-0425-1B")
+"""
+
+import json
+import math
+import mmap
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import prepare_data
+
+# -----------------------------------------------------------------------------
+# Model configuration
+
+FULL, SLIDING = "full_attention", "sliding_attention"  # Hugging Face's names for the two layer types
+
+
+@dataclass
+class OLMoConfig:
+    # Longest context the model is used with; no weight depends on it (RoPE and ALiBi have no
+    # table). OLMo 1: 2048, OLMo 2: 4096, OLMo 3: 65536 after its long-context stage.
+    block_size: int = 1024
+    vocab_size: int = 100352  # OLMo 2 and 3: the cl100k-based "dolma2" tokenizer, padded to a multiple of 128
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int = 12  # grouped-query attention as in llama.py; OLMo 2 32B uses 8 kv heads for 40 query heads
+    n_embd: int = 768
+    hidden_dim: int | None = None  # SwiGLU width; None derives it as llama.py does
+    multiple_of: int = 256
+    # 'olmo1': pre-norm blocks with a parameter-free LayerNorm. 'olmo2' (also OLMo 3's block):
+    # RMSNorm on the output of each sub-layer, and QK-norm.
+    block_type: str = "olmo2"
+    norm_eps: float = 1e-6  # OLMo 2 and 3 use 1e-6 (1e-5 is Hugging Face's fixed value for OLMo 1's LayerNorm)
+    clip_qkv: float | None = None  # clamp q, k and v to [-clip_qkv, clip_qkv]; OLMo 1.7 7B used 8.0
+    pos_emb: str = "rope"  # 'rope' (every released OLMo) or 'alibi'
+    rope_theta: float = 500000.0  # OLMo 2 and 3; OLMo 1 used 10000
+    # None, or YaRN in Hugging Face's format, applied to the full-attention layers only (OLMo 3):
+    # {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
+    #  "beta_fast": 32, "beta_slow": 1, "attention_factor": ...}. See yarn_inverse_frequencies.
+    rope_scaling: dict | None = None
+    # Attention span of the sliding layers (OLMo 3: 4096); None means every layer attends fully.
+    sliding_window: int | None = None
+    # Per layer, FULL or SLIDING. None derives OLMo 3's pattern when sliding_window is set (three
+    # sliding layers, then one full layer, repeated; the last layer of a multiple of 4 is full),
+    # and all-FULL otherwise.
+    layer_types: list | None = None
+    tie_embeddings: bool = False  # OLMo 1 1B ties; OLMo 2 and 3 do not
+    dropout: float = 0.0  # AI2 trains without dropout; small data sets want some
+    attention: str = "sdpa"  # 'sdpa' (fused kernel) or 'manual' (written out), as in gpt.py
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.n_kv_head < 1 or self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head}: "
+                             f"each key/value head serves a whole group of query heads")
+        if self.pos_emb not in ("rope", "alibi"):
+            raise ValueError(f"pos_emb={self.pos_emb!r} must be 'rope' or 'alibi'")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"head dimension n_embd // n_head = {self.n_embd // self.n_head} must be even: "
+                             f"RoPE rotates channels in pairs")
+        if self.block_type not in ("olmo1", "olmo2"):
+            raise ValueError(f"block_type={self.block_type!r} must be 'olmo1' or 'olmo2'")
+        if self.attention not in ("sdpa", "manual"):
+            raise ValueError(f"attention={self.attention!r} must be 'sdpa' or 'manual'")
+        if self.clip_qkv is not None and self.clip_qkv <= 0:
+            raise ValueError(f"clip_qkv={self.clip_qkv} must be positive (or None for no clipping)")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window={self.sliding_window} must be at least 1 (or None for none)")
+        if self.layer_types is None:
+            if self.sliding_window is None:
+                self.layer_types = [FULL] * self.n_layer
+            else:
+                self.layer_types = [FULL if (i + 1) % 4 == 0 else SLIDING for i in range(self.n_layer)]
+        self.layer_types = list(self.layer_types)
+        if len(self.layer_types) != self.n_layer or not set(self.layer_types) <= {FULL, SLIDING}:
+            raise ValueError(f"layer_types must list {self.n_layer} entries, each {FULL!r} or {SLIDING!r}; "
+                             f"got {self.layer_types}")
+        if SLIDING in self.layer_types and self.sliding_window is None:
+            raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
+        if self.rope_scaling is not None:
+            rope_type = self.rope_scaling.get("rope_type")
+            if rope_type != "yarn":
+                raise ValueError(f"unsupported rope_scaling type {rope_type!r}; olmo.py implements only 'yarn' "
+                                 f"(OLMo 3's)")
+            missing = [key for key in ("factor", "original_max_position_embeddings") if key not in self.rope_scaling]
+            unsupported = [key for key in ("mscale", "mscale_all_dim") if self.rope_scaling.get(key)]
+            if missing or unsupported:
+                raise ValueError(f"rope_scaling {self.rope_scaling}: lacks {missing}, or uses unsupported {unsupported}")
+        if self.hidden_dim is None:
+            # llama.py's recipe: 2/3 of 4 * n_embd, rounded up to multiple_of (OLMo 2 7B: 11008).
+            hidden = int(2 * 4 * self.n_embd / 3)
+            self.hidden_dim = self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    def layer_windows(self):
+        """Per layer, how far back its queries may look: sliding_window, or None for the whole context."""
+        return [self.sliding_window if kind == SLIDING else None for kind in self.layer_types]
+
+
+# -----------------------------------------------------------------------------
+# Building blocks, in the order data meets them: token embeddings (a plain nn.Embedding), the
+# norms, positions (RoPE or ALiBi), attention with its cache, the feed-forward, the two blocks.
+
+
+class ParameterFreeLayerNorm(nn.Module):
+    """OLMo 1's norm: (x - mean(x)) / sqrt(var(x) + eps) over the channels, with no gain and no bias.
+
+    A LayerNorm's learnable scale and shift can always be absorbed by the linear layer that reads
+    the normalised vector (a diagonal scale folds into its weight matrix, a shift into a bias, and
+    OLMo has no biases anyway), so AI2 dropped them: fewer parameters, and nothing for weight decay
+    to fight over. Computed in float32 and cast back, as Hugging Face's OlmoLayerNorm does, so
+    pretrained logits match it. The module holds no tensor, so checkpoints have no entry for it.
+    """
+
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x):
+        return F.layer_norm(x.float(), (x.size(-1),), None, None, eps=self.eps).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * g, as in llama.py, but with the gain applied in float32.
+
+    llama.py casts the normalised vector back to the input dtype and then multiplies by the gain
+    (Hugging Face's Llama does); Hugging Face's OLMo 2 multiplies by the gain in float32 and casts
+    the product. Identical in float32, slightly different under 16-bit autocast; we follow OLMo 2.
+    """
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (self.weight * normed).to(x.dtype)
+
+
+def rope_inverse_frequencies(head_dim, theta):
+    """(head_dim / 2,) rotation speeds theta^(-2i / head_dim), as in llama.py (see apply_rope)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (theta ** exponents)
+
+
+def yarn_inverse_frequencies(head_dim, theta, scaling):
+    """YaRN (Peng et al., "YaRN: Efficient Context Window Extension of LLMs", 2023): rescaled RoPE
+    frequencies for a context `factor` times longer than the one trained, and an attention factor.
+
+    Returns (inv_freq (head_dim / 2,), attention_factor). The idea is llama.py's Llama 3.1 scaling
+    with a different ramp. A channel pair that completes many turns within the original context
+    (more than beta_fast) encodes local order and keeps its frequency ("extrapolation"); one that
+    completes less than beta_slow turns has its frequency divided by factor ("interpolation": the
+    longer context then spans, to it, the angles it saw in training); pairs in between are blended
+    linearly by their index. The number of turns of pair i over a context L is
+    L / (2 pi theta^(2i/d)), so the pair index with r turns is d * ln(L / (2 pi r)) / (2 ln theta).
+    Interpolated attention gets flatter (scores shrink as angles crowd together), so YaRN also
+    sharpens the softmax: cos and sin, hence q and k, are multiplied by attention_factor
+    (default 0.1 ln(factor) + 1). Written to follow Hugging Face's float32 arithmetic.
+    """
+    factor = scaling["factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+    def pair_index_with_turns(turns):
+        return head_dim * math.log(old_context / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = pair_index_with_turns(beta_fast), pair_index_with_turns(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # avoid dividing by zero in the ramp
+    wavelength_ratio = theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    kept, divided = 1.0 / wavelength_ratio, 1.0 / (factor * wavelength_ratio)
+    # 1 for the fast pairs (index below low), 0 for the slow ones (above high), linear in between.
+    keep = 1 - ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    return divided * (1 - keep) + kept * keep, attention_factor
+
+
+def rope_cos_sin(inv_freq, start, length):
+    """cos and sin, each (length, head_dim), for positions start .. start + length - 1 (llama.py)."""
+    pos = torch.arange(start, start + length, device=inv_freq.device).float()
+    angles = torch.outer(pos, inv_freq.float())  # (T, head_dim / 2)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the channel pairs (i, i + head_dim / 2) of x (B, n_heads, T, head_dim): llama.py's
+    rotate-half RoPE, which is Hugging Face's layout for OLMo too."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat((x2, x1), dim=-1) * sin.to(x.dtype)
+
+
+def alibi_slopes(n_head):
+    """ALiBi's per-head slopes m_h: head h adds -m_h * (distance to the key) to its scores.
+
+    For n heads, a power of two, the slopes are the geometric sequence 2^(-8/n), 2^(-16/n), ...,
+    2^(-8) (for 8 heads: 1/2, 1/4, ..., 1/256). A steep head (m = 1/2) all but ignores tokens a few
+    positions back: a local head. A shallow one (m = 1/256) barely discounts distance at all. The
+    spread gives every layer heads at all scales without learning any of them.
+
+    For other head counts Press et al. take the n' = largest power of two below n slopes as usual,
+    then fill the remaining n - n' heads with every other slope of the 2n' sequence, which
+    interleave between the first ones (12 heads: the 8-head slopes, then 2^-0.5, 2^-1.5, 2^-2.5,
+    2^-3.5). BLOOM's implementation and Hugging Face's build_alibi_tensor do the same.
+    """
+    def geometric(n):  # n a power of two
+        ratio = 2.0 ** (-8.0 / n)
+        return [ratio ** (i + 1) for i in range(n)]
+
+    below = 2 ** math.floor(math.log2(n_head))
+    if below == n_head:
+        return torch.tensor(geometric(n_head))
+    return torch.tensor(geometric(below) + geometric(2 * below)[0::2][: n_head - below])
+
+
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V, as in gpt.py.
+
+    q, k, v: (B, n_head, T_q or T_k, head_dim), the key/value heads repeated up to n_head;
+    mask: (T_q, T_k) bool, True where a query may look at a key.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores, dim=-1)
+    weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # (B, n_head, T_q, head_dim)
+
+
+def manual_biased_attention(q, k, v, bias, dropout_p=0.0):
+    """manual_attention with ALiBi: softmax(Q K^T / sqrt(head_dim) + bias) V.
+
+    bias: (n_head, T_q, T_k) float, -m_h * distance where a query may look at a key and -inf where
+    it may not, so it is the causal (or sliding-window) mask as well. That one addition is all of
+    ALiBi: q and k carry no position at all.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) + bias  # (B, n_head, T_q, T_k)
+    weights = F.softmax(scores, dim=-1)
+    weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # (B, n_head, T_q, head_dim)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far (see gpt.py's KVCache for why).
+
+    As in llama.py: n_kv_head heads, keys stored after RoPE at their absolute positions (with ALiBi
+    they carry no position at all: the distance penalty is added at scoring time).
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.n_layer = n_layer
+        self.max_len = max_len
+        self.keys = self.values = None  # (n_layer, B, n_kv_head, max_len, head_dim), made on first use
+        self.length = 0  # how many positions are filled; the next token goes at this position
+
+    def update(self, layer, k, v):
+        """Store the new tokens' k, v (B, n_kv_head, T, head_dim) for one layer; return all so far."""
+        if self.keys is None:
+            # Allocated at the first call, in the dtype and batch size the keys really have.
+            B, n_kv_head, _, head_dim = k.shape
+            shape = (self.n_layer, B, n_kv_head, self.max_len, head_dim)
+            self.keys = torch.zeros(shape, dtype=k.dtype, device=k.device)
+            self.values = torch.zeros(shape, dtype=v.dtype, device=v.device)
+        start, end = self.length, self.length + k.size(2)
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class SlidingWindowKVCache:
+    """The cache of a model with sliding-window layers (OLMo 3): a KVCache for the full-attention
+    layers, and for each sliding layer only the keys and values of its last window - 1 positions.
+
+    Why that is enough, exactly: a sliding layer's query at position p may look at keys
+    p - window + 1 .. p. The key at p is the new token's own, computed in this very call, so from
+    the past it needs only the window - 1 positions before it; nothing older can ever be looked at
+    again by this layer, whatever comes later. (Unlike dropping old tokens when the whole text
+    outgrows block_size — see generate — nothing here changes any hidden state: the older tokens
+    still shaped the residual stream through the full layers, and their keys are simply never read.)
+    For OLMo 3 7B at 65K tokens this cuts the cache of 24 of its 32 layers from 65536 to 4095
+    positions each: 3.4x less cache memory overall.
+
+    Each call concatenates the kept keys with the new ones and keeps the newest window - 1: a copy
+    of the window per token, the same order of work as attending over it. A ring buffer (write
+    position p at slot p % (window - 1)) avoids even that copy, and attention does not care about
+    the order of its keys; but ALiBi's distances and a chunk's mask then need each slot's position,
+    so we keep the simpler, ordered version.
+    """
+
+    def __init__(self, layer_windows, max_len):
+        self.windows = layer_windows  # per layer: None (full attention) or its window
+        full_layers = [layer for layer, window in enumerate(layer_windows) if window is None]
+        self.full = KVCache(len(full_layers), max_len)
+        self.full_slot = {layer: slot for slot, layer in enumerate(full_layers)}  # layer -> index in self.full
+        self.recent = [None] * len(layer_windows)  # sliding layers: (keys, values) of the last window - 1 positions
+
+    @property
+    def length(self):  # positions seen so far: the full layers' count (the model advances it)
+        return self.full.length
+
+    @length.setter
+    def length(self, value):
+        self.full.length = value
+
+    def update(self, layer, k, v):
+        """Store the new k, v (B, n_kv_head, T, head_dim) of one layer; return what the layer may
+        read: every position so far (full layers) or the last window - 1 plus the new T (sliding)."""
+        window = self.windows[layer]
+        if window is None:
+            return self.full.update(self.full_slot[layer], k, v)
+        if self.recent[layer] is not None:
+            kept_k, kept_v = self.recent[layer]
+            k, v = torch.cat((kept_k, k), dim=2), torch.cat((kept_v, v), dim=2)
+        keep_from = max(0, k.size(2) - (window - 1))
+        self.recent[layer] = (k[:, :, keep_from:], v[:, :, keep_from:])
+        return k, v
+
+
+class Attention(nn.Module):
+    """llama.py's causal self-attention (separate q/k/v/o projections, GQA, no biases) with OLMo's
+    additions: clip_qkv, QK-norm (OLMo 2 and 3), and positions from RoPE or from ALiBi's bias.
+
+    QK-norm: an RMSNorm with a learned gain over the whole query projection (n_head * head_dim
+    channels at once) and one over the whole key projection, before RoPE. Attention logits are
+    dot products of q and k, so their size is bounded once q and k are; without it OLMo 2's authors
+    saw logits grow until the softmax saturated and the loss spiked (Dehghani et al. 2023 and
+    Wortsman et al. 2023 made the same diagnosis). Later models (Qwen3, Gemma 3) normalise each head
+    separately, which is cheaper under tensor parallelism; OLMo 2 and 3 normalise across heads.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.head_dim = config.n_embd // config.n_head
+        self.dropout = config.dropout
+        self.attention = config.attention
+        self.clip_qkv = config.clip_qkv
+        self.q_proj = nn.Linear(config.n_embd, config.n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.n_head * self.head_dim, config.n_embd, bias=False)
+        self.qk_norm = config.block_type == "olmo2"
+        if self.qk_norm:
+            self.q_norm = RMSNorm(config.n_head * self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(config.n_kv_head * self.head_dim, config.norm_eps)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope, mask, cache=None, layer=0):
+        """x (B, T, C); rope: (cos, sin) or None (ALiBi); mask: see OLMo.attention_mask."""
+        B, T, C = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, heads * head_dim)
+        if self.clip_qkv is not None:
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)  # over all heads' channels together
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, n_kv_head, L, head_dim): what this layer may read
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attention == "manual":
+            group = self.n_head // self.n_kv_head  # GQA made explicit, as in llama.py
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            if mask.dtype == torch.bool:
+                y = manual_attention(q, k, v, mask, dropout_p)
+            else:
+                y = manual_biased_attention(q, k, v, mask.to(q.dtype), dropout_p)
+        else:
+            if mask is not None and mask.dtype != torch.bool:
+                mask = mask.to(q.dtype)  # the kernel wants a float bias in the queries' dtype (autocast)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=(mask is None and T > 1),
+                enable_gqa=self.n_kv_head != self.n_head,
+            )
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.o_proj(y))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU, as in llama.py: down(silu(gate(x)) * up(x)). Every OLMo uses it."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(config.n_embd, config.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(config.hidden_dim, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class OLMo1Block(nn.Module):
+    """OLMo 1: llama.py's pre-norm block, x + attn(norm(x)) then x + mlp(norm(x)), with the
+    parameter-free LayerNorm (Hugging Face keeps llama.py's attribute names)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.input_layernorm = ParameterFreeLayerNorm(config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = ParameterFreeLayerNorm(config.norm_eps)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x, rope, mask, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x
+
+
+class OLMo2Block(nn.Module):
+    """OLMo 2 and 3: x + norm(attn(x)) then x + norm(mlp(x)): the norm on each sub-layer's output.
+
+    Pre-norm (gpt.py, llama.py, OLMo 1) normalises what goes *into* a sub-layer, but what comes out
+    is added to the residual stream at whatever size it has, and in OLMo 1 those sizes grew during
+    training until the loss spiked. Normalising the output instead (with a learned gain, RMSNorm)
+    caps each sub-layer's contribution, while the residual stream itself still carries the
+    un-normalised sum, so the identity path that makes deep stacks trainable is untouched. (This is
+    not the original Transformer's post-norm, which normalised the residual stream itself,
+    x = norm(x + attn(x)), and needed careful warm-up. Swin Transformer V2 called this variant
+    "res-post-norm".) Because the block's input is no longer normalised, QK-norm (in Attention)
+    does that job where it matters most, on the queries and keys. The final norm before the output
+    head stays.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = FeedForward(config)
+        self.post_feedforward_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+
+    def forward(self, x, rope, mask, cache=None, layer=0):
+        x = x + self.post_attention_layernorm(self.self_attn(x, rope, mask, cache, layer))
+        x = x + self.post_feedforward_layernorm(self.mlp(x))
+        return x
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+class OLMo(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        block = OLMo1Block if config.block_type == "olmo1" else OLMo2Block
+        # Hugging Face's OlmoForCausalLM / Olmo2ForCausalLM / Olmo3ForCausalLM layout (as in
+        # llama.py), so checkpoint tensor names are our parameter names.
+        self.model = nn.ModuleDict(
+            dict(
+                embed_tokens=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                layers=nn.ModuleList([block(config) for _ in range(config.n_layer)]),
+                norm=(ParameterFreeLayerNorm(config.norm_eps) if config.block_type == "olmo1"
+                      else RMSNorm(config.n_embd, config.norm_eps)),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.model.embed_tokens.weight = self.lm_head.weight
+        self.layer_windows = config.layer_windows()
+        self.register_position_buffers()
+        # OLMo 2's initialisation: every matrix (embeddings included) from N(0, 0.02), and no
+        # 1/sqrt(2 * n_layer) shrink of o_proj and down_proj as gpt.py and llama.py do. OLMo 1 used
+        # a scaled "mitchell" init; the OLMo 2 paper reports the plain one kept the growth of
+        # activations and gradient norms in check better (with the norm now on each sub-layer's
+        # output, the depth-dependent shrink is no longer needed to keep the residual stream small).
+        for param in self.parameters():
+            if param.dim() == 2:
+                nn.init.normal_(param, mean=0.0, std=0.02)
+
+    def register_position_buffers(self):
+        """RoPE's frequencies or ALiBi's slopes: fixed, not learned, so buffers recomputed from the
+        config (not persistent: not in checkpoints, as in llama.py), always in float32."""
+        config = self.config
+        head_dim = config.n_embd // config.n_head
+        if config.pos_emb == "rope":
+            # OLMo 3 keeps the sliding layers at plain RoPE and rescales only the full layers: a
+            # sliding layer never sees a distance beyond its window, which training covered.
+            self.register_buffer("inv_freq", rope_inverse_frequencies(head_dim, config.rope_theta), persistent=False)
+            if config.rope_scaling is not None:
+                scaled, self.rope_attention_factor = yarn_inverse_frequencies(head_dim, config.rope_theta,
+                                                                              config.rope_scaling)
+                self.register_buffer("scaled_inv_freq", scaled, persistent=False)
+        else:
+            self.register_buffer("slopes", alibi_slopes(config.n_head), persistent=False)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())  # a tied matrix is counted once
+
+    def attention_mask(self, past, T, window, device):
+        """What T new queries (positions past .. past + T - 1) may look at, in a layer with this window.
+
+        The layer's keys (see SlidingWindowKVCache) are the `kept` positions just before the new
+        tokens, then the T new ones. Returns:
+          - None when the fused kernel can do it alone: a RoPE model without a cache, or with a
+            cache and one new token (which may see every key the cache returns), when the window
+            (if any) covers the whole block;
+          - a bool (T, kept + T) mask, True where query i may see key j: causal, and within the
+            window (query minus key < window, so a window of W covers W positions, the query's own
+            included — Hugging Face's convention);
+          - for ALiBi, a float (n_head, T, kept + T) bias: -slope * distance where visible, -inf
+            where not. Score q.k / sqrt(d) - m * (i - j): ALiBi's whole position signal.
+        """
+        kept = past if window is None else min(past, window - 1)
+        fits_window = window is None or kept + T <= window
+        if self.config.pos_emb == "rope" and self.config.attention == "sdpa" and fits_window and (T == 1 or kept == 0):
+            return None
+        queries = torch.arange(past, past + T, device=device)
+        keys = torch.arange(past - kept, past + T, device=device)
+        distance = queries[:, None] - keys[None, :]  # (T, kept + T): how far back each key is
+        visible = distance >= 0
+        if window is not None:
+            visible &= distance < window
+        if self.config.pos_emb == "rope":
+            return visible
+        bias = -self.slopes[:, None, None] * distance.float()  # (n_head, T, kept + T)
+        return bias.masked_fill(~visible, float("-inf"))
+
+    def forward(self, idx, targets=None, cache=None, last_only=False):
+        """idx: (B, T) token ids -> (logits (B, T, vocab_size), loss or None), as in llama.py.
+
+        With a cache (KVCache, or SlidingWindowKVCache for a model with sliding layers), idx holds
+        only the new tokens, whose positions continue from cache.length. last_only=True computes
+        the last position's logits alone, all that generation needs (OLMo 2's 100K-token output
+        layer costs as much as a few blocks).
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of length {past + T} is longer than block_size={self.config.block_size}")
+        # Positions, computed once and shared by the layers of each kind.
+        rope = {FULL: None, SLIDING: None}
+        if self.config.pos_emb == "rope":
+            rope[SLIDING] = rope[FULL] = rope_cos_sin(self.inv_freq, past, T)
+            if self.config.rope_scaling is not None:
+                cos, sin = rope_cos_sin(self.scaled_inv_freq, past, T)
+                rope[FULL] = (cos * self.rope_attention_factor, sin * self.rope_attention_factor)
+        masks = {}
+        for window in set(self.layer_windows):
+            masks[window] = self.attention_mask(past, T, window, idx.device)
+        x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, C): no position added here
+        for layer, block in enumerate(self.model.layers):
+            window = self.layer_windows[layer]
+            x = block(x, rope[SLIDING if window else FULL], masks[window], cache, layer)
+        if cache is not None:
+            cache.length += T
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        x = self.model.norm(x)
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Lower the context limit (no table to cut with RoPE or ALiBi), as in llama.py."""
+        if block_size > self.config.block_size:
+            raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
+        self.config.block_size = block_size
+
+    # -------------------------------------------------------------------------
+    # Generation
+
+    def new_cache(self, max_len):
+        """An empty cache for max_len positions: a plain KVCache unless some layer slides."""
+        if all(window is None for window in self.layer_windows):
+            return KVCache(self.config.n_layer, max_len)
+        return SlidingWindowKVCache(self.layer_windows, max_len)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 repetition_penalty=1.0, use_cache=True, vocab_size=None, eos_token_id=None, on_token=None):
+        """Append up to max_new_tokens sampled tokens to idx (B, T) and return the (B, T + new) result.
+
+        llama.py's generate (same sampling and options: vocab_size, eos_token_id, on_token), with
+        the cache new_cache picks. Past block_size the newest block_size tokens are recomputed every
+        step, for llama.py's reason: the keys of every layer above the first were computed from
+        hidden states that attended to the tokens now dropped. ALiBi does not change that argument
+        (its scores are relative, but the hidden states are not), and neither do the sliding layers:
+        what they drop from their cache they would never read again, whereas a token leaving the
+        block changes what the full layers saw.
+        """
+        check_sampling_options(temperature, top_k, top_p, repetition_penalty)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        block_size = self.config.block_size
+        cache_len = min(block_size, idx.size(1) + max_new_tokens)
+        stop_ids = None if eos_token_id is None else torch.tensor(eos_token_id, device=idx.device).view(-1)
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        cache = None
+        for _ in range(max_new_tokens):
+            if use_cache and idx.size(1) <= block_size:
+                if cache is None:  # first step: run the whole prompt and fill the cache
+                    cache = self.new_cache(cache_len)
+                    logits, _ = self(idx, cache=cache, last_only=True)
+                else:  # the cache holds every earlier token (that a layer may still read): feed the newest
+                    logits, _ = self(idx[:, -1:], cache=cache, last_only=True)
+            else:
+                logits, _ = self(idx[:, -block_size:], last_only=True)
+            logits = logits[:, -1, :vocab_size]  # (B, vocab_size); [:None] keeps every id
+            next_token = sample_next_token(logits, idx, temperature, top_k, top_p, repetition_penalty)
+            if stop_ids is not None:
+                # A finished row repeats its end-of-sequence token: padding that decoders cut off.
+                next_token = torch.where(finished[:, None], idx[:, -1:], next_token)
+                finished |= torch.isin(next_token[:, 0], stop_ids)
+            idx = torch.cat((idx, next_token), dim=1)
+            if on_token is not None:
+                on_token(next_token)
+            if stop_ids is not None and bool(finished.all()):
+                break
+        return idx
+
+    # -------------------------------------------------------------------------
+    # Loading Hugging Face OLMo checkpoints
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, dropout=0.0, dtype=torch.float32):
+        """Build an OLMo from a Hugging Face checkpoint with model_type "olmo" (OLMo 1, converted
+        "-hf" repositories such as allenai/OLMo-1B-hf), "olmo2" or "olmo3": a local directory or a
+        hub id (downloaded once, as in llama.py).
+
+        dtype: of the weights, float32 by default; bfloat16 halves the memory. As in llama.py the
+        model is built on the meta device and takes the memory-mapped checkpoint tensors as its
+        parameters; RoPE's frequencies are then computed for real, in float32.
+        """
+        directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
+        config_path = os.path.join(directory, "config.json")
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
+        with open(config_path) as f:
+            hf = json.load(f)
+        model_type = hf.get("model_type")
+        if model_type not in ("olmo", "olmo2", "olmo3"):
+            raise ValueError(f"{directory} holds a {model_type!r} model; olmo.py loads 'olmo', 'olmo2' and 'olmo3' "
+                             f"checkpoints (the original, non-'-hf' OLMo 1 repositories need converting first)")
+        for key, expected in [("hidden_act", "silu"), ("attention_bias", False)]:
+            if hf.get(key, expected) != expected:
+                raise ValueError(f"unsupported OLMo option {key}={hf[key]!r} in {config_path} (olmo.py expects {expected!r})")
+        n_head, n_embd = hf["num_attention_heads"], hf["hidden_size"]
+        head_dim = hf.get("head_dim") or n_embd // n_head
+        if head_dim * n_head != n_embd:
+            raise ValueError(f"head_dim={head_dim} in {config_path} differs from hidden_size / num_attention_heads "
+                             f"= {n_embd} / {n_head}; olmo.py assumes they are equal")
+        n_layer = hf["num_hidden_layers"]
+        layer_types = hf.get("layer_types") if model_type == "olmo3" else None
+        sliding_window = hf.get("sliding_window") if layer_types and SLIDING in layer_types else None
+        rope_theta, rope_scaling = hf_rope_settings(hf, config_path)
+        config = OLMoConfig(
+            block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"], n_layer=n_layer,
+            n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head, n_embd=n_embd,
+            hidden_dim=hf["intermediate_size"], block_type="olmo1" if model_type == "olmo" else "olmo2",
+            # Hugging Face's OLMo 1 LayerNorm has a fixed eps of 1e-5; OLMo 2 and 3 read rms_norm_eps.
+            norm_eps=1e-5 if model_type == "olmo" else hf.get("rms_norm_eps", 1e-5),
+            clip_qkv=hf.get("clip_qkv") if model_type == "olmo" else None, pos_emb="rope",
+            rope_theta=rope_theta, rope_scaling=rope_scaling, sliding_window=sliding_window,
+            layer_types=layer_types if sliding_window else None,
+            tie_embeddings=hf.get("tie_word_embeddings", False), dropout=dropout,
+        )
+        with torch.device("meta"):
+            model = cls(config)
+
+        ours = model.state_dict()  # meta tensors: names and shapes only
+        state = {}
+        for name, tensor in load_hf_weights(directory).items():
+            if name.endswith("rotary_emb.inv_freq"):
+                continue  # older checkpoints saved RoPE's fixed frequencies; we compute them
+            if name == "lm_head.weight" and config.tie_embeddings:
+                continue  # the same matrix as the token embedding
+            if name not in ours:
+                raise ValueError(f"unexpected tensor {name!r} in the checkpoint at {directory}")
+            if tensor.shape != ours[name].shape:
+                raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[name].shape)}")
+            state[name] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
+        missing = set(ours) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
+        if missing:
+            raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+        model.load_state_dict(state, strict=False, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight  # assign=True replaced the tied matrix
+        model.register_position_buffers()  # they were made on the meta device too
+        return model
+
+    # -------------------------------------------------------------------------
+    # Optimizer
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW, decaying matrices only, as in llama.py, except the token embedding (OLMo 2).
+
+        Weight decay pulls every weight towards zero; on the embedding it shrinks the vectors of
+        rare tokens, which get few gradient updates to push back, and with OLMo 2's post-sub-layer
+        norms the small embeddings then stay small through the whole residual stream. OLMo 2 found
+        training more stable without it. (With tied embeddings the output head shares that matrix
+        and goes undecayed too.)
+        """
+        embedding = self.model.embed_tokens.weight
+        params = [p for p in self.parameters() if p.requires_grad]
+        decayed = [p for p in params if p.dim() >= 2 and p is not embedding]
+        groups = [
+            {"params": decayed, "weight_decay": weight_decay},
+            {"params": [p for p in params if not any(p is d for d in decayed)], "weight_decay": 0.0},
+        ]
+        fused = device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_token(self):
+        """Training FLOPs per token as in llama.py: 6 per matmul parameter, plus attention's
+        12 * T_seen * n_embd per layer, where a sliding layer's query sees at most its window."""
+        cfg = self.config
+        lookup = 0 if cfg.tie_embeddings else self.model.embed_tokens.weight.numel()
+        attention = sum(12 * min(cfg.block_size, window or cfg.block_size) * cfg.n_embd for window in self.layer_windows)
+        return 6 * (self.num_params() - lookup) + attention
+
+
+def hf_rope_settings(hf, config_path):
+    """(rope_theta, rope_scaling or None) from a Hugging Face OLMo config.json.
+
+    Three layouts exist, by the transformers version that wrote the file: rope_theta and
+    rope_scaling at the top level (older files, and the released OLMo 3 checkpoints); one
+    rope_parameters dict (transformers 5); or, for OLMo 3 in transformers 5, rope_parameters
+    holding one dict per layer type, the scaling under full_attention only.
+    """
+    params = hf.get("rope_parameters") or {}
+    if FULL in params or SLIDING in params:
+        full, sliding = dict(params.get(FULL) or {}), dict(params.get(SLIDING) or {})
+        if sliding.get("rope_type", "default") != "default":
+            raise ValueError(f"{config_path}: rope scaling in sliding-window layers is not supported")
+        if "rope_theta" in sliding and full.get("rope_theta", sliding["rope_theta"]) != sliding["rope_theta"]:
+            raise ValueError(f"{config_path}: different rope_theta per layer type is not supported")
+    else:
+        full = dict(params or hf.get("rope_scaling") or {})
+    theta = full.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = full.pop("rope_type", full.pop("type", "default"))
+    return float(theta), None if rope_type == "default" else {"rope_type": rope_type} | full
+
+
+def check_sampling_options(temperature, top_k, top_p, repetition_penalty):
+    """Raise ValueError naming the first sampling option that has no meaning.
+
+    generate() calls it before any work, so a mistake is reported at once and in words (a top_k of
+    0 would otherwise fail deep inside torch.topk, and a negative temperature would silently invert
+    the distribution, making the least likely token the favourite).
+    """
+    if not temperature >= 0:  # written so that NaN fails too
+        raise ValueError(f"temperature must be >= 0 (0 means greedy decoding), got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {repetition_penalty}")
+
+
+def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0):
+    """Pick one next token per row from logits (B, vocab); context (B, T) is the text so far.
+
+    Copied from gpt.py: repetition penalty, then temperature (0 = greedy), top-k, top-p.
+    Returns (B, 1) token ids.
+    """
+    logits = logits.float()
+    if repetition_penalty != 1.0:
+        seen = torch.gather(logits, 1, context)
+        seen = torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty)
+        logits = logits.scatter(1, context, seen)
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        # A token is dropped when the tokens ranked above it already cover p of the mass; the most
+        # likely token is therefore always kept.
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop_sorted = mass_before >= top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)
+
+
+# -----------------------------------------------------------------------------
+# Reading Hugging Face checkpoints without extra dependencies
+
+
+def read_safetensors(path):
+    """Read a .safetensors file into a dict of tensors (the format is explained in gpt.py).
+
+    OLMo checkpoints are usually float32 or bfloat16 ("BF16"); numpy cannot represent bfloat16, but
+    reading the raw bytes with torch.frombuffer handles it like any other dtype.
+    """
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file closes
+    start = 8 + header_len  # the offsets count from the end of the header
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in dtypes:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        dtype = dtypes[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if begin == end:  # a shape with a 0 in it holds no bytes (and frombuffer refuses a count of 0)
+            tensors[name] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(data, dtype=dtype, offset=start + begin, count=(end - begin) // dtype.itemsize)
+        tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def load_hf_weights(directory):
+    """The state dict of a Hugging Face checkpoint: one model.safetensors, or a sharded one.
+
+    Checkpoints above a few GB are split into shards (model-00001-of-00004.safetensors, ...) with
+    model.safetensors.index.json mapping every tensor name to the shard that holds it.
+    """
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.exists(single):
+        return read_safetensors(single)
+    index_path = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+        state = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(read_safetensors(os.path.join(directory, shard)))
+        return state
+    bin_path = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def download_hf_checkpoint(repo):
+    """Download a checkpoint from the Hugging Face hub into a cache directory; return it (gpt.py).
+
+    The same cache as gpt.py ($NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name).
+    Fetches config.json, the tokenizer's and generation's files (for sample.py, when the repository
+    has them) and either model.safetensors or the shard index and every shard it names.
+    """
+    if repo.count("/") != 1:
+        raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
+    import requests  # only needed for downloads
+
+    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
+    directory = os.path.join(cache_root, repo.replace("/", "--"))
+    os.makedirs(directory, exist_ok=True)
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def fetch(filename, required=True):
+        """Download one file unless present; return False if the hub has no such file (404)."""
+        target = os.path.join(directory, filename)
+        if os.path.exists(target):
+            return True
+        url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+        print(f"downloading {url}")
+        try:
+            with requests.get(url, stream=True, timeout=30, headers=headers) as response:
+                if response.status_code == 404 and not required:
+                    return False
+                response.raise_for_status()
+                with open(target + ".part", "wb") as f:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+        except requests.RequestException as e:
+            hint = " (a gated model: accept its licence on huggingface.co and set HF_TOKEN)" if "401" in str(e) or "403" in str(e) else ""
+            raise RuntimeError(f"could not download {url} ({e}){hint}; download the checkpoint's files by hand "
+                               f"into a folder and pass that folder instead") from None
+        os.replace(target + ".part", target)  # only a complete file ever gets the real name
+        return True
+
+    # Written once every file is in place, so that later loads (offline ones too) ask the hub nothing,
+    # not even whether the optional files it lacked have appeared.
+    complete_marker = os.path.join(directory, ".complete")
+    if os.path.exists(complete_marker):
+        return directory
+    fetch("config.json")
+    # For sample.py: the tokenizer, its settings and chat template, and the authors' generation
+    # settings (end-of-sequence ids), where the repository has them.
+    for optional in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        fetch(optional, required=False)
+    if not fetch("model.safetensors", required=False):
+        if not fetch("model.safetensors.index.json", required=False):
+            raise RuntimeError(f"{repo} has neither model.safetensors nor model.safetensors.index.json")
+        with open(os.path.join(directory, "model.safetensors.index.json")) as f:
+            for shard in sorted(set(json.load(f)["weight_map"].values())):
+                fetch(shard)
+    open(complete_marker, "w").close()
+    return directory
+
+
+# -----------------------------------------------------------------------------
+# Training configuration, as in llama.py (config files and --key=value override these). The defaults
+# train a GPT-2-small-sized OLMo 2 (12 layers, 768 wide) with 3 query heads per key/value head.
+
+# I/O
+out_dir = "out-olmo"
+eval_interval = 250  # evaluate train/val loss (and maybe checkpoint) every this many iterations
+log_interval = 10  # print a training line every this many iterations
+eval_iters = 200  # batches averaged per loss estimate
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), or a hub id / local HF directory
+# logging
+wandb_log = False
+wandb_project = "olmo"
+wandb_run_name = "olmo"
+# data
+dataset = "shakespeare"
+gradient_accumulation_steps = 40  # micro-batches summed into one optimizer step
+batch_size = 12  # sequences per micro-batch
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_kv_head = 4  # key/value heads; n_head for multi-head attention, 1 for multi-query
+n_embd = 768
+multiple_of = 256  # the SwiGLU width is 2/3 * 4 * n_embd rounded up to this
+block_type = "olmo2"  # 'olmo2' (also OLMo 3's block) or 'olmo1'
+norm_eps = 1e-6
+clip_qkv = 0.0  # clamp q, k, v to [-clip_qkv, clip_qkv]; 0 disables (OLMo 1.7 used 8.0)
+pos_emb = "rope"  # 'rope' or 'alibi'
+rope_theta = 10000.0  # OLMo 2 and 3 use 500000 for their 4K-65K contexts; 10000 suits short blocks
+sliding_window = 0  # > 0: OLMo 3's pattern, three layers of every four attend only this far back
+tie_embeddings = False
+dropout = 0.0
+attention = "sdpa"
+# AdamW
+learning_rate = 6e-4
+max_iters = 5000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
+# learning-rate schedule
+decay_lr = True
+warmup_iters = 200
+lr_decay_iters = 5000  # ~ max_iters, as the Chinchilla paper suggests
+min_lr = 6e-5  # ~ learning_rate / 10
+# system
+backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
+compile = True  # torch.compile the model (falls back with a warning where it cannot)
+seed = 1337
+
+# Every simple-typed name defined above is a config key (names starting with "_" are not).
+config_keys = [k for k, v in list(globals().items())
+               if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
+
+
+def parse_config(argv, defaults):
+    """Apply config files and --key=value overrides to the defaults; return the final dict.
+
+    Exactly gpt.py's rules: each argument without "--" is a Python file whose top-level assignments
+    override keys, in order; each --key=value (a Python literal, else a string) overrides one key.
+    An unknown key or a value of the wrong type is an error naming the key.
+    """
+    import ast
+
+    config = dict(defaults)
+
+    def assign(key, value, source):
+        if key not in config:
+            fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
+        default = config[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # --learning_rate=1 means 1.0
+        if type(value) is not type(default):
+            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
+        config[key] = value
+
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            print("config keys and defaults:\n" + "\n".join(f"  {k} = {v!r}" for k, v in defaults.items()))
+            sys.exit(0)
+        if arg.startswith("--"):
+            if "=" not in arg:
+                fail(f"argument {arg!r} must look like --key=value")
+            key, text = arg[2:].split("=", 1)
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            assign(key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                fail(f"config file {arg!r} not found")
+            namespace = {}
+            try:
+                with open(arg) as f:
+                    exec(f.read(), namespace)
+            except Exception as e:  # a broken config file: say which, not a traceback into exec
+                fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
+            for key, value in namespace.items():
+                if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
+                    assign(key, value, arg)
+    return config
+
+
+# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU (as in gpt.py).
+_GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def gpu_peak_flops(device_name):
+    for key, flops in _GPU_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def check_config(cfg):
+    """Refuse, in one line naming the key, a numeric setting that has no meaning.
+
+    The types are already right (parse_config); this checks the values. Keys a script does not have
+    are skipped, so every script shares this one function. Meanings at the edges: max_iters=0
+    evaluates once and trains nothing, grad_clip=0 disables clipping, weight_decay=0 disables decay.
+    """
+    rules = [
+        (("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval",
+          "n_layer", "n_head", "n_embd", "n_kv_head"), lambda v: v >= 1, "must be >= 1"),
+        (("max_iters", "warmup_iters", "lr_decay_iters"), lambda v: v >= 0, "must be >= 0"),
+        (("learning_rate",), lambda v: v > 0, "must be > 0"),
+        (("min_lr", "weight_decay", "grad_clip"), lambda v: v >= 0, "must be >= 0 (0 disables it)"),
+        (("dropout", "beta1", "beta2"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ]
+    for keys, meaningful, requirement in rules:
+        for key in keys:
+            if key in cfg and not meaningful(cfg[key]):  # comparisons with NaN are False: refused too
+                fail(f"config key {key!r} {requirement}, got {cfg[key]!r}")
+
+
+def fail(message):
+    """Stop with the one line "error: <message>" and exit status 1.
+
+    Under torchrun every process runs the same code and meets the same failure (errors that one
+    process alone sees are first shared with all, see first_error), so only rank 0 prints: the
+    message appears once, not once per process.
+    """
+    sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
+
+
+def first_error(error, ddp):
+    """The first error message (or None) of all processes; under DDP every process must call it.
+
+    A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
+    or the others wait forever at their next collective call. Gathering every process's message,
+    None when it is fine, lets all of them take the same decision.
+    """
+    if not ddp:
+        return error
+    errors = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
+
+
+def local_rank0_first(step, ddp, local_rank):
+    """Run step() -> (value, error message or None) on every process, local rank 0 first; return
+    the value, or fail everywhere if any process failed.
+
+    Downloads and data preparation write files that every process then reads. One process per
+    machine (local rank 0: each machine of a multi-node run has its own disk) does the writing
+    while the others wait; after it, they find the files in place and only read them.
+    """
+    value = None
+    for leaders_turn in (True, False):
+        error = None
+        if (local_rank == 0) == leaders_turn:
+            value, error = step()
+        error = first_error(error, ddp)
+        if error is not None:
+            fail(error)
+    return value
+
+
+def main(argv):
+    cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
+    check_config(cfg)
+
+    # ---- devices, processes and precision (as in gpt.py) ----
+    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+    rank, local_rank, world_size = 0, 0, 1
+    if ddp:
+        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        if cfg["gradient_accumulation_steps"] % world_size != 0:
+            fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
+                 f"number of processes ({world_size})")
+    # Each process does its share of the micro-batches; together they make one optimizer step. (The
+    # config keeps the total the user gave: that is what a resume with another process count needs.)
+    micro_steps = cfg["gradient_accumulation_steps"] // world_size
+    master = rank == 0  # only this process logs and writes checkpoints
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
+    if device_type == "cuda" and not torch.cuda.is_available():
+        fail("device='cuda' but no CUDA GPU is available; use --device=cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        fail("device='mps' but MPS is not available on this machine; use --device=cpu")
+    if cfg["dtype"] == "auto":
+        if device_type == "cuda":
+            cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            cfg["dtype"] = "float32"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg["dtype"] not in dtypes:
+        fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    if ddp:
+        if device_type == "cuda":
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        # NCCL is NVIDIA's fast GPU-to-GPU library; gloo works everywhere (CPUs, and Windows, which
+        # has no NCCL).
+        nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+    device = cfg["device"]
+    # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
+    torch.manual_seed(cfg["seed"] + rank)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
+    torch.backends.cudnn.allow_tf32 = True
+    # Mixed precision as in gpt.py: autocast for 16-bit matmuls, a GradScaler only for float16.
+    # The norms and the RoPE angles stay in float32 inside autocast by construction (see above);
+    # ALiBi's bias is cast to the queries' 16-bit dtype, like the scores it is added to.
+    autocast = (nullcontext() if cfg["dtype"] == "float32"
+                else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
+
+    # ---- data ----
+    def prepare_dataset():
+        try:
+            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
+            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+            return (prepare_data.load_meta(data_dir), loader), None
+        except prepare_data.DataError as e:
+            return None, str(e)
+
+    meta, loader = local_rank0_first(prepare_dataset, ddp, local_rank)
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
+
+    # ---- model ----
+    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+    model_keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "multiple_of", "block_type", "norm_eps",
+                  "pos_emb", "rope_theta", "tie_embeddings", "dropout", "attention")
+    if cfg["init_from"] == "scratch":
+        vocab_size = meta["vocab_size"]
+        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
+            vocab_size = (vocab_size + 63) // 64 * 64
+        try:
+            config = OLMoConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size,
+                                clip_qkv=cfg["clip_qkv"] or None, sliding_window=cfg["sliding_window"] or None)
+        except ValueError as e:
+            fail(e)
+        model = OLMo(config)
+        model_args = asdict(config)  # includes the derived hidden_dim
+    elif cfg["init_from"] == "resume":
+        checkpoint = load_checkpoint(cfg["out_dir"], device, "olmo")
+        # The architecture comes from the checkpoint; only dropout may change between runs.
+        model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
+        model = OLMo(OLMoConfig(**model_args))
+        model.load_state_dict(checkpoint["model"])
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+    else:
+        def load_pretrained():
+            try:
+                directory = cfg["init_from"]
+                if not os.path.isdir(directory):
+                    directory = download_hf_checkpoint(directory)
+                return (OLMo.from_pretrained(directory, dropout=cfg["dropout"]), directory), None
+            except (ValueError, FileNotFoundError, RuntimeError) as e:
+                return None, f"cannot load {cfg['init_from']!r}: {e}"
+
+        model, directory = local_rank0_first(load_pretrained, ddp, local_rank)  # downloads once per machine
+        # Token ids mean nothing without the tokenizer that made them: the dataset must have been
+        # tokenized with the model's own tokenizer.json, or every id is a wrong word.
+        if not prepare_data.same_tokenizer(meta, directory):
+            fail(f"dataset {cfg['dataset']!r} was not tokenized with {cfg['init_from']}'s tokenizer; prepare your text "
+                 f"with it: python prepare_data.py NAME --input=FILE --tokenizer={directory}")
+        if cfg["block_size"] < model.config.block_size:
+            model.crop_block_size(cfg["block_size"])
+        model_args = asdict(model.config)
+    if cfg["block_size"] > model.config.block_size:
+        fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
+            scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
+    raw_model = model  # the plain module: what we save, and what MFU counts
+    if cfg["compile"]:
+        model, compile_error = compile_model(model, autocast, device, cfg["batch_size"])
+        if compile_error and master:
+            print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print("config:", json.dumps(cfg))
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
+              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
+    wandb = None
+    if cfg["wandb_log"] and master:
+        try:
+            import wandb
+        except ImportError:
+            fail("wandb_log=True but wandb is not installed: pip install wandb")
+        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+
+    def lr_at(it):
+        """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+        if not cfg["decay_lr"]:
+            return cfg["learning_rate"]
+        if it < cfg["warmup_iters"]:
+            # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
+            # wasted), and the ramp reaches the full rate just as the cosine takes over.
+            return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+        if it > cfg["lr_decay_iters"]:
+            return cfg["min_lr"]
+        progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+        return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+    def mean_over_processes(values):
+        """Average a few floats over all processes (each has measured its own batches)."""
+        if not ddp:
+            return values
+        total = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)  # a sum: gloo has no average
+        return (total / world_size).tolist()
+
+    @torch.no_grad()
+    def estimate_loss():
+        """Mean loss over eval_iters batches of each split (on every process), with dropout off.
+
+        Averaged over the processes, so that all of them see the same numbers and take the same
+        decisions: whether to save, whether the loss has diverged.
+        """
+        model.eval()
+        losses = []
+        for split in ("train", "val"):
+            total = 0.0
+            for _ in range(cfg["eval_iters"]):
+                x, y = loader.get_batch(split)
+                with autocast:
+                    _, loss = model(x, y)
+                total += loss.item()
+            losses.append(total / cfg["eval_iters"])
+        model.train()
+        return dict(zip(("train", "val"), mean_over_processes(losses)))
+
+    def save_checkpoint(rng_states):
+        checkpoint = {
+            "model_type": "olmo",
+            "model_args": model_args,
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "config": cfg,
+            "tokenizer": meta,
+            "rng_state": rng_states,
+        }
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        # Write then rename: a crash mid-write leaves the previous checkpoint intact.
+        try:
+            torch.save(checkpoint, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
+        print(f"saved checkpoint to {path}")
+
+    # ---- the training loop, as in gpt.py ----
+    # Evaluate (and checkpoint) the current weights, then take one optimizer step; a checkpoint
+    # written at iteration N holds the state from just before step N, so resuming is exact.
+    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
+    resumed_at = iter_num if checkpoint is not None else None
+    checkpoint = None  # free the loaded copy
+    model.train()
+    # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
+    t_last, iter_timed = time.time(), iter_num
+    while True:
+        lr = lr_at(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
+        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
+            losses = estimate_loss()
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                if wandb:
+                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+            if not math.isfinite(losses["val"]):
+                fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng_states = every_rank_rng_state(ddp, device_type)  # collective: every process takes part
+                if master:
+                    save_checkpoint(rng_states)
+            t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
+        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+            break
+
+        train_loss = 0.0  # the mean over this step's micro-batches, for the log
+        for micro_step in range(micro_steps):
+            x, y = loader.get_batch("train")
+            last = micro_step == micro_steps - 1
+            with (model.no_sync() if ddp and not last else nullcontext()):  # DDP: sync grads once
+                with autocast:
+                    _, loss = model(x, y)
+                    loss = loss / micro_steps
+                scaler.scale(loss).backward()
+            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
+        if cfg["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        if iter_num % cfg["log_interval"] == 0:
+            # The mean loss over all micro-batches of this step, of every process. .item() waits
+            # for the GPU to finish, so we only ask for it when logging.
+            loss_value = mean_over_processes([train_loss.item()])[0]
+            if not math.isfinite(loss_value):
+                fail(f"training loss is {loss_value} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            now = time.time()
+            dt = (now - t_last) / (iter_num + 1 - iter_timed)
+            t_last, iter_timed = now, iter_num + 1
+            tokens_per_sec = tokens_per_iter / dt
+            flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
+            if peak_flops is None:
+                mfu = "n/a (unknown peak)"
+            elif cfg["dtype"] == "float32":
+                mfu = "n/a (peaks are for 16-bit)"
+            else:
+                mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
+            if master:
+                print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+                      f"mfu {mfu}, lr {lr:.2e}")
+        iter_num += 1
+
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+def load_checkpoint(out_dir, device, model_type):
+    """out_dir/ckpt.pt as a dict, or a one-line error if it is missing, damaged or another script's.
+
+    The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
+    """
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
+    try:
+        # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        written_by = checkpoint["model_type"]
+    except Exception as e:  # truncated, not a torch file, or not our dict
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        fail(f"{path} is not a readable checkpoint of this repository ({type(e).__name__}: {first_line}); "
+             f"restore it from a copy, or train again with init_from='scratch'")
+    if written_by != model_type:
+        fail(f"{path} was written by {written_by}.py, not {model_type}.py")
+    return checkpoint
+
+
+def every_rank_rng_state(ddp, device_type):
+    """The random-number-generator state of every process, as a list indexed by rank.
+
+    The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
+    seed + rank), so an exact resume must restore each process's own state, not rank 0's for all:
+    with one state, every process would draw the same batches after a resume, and the effective
+    batch would silently shrink by the process count. Every process must call this together.
+    """
+    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+    if not ddp:
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_state(states, rank, world_size, fresh_seed):
+    """Restore this process's RNG state from a checkpoint's list (see every_rank_rng_state).
+
+    With as many processes as the run that wrote it, each takes its own state and the run continues
+    exactly. With another number there is no exact continuation (the batches are split differently
+    anyway): each process then starts a fresh stream of its own, seeded from the seed, the iteration
+    and its rank, so that processes still differ and no batch sequence from the start is replayed.
+    """
+    if isinstance(states, dict):  # a checkpoint from before every process's state was saved: one state
+        states = [states]
+    if len(states) == world_size:
+        torch.set_rng_state(states[rank]["cpu"].cpu())
+        if states[rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[rank]["cuda"].cpu())
+        return
+    if rank == 0:
+        print(f"note: the checkpoint was written by {len(states)} process(es) and this run has {world_size}: "
+              f"training continues with fresh random streams, not exactly as the original run would have")
+    torch.manual_seed(fresh_seed)
+
+
+def compile_model(model, autocast, device, batch_size):
+    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails.
+
+    One trial forward and backward right away, inside fork_rng so the real run's random stream is
+    untouched, because compile errors only surface at the first call (gpt.py explains).
+    """
+    compiled = torch.compile(model)
+    try:
+        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
+            x = torch.randint(model.config.vocab_size, (batch_size, model.config.block_size), device=device)
+            with autocast:
+                _, loss = compiled(x, x)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        return compiled, None
+    except Exception as e:  # any compiler failure
+        model.zero_grad(set_to_none=True)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return model, f"{type(e).__name__}: {first_line}"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
