@@ -1,0 +1,489 @@
+"""
+bert.py — BERT in one file: the encoder-only Transformer, its WordPiece tokenizer, loading Hugging
+Face BERT checkpoints, masked-language-model pretraining, fine-tuning for classification, fill-mask
+and sentence embeddings.
+
+BERT (Devlin, Chang, Lee & Toutanova, "BERT: Pre-training of Deep Bidirectional Transformers for
+Language Understanding", Google 2018, NAACL 2019) takes the Transformer's encoder (Vaswani et al.
+2017) and pretrains it on unlabelled text with a cloze task: hide some tokens, predict them from
+everything around them. The pretrained encoder is then fine-tuned, with one small layer on top, for
+classification, tagging or question answering. For years this "pretrain, then fine-tune" recipe set
+the state of the art; small BERTs are still everywhere today as sentence-embedding models
+(sentence-transformers' all-MiniLM-L6-v2 is a plain 6-layer BertModel), rerankers and classifiers.
+
+What differs from gpt.py, and why (read gpt.py first: the embeddings, attention maths, MLP, the
+optimizer and the training loop are the same ideas):
+  1. Bidirectional attention. A decoder's causal mask lets position t see only positions <= t, so
+     every position can be trained to predict the next token. An encoder drops that mask: every
+     token sees the whole sequence, left and right, which is what understanding a sentence wants
+     ("bank" means something else before "of the river"). The only mask left is the padding mask:
+     batches hold sequences of different lengths, padded to one length, and no token may attend to
+     the padding. It is one row per example, (B, 1, 1, T), broadcast over heads and query positions.
+  2. So the next-token objective is gone: a token that can see the next one would just copy it.
+     BERT is trained instead as a masked language model (MLM): 15% of the tokens are chosen; of
+     those 80% become [MASK], 10% a random token, 10% stay themselves; the model must predict the
+     original token at the chosen positions only. (The 10%/10% keep the model from learning that
+     only [MASK] positions matter, since [MASK] never appears when the model is used later.) The
+     original BERT added next-sentence prediction; RoBERTa (Liu et al. 2019) showed it does not
+     help, and we leave it out.
+  3. And that is also why an encoder cannot simply generate text: it has no left-to-right
+     factorisation p(x_t | x_<t) to sample from, only "fill in this blank given both sides". It
+     fills masks, classifies and embeds; it does not write.
+  4. Special tokens and segments. [CLS] starts every input; its final vector, through the
+     "pooler" (dense + tanh), summarises the sequence for classification. [SEP] ends a sentence;
+     a pair of sentences (question and passage, premise and hypothesis) is packed as
+     [CLS] A [SEP] B [SEP], and a learned token-type (segment) embedding, 0 for A and 1 for B, is
+     added to every token so the model knows which side a token is on.
+  5. Post-norm blocks, as the original Transformer: x = LN(x + attn(x)), x = LN(x + ffn(x)),
+     where gpt.py normalises the input of each sub-layer instead. Post-norm needs learning-rate
+     warmup to train stably at depth, but it is what BERT's weights were trained with.
+  6. The embedding sum (word + position + token type) is normalised by a LayerNorm before the first
+     block; GELU is the exact erf form, not GPT-2's tanh approximation; LayerNorm's epsilon is 1e-12.
+  7. Heads: the MLM head (dense, GELU, LayerNorm, then the word-embedding matrix transposed plus
+     its own bias), sequence classification (pooler, dropout, linear) and token classification
+     (dropout, linear on every position).
+
+Run it:
+    python bert.py config/bert_shakespeare_char_cpu.py   # MLM-pretrain a small character-level BERT (CPU)
+    python bert.py config/bert_shakespeare_char.py       # the same at GPU scale
+    python prepare_data.py shakespeare_speakers          # passages labelled with their speaker
+    python bert.py config/bert_speakers_cpu.py           # fine-tune the MLM checkpoint to classify them
+    python sample.py --out_dir=out-bert-shakespeare-char-cpu --start="To be, or not to [MASK]"
+    python bert.py --embed --init_from=path/to/all-MiniLM-L6-v2 "A sentence." "Another one."
+and in Python:
+    model = Bert.from_pretrained("path/to/hf_bert_dir")         # BertModel / ForMaskedLM / ForSequenceClassification
+    tokenizer = WordPieceTokenizer.from_pretrained("path/to/hf_bert_dir")
+    vectors = sentence_embeddings(model, tokenizer, ["A sentence.", "Another one."])
+"""
+
+import json
+import math
+import os
+import sys
+import time
+import unicodedata
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import prepare_data
+
+# -----------------------------------------------------------------------------
+# Model configuration
+
+# The model's output layer, and the Hugging Face architecture that has it:
+#   'none'     BertModel: the encoder (and, if present, the pooler); forward returns hidden states
+#   'mlm'      BertForMaskedLM (and BertForPreTraining, minus its next-sentence head)
+#   'sequence' BertForSequenceClassification: one label per input, read from [CLS]
+#   'token'    BertForTokenClassification: one label per token (named entities, part of speech)
+HEADS = ("none", "mlm", "sequence", "token")
+
+
+@dataclass
+class BertConfig:
+    # The length of the learned position table (HF: max_position_embeddings). As in GPT-2, a hard
+    # limit: position 512 has no embedding.
+    block_size: int = 512
+    vocab_size: int = 30522  # bert-base-uncased's WordPiece vocabulary
+    type_vocab_size: int = 2  # segments A and B
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768  # HF: hidden_size
+    n_inner: int = 3072  # width of the feed-forward layer (HF: intermediate_size); 4 * n_embd in BERT
+    # BERT used 0.1 everywhere: after the embeddings, on the attention weights, after each
+    # sub-layer and before the classifier. HF has separate knobs; every public checkpoint sets them equal.
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    attention: str = "sdpa"  # 'sdpa' or 'manual', as in gpt.py
+    head: str = "mlm"  # one of HEADS
+    pooler: bool = True  # the dense + tanh over [CLS]; 'sequence' needs it, MLM checkpoints lack it
+    labels: tuple = ()  # class names of a classification head (HF: id2label); their count sizes it
+
+    def __post_init__(self):
+        self.labels = tuple(self.labels)  # a checkpoint may hand us a list
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.attention not in ("sdpa", "manual"):
+            raise ValueError(f"attention={self.attention!r} must be 'sdpa' or 'manual'")
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r} must be one of {', '.join(HEADS)}")
+        if self.head == "sequence" and not self.pooler:
+            raise ValueError("head='sequence' classifies from the pooler's output; it needs pooler=True")
+        if self.head in ("sequence", "token") and len(self.labels) < 2:
+            raise ValueError(f"a {self.head} classification head needs at least 2 labels, got {list(self.labels)}")
+
+
+# -----------------------------------------------------------------------------
+# Building blocks, in the order data meets them.
+
+
+class Embeddings(nn.Module):
+    """What a token is, where it is and which segment it belongs to: three learned vectors, summed.
+
+    Summing (rather than concatenating) keeps the width at n_embd; the model learns to keep the
+    three kinds of information in directions it can tell apart. BERT normalises the sum with a
+    LayerNorm, because in a post-norm network every block's input is normalised, the first one too.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # word (token) embeddings
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned absolute positions
+        self.wtt = nn.Embedding(config.type_vocab_size, config.n_embd)  # token type: segment A or B
+        self.ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, idx, token_type_ids):
+        pos = torch.arange(idx.size(1), dtype=torch.long, device=idx.device)  # (T,)
+        x = self.wte(idx) + self.wpe(pos) + self.wtt(token_type_ids)  # (B, T, C)
+        return self.drop(self.ln(x))
+
+
+def manual_attention(q, k, v, mask, dropout_p=0.0):
+    """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V.
+
+    q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim); mask: bool, True where a query
+    may look at a key, of any shape that broadcasts to (B, n_head, T_q, T_k): gpt.py's causal
+    (T_q, T_k), or here the padding mask (B, 1, 1, T_k). Forbidden scores become -inf, which the
+    softmax turns into exactly zero weight.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores, dim=-1)
+    weights = F.dropout(weights, p=dropout_p)
+    return weights @ v  # (B, n_head, T_q, head_dim)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention in which every token may look at every real token, both sides.
+
+    The same computation as gpt.py's CausalSelfAttention, minus the causal mask. HF's BERT has
+    separate query, key and value Linears; we fuse them into one c_attn (3 * n_embd outputs), the
+    same maths as one matmul instead of three, and concatenate HF's weights when loading.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.n_embd // config.n_head
+        self.dropout = config.dropout
+        self.attention = config.attention
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, mask):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        # (B, T, C) -> (B, T, n_head, head_dim) -> (B, n_head, T, head_dim)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attention == "manual":
+            if mask is None:  # no padding: every query sees every key
+                mask = torch.ones(1, 1, 1, T, dtype=torch.bool, device=x.device)
+            y = manual_attention(q, k, v, mask, dropout_p)
+        else:
+            # No is_causal here: that flag is the whole difference between a decoder and an encoder.
+            # A bool attn_mask (B, 1, 1, T) hides the padding keys; None attends everywhere.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Feed-forward network: n_embd -> n_inner, exact GELU, -> n_embd, on each position alone.
+
+    GELU(x) = x * Phi(x), Phi the standard normal CDF, computed with erf. (GPT-2 used a tanh
+    approximation of it; BERT's weights were trained with the exact form, and the two differ by up
+    to ~1e-3, more than our 1e-4 parity test allows.)
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.n_inner)
+        self.gelu = nn.GELU()  # approximate='none': the erf form
+        self.c_proj = nn.Linear(config.n_inner, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One encoder block, post-norm: x = LN(x + attn(x)), then x = LN(x + mlp(x)).
+
+    The original Transformer's layout, which BERT kept. Every block's output is normalised, so no
+    final LayerNorm is needed after the stack (gpt.py's pre-norm blocks need its ln_f). The price:
+    the residual path passes through a LayerNorm in every block, so gradients reaching the lower
+    layers are rescaled many times, and deep post-norm stacks need learning-rate warmup to start
+    training stably (Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture").
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+
+    def forward(self, x, mask):
+        x = self.ln_1(x + self.attn(x, mask))
+        x = self.ln_2(x + self.mlp(x))
+        return x
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+class Bert(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        if config.pooler:
+            # The pooler turns [CLS]'s final vector into a summary of the sequence: dense + tanh. In
+            # BERT it was trained by next-sentence prediction, and classifiers start from it.
+            self.pooler = nn.Linear(config.n_embd, config.n_embd)
+        if config.head == "mlm":
+            # One more dense + GELU + LayerNorm before the output matrix (BERT's "transform"), then
+            # scores against every word embedding: the decoder is wte's matrix (tied, as gpt.py's
+            # lm_head) plus a bias of its own, one per vocabulary entry.
+            self.mlm_dense = nn.Linear(config.n_embd, config.n_embd)
+            self.mlm_gelu = nn.GELU()
+            self.mlm_ln = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+            self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        elif config.head in ("sequence", "token"):
+            self.classifier_dropout = nn.Dropout(config.dropout)
+            self.classifier = nn.Linear(config.n_embd, len(config.labels))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        # BERT's initialisation: every weight from N(0, 0.02), biases zero (LayerNorms start at
+        # gain 1, bias 0, PyTorch's default). Post-norm blocks keep each block's output at unit
+        # scale, so no depth-dependent scaling like GPT-2's is needed.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def encode(self, idx, attention_mask=None, token_type_ids=None):
+        """idx: (B, T) token ids -> (B, T, n_embd), the last block's hidden states.
+
+        attention_mask (B, T): 1 for real tokens, 0 for padding (None: all real). token_type_ids
+        (B, T): 0 for segment A, 1 for segment B (None: all A). Padding positions get vectors too
+        (they attend to the real tokens), but no real token ever looks at them.
+        """
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(idx)
+        # The padding mask: True where a key may be looked at. (B, T) -> (B, 1, 1, T) broadcasts
+        # over the heads and over every query position: each example hides its own padding keys.
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(idx, token_type_ids)  # (B, T, C)
+        for block in self.h:
+            x = block(x, mask)
+        return x
+
+    def pool(self, hidden):
+        """(B, T, C) hidden states -> (B, C): tanh(dense(hidden at [CLS], position 0))."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def forward(self, idx, targets=None, attention_mask=None, token_type_ids=None):
+        """idx: (B, T) token ids -> (logits, loss or None).
+
+        The logits are the head's output: (B, T, vocab_size) for 'mlm', (B, len(labels)) for
+        'sequence', (B, T, len(labels)) for 'token'; for 'none' there is no head and the hidden
+        states (B, T, n_embd) are returned. Targets: for 'mlm' and 'token' (B, T) ids with -1 at
+        the positions that carry no loss (for MLM: every position that was not chosen), for
+        'sequence' (B,) label ids. The loss is the mean cross-entropy over the scored positions.
+        """
+        hidden = self.encode(idx, attention_mask, token_type_ids)
+        head = self.config.head
+        if head == "none":
+            if targets is not None:
+                raise ValueError("a model without a head (head='none') has no loss; load a model with a head")
+            return hidden, None
+        if head == "mlm":
+            x = self.mlm_ln(self.mlm_gelu(self.mlm_dense(hidden)))
+            logits = F.linear(x, self.embeddings.wte.weight, self.mlm_bias)  # (B, T, vocab_size)
+        elif head == "sequence":
+            logits = self.classifier(self.classifier_dropout(self.pool(hidden)))  # (B, n_labels)
+        else:
+            logits = self.classifier(self.classifier_dropout(hidden))  # (B, T, n_labels)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # -------------------------------------------------------------------------
+    # Loading Hugging Face BERT checkpoints
+
+    @classmethod
+    def from_pretrained(cls, directory, dropout=0.0, head=None, labels=()):
+        """Build a Bert from a Hugging Face BERT checkpoint directory (config.json plus
+        model.safetensors or pytorch_model.bin).
+
+        The head follows config.json's "architectures": BertModel -> 'none', BertForMaskedLM and
+        BertForPreTraining -> 'mlm', BertForSequenceClassification -> 'sequence',
+        BertForTokenClassification -> 'token'. Passing head= (and labels=) overrides that, e.g. to
+        start a classifier from a BertModel or MLM checkpoint: the encoder (and pooler, where the
+        checkpoint has one) are loaded; the new head (and a missing pooler) start from BERT's init.
+        """
+        config_path = os.path.join(directory, "config.json")
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
+        with open(config_path) as f:
+            hf = json.load(f)
+        if hf.get("model_type") != "bert":
+            raise ValueError(f"{directory} holds a {hf.get('model_type')!r} model; bert.py loads only 'bert' checkpoints")
+        for key, expected in [("hidden_act", "gelu"), ("position_embedding_type", "absolute"), ("is_decoder", False)]:
+            if hf.get(key, expected) != expected:
+                raise ValueError(f"unsupported BERT option {key}={hf[key]!r} in {config_path} (expected {expected!r})")
+        architectures = {"BertModel": "none", "BertForMaskedLM": "mlm", "BertForPreTraining": "mlm",
+                         "BertForSequenceClassification": "sequence", "BertForTokenClassification": "token"}
+        architecture = (hf.get("architectures") or ["BertModel"])[0]
+        if architecture not in architectures:
+            raise ValueError(f"architecture {architecture!r} is not supported; bert.py loads {', '.join(architectures)}")
+        hf_head = architectures[architecture]
+        if head is None and hf_head in ("sequence", "token"):
+            id2label = hf.get("id2label") or {str(i): f"LABEL_{i}" for i in range(hf.get("num_labels", 2))}
+            labels = tuple(id2label[str(i)] for i in range(len(id2label)))
+            if len(labels) < 2:
+                raise ValueError(f"{len(labels)} label(s): regression heads (num_labels=1) are not supported")
+        hf_state = {name.removeprefix("bert."): t for name, t in load_hf_weights(directory).items()}
+        has_pooler = "pooler.dense.weight" in hf_state
+        config = BertConfig(block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
+                            type_vocab_size=hf.get("type_vocab_size", 2), n_layer=hf["num_hidden_layers"],
+                            n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
+                            n_inner=hf["intermediate_size"], dropout=dropout,
+                            layer_norm_eps=hf.get("layer_norm_eps", 1e-12), head=head or hf_head,
+                            pooler=has_pooler or head == "sequence", labels=labels)
+        model = cls(config)
+        ours = model.state_dict()
+
+        # HF name -> our name. Old TensorFlow-converted checkpoints call LayerNorm's weight and bias
+        # gamma and beta; HF's q/k/v Linears are gathered and concatenated into our fused c_attn.
+        def rename(name):
+            name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+            for hf_part, our_part in [("embeddings.word_embeddings.", "embeddings.wte."),
+                                      ("embeddings.position_embeddings.", "embeddings.wpe."),
+                                      ("embeddings.token_type_embeddings.", "embeddings.wtt."),
+                                      ("embeddings.LayerNorm.", "embeddings.ln."),
+                                      ("encoder.layer.", "h."), (".attention.output.dense.", ".attn.c_proj."),
+                                      (".attention.output.LayerNorm.", ".ln_1."), (".intermediate.dense.", ".mlp.c_fc."),
+                                      (".output.dense.", ".mlp.c_proj."), (".output.LayerNorm.", ".ln_2."),
+                                      ("pooler.dense.", "pooler."), ("cls.predictions.transform.dense.", "mlm_dense."),
+                                      ("cls.predictions.transform.LayerNorm.", "mlm_ln.")]:
+                name = name.replace(hf_part, our_part)
+            return "mlm_bias" if name == "cls.predictions.bias" else name
+
+        qkv = {}  # (layer, 'weight' | 'bias') -> {'query': t, 'key': t, 'value': t}
+        loaded = set()
+        for hf_name, tensor in hf_state.items():
+            if hf_name.endswith("position_ids") or hf_name.startswith("cls.seq_relationship."):
+                continue  # a buffer of 0..T-1, and BertForPreTraining's next-sentence head
+            if hf_name.startswith("cls.predictions.decoder."):
+                continue  # tied to the word embeddings, and its bias is cls.predictions.bias
+            if ".attention.self." in hf_name:
+                layer = int(hf_name.split(".")[2])
+                part, kind = hf_name.split(".")[-2:]
+                qkv.setdefault((layer, kind), {})[part] = tensor
+                continue
+            key = rename(hf_name)
+            if key not in ours:
+                if head is not None and (hf_name.startswith(("cls.", "classifier.")) or key == "mlm_bias"):
+                    continue  # the checkpoint's own head, replaced by the one asked for
+                raise ValueError(f"unexpected tensor {hf_name!r} in the checkpoint at {directory}")
+            loaded.add(key)
+            model._copy_weight(key, tensor, hf_name)
+        for (layer, kind), parts in qkv.items():
+            key = f"h.{layer}.attn.c_attn.{kind}"
+            if set(parts) != {"query", "key", "value"} or key not in ours:
+                raise ValueError(f"checkpoint at {directory} has an incomplete or extra attention layer {layer}")
+            model._copy_weight(key, torch.cat([parts["query"], parts["key"], parts["value"]]), key)
+            loaded.add(key)
+        fresh = ("classifier.", "mlm_", "pooler.") if head is not None else ()  # a new head starts from its init
+        missing = [k for k in ours if k not in loaded and not (fresh and k.startswith(fresh))]
+        if missing:
+            raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+        return model
+
+    def _copy_weight(self, key, tensor, source_name):
+        target = self.state_dict()[key]
+        if tensor.shape != target.shape:
+            raise ValueError(f"shape mismatch for {source_name}: checkpoint {tuple(tensor.shape)}, model {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(tensor.to(target.dtype))
+
+    # -------------------------------------------------------------------------
+    # Optimizer
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices only (gpt.py's): biases and LayerNorm gains get none."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def flops_per_token(self):
+        """Training FLOPs per token: 6 per parameter that does a matmul, plus attention's score and
+        mixing matmuls, 12 * n_layer * T * n_embd (as gpt.py). The position and token-type tables are
+        lookups, not matmuls; the word table counts, as the MLM decoder multiplies by it."""
+        cfg = self.config
+        lookups = self.embeddings.wpe.weight.numel() + self.embeddings.wtt.weight.numel()
+        if cfg.head != "mlm":
+            lookups += self.embeddings.wte.weight.numel()
+        return 6 * (self.num_params() - lookups) + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+
+# -----------------------------------------------------------------------------
+# Reading Hugging Face checkpoints without extra dependencies (gpt.py's)
+
+
+def read_safetensors(path):
+    """Read a .safetensors file into a dict of tensors (the format is explained in gpt.py)."""
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        data = bytearray(f.read())
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        if info["dtype"] not in dtypes:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        flat = torch.frombuffer(data, dtype=dtypes[info["dtype"]], offset=begin,
+                                count=(end - begin) // dtypes[info["dtype"]].itemsize)
+        tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def load_hf_weights(directory):
+    """The state dict of a Hugging Face checkpoint directory, from safetensors or a PyTorch .bin."""
+    safetensors_path = os.path.join(directory, "model.safetensors")
+    if os.path.exists(safetensors_path):
+        return read_safetensors(safetensors_path)
+    bin_path = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory} has neither model.safetensors nor pytorch_model.bin")

@@ -1,0 +1,170 @@
+"""bert.py: parity with Hugging Face BERT (models and tokenizer), masks, heads, embeddings, training, errors."""
+import math
+import os
+
+import pytest
+import torch
+
+import bert
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+    args = dict(block_size=32, vocab_size=61, n_layer=2, n_head=4, n_embd=32, n_inner=64, dropout=0.0)
+    return bert.BertConfig(**(args | overrides))
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face parity
+
+
+def save_random_hf_bert(directory, architecture="BertForMaskedLM", safe=True, **overrides):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(**(dict(vocab_size=99, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                                             intermediate_size=80, max_position_embeddings=40, type_vocab_size=2,
+                                             num_labels=3) | overrides))
+    hf = getattr(transformers, architecture)(config).eval()
+    # Random init leaves biases and LayerNorms at 0/1; perturb every parameter a little so the
+    # test notices any tensor dropped, misplaced or transposed.
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(directory, safe_serialization=safe)
+    return hf
+
+
+def padded_pair_batch(vocab_size=99):
+    """Three sequences of lengths 17, 11 and 6 padded to 17, each with two segments."""
+    torch.manual_seed(1)
+    idx = torch.randint(1, vocab_size, (3, 17))
+    attention_mask = torch.zeros(3, 17, dtype=torch.long)
+    token_type_ids = torch.zeros(3, 17, dtype=torch.long)
+    for row, (length, second) in enumerate([(17, 9), (11, 4), (6, 3)]):
+        attention_mask[row, :length] = 1
+        token_type_ids[row, second:length] = 1
+        idx[row, length:] = 0  # [PAD]
+    return idx, attention_mask, token_type_ids
+
+
+@pytest.mark.parametrize("architecture, safe", [("BertForMaskedLM", True), ("BertForMaskedLM", False),
+                                                ("BertForSequenceClassification", True),
+                                                ("BertForTokenClassification", True), ("BertModel", True)])
+def test_logits_and_hidden_states_match_hf(tmp_path, architecture, safe):
+    hf = save_random_hf_bert(tmp_path, architecture, safe)
+    ours = bert.Bert.from_pretrained(str(tmp_path)).eval()
+    idx, attention_mask, token_type_ids = padded_pair_batch()
+    with torch.no_grad():
+        expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                      output_hidden_states=True)
+        logits, _ = ours(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        hidden = ours.encode(idx, attention_mask, token_type_ids)
+    torch.testing.assert_close(hidden, expected.hidden_states[-1], rtol=0, atol=1e-4)
+    if architecture == "BertModel":
+        assert ours.config.head == "none"
+        torch.testing.assert_close(logits, expected.last_hidden_state, rtol=0, atol=1e-4)
+        torch.testing.assert_close(ours.pool(hidden), expected.pooler_output, rtol=0, atol=1e-4)
+    else:
+        torch.testing.assert_close(logits, expected.logits, rtol=0, atol=1e-4)
+    if architecture == "BertForSequenceClassification":
+        assert ours.config.labels == ("LABEL_0", "LABEL_1", "LABEL_2")
+
+
+def test_losses_match_hf(tmp_path):
+    hf = save_random_hf_bert(tmp_path, "BertForMaskedLM")
+    ours = bert.Bert.from_pretrained(str(tmp_path)).eval()
+    idx, attention_mask, token_type_ids = padded_pair_batch()
+    targets = torch.full_like(idx, -1)
+    targets[0, 3], targets[1, 5], targets[2, 0] = 7, 8, 9
+    with torch.no_grad():
+        expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                      labels=targets.masked_fill(targets == -1, -100)).loss
+        _, loss = ours(idx, targets, attention_mask, token_type_ids)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-5)
+
+
+def test_padding_does_not_change_real_tokens(tmp_path):
+    save_random_hf_bert(tmp_path, "BertForMaskedLM")
+    model = bert.Bert.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(1, 99, (1, 9))
+    alone, _ = model(idx)
+    padded = torch.cat([idx, torch.randint(1, 99, (1, 5))], dim=1)  # junk after the end
+    mask = torch.tensor([[1] * 9 + [0] * 5])
+    with_padding, _ = model(padded, attention_mask=mask)
+    torch.testing.assert_close(with_padding[:, :9], alone, rtol=0, atol=1e-5)
+
+
+def test_attention_is_bidirectional():
+    torch.manual_seed(0)
+    model = bert.Bert(tiny_config()).eval()
+    idx = torch.randint(61, (1, 20))
+    changed = idx.clone()
+    changed[0, 15] = (changed[0, 15] + 1) % 61  # a change late in the sequence...
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert (a[0, 0] - b[0, 0]).abs().max() > 1e-4  # ...reaches the first position
+
+
+@pytest.mark.parametrize("head", ["mlm", "sequence", "token", "none"])
+def test_manual_attention_equals_sdpa(head):
+    torch.manual_seed(2)
+    labels = ("a", "b", "c") if head in ("sequence", "token") else ()
+    fused = bert.Bert(tiny_config(head=head, labels=labels)).eval()
+    manual = bert.Bert(tiny_config(head=head, labels=labels, attention="manual")).eval()
+    manual.load_state_dict(fused.state_dict())
+    idx, attention_mask, token_type_ids = padded_pair_batch(61)
+    torch.testing.assert_close(manual(idx, None, attention_mask, token_type_ids)[0],
+                               fused(idx, None, attention_mask, token_type_ids)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(manual(idx)[0], fused(idx)[0], rtol=1e-5, atol=1e-5)  # no mask at all
+
+
+def test_shapes_initial_loss_and_tying():
+    torch.manual_seed(0)
+    model = bert.Bert(tiny_config())
+    idx = torch.randint(61, (3, 20))
+    targets = torch.full_like(idx, -1)
+    targets[:, ::3] = idx[:, ::3]
+    logits, loss = model(idx, targets)
+    assert logits.shape == (3, 20, 61)
+    assert abs(loss.item() - math.log(61)) < 0.2  # near-uniform predictions at init
+    assert model.embeddings.wte.weight.grad is None
+    loss.backward()
+    assert model.embeddings.wte.weight.grad is not None  # the decoder is the embedding matrix
+    classifier = bert.Bert(tiny_config(head="sequence", labels=("x", "y")))
+    logits, loss = classifier(idx, torch.tensor([0, 1, 1]))
+    assert logits.shape == (3, 2) and loss.item() > 0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible by n_head"):
+        bert.BertConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="head='decoder'"):
+        bert.BertConfig(head="decoder")
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        bert.BertConfig(head="sequence", labels=("only",))
+    with pytest.raises(ValueError, match="longer than block_size=32"):
+        bert.Bert(tiny_config())(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        bert.Bert.from_pretrained(str(tmp_path))
+    save_random_hf_bert(tmp_path, "BertForMaskedLM", hidden_act="relu")
+    with pytest.raises(ValueError, match="hidden_act='relu'"):
+        bert.Bert.from_pretrained(str(tmp_path))
+    save_random_hf_bert(tmp_path, "BertForMultipleChoice")
+    with pytest.raises(ValueError, match="BertForMultipleChoice"):
+        bert.Bert.from_pretrained(str(tmp_path))
+
+
+def test_new_head_on_a_pretrained_encoder(tmp_path):
+    hf = save_random_hf_bert(tmp_path, "BertForMaskedLM")
+    model = bert.Bert.from_pretrained(str(tmp_path), head="sequence", labels=("x", "y")).eval()
+    idx, attention_mask, token_type_ids = padded_pair_batch()
+    with torch.no_grad():
+        expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                      output_hidden_states=True).hidden_states[-1]
+        logits, _ = model(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    torch.testing.assert_close(model.encode(idx, attention_mask, token_type_ids), expected, rtol=0, atol=1e-4)
+    assert logits.shape == (3, 2)
