@@ -168,3 +168,68 @@ def test_new_head_on_a_pretrained_encoder(tmp_path):
         logits, _ = model(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
     torch.testing.assert_close(model.encode(idx, attention_mask, token_type_ids), expected, rtol=0, atol=1e-4)
     assert logits.shape == (3, 2)
+
+
+# -----------------------------------------------------------------------------
+# WordPiece tokenizer: ids equal HF's BertTokenizer
+
+SHAKESPEARE = os.path.join(os.path.dirname(REPO), "shared", "data", "tinyshakespeare", "input.txt")
+STRESS = [
+    "Héllo Wörld! Ça va? naïve café RÉSUMÉ", "北京欢迎你 and 東京", "ＡＢＣ full-width ｄｉｇｉｔｓ１２",
+    "MiXeD CaSe WoRdS", "x" * 150, "a" + "b" * 99, "a" + "b" * 100, "emoji 😀👍🏽 here", "tabs\tand\nnewlines\r\n",
+    "control\x00\x07\u200bchars\ufffd", "punct: (a), [b]; {c}! ¿qué? «quote» — dash… $5+3=8 ^_^ `tick` ~tilde |pipe",
+    "don't can't it's", "İstanbul ǅ ß ﬁ", "Ωμέγα Ελληνικά", "日本語のテキスト", "한국어 텍스트", "To be, or [MASK] to be",
+    "[CLS] x [SEP] [mask]", "   leading and trailing   ", "", "\u2028line\u2029sep\u00a0nbsp\u3000ideo",
+    "ROMEO: O, she doth teach the torches to burn bright!",
+]
+UNSEEN = ["snow ☃ man", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 fraktur", "Zanzibarquux xylophonic"]  # characters the vocabulary lacks
+
+
+def shakespeare_lines():
+    fixture = os.path.join(REPO, "tests", "data", "shakespeare.txt")
+    for path in (SHAKESPEARE, fixture):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return f.read().split("\n")
+    pytest.skip(f"tiny Shakespeare not found at {SHAKESPEARE} (nor a fixture at {fixture})")
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["uncased", "cased"])
+def vocab_dir(request, tmp_path_factory):
+    """A WordPiece vocabulary trained on Shakespeare plus the stress list, saved as HF saves one."""
+    tokenizers = pytest.importorskip("tokenizers")
+    directory = tmp_path_factory.mktemp("uncased" if request.param else "cased")
+    trainer = tokenizers.BertWordPieceTokenizer(lowercase=request.param)
+    trainer.train_from_iterator(shakespeare_lines() + STRESS, vocab_size=1500)
+    trainer.save_model(str(directory))
+    (directory / "tokenizer_config.json").write_text(f'{{"do_lower_case": {str(request.param).lower()}}}')
+    return str(directory)
+
+
+def test_wordpiece_ids_equal_hf(vocab_dir):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.BertTokenizer.from_pretrained(vocab_dir)
+    ours = bert.WordPieceTokenizer.from_pretrained(vocab_dir)
+    texts = shakespeare_lines() + STRESS + UNSEEN
+    expected = hf(texts)["input_ids"]
+    got = [ours.encode(text) for text in texts]
+    mismatches = [(t, e, g) for t, e, g in zip(texts, expected, got) if e != g]
+    assert not mismatches, mismatches[:3]
+    # The stress list really reaches the unknown-word and long-word paths.
+    assert ours.encode("x" * 150) == [ours.cls_id, ours.unk_id, ours.sep_id]
+    assert all(ours.unk_id in ids for ids in got[-len(UNSEEN):-1])
+    assert len(ours.encode("a" + "b" * 99)) > 3  # 100 characters is still a word
+    # Pairs get [CLS] a [SEP] b [SEP] and segments 0...0 1...1; decode as HF's.
+    pair = hf("Hello there, friend.", "Second part: (here)!")
+    ids = ours.encode("Hello there, friend.", "Second part: (here)!")
+    assert ids == pair["input_ids"] and ours.token_types(ids) == pair["token_type_ids"]
+    for ids in got[:2000] + got[-len(STRESS) - len(UNSEEN):]:
+        assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+
+
+def test_vocab_without_cls_or_sep_is_refused(tmp_path):
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[SEP]\nthe\n")
+    with pytest.raises(ValueError, match=r"vocab.txt: the vocabulary lacks \[CLS\]"):
+        bert.WordPieceTokenizer.from_pretrained(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no vocab.txt"):
+        bert.WordPieceTokenizer.from_pretrained(str(tmp_path / "nowhere"))
