@@ -665,3 +665,145 @@ def token_types(ids, sep_id):
         if i == sep_id:
             segment = 1
     return types
+
+
+class DatasetTokenizer:
+    """A prepared dataset's tokenizer (prepare_data.py: char, gpt2 or bpe) with BERT's special tokens
+    appended after its vocabulary, and the same interface as WordPieceTokenizer.
+
+    The datasets have no [CLS], [SEP], [MASK] or [PAD], so pretraining gives them the next free
+    ids: a 65-character vocabulary becomes 69 tokens, ids 65..68 being the special tokens (listed in
+    the checkpoint's tokenizer meta as "special_tokens"). Special tokens typed in a prompt
+    ("To be, or [MASK] to be") are recognised; everything else goes through the dataset's tokenizer.
+    """
+
+    def __init__(self, meta):
+        self.base = prepare_data.load_tokenizer(meta)
+        self.special_ids_by_token = dict(meta["special_tokens"])
+        self.special_tokens = list(self.special_ids_by_token)
+        self.special_ids = set(self.special_ids_by_token.values())
+        self.vocab_size = meta["vocab_size"] + len(self.special_tokens)
+        self.cls_id, self.sep_id = self.special_ids_by_token["[CLS]"], self.special_ids_by_token["[SEP]"]
+        self.mask_id, self.pad_id = self.special_ids_by_token["[MASK]"], self.special_ids_by_token["[PAD]"]
+        self._special_pattern = re.compile("(" + "|".join(re.escape(t) for t in self.special_tokens) + ")")
+
+    def tokenize(self, text):
+        ids = []
+        for part in self._special_pattern.split(text):
+            if part in self.special_ids_by_token:
+                ids.append(self.special_ids_by_token[part])
+            elif part:
+                ids += self.base.encode(part)
+        return ids
+
+    def encode(self, text, pair=None):
+        ids = [self.cls_id] + self.tokenize(text) + [self.sep_id]
+        if pair is not None:
+            ids += self.tokenize(pair) + [self.sep_id]
+        return ids
+
+    def token_types(self, ids):
+        return token_types(ids, self.sep_id)
+
+    def decode(self, ids):
+        return self.base.decode([i for i in ids if i not in self.special_ids])
+
+
+def with_special_tokens(meta):
+    """A dataset's meta with BERT's special tokens appended to its vocabulary (see DatasetTokenizer)."""
+    n = meta["vocab_size"]
+    return meta | {"special_tokens": {t: n + i for i, t in enumerate(t for t in SPECIAL_TOKENS if t != "[UNK]")}}
+
+
+def load_tokenizer(meta):
+    """The tokenizer of a bert.py checkpoint, from its "tokenizer" meta (sample.py calls this)."""
+    if "wordpiece" in meta:  # fine-tuned from a Hugging Face checkpoint: its vocab.txt travels along
+        return WordPieceTokenizer(meta["wordpiece"]["vocab"], **meta["wordpiece"]["options"])
+    return DatasetTokenizer(meta)
+
+
+# -----------------------------------------------------------------------------
+# Using a trained encoder: embeddings, fill-mask, classification
+
+
+def pad_batch(sequences, tokenizer, block_size):
+    """Lists of ids -> idx, attention_mask, token_type_ids, each (B, T), padded to the longest.
+
+    Refuses (ValueError) a sequence longer than the position table rather than truncating it:
+    silently dropping the end of a text would change the answer without saying so.
+    """
+    longest = max(len(ids) for ids in sequences)
+    if longest > block_size:
+        raise ValueError(f"a text is {longest} tokens long, more than the model's {block_size} positions; "
+                         f"shorten it (or split it into parts)")
+    idx = torch.full((len(sequences), longest), tokenizer.pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(sequences), longest, dtype=torch.long)
+    token_type_ids = torch.zeros(len(sequences), longest, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        idx[row, :len(ids)] = torch.tensor(ids)
+        attention_mask[row, :len(ids)] = 1
+        token_type_ids[row, :len(ids)] = torch.tensor(tokenizer.token_types(ids))
+    return idx, attention_mask, token_type_ids
+
+
+@torch.no_grad()
+def sentence_embeddings(model, tokenizer, sentences, batch_size=32):
+    """Sentences -> (N, n_embd) unit vectors whose dot products are cosine similarities.
+
+    The recipe of sentence-transformers (Reimers & Gurevych 2019, "Sentence-BERT") for models such as
+    all-MiniLM-L6-v2: run the encoder, average the last hidden states over the real tokens ([CLS] and
+    [SEP] included, padding excluded), then L2-normalise. Mean pooling beat the [CLS] vector in their
+    experiments; a model trained this way (contrastively, on sentence pairs) puts paraphrases close
+    together. A raw MLM checkpoint was never trained for this, so its similarities are much weaker.
+    """
+    device = next(model.parameters()).device
+    vectors = []
+    for start in range(0, len(sentences), batch_size):
+        batch = [tokenizer.encode(s) for s in sentences[start:start + batch_size]]
+        idx, attention_mask, token_type_ids = (t.to(device) for t in pad_batch(batch, tokenizer, model.config.block_size))
+        hidden = model.encode(idx, attention_mask, token_type_ids).float()  # (B, T, C)
+        weights = attention_mask.unsqueeze(-1).float()  # (B, T, 1): 1 on real tokens, 0 on padding
+        mean = (hidden * weights).sum(dim=1) / weights.sum(dim=1)  # (B, C)
+        vectors.append(F.normalize(mean, dim=-1))
+    return torch.cat(vectors)
+
+
+@torch.no_grad()
+def fill_mask(model, tokenizer, text, k=5):
+    """The k most likely tokens for each [MASK] in text: a list (one per [MASK]) of [(token, probability)].
+
+    Every [MASK] is predicted from the same single forward pass, each independently of the others'
+    answers: BERT's masked positions do not condition on one another.
+    """
+    if model.config.head != "mlm":
+        raise ValueError(f"fill-mask needs a masked-LM head; this model's head is {model.config.head!r}")
+    ids = tokenizer.encode(text)
+    positions = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
+    if not positions:
+        raise ValueError(f"the text has no [MASK] token to fill; write [MASK] where a token is missing, "
+                         f"e.g. \"To be, or [MASK] to be\"")
+    device = next(model.parameters()).device
+    idx, attention_mask, token_type_ids = (t.to(device) for t in pad_batch([ids], tokenizer, model.config.block_size))
+    logits, _ = model(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    probs = F.softmax(logits[0, positions].float(), dim=-1)  # (n_masks, vocab_size)
+    # Never propose [MASK], [CLS], ... or the unused rows of a padded vocabulary: they are not text.
+    # Their probability is dropped, not shared out, so the others keep the model's own numbers.
+    probs[:, sorted(tokenizer.special_ids)] = 0.0
+    probs[:, tokenizer.vocab_size:] = 0.0
+    probs, best = probs.topk(k, dim=-1)
+    return [[(tokenizer.decode([i]), p) for i, p in zip(row_ids.tolist(), row_probs.tolist())]
+            for row_ids, row_probs in zip(best, probs)]
+
+
+@torch.no_grad()
+def classify(model, tokenizer, text, pair=None):
+    """[(label, probability)] for a sequence classifier, most likely first."""
+    if model.config.head != "sequence":
+        raise ValueError(f"classification needs a sequence-classification head; this model's head is {model.config.head!r}")
+    device = next(model.parameters()).device
+    batch = pad_batch([tokenizer.encode(text, pair)], tokenizer, model.config.block_size)
+    idx, attention_mask, token_type_ids = (t.to(device) for t in batch)
+    logits, _ = model(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    probs = F.softmax(logits[0].float(), dim=-1)
+    order = probs.argsort(descending=True).tolist()
+    return [(model.config.labels[i], probs[i].item()) for i in order]

@@ -233,3 +233,79 @@ def test_vocab_without_cls_or_sep_is_refused(tmp_path):
         bert.WordPieceTokenizer.from_pretrained(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no vocab.txt"):
         bert.WordPieceTokenizer.from_pretrained(str(tmp_path / "nowhere"))
+
+
+# -----------------------------------------------------------------------------
+# Embeddings, fill-mask and classification on a pretrained directory
+
+WORDS = ["the", "king", "queen", "my", "lord", "good", "night", "sweet", "sorrow", "to", "be", "or", "not", "is",
+         "question", "a", "rose", "by", "any", "other", "name", "would", "smell", "as", "##s", "##ed", ",", ".", "!", "?"]
+
+
+def save_hf_dir_with_vocab(directory, architecture):
+    """A random HF BERT of 99 tokens plus a matching vocab.txt: a complete pretrained directory."""
+    hf = save_random_hf_bert(directory, architecture)
+    vocab = list(bert.SPECIAL_TOKENS) + WORDS
+    vocab += [f"[unused{i}]" for i in range(99 - len(vocab))]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return hf
+
+
+def test_sentence_embeddings_are_mean_pooled_hf_states(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = save_hf_dir_with_vocab(tmp_path, "BertModel")
+    hf_tokenizer = transformers.BertTokenizer.from_pretrained(str(tmp_path))
+    model = bert.Bert.from_pretrained(str(tmp_path)).eval()
+    tokenizer = bert.WordPieceTokenizer.from_pretrained(str(tmp_path))
+    sentences = ["the king is good", "a rose by any other name would smell as sweet", "good night"]
+    vectors = bert.sentence_embeddings(model, tokenizer, sentences, batch_size=2)
+    # Reference: sentence-transformers' pooling written out on HF's hidden states.
+    batch = hf_tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = hf(**batch).last_hidden_state
+    weights = batch["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+    torch.testing.assert_close(vectors, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(3))
+    alone = bert.sentence_embeddings(model, tokenizer, sentences[2:])
+    torch.testing.assert_close(alone[0], vectors[2], rtol=0, atol=1e-5)  # padding changes nothing
+
+
+def test_fill_mask_equals_hf_probabilities(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = save_hf_dir_with_vocab(tmp_path, "BertForMaskedLM")
+    hf_tokenizer = transformers.BertTokenizer.from_pretrained(str(tmp_path))
+    model = bert.Bert.from_pretrained(str(tmp_path)).eval()
+    tokenizer = bert.WordPieceTokenizer.from_pretrained(str(tmp_path))
+    text = "to be , or [MASK] to be : that is the [MASK]"
+    fills = bert.fill_mask(model, tokenizer, text, k=4)
+    batch = hf_tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        probs = hf(**batch).logits.softmax(-1)[0]
+    positions = (batch["input_ids"][0] == tokenizer.mask_id).nonzero().flatten().tolist()
+    assert len(fills) == len(positions) == 2
+    for position, row in zip(positions, fills):
+        expected = probs[position].clone()
+        expected[sorted(tokenizer.special_ids)] = 0
+        values, ids = expected.topk(4)
+        assert [token for token, _ in row] == hf_tokenizer.convert_ids_to_tokens(ids.tolist())
+        torch.testing.assert_close(torch.tensor([p for _, p in row]), values, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="no \\[MASK\\] token"):
+        bert.fill_mask(model, tokenizer, "no mask here")
+    with pytest.raises(ValueError, match="more than the model's 40 positions"):
+        bert.fill_mask(model, tokenizer, "[MASK] " + "the " * 40)
+
+
+def test_classify_equals_hf(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = save_hf_dir_with_vocab(tmp_path, "BertForSequenceClassification")
+    hf_tokenizer = transformers.BertTokenizer.from_pretrained(str(tmp_path))
+    model = bert.Bert.from_pretrained(str(tmp_path)).eval()
+    tokenizer = bert.WordPieceTokenizer.from_pretrained(str(tmp_path))
+    result = bert.classify(model, tokenizer, "my lord", "good night")
+    with torch.no_grad():
+        probs = hf(**hf_tokenizer("my lord", "good night", return_tensors="pt")).logits.softmax(-1)[0]
+    ours = dict(result)
+    assert sorted(ours) == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    assert [ours[f"LABEL_{i}"] for i in range(3)] == pytest.approx(probs.tolist(), abs=1e-5)
+    assert [p for _, p in result] == sorted((p for _, p in result), reverse=True)
