@@ -7,6 +7,8 @@ sample.py — generate text from a trained checkpoint or from pretrained Hugging
     python sample.py --init_from=gpt2 --start="The meaning of life is" --top_p=0.9
     python sample.py --init_from=path/to/hf_checkpoint_dir          # a local GPT-2 or Llama checkpoint
     python sample.py --out_dir=out --interactive=True               # type prompts, get continuations
+    python sample.py --out_dir=out-bert-shakespeare-char-cpu --start="To be, or not to b[MASK]"   # bert.py: fill-mask
+    python sample.py --init_from=path/to/hf_bert_dir --start="Paris is the [MASK] of France."  # or a classifier
 
 The checkpoint says which script wrote it (its "model_type"), the model's shape ("model_args") and the
 tokenizer it was trained with, so this one file rebuilds any of the repository's models: it imports
@@ -15,7 +17,9 @@ trains), builds the model, loads the weights and calls its generate().
 
 Options (all --key=value): out_dir, init_from ('resume' reads out_dir/ckpt.pt; otherwise a Hugging
 Face hub id or local directory), start, num_samples, max_new_tokens, temperature (0 = greedy), top_k,
-top_p, repetition_penalty, seed, device, dtype, compile, interactive.
+top_p, repetition_penalty, seed, device, dtype, compile, interactive, fill_k. An encoder (bert.py)
+does not generate: it prints the fill_k likeliest tokens for each [MASK] in the prompt, or, for a
+classifier, the probability of each label.
 """
 
 import importlib
@@ -33,9 +37,10 @@ MODELS = {
     "bigram": ("bigram", "Bigram", "BigramConfig"),
     "gpt": ("gpt", "GPT", "GPTConfig"),
     "llama": ("llama", "Llama", "LlamaConfig"),
+    "bert": ("bert", "Bert", "BertConfig"),
 }
 # Hugging Face config.json "model_type" -> our model_type
-HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama"}
+HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "bert": "bert"}
 
 DEFAULTS = {
     "out_dir": "out",
@@ -52,6 +57,7 @@ DEFAULTS = {
     "dtype": "auto",
     "compile": False,
     "interactive": False,
+    "fill_k": 5,  # encoders (bert.py): how many candidates to show for each [MASK]
 }
 # Keys that may also be None, and the type of their non-None value.
 OPTIONAL = {"top_k": int, "top_p": float}
@@ -130,7 +136,8 @@ def load_checkpoint(out_dir):
     model_class, config_class = import_model(model_type)
     model = model_class(config_class(**model_args))
     model.load_state_dict(state)
-    return model, prepare_data.load_tokenizer(meta)
+    # A script whose checkpoints need more than a dataset tokenizer (bert.py's special tokens) has its own loader.
+    return model, getattr(sys.modules[model_class.__module__], "load_tokenizer", prepare_data.load_tokenizer)(meta)
 
 
 def load_pretrained(name_or_dir):
@@ -156,6 +163,11 @@ def load_pretrained(name_or_dir):
         model = model_class.from_pretrained(directory)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         fail(f"cannot load {name_or_dir!r}: {e}")
+    if model_type == "bert":  # BERT's WordPiece vocabulary: vocab.txt (+ tokenizer_config.json)
+        try:
+            return model, module.WordPieceTokenizer.from_pretrained(directory)
+        except (ValueError, FileNotFoundError) as e:
+            fail(f"cannot use the tokenizer of {name_or_dir}: {e}")
     tokenizer_json = os.path.join(directory, "tokenizer.json")
     if os.path.isfile(tokenizer_json):
         import bpe
@@ -168,6 +180,32 @@ def load_pretrained(name_or_dir):
         return model, prepare_data.load_tokenizer({"tokenizer": "gpt2"})
     fail(f"{name_or_dir} has no tokenizer.json; sample.py reads byte-level BPE tokenizer.json files "
          f"(SentencePiece .model files are not supported)")
+
+
+def predict_with_encoder(cfg, model, tokenizer, autocast):
+    """bert.py models: the fill_k likeliest tokens for each [MASK] in --start (with probabilities),
+    or a sequence classifier's distribution over its labels. --start may be FILE:path."""
+    module = sys.modules[type(model).__module__]
+    head = model.config.head
+    if head not in ("mlm", "sequence"):
+        fail(f"this model has no fill-mask or classification head (head={head!r}); sample.py needs one of them")
+    start = cfg["start"]
+    if start.startswith("FILE:"):
+        if not os.path.isfile(start[len("FILE:"):]):
+            fail(f"prompt file {start[len('FILE:'):]!r} not found")
+        with open(start[len("FILE:"):], encoding="utf-8") as f:
+            start = f.read()
+    try:
+        with autocast:
+            if head == "sequence":
+                for label, prob in module.classify(model, tokenizer, start):
+                    print(f"{prob:8.4f}  {label}")
+                return
+            fills = module.fill_mask(model, tokenizer, start, cfg["fill_k"])
+    except ValueError as e:  # no [MASK], too long, characters the vocabulary lacks
+        fail(str(e))
+    for n, candidates in enumerate(fills, 1):
+        print(f"[MASK] {n}: " + ", ".join(f"{token!r} {prob:.4f}" for token, prob in candidates))
 
 
 def main(argv):
@@ -191,6 +229,8 @@ def main(argv):
     model.eval().to(cfg["device"])
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    if not hasattr(model, "generate"):  # an encoder (bert.py) does not write text: it fills masks, classifies
+        return predict_with_encoder(cfg, model, tokenizer, autocast)
     if cfg["compile"]:
         # Replace forward (which generate() calls) by its compiled version. Compiling is lazy, so try
         # a short generation now and fall back to the plain forward if this platform cannot compile.

@@ -1,6 +1,8 @@
 """bert.py: parity with Hugging Face BERT (models and tokenizer), masks, heads, embeddings, training, errors."""
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -309,3 +311,34 @@ def test_classify_equals_hf(tmp_path):
     assert sorted(ours) == ["LABEL_0", "LABEL_1", "LABEL_2"]
     assert [ours[f"LABEL_{i}"] for i in range(3)] == pytest.approx(probs.tolist(), abs=1e-5)
     assert [p for _, p in result] == sorted((p for _, p in result), reverse=True)
+
+
+def run_sample(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), "--device=cpu", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_sample_py_fills_masks_and_classifies_from_a_hf_directory(tmp_path, capsys):
+    sample = pytest.importorskip("sample")
+    mlm_dir, classifier_dir = tmp_path / "mlm", tmp_path / "classifier"
+    save_hf_dir_with_vocab(mlm_dir, "BertForMaskedLM")
+    save_hf_dir_with_vocab(classifier_dir, "BertForSequenceClassification")
+    model = bert.Bert.from_pretrained(str(mlm_dir)).eval()
+    tokenizer = bert.WordPieceTokenizer.from_pretrained(str(mlm_dir))
+    text = "good [MASK] , sweet [MASK]"
+    sample.main([f"--init_from={mlm_dir}", f"--start={text}", "--fill_k=3", "--device=cpu"])
+    expected = bert.fill_mask(model, tokenizer, text, k=3)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for n, (line, candidates) in enumerate(zip(lines, expected), 1):
+        assert line == f"[MASK] {n}: " + ", ".join(f"{t!r} {p:.4f}" for t, p in candidates)
+    sample.main([f"--init_from={classifier_dir}", "--start=my lord", "--device=cpu"])
+    printed = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert sorted(label for _, label in printed) == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    assert sum(float(p) for p, _ in printed) == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(SystemExit, match="more than the model's 40 positions"):
+        sample.main([f"--init_from={mlm_dir}", "--start=[MASK] " + "the " * 40, "--device=cpu"])
+    # On the command line: one line, no traceback.
+    result = run_sample(f"--init_from={mlm_dir}", "--start=no mask at all")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: the text has no [MASK] token") and len(result.stderr.strip().splitlines()) == 1
