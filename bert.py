@@ -587,6 +587,14 @@ class WordPieceTokenizer:
         except ValueError as e:
             raise ValueError(f"{vocab_path}: {e}") from None
 
+    def to_meta(self):
+        """A plain dict for a checkpoint's "tokenizer" entry (load_tokenizer rebuilds the tokenizer)."""
+        return {"tokenizer": "wordpiece", "vocab_size": self.vocab_size,
+                "wordpiece": {"vocab": self.vocab, "options": {
+                    "do_lower_case": self.do_lower_case, "strip_accents": self.strip_accents,
+                    "tokenize_chinese_chars": self.tokenize_chinese_chars,
+                    "max_input_chars_per_word": self.max_input_chars_per_word}}}
+
     def basic_tokenize(self, text):
         """Text -> words and punctuation marks: clean, space out CJK, strip accents, lower-case, split."""
         text = "".join(self._clean_char(char) for char in text)
@@ -807,3 +815,641 @@ def classify(model, tokenizer, text, pair=None):
     probs = F.softmax(logits[0].float(), dim=-1)
     order = probs.argsort(descending=True).tolist()
     return [(model.config.labels[i], probs[i].item()) for i in order]
+
+
+# -----------------------------------------------------------------------------
+# Training data: masked-LM batches from a prepared dataset, labelled batches from label<TAB>text files
+
+def mask_tokens(idx, mask_id, n_text_tokens, mask_prob=0.15):
+    """BERT's corruption: (B, T) ids -> (inputs, targets).
+
+    A share mask_prob of the text tokens is chosen (BERT's 15%: fewer gives too little signal per
+    sequence, more leaves too little context to predict from; Wettig et al. 2023 found 40% better
+    for large models) (at least one per sequence, so that no micro-batch is left
+    without a loss); 80% of the chosen become [MASK], 10% a random text token, 10% stay themselves.
+    targets holds the original id at chosen positions and -1 elsewhere, so the loss sees only them.
+    Ids >= n_text_tokens are the special tokens appended to the vocabulary ([CLS], [SEP], ...): never
+    chosen, never drawn as random replacements. Uses the global RNG, saved in checkpoints.
+    """
+    is_text = idx < n_text_tokens
+    scores = torch.rand(idx.shape, device=idx.device)
+    chosen = (scores < mask_prob) & is_text
+    first = scores.masked_fill(~is_text, 2.0).argmin(dim=1)  # the likeliest-chosen text token of each row
+    chosen[torch.arange(idx.size(0), device=idx.device), first] = True
+    targets = torch.where(chosen, idx, -1)
+    action = torch.rand(idx.shape, device=idx.device)
+    inputs = torch.where(chosen & (action < 0.8), mask_id, idx)
+    random_ids = torch.randint(n_text_tokens, idx.shape, device=idx.device)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+    return inputs, targets
+
+
+def read_labelled(path):
+    """A label<TAB>text file -> [(label, text)]; a malformed line is a ValueError naming it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} not found; write label<TAB>text lines there, or run "
+                         f"python prepare_data.py shakespeare_speakers")
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            label, tab, text = line.partition("\t")
+            if not tab or not label or not text:
+                raise ValueError(f"{path} line {number} is not label<TAB>text: {line[:60]!r}")
+            examples.append((label, text))
+    if not examples:
+        raise ValueError(f"{path} holds no examples")
+    return examples
+
+
+class LabelledData:
+    """The train.tsv and val.tsv of a labelled dataset, tokenized and padded to block_size.
+
+    Each text becomes [CLS] text [SEP]; one longer than block_size keeps its first block_size - 2 tokens
+    (a warning says how many). Batches are padded to block_size, a fixed shape, so that a compiled
+    model sees one shape; attention_mask hides the padding.
+    """
+
+    def __init__(self, data_dir, tokenizer, labels, block_size, device):
+        self.device, self.block_size = device, block_size
+        self.label_ids = {label: i for i, label in enumerate(labels)}
+        self.data = {}
+        truncated = 0
+        for split in ("train", "val"):
+            path = os.path.join(data_dir, f"{split}.tsv")
+            rows = []
+            for number, (label, text) in enumerate(read_labelled(path), 1):
+                if label not in self.label_ids:
+                    raise ValueError(f"unknown label {label!r} in {path} (example {number}); the model knows "
+                                     f"{', '.join(labels)}")
+                try:
+                    ids = tokenizer.encode(text)
+                except ValueError as e:  # e.g. a character the char-level vocabulary never saw
+                    raise ValueError(f"{path} example {number}: {e}") from None
+                if len(ids) > block_size:
+                    ids = ids[:block_size - 1] + [tokenizer.sep_id]
+                    truncated += 1
+                rows.append((ids, self.label_ids[label]))
+            idx, attention_mask, token_type_ids = pad_batch([ids for ids, _ in rows], tokenizer, block_size)
+            pad = block_size - idx.size(1)  # pad_batch pads to the longest; we want block_size exactly
+            self.data[split] = (F.pad(idx, (0, pad), value=tokenizer.pad_id), F.pad(attention_mask, (0, pad)),
+                                F.pad(token_type_ids, (0, pad)), torch.tensor([y for _, y in rows]))
+        if truncated:
+            print(f"warning: {truncated} texts are longer than block_size={block_size} tokens; "
+                  f"only their first {block_size - 2} tokens are used")
+
+    def size(self, split):
+        return len(self.data[split][3])
+
+    def batch(self, split, rows):
+        return tuple(t[rows].to(self.device) for t in self.data[split])
+
+    def get_batch(self, split, batch_size):
+        """A random batch (drawn with the global RNG): idx, attention_mask, token_type_ids, labels."""
+        return self.batch(split, torch.randint(self.size(split), (batch_size,)))
+
+
+def labels_of(data_dir):
+    """The sorted label names of a labelled dataset's train.tsv."""
+    return sorted({label for label, _ in read_labelled(os.path.join(data_dir, "train.tsv"))})
+
+
+# -----------------------------------------------------------------------------
+# Training configuration. Every simple value below can be overridden by config files and
+# --key=value arguments (see parse_config). The defaults pretrain BERT-base-sized MLM on Shakespeare.
+
+# I/O
+out_dir = "out-bert"
+eval_interval = 250
+log_interval = 10
+eval_iters = 200  # MLM: random batches per estimate; classify: at most this many batches, in order
+eval_only = False
+always_save_checkpoint = True
+# 'scratch', 'resume' (out_dir/ckpt.pt), or, to fine-tune a classifier, a bert.py out_dir (its MLM
+# checkpoint) or a Hugging Face BERT directory
+init_from = "scratch"
+# logging
+wandb_log = False
+wandb_project = "bert"
+wandb_run_name = "bert"
+# task and data
+task = "mlm"  # 'mlm': pretrain on a prepared dataset; 'classify': fine-tune on data/<dataset>/{train,val}.tsv
+mask_prob = 0.15  # MLM: the share of tokens chosen for prediction
+dataset = "shakespeare_char"
+gradient_accumulation_steps = 8
+batch_size = 32
+block_size = 512
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768  # the feed-forward width is 4 * n_embd, as in BERT
+dropout = 0.1
+attention = "sdpa"
+# AdamW (BERT: 1e-4 with beta2 0.999 and warmup, weight decay 0.01)
+learning_rate = 1e-4
+max_iters = 10000
+weight_decay = 0.01
+beta1 = 0.9
+beta2 = 0.999
+grad_clip = 1.0
+# learning-rate schedule
+decay_lr = True
+warmup_iters = 500  # post-norm blocks need warmup to start stably
+lr_decay_iters = 10000
+min_lr = 1e-5
+# system
+backend = "auto"
+device = "auto"
+dtype = "auto"
+compile = True
+seed = 1337
+
+config_keys = [k for k, v in list(globals().items())
+               if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
+
+
+def parse_config(argv, defaults):
+    """Apply config files and --key=value overrides to the defaults; return the final dict.
+
+    Each argument without "--" is a Python file whose top-level assignments override keys, in
+    order; each --key=value overrides one key, later ones winning. Values are Python literals
+    (--batch_size=32, --decay_lr=False, --dropout=0.1); anything that is not a literal is taken as
+    a string (--device=cuda). A key that does not exist, or a value of the wrong type, is an error
+    naming the key: a typo must never silently train with the default.
+    """
+    import ast
+
+    config = dict(defaults)
+
+    def fail(message):
+        sys.exit(f"error: {message}")
+
+    def assign(key, value, source):
+        if key not in config:
+            fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
+        default = config[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # --learning_rate=1 means 1.0
+        if type(value) is not type(default):
+            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
+        config[key] = value
+
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            print("config keys and defaults:\n" + "\n".join(f"  {k} = {v!r}" for k, v in defaults.items()))
+            sys.exit(0)
+        if arg.startswith("--"):
+            if "=" not in arg:
+                fail(f"argument {arg!r} must look like --key=value")
+            key, text = arg[2:].split("=", 1)
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            assign(key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                fail(f"config file {arg!r} not found")
+            namespace = {}
+            try:
+                with open(arg) as f:
+                    exec(f.read(), namespace)
+            except Exception as e:  # a broken config file: say which, not a traceback into exec
+                fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
+            for key, value in namespace.items():
+                if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
+                    assign(key, value, arg)
+    return config
+
+
+# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU: model FLOPs per second
+# achieved divided by what the hardware could do. Matched against torch.cuda.get_device_name().
+_GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def gpu_peak_flops(device_name):
+    for key, flops in _GPU_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def load_bert_checkpoint(path, device):
+    """A bert.py checkpoint dict from path, or a one-line exit saying why it is not one."""
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    if checkpoint.get("model_type") != "bert":
+        sys.exit(f"error: {path} was written by {checkpoint.get('model_type')}.py, not bert.py")
+    return checkpoint
+
+
+def main(argv):
+    if "--embed" in argv:
+        return embed_main([arg for arg in argv if arg != "--embed"])
+    cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
+    if cfg["task"] not in ("mlm", "classify"):
+        sys.exit(f"error: task={cfg['task']!r} must be 'mlm' (pretraining) or 'classify' (fine-tuning)")
+    mlm = cfg["task"] == "mlm"
+    if not 0 < cfg["mask_prob"] < 1:
+        sys.exit(f"error: mask_prob={cfg['mask_prob']} must be between 0 and 1 (BERT: 0.15)")
+
+    # ---- devices, processes and precision ----
+    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if ddp:
+        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        if cfg["device"].startswith("cuda"):
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if cfg["device"].startswith("cuda") else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+        if cfg["gradient_accumulation_steps"] % world_size != 0:
+            sys.exit(f"error: gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible "
+                     f"by the number of processes ({world_size})")
+        cfg["gradient_accumulation_steps"] //= world_size
+    else:
+        rank, local_rank, world_size = 0, 0, 1
+    master = rank == 0
+    device = cfg["device"]
+    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+    if device_type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: device='cuda' but no CUDA GPU is available; use --device=cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        sys.exit("error: device='mps' but MPS is not available on this machine; use --device=cpu")
+    if cfg["dtype"] == "auto":
+        if device_type == "cuda":
+            cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            cfg["dtype"] = "float32"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg["dtype"] not in dtypes:
+        sys.exit(f"error: dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    torch.manual_seed(cfg["seed"] + rank)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    autocast = (nullcontext() if cfg["dtype"] == "float32"
+                else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
+
+    # ---- model (and, for fine-tuning, the tokenizer it comes with) ----
+    # Pretraining reads a prepared dataset and appends the special tokens to its vocabulary.
+    # Fine-tuning reads label<TAB>text files, so the tokenizer comes from wherever the model does:
+    # the MLM checkpoint, the HF directory, or (from scratch) the characters of the files themselves.
+    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
+    data_dir = os.path.join("data", cfg["dataset"])
+    try:
+        if mlm:
+            if ddp and not master:  # let rank 0 download and tokenize alone; the others wait for it
+                torch.distributed.barrier()
+            data_dir = prepare_data.ensure_prepared(cfg["dataset"])
+            if ddp and master:
+                torch.distributed.barrier()
+            meta = with_special_tokens(prepare_data.load_meta(data_dir))
+            # Every sequence is [CLS] + block_size - 2 tokens of text + [SEP]: the layout a classifier
+            # fine-tuned later sees, so [CLS]'s position and role are already learned.
+            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"] - 2, cfg["batch_size"], device)
+        elif cfg["init_from"] == "scratch":
+            texts = [text for split in ("train", "val")
+                     for _, text in read_labelled(os.path.join(data_dir, f"{split}.tsv"))]
+            meta = with_special_tokens(prepare_data.char_meta("".join(texts)))
+    except (prepare_data.DataError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    labels = ()
+    model_keys = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "attention")
+    if cfg["init_from"] == "scratch":
+        tokenizer = DatasetTokenizer(meta)
+        vocab_size = tokenizer.vocab_size
+        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
+            vocab_size = (vocab_size + 63) // 64 * 64
+        try:
+            labels = () if mlm else tuple(labels_of(data_dir))
+            config = BertConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size, n_inner=4 * cfg["n_embd"],
+                                head="mlm" if mlm else "sequence", pooler=not mlm, labels=labels)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        model = Bert(config)
+    elif cfg["init_from"] == "resume":
+        ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        if not os.path.exists(ckpt_path):
+            sys.exit(f"error: init_from='resume' but there is no checkpoint at {ckpt_path}; train with init_from='scratch' first")
+        checkpoint = load_bert_checkpoint(ckpt_path, device)
+        model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
+        if (model_args["head"] == "mlm") != mlm:
+            sys.exit(f"error: {ckpt_path} holds a {model_args['head']!r} model; resume it with the task it was "
+                     f"trained for (task={'mlm' if model_args['head'] == 'mlm' else 'classify'})")
+        model = Bert(BertConfig(**model_args))
+        model.load_state_dict(checkpoint["model"])
+        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
+        meta, labels = checkpoint["tokenizer"], model.config.labels
+        tokenizer = load_tokenizer(meta)
+    else:
+        # Fine-tuning a pretrained encoder: keep its encoder, put a new classifier on top.
+        source = cfg["init_from"]
+        if mlm:
+            sys.exit(f"error: init_from={source!r} with task='mlm': MLM trains from scratch or resumes; "
+                     f"to fine-tune a classifier set task='classify'")
+        try:
+            labels = tuple(labels_of(data_dir))
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        if os.path.isfile(os.path.join(source, "ckpt.pt")):
+            pretrained = load_bert_checkpoint(os.path.join(source, "ckpt.pt"), "cpu")
+            config = BertConfig(**(pretrained["model_args"] | {"dropout": cfg["dropout"], "head": "sequence",
+                                                                "pooler": True, "labels": labels}))
+            model = Bert(config)
+            # Load every pretrained tensor the classifier has; what is left (pooler, classifier) is new.
+            encoder = {k: v for k, v in pretrained["model"].items() if not k.startswith(("mlm_", "pooler.", "classifier."))}
+            unexpected = model.load_state_dict(encoder, strict=False).unexpected_keys
+            if unexpected:
+                sys.exit(f"error: {source}/ckpt.pt has tensors a BERT classifier does not: {unexpected[:3]}")
+            meta = pretrained["tokenizer"]
+            tokenizer = load_tokenizer(meta)
+        else:
+            try:
+                model = Bert.from_pretrained(source, dropout=cfg["dropout"], head="sequence", labels=labels)
+                tokenizer = WordPieceTokenizer.from_pretrained(source)
+            except (ValueError, FileNotFoundError) as e:
+                sys.exit(f"error: cannot load {source!r}: {e}")
+            meta = tokenizer.to_meta()
+    model_args = asdict(model.config)
+    if cfg["block_size"] > model.config.block_size:
+        sys.exit(f"error: block_size={cfg['block_size']} exceeds the model's {model.config.block_size} positions")
+    if not mlm:
+        try:
+            data = LabelledData(data_dir, tokenizer, labels, cfg["block_size"], device)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * world_size * cfg["batch_size"] * cfg["block_size"]
+
+    def get_batch(split):
+        """(idx, targets, attention_mask, token_type_ids) for one micro-batch."""
+        if not mlm:
+            idx, attention_mask, token_type_ids, targets = data.get_batch(split, cfg["batch_size"])
+            return idx, targets, attention_mask, token_type_ids
+        text, _ = loader.get_batch(split)  # (B, block_size - 2); the shifted targets are gpt.py's, unused
+        cls = torch.full((text.size(0), 1), tokenizer.cls_id, dtype=text.dtype, device=text.device)
+        sep = torch.full((text.size(0), 1), tokenizer.sep_id, dtype=text.dtype, device=text.device)
+        # meta["vocab_size"] counts the dataset's own tokens; the special tokens' ids come after them.
+        idx, targets = mask_tokens(torch.cat([cls, text, sep], dim=1), tokenizer.mask_id, meta["vocab_size"],
+                                     cfg["mask_prob"])
+        return idx, targets, None, None  # no padding: every pretraining row is full
+
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        torch.set_rng_state(checkpoint["rng_state"]["cpu"].cpu())
+        if device_type == "cuda" and checkpoint["rng_state"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng_state"]["cuda"].cpu())
+    raw_model = model
+    if cfg["compile"]:
+        model = compile_bert(model, autocast, device, get_batch)
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print("config:", json.dumps(cfg))
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
+              f"({cfg['gradient_accumulation_steps'] * world_size} x {cfg['batch_size']} x {cfg['block_size']})")
+        if not mlm:
+            print(f"classes: {', '.join(labels)}; {data.size('train')} train and {data.size('val')} val examples")
+    wandb = None
+    if cfg["wandb_log"] and master:
+        try:
+            import wandb
+        except ImportError:
+            sys.exit("error: wandb_log=True but wandb is not installed: pip install wandb")
+        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+
+    def lr_at(it):
+        """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+        if not cfg["decay_lr"]:
+            return cfg["learning_rate"]
+        if it < cfg["warmup_iters"]:
+            return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+        if it > cfg["lr_decay_iters"]:
+            return cfg["min_lr"]
+        progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+        return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+    def eval_batches(split):
+        """MLM: eval_iters random masked batches. Classification: the whole split, or a fixed random
+        subset of eval_iters batches if it is larger, so every evaluation scores the same examples.
+        (Not the first ones: files are often sorted, e.g. by play, so those could be one class.)"""
+        if mlm:
+            for _ in range(cfg["eval_iters"]):
+                yield get_batch(split)
+            return
+        order = torch.randperm(data.size(split), generator=torch.Generator().manual_seed(0))
+        rows = order[:cfg["eval_iters"] * cfg["batch_size"]]
+        for start in range(0, len(rows), cfg["batch_size"]):
+            idx, attention_mask, token_type_ids, targets = data.batch(split, rows[start:start + cfg["batch_size"]])
+            yield idx, targets, attention_mask, token_type_ids
+
+    @torch.no_grad()
+    def estimate_loss():
+        """Per split: the loss and the accuracy over every scored position (masked tokens for MLM,
+        examples for classification), with dropout off. Both are means over scored positions, not
+        means of per-batch means, so batches with more masked tokens weigh more, as they should."""
+        model.eval()
+        results = {}
+        for split in ("train", "val"):
+            loss_sum, correct, count = 0.0, 0, 0
+            for idx, targets, attention_mask, token_type_ids in eval_batches(split):
+                with autocast:
+                    logits, loss = model(idx, targets, attention_mask, token_type_ids)
+                scored = targets != -1
+                n = int(scored.sum())
+                loss_sum += loss.item() * n
+                correct += int((logits.argmax(dim=-1) == targets)[scored].sum())
+                count += n
+            results[split] = (loss_sum / count, correct / count)
+        model.train()
+        return results
+
+    def save_checkpoint():
+        checkpoint = {
+            "model_type": "bert",
+            "model_args": model_args,
+            "model": raw_model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "config": cfg,
+            "tokenizer": meta,
+            "rng_state": {"cpu": torch.get_rng_state(),
+                          "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
+        }
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        print(f"saved checkpoint to {path}")
+
+    # ---- the training loop ----
+    metric = "masked-token accuracy" if mlm else "accuracy"
+    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
+    resumed_at = iter_num if checkpoint is not None else None
+    checkpoint = None
+    model.train()
+    t_last, iter_timed = time.time(), iter_num
+    while True:
+        lr = lr_at(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
+            results = estimate_loss()
+            (train_loss, train_acc), (val_loss, val_acc) = results["train"], results["val"]
+            if master:
+                print(f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                      f"train {metric} {train_acc:.4f}, val {metric} {val_acc:.4f}")
+                if wandb:
+                    wandb.log({"iter": iter_num, "train/loss": train_loss, "val/loss": val_loss,
+                               "train/accuracy": train_acc, "val/accuracy": val_acc, "lr": lr})
+                if not math.isfinite(val_loss):
+                    sys.exit(f"error: val loss is {val_loss} at iteration {iter_num}; the last good checkpoint "
+                             f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+                if iter_num > 0 and (val_loss < best_val_loss or cfg["always_save_checkpoint"]) and not cfg["eval_only"]:
+                    best_val_loss = min(best_val_loss, val_loss)
+                    save_checkpoint()
+            t_last, iter_timed = time.time(), iter_num
+        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+            break
+
+        # One optimizer step over gradient_accumulation_steps micro-batches, drawn up front because
+        # MLM's weights depend on all of them (see micro_batch_weights).
+        batches = [get_batch("train") for _ in range(cfg["gradient_accumulation_steps"])]
+        weights = micro_batch_weights([targets for _, targets, _, _ in batches], mlm, world_size)
+        for micro_step, (idx, targets, attention_mask, token_type_ids) in enumerate(batches):
+            last = micro_step == cfg["gradient_accumulation_steps"] - 1
+            with (model.no_sync() if ddp and not last else nullcontext()):
+                with autocast:
+                    _, loss = model(idx, targets, attention_mask, token_type_ids)
+                scaler.scale(loss * weights[micro_step]).backward()
+        if cfg["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        if iter_num % cfg["log_interval"] == 0 and master:
+            loss_value = loss.item()  # the last micro-batch's mean loss
+            if not math.isfinite(loss_value):
+                sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
+                         f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            now = time.time()
+            dt = (now - t_last) / (iter_num + 1 - iter_timed)
+            t_last, iter_timed = now, iter_num + 1
+            tokens_per_sec = tokens_per_iter / dt
+            flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
+            if peak_flops is None:
+                mfu = "n/a (unknown peak)"
+            elif cfg["dtype"] == "float32":
+                mfu = "n/a (peaks are for 16-bit)"
+            else:
+                mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
+            print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+                  f"mfu {mfu}, lr {lr:.2e}")
+        iter_num += 1
+
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+def micro_batch_weights(targets, by_scored_count, world_size):
+    """The factor each micro-batch's mean loss is multiplied by before backward, one per micro-batch.
+
+    Classification weighs every micro-batch equally (each holds batch_size examples): 1 / count.
+    MLM's micro-batches score different numbers of masked tokens, and the step's loss must be the
+    sum over every masked token of every micro-batch on every process, divided by their total
+    count: each micro-batch's mean is weighted by its own count over the total. (A mean of
+    per-micro-batch means would give the tokens of a lightly masked micro-batch more weight.) DDP
+    averages gradients over processes, so the weights are multiplied by world_size, making that
+    average a sum; the total count is summed over processes with an all_reduce.
+    """
+    if not by_scored_count:
+        return torch.full((len(targets),), 1.0 / len(targets))
+    scored = torch.stack([(t != -1).sum() for t in targets]).float()  # (micro_batches,)
+    total = scored.sum()
+    if world_size > 1:
+        torch.distributed.all_reduce(total)
+    return scored * world_size / total
+
+
+def compile_bert(model, autocast, device, get_batch):
+    """torch.compile the model, or return it unchanged with a warning if compiling fails here.
+
+    gpt.py's compile_model with one difference: the trial forward and backward runs on a real
+    training batch (get_batch), because the inputs differ by task (classification targets are
+    (B,) labels, and fine-tuning batches carry an attention mask). fork_rng keeps the trial from
+    changing the random stream of the real run.
+    """
+    compiled = torch.compile(model)
+    try:
+        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
+            idx, targets, attention_mask, token_type_ids = get_batch("train")
+            with autocast:
+                _, loss = compiled(idx, targets, attention_mask, token_type_ids)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        return compiled
+    except Exception as e:  # any compiler failure: training uncompiled is slower but correct
+        model.zero_grad(set_to_none=True)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"warning: torch.compile failed ({type(e).__name__}: {first_line}); continuing without compile")
+        return model
+
+
+def load_for_inference(directory, device="cpu"):
+    """(model, tokenizer) from a bert.py out_dir (ckpt.pt) or a Hugging Face BERT directory."""
+    if os.path.isfile(os.path.join(directory, "ckpt.pt")):
+        checkpoint = load_bert_checkpoint(os.path.join(directory, "ckpt.pt"), device)
+        model = Bert(BertConfig(**checkpoint["model_args"]))
+        model.load_state_dict(checkpoint["model"])
+        return model.to(device).eval(), load_tokenizer(checkpoint["tokenizer"])
+    model = Bert.from_pretrained(directory).to(device).eval()
+    return model, WordPieceTokenizer.from_pretrained(directory)
+
+
+def embed_main(argv):
+    """python bert.py --embed --init_from=DIR "first sentence" "second sentence" ...
+
+    Prints the cosine similarity of every pair of sentences, from their sentence_embeddings.
+    DIR is a Hugging Face BERT directory (e.g. all-MiniLM-L6-v2) or a bert.py out_dir.
+    """
+    options = {"init_from": None, "device": "cpu"}
+    sentences = []
+    for arg in argv:
+        if arg.startswith("--"):
+            key, _, value = arg[2:].partition("=")
+            if key not in options or not value:
+                sys.exit(f"error: --embed takes --init_from=DIR, --device=DEVICE and sentences; got {arg!r}")
+            options[key] = value
+        else:
+            sentences.append(arg)
+    if options["init_from"] is None or not sentences:
+        sys.exit('error: usage: python bert.py --embed --init_from=DIR "a sentence" "another sentence" ...')
+    try:
+        model, tokenizer = load_for_inference(options["init_from"], options["device"])
+        vectors = sentence_embeddings(model, tokenizer, sentences)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    similarities = vectors @ vectors.T  # unit vectors: dot product = cosine similarity
+    width = max(len(s) for s in sentences)
+    for i, sentence in enumerate(sentences):
+        print(f"{sentence:{width}}  " + " ".join(f"{similarities[i, j].item():6.3f}" for j in range(len(sentences))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

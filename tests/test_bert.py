@@ -342,3 +342,215 @@ def test_sample_py_fills_masks_and_classifies_from_a_hf_directory(tmp_path, caps
     result = run_sample(f"--init_from={mlm_dir}", "--start=no mask at all")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: the text has no [MASK] token") and len(result.stderr.strip().splitlines()) == 1
+
+
+# -----------------------------------------------------------------------------
+# Masked-LM corruption and loss weighting
+
+
+def test_mask_tokens_follows_bert_recipe():
+    torch.manual_seed(0)
+    n_text, mask_id = 60, 63  # ids 60.. are special tokens
+    idx = torch.randint(n_text, (200, 500))
+    idx[:, 0], idx[:, -1] = 61, 62  # [CLS] ... [SEP]
+    inputs, targets = bert.mask_tokens(idx, mask_id, n_text)
+    chosen = targets != -1
+    assert torch.equal(targets[chosen], idx[chosen])  # targets are the original tokens
+    assert not chosen[:, 0].any() and not chosen[:, -1].any()  # specials are never chosen
+    assert torch.equal(inputs[~chosen], idx[~chosen])  # nothing else changes
+    assert abs(chosen.float().mean().item() - 0.15 * 498 / 500) < 0.005
+    masked = (inputs == mask_id) & chosen
+    unchanged = (inputs == idx) & chosen
+    replaced = chosen & ~masked & ~unchanged  # a random token different from the original
+    n = chosen.sum().item()
+    # 80% [MASK], 10% random, 10% kept (a random draw equal to the original counts as kept: 1/60 of 10%).
+    assert abs(masked.sum().item() / n - 0.8) < 0.01
+    assert abs(replaced.sum().item() / n - 0.1 * 59 / 60) < 0.01
+    assert abs(unchanged.sum().item() / n - (0.1 + 0.1 / 60)) < 0.01
+    assert (inputs[replaced] < n_text).all()  # random replacements are text tokens
+    short = torch.randint(n_text, (50, 4))
+    assert ((bert.mask_tokens(short, mask_id, n_text)[1] != -1).sum(dim=1) >= 1).all()  # never an empty row
+
+
+def test_micro_batch_weights_give_the_mean_over_all_masked_tokens():
+    torch.manual_seed(0)
+    losses = torch.rand(3, 10)  # per-token losses of 3 micro-batches
+    targets = torch.full((3, 10), -1)
+    targets[0, :1], targets[1, :4], targets[2, :9] = 1, 1, 1  # 1, 4 and 9 masked tokens
+    weights = bert.micro_batch_weights(list(targets), True, 1)
+    means = [losses[i][targets[i] != -1].mean() for i in range(3)]
+    combined = sum(w * m for w, m in zip(weights, means))
+    torch.testing.assert_close(combined, losses[targets != -1].mean())
+    torch.testing.assert_close(bert.micro_batch_weights(list(targets), False, 1), torch.full((3,), 1 / 3))
+
+
+# -----------------------------------------------------------------------------
+# Training: MLM pretraining, resume, fine-tuning, sample.py on the checkpoints, errors
+
+TINY = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
+        "--batch_size=8", "--gradient_accumulation_steps=2", "--eval_iters=4", "--log_interval=5",
+        "--learning_rate=3e-3", "--warmup_iters=5", "--lr_decay_iters=60", "--min_lr=3e-4", "--dropout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """data/tiny: tiny Shakespeare at character level; data/speakers: its labelled speeches."""
+    prepare_data = pytest.importorskip("prepare_data")
+    root = tmp_path_factory.mktemp("bert_train")
+    lines = shakespeare_lines()
+    speakers_dir = root / "data" / "shakespeare_speakers"
+    speakers_dir.mkdir(parents=True)
+    (speakers_dir / "input.txt").write_text("\n".join(lines), encoding="utf-8")
+    prepare_data.prepare_shakespeare_speakers(str(root / "data"))
+    os.rename(speakers_dir, root / "data" / "speakers")
+    (root / "tiny.txt").write_text("\n".join(lines), encoding="utf-8")
+    prepare_data.prepare("tiny", input_path=str(root / "tiny.txt"), tokenizer="char", data_root=str(root / "data"))
+    return root
+
+
+def train(workdir, monkeypatch, capsys, *args):
+    monkeypatch.chdir(workdir)
+    bert.main(TINY + list(args))
+    return capsys.readouterr().out
+
+
+def evals(log):
+    pattern = r"step (\d+): train loss ([0-9.]+), val loss ([0-9.]+), train [a-z -]+ ([0-9.]+), val [a-z -]+ ([0-9.]+)"
+    return [tuple(float(v) for v in m) for m in __import__("re").findall(pattern, log)]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_speakers_dataset(workdir):
+    train_rows = bert.read_labelled(str(workdir / "data" / "speakers" / "train.tsv"))
+    val_rows = bert.read_labelled(str(workdir / "data" / "speakers" / "val.tsv"))
+    labels = {label for label, _ in train_rows}
+    assert labels == {"GLOUCESTER", "DUKE VINCENTIO", "ROMEO", "MENENIUS", "PETRUCHIO"}
+    assert {label for label, _ in val_rows} == labels
+    assert abs(len(val_rows) / (len(train_rows) + len(val_rows)) - 0.2) < 0.01
+    assert not {text for _, text in train_rows} & {text for _, text in val_rows} - {""}  # split by speech
+    assert all(not text.endswith(":") and "\n" not in text for _, text in train_rows)
+
+
+def test_mlm_pretraining_learns_and_resumes_exactly(workdir, monkeypatch, capsys):
+    log = train(workdir, monkeypatch, capsys, "--dataset=tiny", "--max_iters=60", "--eval_interval=30",
+                "--out_dir=out-mlm")
+    steps = evals(log)
+    assert [s[0] for s in steps] == [0, 30, 60]
+    assert steps[-1][2] < steps[0][2] - 0.8, log  # val loss falls from ~ln(69)
+    assert steps[-1][4] > steps[0][4] + 0.1  # and masked-token accuracy rises
+    checkpoint = load(workdir / "out-mlm" / "ckpt.pt")
+    assert checkpoint["model_type"] == "bert" and checkpoint["iter_num"] == 60
+    n = checkpoint["tokenizer"]["vocab_size"]  # the characters of the text; the special tokens follow
+    assert checkpoint["model_args"]["head"] == "mlm" and checkpoint["model_args"]["vocab_size"] == n + 4
+    assert checkpoint["tokenizer"]["special_tokens"] == {"[PAD]": n, "[CLS]": n + 1, "[SEP]": n + 2, "[MASK]": n + 3}
+    # Exact resume: 10 + 10 iterations equal 20 straight, weights and optimizer state alike.
+    common = ["--dataset=tiny", "--eval_interval=10", "--dropout=0.1", "--always_save_checkpoint=True"]
+    train(workdir, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-straight")
+    train(workdir, monkeypatch, capsys, *common, "--max_iters=10", "--out_dir=out-resumed")
+    train(workdir, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-resumed", "--init_from=resume")
+    a, b = load(workdir / "out-straight" / "ckpt.pt"), load(workdir / "out-resumed" / "ckpt.pt")
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_fine_tuning_from_mlm_checkpoint_and_sample_py(workdir, monkeypatch, capsys):
+    sample = pytest.importorskip("sample")
+    if not (workdir / "out-mlm" / "ckpt.pt").exists():
+        train(workdir, monkeypatch, capsys, "--dataset=tiny", "--max_iters=60", "--eval_interval=30",
+              "--out_dir=out-mlm")
+    # A task a 2-layer model learns in 30 steps: is the text shouted (upper case) or not?
+    easy = workdir / "data" / "easy"
+    easy.mkdir(exist_ok=True)
+    rng = __import__("random").Random(0)
+    words = " ".join(shakespeare_lines()[:500]).lower().split()
+    for split, n in (("train", 200), ("val", 50)):
+        rows = [" ".join(rng.choice(words) for _ in range(5)) for _ in range(n)]
+        rows = [f"shout\t{t.upper()}" if i % 2 else f"whisper\t{t}" for i, t in enumerate(rows)]
+        (easy / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    log = train(workdir, monkeypatch, capsys, "--task=classify", "--dataset=easy", "--init_from=out-mlm",
+                "--max_iters=30", "--eval_interval=15", "--out_dir=out-easy")
+    steps = evals(log)
+    assert steps[-1][2] < steps[0][2] - 0.3 and steps[-1][4] == 1.0, log  # val loss falls, all correct
+    # The real task: speakers. Classes come from train.tsv; long speeches are truncated with a warning.
+    log = train(workdir, monkeypatch, capsys, "--task=classify", "--dataset=speakers", "--init_from=out-mlm",
+                "--max_iters=4", "--eval_interval=4", "--out_dir=out-cls")
+    assert "classes: DUKE VINCENTIO, GLOUCESTER, MENENIUS, PETRUCHIO, ROMEO" in log
+    assert "texts are longer than block_size=32" in log
+    checkpoint = load(workdir / "out-cls" / "ckpt.pt")
+    mlm = load(workdir / "out-mlm" / "ckpt.pt")
+    assert checkpoint["model_args"]["head"] == "sequence" and len(checkpoint["model_args"]["labels"]) == 5
+    assert checkpoint["tokenizer"] == mlm["tokenizer"]
+    # The encoder started from the MLM weights: the embedding of [MASK], which fine-tuning inputs never
+    # contain, gets no gradient, only AdamW's decoupled weight decay, which shrinks it by a scalar.
+    mask_id = mlm["tokenizer"]["special_tokens"]["[MASK]"]
+    tuned, pretrained = (c["model"]["embeddings.wte.weight"][mask_id] for c in (checkpoint, mlm))
+    torch.testing.assert_close(tuned / tuned.norm(), pretrained / pretrained.norm())
+    # sample.py: label distribution for the classifier, fill-mask for the MLM model.
+    sample.main(["--out_dir=out-cls", "--start=Good morrow, my lord.", "--device=cpu"])
+    printed = [line.split(None, 1) for line in capsys.readouterr().out.strip().splitlines()]
+    assert sorted(label for _, label in printed) == sorted(checkpoint["model_args"]["labels"])
+    assert sum(float(p) for p, _ in printed) == pytest.approx(1.0, abs=1e-3)
+    sample.main(["--out_dir=out-mlm", "--start=To be, or not to b[MASK]", "--device=cpu", "--fill_k=3"])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[MASK] 1: ") and line.count("'") == 6
+    # From scratch, the same data trains too (its vocabulary is the characters of the files).
+    log = train(workdir, monkeypatch, capsys, "--task=classify", "--dataset=speakers", "--max_iters=10",
+                "--eval_interval=10", "--out_dir=out-cls-scratch")
+    assert len(evals(log)) == 2
+
+
+def test_fine_tuning_from_a_hf_directory(workdir, monkeypatch, capsys):
+    hf_dir = workdir / "hf"
+    save_hf_dir_with_vocab(hf_dir, "BertForMaskedLM")
+    small = workdir / "data" / "small"
+    small.mkdir(exist_ok=True)
+    (small / "train.tsv").write_text("pos\tgood night sweet king\nneg\tnot the rose\npos\tgood lord\n")
+    (small / "val.tsv").write_text("pos\tsweet good night\nneg\tnot a rose\n")
+    log = train(workdir, monkeypatch, capsys, "--task=classify", "--dataset=small", f"--init_from={hf_dir}",
+                "--max_iters=4", "--eval_interval=4", "--out_dir=out-hf-cls", "--batch_size=2")
+    assert len(evals(log)) == 2
+    checkpoint = load(workdir / "out-hf-cls" / "ckpt.pt")
+    tokenizer = bert.load_tokenizer(checkpoint["tokenizer"])
+    assert isinstance(tokenizer, bert.WordPieceTokenizer) and tokenizer.encode("good night")[1:3] == [10, 11]
+
+
+@pytest.mark.parametrize("args, files, message", [
+    (["--task=classify", "--dataset=badlabel", "--init_from=out-mlm"], {"train.tsv": "a\tx\nb\ty\n", "val.tsv": "c\tz\n"},
+     "unknown label 'c'"),
+    (["--task=classify", "--dataset=badline"], {"train.tsv": "a\tx\nno tab here\n", "val.tsv": "a\tz\n"},
+     "line 2 is not label<TAB>text"),
+    (["--init_from=resume", "--out_dir=out-gpt"], {}, "was written by gpt.py, not bert.py"),
+    (["--task=mlm", "--init_from=out-mlm"], {}, "MLM trains from scratch or resumes"),
+    (["--task=translate"], {}, "task='translate' must be 'mlm'"),
+    (["--mask_prob=1.5"], {}, "mask_prob=1.5 must be between 0 and 1"),
+])
+def test_training_errors_are_one_line(workdir, monkeypatch, capsys, args, files, message):
+    monkeypatch.chdir(workdir)
+    dataset = next((a.split("=")[1] for a in args if a.startswith("--dataset=")), None)
+    for name, text in files.items():
+        (workdir / "data" / dataset).mkdir(exist_ok=True)
+        (workdir / "data" / dataset / name).write_text(text)
+    (workdir / "out-gpt").mkdir(exist_ok=True)
+    torch.save({"model_type": "gpt"}, workdir / "out-gpt" / "ckpt.pt")
+    if not (workdir / "out-mlm" / "ckpt.pt").exists():
+        train(workdir, monkeypatch, capsys, "--dataset=tiny", "--max_iters=2", "--eval_interval=2", "--out_dir=out-mlm")
+    with pytest.raises(SystemExit) as exit_info:
+        bert.main(TINY + ["--dataset=tiny"] + args)
+    text = str(exit_info.value)
+    assert text.startswith("error: ") and message in text and "\n" not in text
+
+
+def test_embed_command_line(tmp_path):
+    save_hf_dir_with_vocab(tmp_path, "BertModel")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bert.py"), "--embed", f"--init_from={tmp_path}",
+                             "good night", "sweet sorrow", "good night"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split()[-3:] for line in result.stdout.strip().splitlines()]
+    model = bert.Bert.from_pretrained(str(tmp_path)).eval()
+    vectors = bert.sentence_embeddings(model, bert.WordPieceTokenizer.from_pretrained(str(tmp_path)),
+                                       ["good night", "sweet sorrow"])
+    assert float(rows[0][1]) == pytest.approx((vectors[0] @ vectors[1]).item(), abs=1e-3)
+    assert rows[0][0] == rows[0][2] == "1.000"
