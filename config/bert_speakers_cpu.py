@@ -1,0 +1,38 @@
+# Fine-tune the CPU MLM checkpoint (config/bert_shakespeare_char_cpu.py) to tell who speaks a passage
+# of Shakespeare: GLOUCESTER, DUKE VINCENTIO, MENENIUS, ROMEO or PETRUCHIO.
+#   python prepare_data.py shakespeare_speakers
+#   python bert.py config/bert_shakespeare_char_cpu.py     # pretrain first (the MLM checkpoint)
+#   python bert.py config/bert_speakers_cpu.py
+#   python bert.py config/bert_speakers_cpu.py --init_from=scratch --out_dir=out-bert-speakers-scratch
+#   python sample.py --out_dir=out-bert-speakers-cpu --start="O Romeo, Romeo! wherefore art thou Romeo?"
+# The model keys repeat the pretraining preset's, so that --init_from=scratch builds the same model.
+# Measured accuracies (benchmarks/bench_bert.py): see the README.
+
+out_dir = "out-bert-speakers-cpu"
+init_from = "out-bert-shakespeare-char-cpu"
+eval_interval = 100
+eval_iters = 20  # x batch_size 16 = 320 >= the 175 val speeches: every evaluation scores all of them
+log_interval = 50
+always_save_checkpoint = False  # keep the iteration with the best val loss
+
+task = "classify"
+dataset = "shakespeare_speakers"
+gradient_accumulation_steps = 1
+batch_size = 16
+block_size = 128  # speeches are cut to their first 126 characters (the median speech has ~80)
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.1  # 701 training speeches: fine-tuning overfits quickly without it
+
+learning_rate = 3e-4
+max_iters = 600  # ~14 epochs
+lr_decay_iters = 600
+min_lr = 3e-5
+beta2 = 0.99
+weight_decay = 0.01
+warmup_iters = 50
+
+device = "cpu"
+compile = False
