@@ -1296,6 +1296,10 @@ def main(argv):
         print(f"saved checkpoint to {path}")
 
     # ---- the training loop ----
+    # gpt.py's loop, in gpt.py's order: evaluate (and checkpoint) the current weights, then take one
+    # optimizer step, so that a resumed run repeats exactly what the original did next. What differs:
+    # the batches (masked sequences or labelled examples), the metric beside the loss, and the weights
+    # that combine micro-batches into one step.
     metric = "masked-token accuracy" if mlm else "accuracy"
     peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
     resumed_at = iter_num if checkpoint is not None else None
@@ -1307,6 +1311,8 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = lr
 
+        # A resumed run skips the evaluation its checkpoint was written after, unless evaluating is
+        # all it was asked to do (eval_only: evaluate a checkpoint, write nothing).
         if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
             results = estimate_loss()
             (train_loss, train_acc), (val_loss, val_acc) = results["train"], results["val"]
@@ -1331,12 +1337,13 @@ def main(argv):
         batches = [get_batch("train") for _ in range(cfg["gradient_accumulation_steps"])]
         weights = micro_batch_weights([targets for _, targets, _, _ in batches], mlm, world_size)
         for micro_step, (idx, targets, attention_mask, token_type_ids) in enumerate(batches):
+            # Under DDP, gradients are averaged across processes only on the last micro-step.
             last = micro_step == cfg["gradient_accumulation_steps"] - 1
             with (model.no_sync() if ddp and not last else nullcontext()):
                 with autocast:
                     _, loss = model(idx, targets, attention_mask, token_type_ids)
                 scaler.scale(loss * weights[micro_step]).backward()
-        if cfg["grad_clip"] > 0:
+        if cfg["grad_clip"] > 0:  # clip the true (unscaled) global gradient norm
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         scaler.step(optimizer)
@@ -1344,7 +1351,7 @@ def main(argv):
         optimizer.zero_grad(set_to_none=True)
 
         if iter_num % cfg["log_interval"] == 0 and master:
-            loss_value = loss.item()  # the last micro-batch's mean loss
+            loss_value = loss.item()  # the last micro-batch's mean loss (.item() waits for the GPU)
             if not math.isfinite(loss_value):
                 sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
                          f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")

@@ -1,5 +1,5 @@
 # A small character-level BERT pretrained as a masked language model on tiny Shakespeare, sized to
-# train on a laptop CPU in a few minutes (4 layers, 4 heads, 128 wide, 128 positions; 0.8M parameters).
+# train on a laptop CPU in a few minutes (4 layers, 4 heads, 128 wide, 64 positions; 0.8M parameters).
 #   python bert.py config/bert_shakespeare_char_cpu.py
 #   python sample.py --out_dir=out-bert-shakespeare-char-cpu --start="To be, or not to b[MASK]"
 # then fine-tune it to tell speakers apart: python bert.py config/bert_speakers_cpu.py
@@ -13,15 +13,15 @@ always_save_checkpoint = False
 task = "mlm"
 dataset = "shakespeare_char"
 gradient_accumulation_steps = 1
-batch_size = 8
-block_size = 128  # [CLS] + 126 characters + [SEP]: long enough for most speeches when fine-tuning
+batch_size = 16
+block_size = 64  # [CLS] + 62 characters + [SEP]
 
 n_layer = 4
 n_head = 4
 n_embd = 128
 dropout = 0.0
 
-learning_rate = 1e-3
+learning_rate = 2e-3
 max_iters = 2000
 lr_decay_iters = 2000
 min_lr = 1e-4

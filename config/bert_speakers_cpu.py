@@ -19,7 +19,7 @@ task = "classify"
 dataset = "shakespeare_speakers"
 gradient_accumulation_steps = 1
 batch_size = 16
-block_size = 128  # speeches are cut to their first 126 characters (the median speech has ~80)
+block_size = 64  # the pretrained model's positions: speeches are cut to their first 62 characters
 
 n_layer = 4
 n_head = 4

@@ -440,7 +440,7 @@ def test_mlm_pretraining_learns_and_resumes_exactly(workdir, monkeypatch, capsys
     steps = evals(log)
     assert [s[0] for s in steps] == [0, 30, 60]
     assert steps[-1][2] < steps[0][2] - 0.8, log  # val loss falls from ~ln(69)
-    assert steps[-1][4] > steps[0][4] + 0.1  # and masked-token accuracy rises
+    assert steps[-1][4] > steps[0][4] + 0.05  # and masked-token accuracy rises (from ~1/69)
     checkpoint = load(workdir / "out-mlm" / "ckpt.pt")
     assert checkpoint["model_type"] == "bert" and checkpoint["iter_num"] == 60
     n = checkpoint["tokenizer"]["vocab_size"]  # the characters of the text; the special tokens follow
