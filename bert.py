@@ -59,6 +59,7 @@ and in Python:
 import functools
 import json
 import math
+import mmap
 import os
 import re
 import sys
@@ -334,7 +335,7 @@ class Bert(nn.Module):
     # Loading Hugging Face BERT checkpoints
 
     @classmethod
-    def from_pretrained(cls, directory, dropout=0.0, head=None, labels=()):
+    def from_pretrained(cls, directory, dropout=0.0, head=None, labels=(), dtype=None):
         """Build a Bert from a Hugging Face BERT checkpoint directory (config.json plus
         model.safetensors or pytorch_model.bin).
 
@@ -343,6 +344,7 @@ class Bert(nn.Module):
         BertForTokenClassification -> 'token'. Passing head= (and labels=) overrides that, e.g. to
         start a classifier from a BertModel or MLM checkpoint: the encoder (and pooler, where the
         checkpoint has one) are loaded; the new head (and a missing pooler) start from BERT's init.
+        dtype (e.g. torch.bfloat16) converts the weights after loading; None keeps float32.
         """
         config_path = os.path.join(directory, "config.json")
         if not os.path.isfile(config_path):
@@ -421,7 +423,7 @@ class Bert(nn.Module):
         missing = [k for k in ours if k not in loaded and not (fresh and k.startswith(fresh))]
         if missing:
             raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
-        return model
+        return model if dtype is None else model.to(dtype)
 
     def _copy_weight(self, key, tensor, source_name):
         target = self.state_dict()[key]
@@ -459,36 +461,65 @@ class Bert(nn.Module):
 
 
 def read_safetensors(path):
-    """Read a .safetensors file into a dict of tensors (the format is explained in gpt.py)."""
+    """Read a .safetensors file into a dict of tensors.
+
+    The format is deliberately simple: 8 bytes holding N (little-endian uint64), then N bytes of
+    JSON mapping each tensor name to its dtype, shape and [begin, end) byte offsets, then the raw
+    little-endian tensor bytes. Unlike a pickle, nothing in it can execute code.
+
+    The file is memory-mapped, not read: every tensor is a view of the mapping, and the operating
+    system reads a page from disk only when something touches it. Loading a model therefore never
+    holds a second copy of the weights in memory, and tensors a loader assigns as they are (same
+    dtype) cost nothing until used. The mapping is copy-on-write (ACCESS_COPY), so training such a
+    tensor in place changes memory, never the file.
+    """
     dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
               "U8": torch.uint8, "BOOL": torch.bool}
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
-        data = bytearray(f.read())
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file closes
+    start = 8 + header_len  # the offsets count from the end of the header
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        begin, end = info["data_offsets"]
         if info["dtype"] not in dtypes:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        flat = torch.frombuffer(data, dtype=dtypes[info["dtype"]], offset=begin,
-                                count=(end - begin) // dtypes[info["dtype"]].itemsize)
+        dtype = dtypes[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if begin == end:  # a shape with a 0 in it holds no bytes (and frombuffer refuses a count of 0)
+            tensors[name] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(data, dtype=dtype, offset=start + begin, count=(end - begin) // dtype.itemsize)
         tensors[name] = flat.reshape(info["shape"])
     return tensors
 
 
 def load_hf_weights(directory):
-    """The state dict of a Hugging Face checkpoint directory, from safetensors or a PyTorch .bin."""
-    safetensors_path = os.path.join(directory, "model.safetensors")
-    if os.path.exists(safetensors_path):
-        return read_safetensors(safetensors_path)
+    """The state dict of a Hugging Face checkpoint directory.
+
+    Three layouts exist: one model.safetensors; a sharded one, where checkpoints above a few GB are
+    split into model-00001-of-00004.safetensors, ... and model.safetensors.index.json maps every
+    tensor name to the shard holding it; and older pickled pytorch_model.bin files (GPT-2's repos
+    have both), which weights_only=True loads without running any code they might contain.
+    """
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.exists(single):
+        return read_safetensors(single)
+    index_path = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+        state = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(read_safetensors(os.path.join(directory, shard)))
+        return state
     bin_path = os.path.join(directory, "pytorch_model.bin")
     if os.path.exists(bin_path):
         return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
+    raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
 # -----------------------------------------------------------------------------
@@ -864,23 +895,46 @@ def read_labelled(path):
     return examples
 
 
-class LabelledData:
-    """The train.tsv and val.tsv of a labelled dataset, tokenized and padded to block_size.
+class MaskedLMBatches:
+    """Masked-LM batches from a prepared dataset (prepare_data's train.bin / val.bin).
 
-    Each text becomes [CLS] text [SEP]; one longer than block_size keeps its first block_size - 2 tokens
-    (a warning says how many). Batches are padded to block_size, a fixed shape, so that a compiled
-    model sees one shape; attention_mask hides the padding.
+    Every sequence is [CLS] + block_size - 2 tokens of text + [SEP]: the layout a classifier
+    fine-tuned later sees, so [CLS]'s position and role are already learned. get_batch returns
+    (idx, targets, attention_mask, token_type_ids) like LabelledData; there is no padding (every row
+    is full) and one segment, so the last two are None.
     """
 
-    def __init__(self, data_dir, tokenizer, labels, block_size, device):
-        self.device, self.block_size = device, block_size
+    def __init__(self, data_dir, tokenizer, n_text_tokens, block_size, batch_size, device, mask_prob):
+        self.tokens = prepare_data.BatchLoader(data_dir, block_size - 2, batch_size, device)
+        self.tokenizer, self.n_text_tokens, self.mask_prob = tokenizer, n_text_tokens, mask_prob
+
+    def get_batch(self, split):
+        text, _ = self.tokens.get_batch(split)  # (B, block_size - 2); the shifted copy is for gpt.py
+        cls = torch.full((text.size(0), 1), self.tokenizer.cls_id, dtype=text.dtype, device=text.device)
+        sep = torch.full((text.size(0), 1), self.tokenizer.sep_id, dtype=text.dtype, device=text.device)
+        idx, targets = mask_tokens(torch.cat([cls, text, sep], dim=1), self.tokenizer.mask_id,
+                                   self.n_text_tokens, self.mask_prob)
+        return idx, targets, None, None
+
+
+class LabelledData:
+    """A labelled dataset's train and val examples, tokenized and padded to block_size.
+
+    Each text becomes [CLS] text [SEP]; one longer than block_size keeps its first block_size - 2 tokens
+    (a warning says how many). Batches are padded to block_size, a fixed shape; attention_mask hides
+    the padding. get_batch returns (idx, targets, attention_mask, token_type_ids), targets being the
+    label ids (B,).
+    """
+
+    def __init__(self, examples, data_dir, tokenizer, labels, block_size, batch_size, device):
+        self.device, self.batch_size = device, batch_size
         self.label_ids = {label: i for i, label in enumerate(labels)}
         self.data = {}
         truncated = 0
         for split in ("train", "val"):
             path = os.path.join(data_dir, f"{split}.tsv")
             rows = []
-            for number, (label, text) in enumerate(read_labelled(path), 1):
+            for number, (label, text) in enumerate(examples[split], 1):
                 if label not in self.label_ids:
                     raise ValueError(f"unknown label {label!r} in {path} (example {number}); the model knows "
                                      f"{', '.join(labels)}")
@@ -894,26 +948,19 @@ class LabelledData:
                 rows.append((ids, self.label_ids[label]))
             idx, attention_mask, token_type_ids = pad_batch([ids for ids, _ in rows], tokenizer, block_size)
             pad = block_size - idx.size(1)  # pad_batch pads to the longest; we want block_size exactly
-            self.data[split] = (F.pad(idx, (0, pad), value=tokenizer.pad_id), F.pad(attention_mask, (0, pad)),
-                                F.pad(token_type_ids, (0, pad)), torch.tensor([y for _, y in rows]))
-        if truncated:
-            print(f"warning: {truncated} texts are longer than block_size={block_size} tokens; "
-                  f"only their first {block_size - 2} tokens are used")
+            self.data[split] = (F.pad(idx, (0, pad), value=tokenizer.pad_id), torch.tensor([y for _, y in rows]),
+                                F.pad(attention_mask, (0, pad)), F.pad(token_type_ids, (0, pad)))
+        self.truncated = truncated
 
     def size(self, split):
-        return len(self.data[split][3])
+        return len(self.data[split][1])
 
     def batch(self, split, rows):
         return tuple(t[rows].to(self.device) for t in self.data[split])
 
-    def get_batch(self, split, batch_size):
-        """A random batch (drawn with the global RNG): idx, attention_mask, token_type_ids, labels."""
-        return self.batch(split, torch.randint(self.size(split), (batch_size,)))
-
-
-def labels_of(data_dir):
-    """The sorted label names of a labelled dataset's train.tsv."""
-    return sorted({label for label, _ in read_labelled(os.path.join(data_dir, "train.tsv"))})
+    def get_batch(self, split):
+        """A random batch, drawn with the global RNG (saved in checkpoints, different per process)."""
+        return self.batch(split, torch.randint(self.size(split), (self.batch_size,)))
 
 
 # -----------------------------------------------------------------------------
@@ -983,9 +1030,6 @@ def parse_config(argv, defaults):
 
     config = dict(defaults)
 
-    def fail(message):
-        sys.exit(f"error: {message}")
-
     def assign(key, value, source):
         if key not in config:
             fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
@@ -1041,48 +1085,98 @@ def gpu_peak_flops(device_name):
     return None
 
 
-def load_bert_checkpoint(path, device):
-    """A bert.py checkpoint dict from path, or a one-line exit saying why it is not one."""
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    if checkpoint.get("model_type") != "bert":
-        sys.exit(f"error: {path} was written by {checkpoint.get('model_type')}.py, not bert.py")
-    return checkpoint
+def check_config(cfg):
+    """Refuse, in one line naming the key, a numeric setting that has no meaning.
+
+    The types are already right (parse_config); this checks the values. Keys a script does not have
+    are skipped, so every script shares this one function. Meanings at the edges: max_iters=0
+    evaluates once and trains nothing, grad_clip=0 disables clipping, weight_decay=0 disables decay.
+    """
+    rules = [
+        (("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval",
+          "n_layer", "n_head", "n_embd", "n_kv_head"), lambda v: v >= 1, "must be >= 1"),
+        (("max_iters", "warmup_iters", "lr_decay_iters"), lambda v: v >= 0, "must be >= 0"),
+        (("learning_rate",), lambda v: v > 0, "must be > 0"),
+        (("min_lr", "weight_decay", "grad_clip"), lambda v: v >= 0, "must be >= 0 (0 disables it)"),
+        (("dropout", "beta1", "beta2"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ]
+    for keys, meaningful, requirement in rules:
+        for key in keys:
+            if key in cfg and not meaningful(cfg[key]):  # comparisons with NaN are False: refused too
+                fail(f"config key {key!r} {requirement}, got {cfg[key]!r}")
+
+
+def fail(message):
+    """Stop with the one line "error: <message>" and exit status 1.
+
+    Under torchrun every process runs the same code and meets the same failure (errors that one
+    process alone sees are first shared with all, see first_error), so only rank 0 prints: the
+    message appears once, not once per process.
+    """
+    sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
+
+
+def first_error(error, ddp):
+    """The first error message (or None) of all processes; under DDP every process must call it.
+
+    A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
+    or the others wait forever at their next collective call. Gathering every process's message,
+    None when it is fine, lets all of them take the same decision.
+    """
+    if not ddp:
+        return error
+    errors = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
+
+
+def local_rank0_first(step, ddp, local_rank):
+    """Run step() -> (value, error message or None) on every process, local rank 0 first; return
+    the value, or fail everywhere if any process failed.
+
+    Downloads and data preparation write files that every process then reads. One process per
+    machine (local rank 0: each machine of a multi-node run has its own disk) does the writing
+    while the others wait; after it, they find the files in place and only read them.
+    """
+    value = None
+    for leaders_turn in (True, False):
+        error = None
+        if (local_rank == 0) == leaders_turn:
+            value, error = step()
+        error = first_error(error, ddp)
+        if error is not None:
+            fail(error)
+    return value
 
 
 def main(argv):
     if "--embed" in argv:
         return embed_main([arg for arg in argv if arg != "--embed"])
     cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
+    check_config(cfg)
     if cfg["task"] not in ("mlm", "classify"):
-        sys.exit(f"error: task={cfg['task']!r} must be 'mlm' (pretraining) or 'classify' (fine-tuning)")
-    mlm = cfg["task"] == "mlm"
+        fail(f"task={cfg['task']!r} must be 'mlm' (pretraining) or 'classify' (fine-tuning)")
     if not 0 < cfg["mask_prob"] < 1:
-        sys.exit(f"error: mask_prob={cfg['mask_prob']} must be between 0 and 1 (BERT: 0.15)")
+        fail(f"mask_prob={cfg['mask_prob']} must be between 0 and 1 (BERT: 0.15)")
+    mlm = cfg["task"] == "mlm"
 
     # ---- devices, processes and precision ----
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
-    if cfg["device"] == "auto":
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        if cfg["device"].startswith("cuda"):
-            cfg["device"] = f"cuda:{local_rank}"
-            torch.cuda.set_device(cfg["device"])
-        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if cfg["device"].startswith("cuda") else "gloo")
-        torch.distributed.init_process_group(backend=backend)
         if cfg["gradient_accumulation_steps"] % world_size != 0:
-            sys.exit(f"error: gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible "
-                     f"by the number of processes ({world_size})")
-        cfg["gradient_accumulation_steps"] //= world_size
-    else:
-        rank, local_rank, world_size = 0, 0, 1
-    master = rank == 0
-    device = cfg["device"]
-    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+            fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
+                 f"number of processes ({world_size})")
+    micro_steps = cfg["gradient_accumulation_steps"] // world_size  # this process's share of one step
+    master = rank == 0  # only this process logs and writes checkpoints
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
     if device_type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: device='cuda' but no CUDA GPU is available; use --device=cpu")
+        fail("device='cuda' but no CUDA GPU is available; use --device=cpu")
     if device_type == "mps" and not torch.backends.mps.is_available():
-        sys.exit("error: device='mps' but MPS is not available on this machine; use --device=cpu")
+        fail("device='mps' but MPS is not available on this machine; use --device=cpu")
     if cfg["dtype"] == "auto":
         if device_type == "cuda":
             cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -1090,60 +1184,68 @@ def main(argv):
             cfg["dtype"] = "float32"
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if cfg["dtype"] not in dtypes:
-        sys.exit(f"error: dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
-    torch.manual_seed(cfg["seed"] + rank)
+        fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    if ddp:
+        if device_type == "cuda":
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+    device = cfg["device"]
+    torch.manual_seed(cfg["seed"] + rank)  # each process draws its own batches, masks and dropout
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
 
-    # ---- model (and, for fine-tuning, the tokenizer it comes with) ----
-    # Pretraining reads a prepared dataset and appends the special tokens to its vocabulary.
-    # Fine-tuning reads label<TAB>text files, so the tokenizer comes from wherever the model does:
-    # the MLM checkpoint, the HF directory, or (from scratch) the characters of the files themselves.
+    # ---- data ----
+    # Pretraining reads a prepared dataset (token files); fine-tuning reads data/<dataset>/train.tsv
+    # and val.tsv, tokenized below by the tokenizer that comes with the model.
+    def prepare_dataset():
+        try:
+            if mlm:
+                data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
+                return (data_dir, prepare_data.load_meta(data_dir)), None
+            data_dir = os.path.join("data", cfg["dataset"])
+            if not os.path.exists(os.path.join(data_dir, "train.tsv")) and cfg["dataset"] in prepare_data.LABELLED_DATASETS:
+                prepare_data.prepare(cfg["dataset"])
+            return (data_dir, {split: read_labelled(os.path.join(data_dir, f"{split}.tsv")) for split in ("train", "val")}), None
+        except (prepare_data.DataError, ValueError) as e:
+            return None, str(e)
+
+    data_dir, dataset = local_rank0_first(prepare_dataset, ddp, local_rank)
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
+
+    # ---- model ----
+    # For fine-tuning, the tokenizer comes with the model: the MLM checkpoint's, the HF directory's
+    # vocab.txt, or (from scratch) the characters of the labelled files. The classes are train.tsv's.
     iter_num, best_val_loss, checkpoint = 0, float("inf"), None
-    data_dir = os.path.join("data", cfg["dataset"])
-    try:
-        if mlm:
-            if ddp and not master:  # let rank 0 download and tokenize alone; the others wait for it
-                torch.distributed.barrier()
-            data_dir = prepare_data.ensure_prepared(cfg["dataset"])
-            if ddp and master:
-                torch.distributed.barrier()
-            meta = with_special_tokens(prepare_data.load_meta(data_dir))
-            # Every sequence is [CLS] + block_size - 2 tokens of text + [SEP]: the layout a classifier
-            # fine-tuned later sees, so [CLS]'s position and role are already learned.
-            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"] - 2, cfg["batch_size"], device)
-        elif cfg["init_from"] == "scratch":
-            texts = [text for split in ("train", "val")
-                     for _, text in read_labelled(os.path.join(data_dir, f"{split}.tsv"))]
-            meta = with_special_tokens(prepare_data.char_meta("".join(texts)))
-    except (prepare_data.DataError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    labels = ()
+    labels = () if mlm else tuple(sorted({label for label, _ in dataset["train"]}))
     model_keys = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "attention")
     if cfg["init_from"] == "scratch":
+        # The dataset's vocabulary plus [PAD] [CLS] [SEP] [MASK] after it.
+        meta = with_special_tokens(dataset if mlm else prepare_data.char_meta(
+            "".join(text for split in ("train", "val") for _, text in dataset[split])))
         tokenizer = DatasetTokenizer(meta)
         vocab_size = tokenizer.vocab_size
         if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
             vocab_size = (vocab_size + 63) // 64 * 64
         try:
-            labels = () if mlm else tuple(labels_of(data_dir))
+            # MLM pretraining has no use for the pooler (BERT trained it with next-sentence prediction).
             config = BertConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size, n_inner=4 * cfg["n_embd"],
                                 head="mlm" if mlm else "sequence", pooler=not mlm, labels=labels)
         except ValueError as e:
-            sys.exit(f"error: {e}")
+            fail(e)
         model = Bert(config)
     elif cfg["init_from"] == "resume":
-        ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        if not os.path.exists(ckpt_path):
-            sys.exit(f"error: init_from='resume' but there is no checkpoint at {ckpt_path}; train with init_from='scratch' first")
-        checkpoint = load_bert_checkpoint(ckpt_path, device)
+        checkpoint = load_checkpoint(cfg["out_dir"], device, "bert")
+        # The architecture comes from the checkpoint; only dropout may change between runs.
         model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
         if (model_args["head"] == "mlm") != mlm:
-            sys.exit(f"error: {ckpt_path} holds a {model_args['head']!r} model; resume it with the task it was "
-                     f"trained for (task={'mlm' if model_args['head'] == 'mlm' else 'classify'})")
+            fail(f"{cfg['out_dir']}/ckpt.pt holds a {model_args['head']!r} model; resume it with the task it was "
+                 f"trained for (task={'mlm' if model_args['head'] == 'mlm' else 'classify'})")
         model = Bert(BertConfig(**model_args))
         model.load_state_dict(checkpoint["model"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
@@ -1153,22 +1255,17 @@ def main(argv):
         # Fine-tuning a pretrained encoder: keep its encoder, put a new classifier on top.
         source = cfg["init_from"]
         if mlm:
-            sys.exit(f"error: init_from={source!r} with task='mlm': MLM trains from scratch or resumes; "
-                     f"to fine-tune a classifier set task='classify'")
-        try:
-            labels = tuple(labels_of(data_dir))
-        except ValueError as e:
-            sys.exit(f"error: {e}")
+            fail(f"init_from={source!r} with task='mlm': MLM trains from scratch or resumes; "
+                 f"to fine-tune a classifier set task='classify'")
         if os.path.isfile(os.path.join(source, "ckpt.pt")):
-            pretrained = load_bert_checkpoint(os.path.join(source, "ckpt.pt"), "cpu")
-            config = BertConfig(**(pretrained["model_args"] | {"dropout": cfg["dropout"], "head": "sequence",
-                                                                "pooler": True, "labels": labels}))
-            model = Bert(config)
-            # Load every pretrained tensor the classifier has; what is left (pooler, classifier) is new.
+            pretrained = load_checkpoint(source, "cpu", "bert")
+            model = Bert(BertConfig(**(pretrained["model_args"] | {"dropout": cfg["dropout"], "head": "sequence",
+                                                                   "pooler": True, "labels": labels})))
+            # Every pretrained tensor the classifier has; what is left (pooler, classifier) is new.
             encoder = {k: v for k, v in pretrained["model"].items() if not k.startswith(("mlm_", "pooler.", "classifier."))}
             unexpected = model.load_state_dict(encoder, strict=False).unexpected_keys
             if unexpected:
-                sys.exit(f"error: {source}/ckpt.pt has tensors a BERT classifier does not: {unexpected[:3]}")
+                fail(f"{source}/ckpt.pt has tensors a BERT classifier does not: {unexpected[:3]}")
             meta = pretrained["tokenizer"]
             tokenizer = load_tokenizer(meta)
         else:
@@ -1176,42 +1273,35 @@ def main(argv):
                 model = Bert.from_pretrained(source, dropout=cfg["dropout"], head="sequence", labels=labels)
                 tokenizer = WordPieceTokenizer.from_pretrained(source)
             except (ValueError, FileNotFoundError) as e:
-                sys.exit(f"error: cannot load {source!r}: {e}")
+                fail(f"cannot load {source!r}: {e}")
             meta = tokenizer.to_meta()
     model_args = asdict(model.config)
     if cfg["block_size"] > model.config.block_size:
-        sys.exit(f"error: block_size={cfg['block_size']} exceeds the model's {model.config.block_size} positions")
-    if not mlm:
-        try:
-            data = LabelledData(data_dir, tokenizer, labels, cfg["block_size"], device)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
-    tokens_per_iter = cfg["gradient_accumulation_steps"] * world_size * cfg["batch_size"] * cfg["block_size"]
-
-    def get_batch(split):
-        """(idx, targets, attention_mask, token_type_ids) for one micro-batch."""
-        if not mlm:
-            idx, attention_mask, token_type_ids, targets = data.get_batch(split, cfg["batch_size"])
-            return idx, targets, attention_mask, token_type_ids
-        text, _ = loader.get_batch(split)  # (B, block_size - 2); the shifted targets are gpt.py's, unused
-        cls = torch.full((text.size(0), 1), tokenizer.cls_id, dtype=text.dtype, device=text.device)
-        sep = torch.full((text.size(0), 1), tokenizer.sep_id, dtype=text.dtype, device=text.device)
-        # meta["vocab_size"] counts the dataset's own tokens; the special tokens' ids come after them.
-        idx, targets = mask_tokens(torch.cat([cls, text, sep], dim=1), tokenizer.mask_id, meta["vocab_size"],
-                                     cfg["mask_prob"])
-        return idx, targets, None, None  # no padding: every pretraining row is full
-
+        fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
+    try:
+        if mlm:
+            # meta["vocab_size"] counts the dataset's own tokens; the special tokens' ids come after them.
+            loader = MaskedLMBatches(data_dir, tokenizer, meta["vocab_size"], cfg["block_size"], cfg["batch_size"],
+                                     device, cfg["mask_prob"])
+        else:
+            loader = LabelledData(dataset, data_dir, tokenizer, labels, cfg["block_size"], cfg["batch_size"], device)
+    except (prepare_data.DataError, ValueError) as e:
+        fail(e)
     model.to(device)
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng_state"]["cpu"].cpu())
-        if device_type == "cuda" and checkpoint["rng_state"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng_state"]["cuda"].cpu())
-    raw_model = model
-    if cfg["compile"]:
-        model = compile_bert(model, autocast, device, get_batch)
+        if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
+            scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
+    raw_model = model  # the plain module: what we save, and what MFU counts
+    if cfg["compile"] and mlm:
+        model, compile_error = compile_model(model, autocast, device, cfg["batch_size"])
+        if compile_error and master:
+            print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
+    elif cfg["compile"] and master:
+        # compile_model's trial step feeds token ids as targets, which a classifier cannot take.
+        print("note: compile applies to MLM pretraining; fine-tuning (a short run) is not compiled")
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
@@ -1219,15 +1309,18 @@ def main(argv):
         os.makedirs(cfg["out_dir"], exist_ok=True)
         print("config:", json.dumps(cfg))
         print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
-              f"({cfg['gradient_accumulation_steps'] * world_size} x {cfg['batch_size']} x {cfg['block_size']})")
+              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
         if not mlm:
-            print(f"classes: {', '.join(labels)}; {data.size('train')} train and {data.size('val')} val examples")
+            print(f"classes: {', '.join(labels)}; {loader.size('train')} train and {loader.size('val')} val examples")
+            if loader.truncated:
+                print(f"warning: {loader.truncated} texts are longer than block_size={cfg['block_size']} tokens; "
+                      f"only their first {cfg['block_size'] - 2} tokens are used")
     wandb = None
     if cfg["wandb_log"] and master:
         try:
             import wandb
         except ImportError:
-            sys.exit("error: wandb_log=True but wandb is not installed: pip install wandb")
+            fail("wandb_log=True but wandb is not installed: pip install wandb")
         wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
 
     def lr_at(it):
@@ -1241,27 +1334,34 @@ def main(argv):
         progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
         return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
 
+    def mean_over_processes(values):
+        """Average a few floats over all processes (each has measured its own batches)."""
+        if not ddp:
+            return values
+        total = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)  # a sum: gloo has no average
+        return (total / world_size).tolist()
+
     def eval_batches(split):
         """MLM: eval_iters random masked batches. Classification: the whole split, or a fixed random
         subset of eval_iters batches if it is larger, so every evaluation scores the same examples.
         (Not the first ones: files are often sorted, e.g. by play, so those could be one class.)"""
         if mlm:
             for _ in range(cfg["eval_iters"]):
-                yield get_batch(split)
+                yield loader.get_batch(split)
             return
-        order = torch.randperm(data.size(split), generator=torch.Generator().manual_seed(0))
+        order = torch.randperm(loader.size(split), generator=torch.Generator().manual_seed(0))
         rows = order[:cfg["eval_iters"] * cfg["batch_size"]]
         for start in range(0, len(rows), cfg["batch_size"]):
-            idx, attention_mask, token_type_ids, targets = data.batch(split, rows[start:start + cfg["batch_size"]])
-            yield idx, targets, attention_mask, token_type_ids
+            yield loader.batch(split, rows[start:start + cfg["batch_size"]])
 
     @torch.no_grad()
     def estimate_loss():
-        """Per split: the loss and the accuracy over every scored position (masked tokens for MLM,
-        examples for classification), with dropout off. Both are means over scored positions, not
-        means of per-batch means, so batches with more masked tokens weigh more, as they should."""
+        """Per split, the loss and the accuracy over every scored position (masked tokens for MLM,
+        examples for classification), dropout off, averaged over the processes. Means over scored
+        positions, not of per-batch means: a batch with more masked tokens weighs more, as it should."""
         model.eval()
-        results = {}
+        results = []
         for split in ("train", "val"):
             loss_sum, correct, count = 0.0, 0, 0
             for idx, targets, attention_mask, token_type_ids in eval_batches(split):
@@ -1272,11 +1372,11 @@ def main(argv):
                 loss_sum += loss.item() * n
                 correct += int((logits.argmax(dim=-1) == targets)[scored].sum())
                 count += n
-            results[split] = (loss_sum / count, correct / count)
+            results += [loss_sum / count, correct / count]
         model.train()
-        return results
+        return dict(zip(("train", "train_accuracy", "val", "val_accuracy"), mean_over_processes(results)))
 
-    def save_checkpoint():
+    def save_checkpoint(rng_states):
         checkpoint = {
             "model_type": "bert",
             "model_args": model_args,
@@ -1287,23 +1387,25 @@ def main(argv):
             "best_val_loss": best_val_loss,
             "config": cfg,
             "tokenizer": meta,
-            "rng_state": {"cpu": torch.get_rng_state(),
-                          "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
+            "rng_state": rng_states,
         }
         path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        torch.save(checkpoint, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        try:  # write then rename: a crash mid-write leaves the previous checkpoint intact
+            torch.save(checkpoint, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
         print(f"saved checkpoint to {path}")
 
     # ---- the training loop ----
     # gpt.py's loop, in gpt.py's order: evaluate (and checkpoint) the current weights, then take one
     # optimizer step, so that a resumed run repeats exactly what the original did next. What differs:
-    # the batches (masked sequences or labelled examples), the metric beside the loss, and the weights
-    # that combine micro-batches into one step.
+    # the batches (masked sequences or labelled examples), the accuracy beside the loss, and the
+    # weights that combine micro-batches into one step.
     metric = "masked-token accuracy" if mlm else "accuracy"
     peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
     resumed_at = iter_num if checkpoint is not None else None
-    checkpoint = None
+    checkpoint = None  # free the loaded copy
     model.train()
     t_last, iter_timed = time.time(), iter_num
     while True:
@@ -1311,38 +1413,41 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        # A resumed run skips the evaluation its checkpoint was written after, unless evaluating is
-        # all it was asked to do (eval_only: evaluate a checkpoint, write nothing).
+        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
         if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
-            results = estimate_loss()
-            (train_loss, train_acc), (val_loss, val_acc) = results["train"], results["val"]
+            losses = estimate_loss()
             if master:
-                print(f"step {iter_num}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                      f"train {metric} {train_acc:.4f}, val {metric} {val_acc:.4f}")
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                      f"train {metric} {losses['train_accuracy']:.4f}, val {metric} {losses['val_accuracy']:.4f}")
                 if wandb:
-                    wandb.log({"iter": iter_num, "train/loss": train_loss, "val/loss": val_loss,
-                               "train/accuracy": train_acc, "val/accuracy": val_acc, "lr": lr})
-                if not math.isfinite(val_loss):
-                    sys.exit(f"error: val loss is {val_loss} at iteration {iter_num}; the last good checkpoint "
-                             f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-                if iter_num > 0 and (val_loss < best_val_loss or cfg["always_save_checkpoint"]) and not cfg["eval_only"]:
-                    best_val_loss = min(best_val_loss, val_loss)
-                    save_checkpoint()
-            t_last, iter_timed = time.time(), iter_num
+                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"],
+                               "train/accuracy": losses["train_accuracy"], "val/accuracy": losses["val_accuracy"], "lr": lr})
+            if not math.isfinite(losses["val"]):
+                fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng_states = every_rank_rng_state(ddp, device_type)  # collective: every process takes part
+                if master:
+                    save_checkpoint(rng_states)
+            t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
 
-        # One optimizer step over gradient_accumulation_steps micro-batches, drawn up front because
-        # MLM's weights depend on all of them (see micro_batch_weights).
-        batches = [get_batch("train") for _ in range(cfg["gradient_accumulation_steps"])]
+        # The step's micro-batches are drawn up front: MLM's weights depend on all of them (see
+        # micro_batch_weights); for classification every micro-batch weighs 1 / micro_steps.
+        batches = [loader.get_batch("train") for _ in range(micro_steps)]
         weights = micro_batch_weights([targets for _, targets, _, _ in batches], mlm, world_size)
+        train_loss = 0.0  # the step's loss, for the log (averaged over processes when logged)
         for micro_step, (idx, targets, attention_mask, token_type_ids) in enumerate(batches):
             # Under DDP, gradients are averaged across processes only on the last micro-step.
-            last = micro_step == cfg["gradient_accumulation_steps"] - 1
+            last = micro_step == micro_steps - 1
             with (model.no_sync() if ddp and not last else nullcontext()):
                 with autocast:
                     _, loss = model(idx, targets, attention_mask, token_type_ids)
-                scaler.scale(loss * weights[micro_step]).backward()
+                    loss = loss * weights[micro_step]
+                scaler.scale(loss).backward()
+            train_loss += loss.detach()
         if cfg["grad_clip"] > 0:  # clip the true (unscaled) global gradient norm
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -1350,11 +1455,11 @@ def main(argv):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-        if iter_num % cfg["log_interval"] == 0 and master:
-            loss_value = loss.item()  # the last micro-batch's mean loss (.item() waits for the GPU)
+        if iter_num % cfg["log_interval"] == 0:
+            loss_value = mean_over_processes([train_loss.item()])[0]
             if not math.isfinite(loss_value):
-                sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
-                         f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+                fail(f"training loss is {loss_value} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
             now = time.time()
             dt = (now - t_last) / (iter_num + 1 - iter_timed)
             t_last, iter_timed = now, iter_num + 1
@@ -1366,12 +1471,94 @@ def main(argv):
                 mfu = "n/a (peaks are for 16-bit)"
             else:
                 mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
-            print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                  f"mfu {mfu}, lr {lr:.2e}")
+            if master:
+                print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+                      f"mfu {mfu}, lr {lr:.2e}")
         iter_num += 1
 
     if ddp:
         torch.distributed.destroy_process_group()
+
+
+def load_checkpoint(out_dir, device, model_type):
+    """out_dir/ckpt.pt as a dict, or a one-line error if it is missing, damaged or another script's.
+
+    The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
+    """
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
+    try:
+        # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        written_by = checkpoint["model_type"]
+    except Exception as e:  # truncated, not a torch file, or not our dict
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        fail(f"{path} is not a readable checkpoint of this repository ({type(e).__name__}: {first_line}); "
+             f"restore it from a copy, or train again with init_from='scratch'")
+    if written_by != model_type:
+        fail(f"{path} was written by {written_by}.py, not {model_type}.py")
+    return checkpoint
+
+
+def every_rank_rng_state(ddp, device_type):
+    """The random-number-generator state of every process, as a list indexed by rank.
+
+    The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
+    seed + rank), so an exact resume must restore each process's own state, not rank 0's for all:
+    with one state, every process would draw the same batches after a resume, and the effective
+    batch would silently shrink by the process count. Every process must call this together.
+    """
+    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+    if not ddp:
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_state(states, rank, world_size, fresh_seed):
+    """Restore this process's RNG state from a checkpoint's list (see every_rank_rng_state).
+
+    With as many processes as the run that wrote it, each takes its own state and the run continues
+    exactly. With another number there is no exact continuation (the batches are split differently
+    anyway): each process then starts a fresh stream of its own, seeded from the seed, the iteration
+    and its rank, so that processes still differ and no batch sequence from the start is replayed.
+    """
+    if isinstance(states, dict):  # a checkpoint from before every process's state was saved: one state
+        states = [states]
+    if len(states) == world_size:
+        torch.set_rng_state(states[rank]["cpu"].cpu())
+        if states[rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[rank]["cuda"].cpu())
+        return
+    if rank == 0:
+        print(f"note: the checkpoint was written by {len(states)} process(es) and this run has {world_size}: "
+              f"training continues with fresh random streams, not exactly as the original run would have")
+    torch.manual_seed(fresh_seed)
+
+
+def compile_model(model, autocast, device, batch_size):
+    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails here.
+
+    Compilation is lazy: errors (no C compiler, an unsupported platform) only appear at the first
+    call. So we try one forward and backward on random tokens right away, inside fork_rng so that
+    the trial does not change the random stream of the real run. On failure the caller warns and
+    trains uncompiled: slower, but correct.
+    """
+    compiled = torch.compile(model)
+    try:
+        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
+            x = torch.randint(model.config.vocab_size, (batch_size, model.config.block_size), device=device)
+            with autocast:
+                _, loss = compiled(x, x)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        return compiled, None
+    except Exception as e:  # any compiler failure
+        model.zero_grad(set_to_none=True)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return model, f"{type(e).__name__}: {first_line}"
 
 
 def micro_batch_weights(targets, by_scored_count, world_size):
@@ -1394,34 +1581,10 @@ def micro_batch_weights(targets, by_scored_count, world_size):
     return scored * world_size / total
 
 
-def compile_bert(model, autocast, device, get_batch):
-    """torch.compile the model, or return it unchanged with a warning if compiling fails here.
-
-    gpt.py's compile_model with one difference: the trial forward and backward runs on a real
-    training batch (get_batch), because the inputs differ by task (classification targets are
-    (B,) labels, and fine-tuning batches carry an attention mask). fork_rng keeps the trial from
-    changing the random stream of the real run.
-    """
-    compiled = torch.compile(model)
-    try:
-        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
-            idx, targets, attention_mask, token_type_ids = get_batch("train")
-            with autocast:
-                _, loss = compiled(idx, targets, attention_mask, token_type_ids)
-            loss.backward()
-        model.zero_grad(set_to_none=True)
-        return compiled
-    except Exception as e:  # any compiler failure: training uncompiled is slower but correct
-        model.zero_grad(set_to_none=True)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"warning: torch.compile failed ({type(e).__name__}: {first_line}); continuing without compile")
-        return model
-
-
 def load_for_inference(directory, device="cpu"):
     """(model, tokenizer) from a bert.py out_dir (ckpt.pt) or a Hugging Face BERT directory."""
     if os.path.isfile(os.path.join(directory, "ckpt.pt")):
-        checkpoint = load_bert_checkpoint(os.path.join(directory, "ckpt.pt"), device)
+        checkpoint = load_checkpoint(directory, device, "bert")
         model = Bert(BertConfig(**checkpoint["model_args"]))
         model.load_state_dict(checkpoint["model"])
         return model.to(device).eval(), load_tokenizer(checkpoint["tokenizer"])
@@ -1441,17 +1604,17 @@ def embed_main(argv):
         if arg.startswith("--"):
             key, _, value = arg[2:].partition("=")
             if key not in options or not value:
-                sys.exit(f"error: --embed takes --init_from=DIR, --device=DEVICE and sentences; got {arg!r}")
+                fail(f"--embed takes --init_from=DIR, --device=DEVICE and sentences; got {arg!r}")
             options[key] = value
         else:
             sentences.append(arg)
     if options["init_from"] is None or not sentences:
-        sys.exit('error: usage: python bert.py --embed --init_from=DIR "a sentence" "another sentence" ...')
+        fail('usage: python bert.py --embed --init_from=DIR "a sentence" "another sentence" ...')
     try:
         model, tokenizer = load_for_inference(options["init_from"], options["device"])
         vectors = sentence_embeddings(model, tokenizer, sentences)
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        fail(e)
     similarities = vectors @ vectors.T  # unit vectors: dot product = cosine similarity
     width = max(len(s) for s in sentences)
     for i, sentence in enumerate(sentences):

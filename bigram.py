@@ -121,23 +121,38 @@ class Bigram(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 repetition_penalty=1.0, use_cache=True):
-        """Append max_new_tokens sampled tokens to idx (B, T) and return the (B, T + new) result.
+                 repetition_penalty=1.0, use_cache=True, vocab_size=None, eos_token_id=None, on_token=None):
+        """Append up to max_new_tokens sampled tokens to idx (B, T) and return the (B, T + new) result.
 
         Each step turns the last position's logits into a distribution (sample_next_token) and
-        draws from it. The signature is gpt.py's so that sample.py can call every model alike, but a
-        bigram needs no key/value cache: the next token depends on the last token alone, so use_cache
-        simply feeds that one token, while use_cache=False runs the whole (block_size-cropped)
-        window as gpt.py does without a cache and keeps the last position. Both give the same
-        logits, hence the same tokens; the window only wastes work, which is the point to see.
+        draws from it. The signature is gpt.py's so that sample.py can call every model alike
+        (vocab_size, eos_token_id and on_token as explained there), but a bigram needs no key/value
+        cache: the next token depends on the last token alone, so use_cache simply feeds that one
+        token, while use_cache=False runs the whole (block_size-cropped) window as gpt.py does
+        without a cache and keeps the last position. Both give the same logits, hence the same
+        tokens; the window only wastes work, which is the point to see.
         """
+        check_sampling_options(temperature, top_k, top_p, repetition_penalty)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         block_size = self.config.block_size
+        stop_ids = None if eos_token_id is None else torch.tensor(eos_token_id, device=idx.device).view(-1)
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             window = idx[:, -1:] if use_cache else idx[:, -block_size:]
             logits, _ = self(window)
+            logits = logits[:, -1, :vocab_size]  # (B, vocab_size); [:None] keeps every id
             # The repetition penalty looks at the whole text so far, as in gpt.py, not the window.
-            next_token = sample_next_token(logits[:, -1, :], idx, temperature, top_k, top_p, repetition_penalty)
+            next_token = sample_next_token(logits, idx, temperature, top_k, top_p, repetition_penalty)
+            if stop_ids is not None:
+                # A finished row repeats its end-of-sequence token: padding that decoders cut off.
+                next_token = torch.where(finished[:, None], idx[:, -1:], next_token)
+                finished |= torch.isin(next_token[:, 0], stop_ids)
             idx = torch.cat((idx, next_token), dim=1)
+            if on_token is not None:
+                on_token(next_token)
+            if stop_ids is not None and bool(finished.all()):
+                break
         return idx
 
     # -------------------------------------------------------------------------
@@ -167,6 +182,23 @@ class Bigram(nn.Module):
         Memory traffic, not arithmetic, bounds a bigram's speed; its MFU is tiny by nature.
         """
         return 6 * self.config.vocab_size
+
+
+def check_sampling_options(temperature, top_k, top_p, repetition_penalty):
+    """Raise ValueError naming the first sampling option that has no meaning.
+
+    generate() calls it before any work, so a mistake is reported at once and in words (a top_k of
+    0 would otherwise fail deep inside torch.topk, and a negative temperature would silently invert
+    the distribution, making the least likely token the favourite).
+    """
+    if not temperature >= 0:  # written so that NaN fails too
+        raise ValueError(f"temperature must be >= 0 (0 means greedy decoding), got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {repetition_penalty}")
 
 
 def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0):
@@ -203,8 +235,6 @@ def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, 
         drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     probs = F.softmax(logits, dim=-1)
-    # Sampling: draw the token at random with these probabilities, rather than always taking the
-    # likeliest. Greedy decoding from a bigram loops forever ("the the the"); drawing gives variety.
     return torch.multinomial(probs, num_samples=1)
 
 
@@ -271,9 +301,6 @@ def parse_config(argv, defaults):
 
     config = dict(defaults)
 
-    def fail(message):
-        sys.exit(f"error: {message}")
-
     def assign(key, value, source):
         if key not in config:
             fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
@@ -304,7 +331,7 @@ def parse_config(argv, defaults):
             namespace = {}
             try:
                 with open(arg) as f:
-                    exec(f.read(), namespace)  # (the config key `compile` shadows the builtin here)
+                    exec(f.read(), namespace)
             except Exception as e:  # a broken config file: say which, not a traceback into exec
                 fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
             for key, value in namespace.items():
@@ -329,38 +356,97 @@ def gpu_peak_flops(device_name):
     return None
 
 
+def check_config(cfg):
+    """Refuse, in one line naming the key, a numeric setting that has no meaning.
+
+    The types are already right (parse_config); this checks the values. Keys a script does not have
+    are skipped, so every script shares this one function. Meanings at the edges: max_iters=0
+    evaluates once and trains nothing, grad_clip=0 disables clipping, weight_decay=0 disables decay.
+    """
+    rules = [
+        (("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval",
+          "n_layer", "n_head", "n_embd", "n_kv_head"), lambda v: v >= 1, "must be >= 1"),
+        (("max_iters", "warmup_iters", "lr_decay_iters"), lambda v: v >= 0, "must be >= 0"),
+        (("learning_rate",), lambda v: v > 0, "must be > 0"),
+        (("min_lr", "weight_decay", "grad_clip"), lambda v: v >= 0, "must be >= 0 (0 disables it)"),
+        (("dropout", "beta1", "beta2"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ]
+    for keys, meaningful, requirement in rules:
+        for key in keys:
+            if key in cfg and not meaningful(cfg[key]):  # comparisons with NaN are False: refused too
+                fail(f"config key {key!r} {requirement}, got {cfg[key]!r}")
+
+
+def fail(message):
+    """Stop with the one line "error: <message>" and exit status 1.
+
+    Under torchrun every process runs the same code and meets the same failure (errors that one
+    process alone sees are first shared with all, see first_error), so only rank 0 prints: the
+    message appears once, not once per process.
+    """
+    sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
+
+
+def first_error(error, ddp):
+    """The first error message (or None) of all processes; under DDP every process must call it.
+
+    A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
+    or the others wait forever at their next collective call. Gathering every process's message,
+    None when it is fine, lets all of them take the same decision.
+    """
+    if not ddp:
+        return error
+    errors = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
+
+
+def local_rank0_first(step, ddp, local_rank):
+    """Run step() -> (value, error message or None) on every process, local rank 0 first; return
+    the value, or fail everywhere if any process failed.
+
+    Downloads and data preparation write files that every process then reads. One process per
+    machine (local rank 0: each machine of a multi-node run has its own disk) does the writing
+    while the others wait; after it, they find the files in place and only read them.
+    """
+    value = None
+    for leaders_turn in (True, False):
+        error = None
+        if (local_rank == 0) == leaders_turn:
+            value, error = step()
+        error = first_error(error, ddp)
+        if error is not None:
+            fail(error)
+    return value
+
+
 def main(argv):
     cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
+    check_config(cfg)
     # Checked before any work: gpt.py would load a pretrained model here, a bigram has none.
     if cfg["init_from"] not in ("scratch", "resume"):
-        sys.exit(f"error: init_from={cfg['init_from']!r} is not supported by bigram.py: use 'scratch' or "
-                 f"'resume' (there are no pretrained bigram models)")
+        fail(f"init_from={cfg['init_from']!r} is not supported by bigram.py: use 'scratch' or 'resume' (there "
+             f"are no pretrained bigram models)")
 
     # ---- devices, processes and precision ----
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
-    if cfg["device"] == "auto":
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        if cfg["device"].startswith("cuda"):
-            cfg["device"] = f"cuda:{local_rank}"
-            torch.cuda.set_device(cfg["device"])
-        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if cfg["device"].startswith("cuda") else "gloo")
-        torch.distributed.init_process_group(backend=backend)
         if cfg["gradient_accumulation_steps"] % world_size != 0:
-            sys.exit(f"error: gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible "
-                     f"by the number of processes ({world_size})")
-        # Each process does its share of the micro-batches; together they make one optimizer step.
-        cfg["gradient_accumulation_steps"] //= world_size
-    else:
-        rank, local_rank, world_size = 0, 0, 1
+            fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
+                 f"number of processes ({world_size})")
+    # Each process does its share of the micro-batches; together they make one optimizer step. (The
+    # config keeps the total the user gave: that is what a resume with another process count needs.)
+    micro_steps = cfg["gradient_accumulation_steps"] // world_size
     master = rank == 0  # only this process logs and writes checkpoints
-    device = cfg["device"]
-    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
     if device_type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: device='cuda' but no CUDA GPU is available; use --device=cpu")
+        fail("device='cuda' but no CUDA GPU is available; use --device=cpu")
     if device_type == "mps" and not torch.backends.mps.is_available():
-        sys.exit("error: device='mps' but MPS is not available on this machine; use --device=cpu")
+        fail("device='mps' but MPS is not available on this machine; use --device=cpu")
     if cfg["dtype"] == "auto":
         if device_type == "cuda":
             cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -368,7 +454,17 @@ def main(argv):
             cfg["dtype"] = "float32"
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if cfg["dtype"] not in dtypes:
-        sys.exit(f"error: dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+        fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    if ddp:
+        if device_type == "cuda":
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        # NCCL is NVIDIA's fast GPU-to-GPU library; gloo works everywhere (CPUs, and Windows, which
+        # has no NCCL).
+        nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+    device = cfg["device"]
     # Each process seeds differently, so DDP ranks draw different batches.
     torch.manual_seed(cfg["seed"] + rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
@@ -383,13 +479,16 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
 
     # ---- data ----
-    try:
-        data_dir = prepare_data.ensure_prepared(cfg["dataset"])
-        meta = prepare_data.load_meta(data_dir)
-        loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
-    except prepare_data.DataError as e:  # a missing or broken dataset: its message says what to run
-        sys.exit(f"error: {e}")
-    tokens_per_iter = cfg["gradient_accumulation_steps"] * world_size * cfg["batch_size"] * cfg["block_size"]
+    def prepare_dataset():
+        try:
+            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
+            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+            return (prepare_data.load_meta(data_dir), loader), None
+        except prepare_data.DataError as e:
+            return None, str(e)
+
+    meta, loader = local_rank0_first(prepare_dataset, ddp, local_rank)
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
 
     # ---- model ----
     iter_num, best_val_loss, checkpoint = 0, float("inf"), None
@@ -398,22 +497,17 @@ def main(argv):
         # quadratically, and a lookup gains nothing from aligned shapes.
         model_args = {"vocab_size": meta["vocab_size"], "block_size": cfg["block_size"]}
     else:
-        ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        if not os.path.exists(ckpt_path):
-            sys.exit(f"error: init_from='resume' but there is no checkpoint at {ckpt_path}; train with init_from='scratch' first")
-        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if checkpoint.get("model_type") != "bigram":
-            sys.exit(f"error: {ckpt_path} was written by {checkpoint.get('model_type')}.py, not bigram.py")
+        checkpoint = load_checkpoint(cfg["out_dir"], device, "bigram")
         # The table's size comes from the checkpoint. block_size is not part of the model, so the
         # resumed run's value (the data's sequence length) is the one to keep.
         model_args = checkpoint["model_args"] | {"block_size": cfg["block_size"]}
     if model_args["vocab_size"] < meta["vocab_size"]:
-        sys.exit(f"error: dataset {cfg['dataset']!r} has {meta['vocab_size']} tokens but the checkpoint's table "
-                 f"knows {model_args['vocab_size']}; resume on the dataset it was trained on")
+        fail(f"dataset {cfg['dataset']!r} has {meta['vocab_size']} tokens but the checkpoint's table knows "
+             f"{model_args['vocab_size']}; resume on the dataset it was trained on")
     if model_args["vocab_size"] > _MAX_VOCAB_SIZE:
-        sys.exit(f"error: dataset {cfg['dataset']!r} has {model_args['vocab_size']} tokens: a bigram table would "
-                 f"hold {model_args['vocab_size'] ** 2:,} weights. Use a vocabulary of at most {_MAX_VOCAB_SIZE} "
-                 f"tokens (shakespeare_char, shakespeare_bpe)")
+        fail(f"dataset {cfg['dataset']!r} has {model_args['vocab_size']} tokens: a bigram table would hold "
+             f"{model_args['vocab_size'] ** 2:,} weights. Use a vocabulary of at most {_MAX_VOCAB_SIZE} tokens "
+             f"(shakespeare_char, shakespeare_bpe)")
     model = Bigram(BigramConfig(**model_args))
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -422,13 +516,14 @@ def main(argv):
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng_state"]["cpu"].cpu())
-        if device_type == "cuda" and checkpoint["rng_state"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng_state"]["cuda"].cpu())
+        if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
+            scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
     raw_model = model  # the plain module: what we save, and what MFU counts
     if cfg["compile"]:
-        model = compile_model(model, autocast, device, cfg["batch_size"])
+        model, compile_error = compile_model(model, autocast, device, cfg["batch_size"])
+        if compile_error and master:
+            print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
@@ -436,7 +531,7 @@ def main(argv):
         os.makedirs(cfg["out_dir"], exist_ok=True)
         print("config:", json.dumps(cfg))
         print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
-              f"({cfg['gradient_accumulation_steps'] * world_size} x {cfg['batch_size']} x {cfg['block_size']})")
+              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
         # The loss of a uniform guess: what the first evaluation should show, and the bar to beat.
         print(f"loss of a uniform guess over {meta['vocab_size']} tokens: ln({meta['vocab_size']}) = "
               f"{math.log(meta['vocab_size']):.4f}")
@@ -445,7 +540,7 @@ def main(argv):
         try:
             import wandb
         except ImportError:
-            sys.exit("error: wandb_log=True but wandb is not installed: pip install wandb")
+            fail("wandb_log=True but wandb is not installed: pip install wandb")
         wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
 
     def lr_at(it):
@@ -457,21 +552,32 @@ def main(argv):
         if not cfg["decay_lr"]:
             return cfg["learning_rate"]
         if it < cfg["warmup_iters"]:
+            # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
+            # wasted), and the ramp reaches the full rate just as the cosine takes over.
             return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
         if it > cfg["lr_decay_iters"]:
             return cfg["min_lr"]
         progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
         return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
 
+    def mean_over_processes(values):
+        """Average a few floats over all processes (each has measured its own batches)."""
+        if not ddp:
+            return values
+        total = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)  # a sum: gloo has no average
+        return (total / world_size).tolist()
+
     @torch.no_grad()
     def estimate_loss():
-        """Mean loss over eval_iters batches of each split, in eval mode.
+        """Mean loss over eval_iters batches of each split (on every process), in eval mode.
 
         The val loss is the honest score: text the table was never fitted to. A bigram has too few
-        parameters to memorise much, so train and val losses stay close.
+        parameters to memorise much, so train and val losses stay close. Averaged over the
+        processes, so that all of them see the same numbers and take the same decisions.
         """
         model.eval()
-        losses = {}
+        losses = []
         for split in ("train", "val"):
             total = 0.0
             for _ in range(cfg["eval_iters"]):
@@ -479,11 +585,11 @@ def main(argv):
                 with autocast:
                     _, loss = model(x, y)
                 total += loss.item()
-            losses[split] = total / cfg["eval_iters"]
+            losses.append(total / cfg["eval_iters"])
         model.train()
-        return losses
+        return dict(zip(("train", "val"), mean_over_processes(losses)))
 
-    def save_checkpoint():
+    def save_checkpoint(rng_states):
         checkpoint = {
             "model_type": "bigram",
             "model_args": asdict(raw_model.config),
@@ -494,13 +600,15 @@ def main(argv):
             "best_val_loss": best_val_loss,
             "config": cfg,
             "tokenizer": meta,
-            "rng_state": {"cpu": torch.get_rng_state(),
-                          "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
+            "rng_state": rng_states,
         }
         path = os.path.join(cfg["out_dir"], "ckpt.pt")
         # Write then rename: a crash mid-write leaves the previous checkpoint intact.
-        torch.save(checkpoint, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        try:
+            torch.save(checkpoint, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
         print(f"saved checkpoint to {path}")
 
     # ---- the training loop ----
@@ -518,34 +626,39 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        if iter_num % cfg["eval_interval"] == 0 and iter_num != resumed_at:
+        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
+        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
             losses = estimate_loss()
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 if wandb:
                     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-                if not math.isfinite(losses["val"]):
-                    sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint "
-                             f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-                if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
-                    best_val_loss = min(best_val_loss, losses["val"])
-                    save_checkpoint()
+            if not math.isfinite(losses["val"]):
+                fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng_states = every_rank_rng_state(ddp, device_type)  # collective: every process takes part
+                if master:
+                    save_checkpoint(rng_states)
             t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
 
         # Gradient accumulation: sum the gradients of several micro-batches (each loss divided by
         # their number, so the sum is a mean) to train with a larger batch than fits in memory.
-        for micro_step in range(cfg["gradient_accumulation_steps"]):
+        train_loss = 0.0  # the mean over this step's micro-batches, for the log
+        for micro_step in range(micro_steps):
             x, y = loader.get_batch("train")
             # Under DDP, gradients are averaged across processes during backward; doing it only on
             # the last micro-step saves all the communication of the earlier ones.
-            last = micro_step == cfg["gradient_accumulation_steps"] - 1
+            last = micro_step == micro_steps - 1
             with (model.no_sync() if ddp and not last else nullcontext()):
                 with autocast:
                     _, loss = model(x, y)
-                    loss = loss / cfg["gradient_accumulation_steps"]
+                    loss = loss / micro_steps
                 scaler.scale(loss).backward()
+            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
         if cfg["grad_clip"] > 0:
             # Clipping the global gradient norm bounds the size of any one update, protecting
             # against the occasional huge gradient of a bad batch. Unscale first so the threshold
@@ -556,12 +669,13 @@ def main(argv):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
 
-        if iter_num % cfg["log_interval"] == 0 and master:
-            # .item() waits for the GPU to finish, so we only call it when logging.
-            loss_value = loss.item() * cfg["gradient_accumulation_steps"]
+        if iter_num % cfg["log_interval"] == 0:
+            # The mean loss over all micro-batches of this step, of every process. .item() waits
+            # for the GPU to finish, so we only ask for it when logging.
+            loss_value = mean_over_processes([train_loss.item()])[0]
             if not math.isfinite(loss_value):
-                sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
-                         f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+                fail(f"training loss is {loss_value} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
             now = time.time()
             dt = (now - t_last) / (iter_num + 1 - iter_timed)
             t_last, iter_timed = now, iter_num + 1
@@ -573,12 +687,71 @@ def main(argv):
                 mfu = "n/a (peaks are for 16-bit)"
             else:
                 mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
-            print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                  f"mfu {mfu}, lr {lr:.2e}")
+            if master:
+                print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+                      f"mfu {mfu}, lr {lr:.2e}")
         iter_num += 1
 
     if ddp:
         torch.distributed.destroy_process_group()
+
+
+def load_checkpoint(out_dir, device, model_type):
+    """out_dir/ckpt.pt as a dict, or a one-line error if it is missing, damaged or another script's.
+
+    The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
+    """
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
+    try:
+        # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        written_by = checkpoint["model_type"]
+    except Exception as e:  # truncated, not a torch file, or not our dict
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        fail(f"{path} is not a readable checkpoint of this repository ({type(e).__name__}: {first_line}); "
+             f"restore it from a copy, or train again with init_from='scratch'")
+    if written_by != model_type:
+        fail(f"{path} was written by {written_by}.py, not {model_type}.py")
+    return checkpoint
+
+
+def every_rank_rng_state(ddp, device_type):
+    """The random-number-generator state of every process, as a list indexed by rank.
+
+    The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
+    seed + rank), so an exact resume must restore each process's own state, not rank 0's for all:
+    with one state, every process would draw the same batches after a resume, and the effective
+    batch would silently shrink by the process count. Every process must call this together.
+    """
+    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+    if not ddp:
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_state(states, rank, world_size, fresh_seed):
+    """Restore this process's RNG state from a checkpoint's list (see every_rank_rng_state).
+
+    With as many processes as the run that wrote it, each takes its own state and the run continues
+    exactly. With another number there is no exact continuation (the batches are split differently
+    anyway): each process then starts a fresh stream of its own, seeded from the seed, the iteration
+    and its rank, so that processes still differ and no batch sequence from the start is replayed.
+    """
+    if isinstance(states, dict):  # a checkpoint from before every process's state was saved: one state
+        states = [states]
+    if len(states) == world_size:
+        torch.set_rng_state(states[rank]["cpu"].cpu())
+        if states[rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[rank]["cuda"].cpu())
+        return
+    if rank == 0:
+        print(f"note: the checkpoint was written by {len(states)} process(es) and this run has {world_size}: "
+              f"training continues with fresh random streams, not exactly as the original run would have")
+    torch.manual_seed(fresh_seed)
 
 
 def compile_model(model, autocast, device, batch_size):
@@ -596,12 +769,11 @@ def compile_model(model, autocast, device, batch_size):
                 _, loss = compiled(x, x)
             loss.backward()
         model.zero_grad(set_to_none=True)
-        return compiled
-    except Exception as e:  # any compiler failure: training uncompiled is slower but correct
+        return compiled, None
+    except Exception as e:  # any compiler failure
         model.zero_grad(set_to_none=True)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"warning: torch.compile failed ({type(e).__name__}: {first_line}); continuing without compile")
-        return model
+        return model, f"{type(e).__name__}: {first_line}"
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ and in Python, a pretrained model (any Hugging Face "llama" checkpoint, hub id o
 
 import json
 import math
+import mmap
 import os
 import sys
 import time
@@ -405,12 +406,13 @@ class Llama(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # a tied matrix is counted once
 
-    def forward(self, idx, targets=None, cache=None):
+    def forward(self, idx, targets=None, cache=None, last_only=False):
         """idx: (B, T) token ids -> (logits (B, T, vocab_size), loss or None), as in gpt.py.
 
         With targets (B, T) the loss is the mean cross-entropy of the next-token predictions
         (targets of -1 ignored). With a cache, idx holds only the new tokens, whose positions
-        continue from cache.length.
+        continue from cache.length. last_only=True computes the logits of the last position alone,
+        all that generation needs (with Llama 3's 128K vocabulary the output layer dominates).
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -424,6 +426,8 @@ class Llama(nn.Module):
             x = block(x, cos, sin, cache, layer)
         if cache is not None:
             cache.length += T
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
         x = self.model.norm(x)
         logits = self.lm_head(x)  # (B, T, vocab_size)
         loss = None
@@ -446,47 +450,65 @@ class Llama(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 repetition_penalty=1.0, use_cache=True):
-        """Append max_new_tokens sampled tokens to idx (B, T) and return the (B, T + new) result.
+                 repetition_penalty=1.0, use_cache=True, vocab_size=None, eos_token_id=None, on_token=None):
+        """Append up to max_new_tokens sampled tokens to idx (B, T) and return the (B, T + new) result.
 
-        Same sampling as gpt.py (sample_next_token) and the same policy past block_size: once the
-        text is longer than the window, recompute the newest block_size tokens every step. One might
-        hope RoPE lets the cache simply slide — its scores depend only on relative positions, so
-        dropping the oldest entry leaves every remaining offset unchanged — and in layer 0 that is
-        true. But the keys of every later layer were computed from hidden states that had attended
-        to the tokens now dropped; a true recompute of the window, which no longer contains them,
-        gives different keys. Sliding would silently make cached and uncached generation disagree, so
-        we keep them exactly equal and pay the recompute instead.
+        Same sampling and options as gpt.py (vocab_size, eos_token_id, on_token) and the same policy
+        past block_size: once the text is longer than the window, recompute the newest block_size
+        tokens every step. One might hope RoPE lets the cache simply slide — its scores depend only
+        on relative positions, so dropping the oldest entry leaves every remaining offset unchanged
+        — and in layer 0 that is true. But the keys of every later layer were computed from hidden
+        states that had attended to the tokens now dropped; a true recompute of the window, which no
+        longer contains them, gives different keys. Sliding would silently make cached and uncached
+        generation disagree, so we keep them exactly equal and pay the recompute instead.
         """
+        check_sampling_options(temperature, top_k, top_p, repetition_penalty)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         block_size = self.config.block_size
         # The cache only ever needs as many slots as the text can fill before it outgrows the
         # window: for a 128K-context model and a short generation that is far less than block_size.
         cache_len = min(block_size, idx.size(1) + max_new_tokens)
+        stop_ids = None if eos_token_id is None else torch.tensor(eos_token_id, device=idx.device).view(-1)
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         cache = None
-        logits = None
         for _ in range(max_new_tokens):
             if use_cache and idx.size(1) <= block_size:
-                if cache is None:  # first step: run the prompt and fill the cache
+                if cache is None:  # first step: run the whole prompt and fill the cache
                     cache = KVCache(self.config.n_layer, cache_len)
-                    logits, _ = self(idx, cache=cache)
-                # otherwise `logits` already holds the newest token's output from the last step
+                    logits, _ = self(idx, cache=cache, last_only=True)
+                else:  # the cache holds every earlier token: feed only the newest
+                    logits, _ = self(idx[:, -1:], cache=cache, last_only=True)
             else:
-                logits, _ = self(idx[:, -block_size:])
-            next_token = sample_next_token(logits[:, -1, :], idx, temperature, top_k, top_p, repetition_penalty)
+                logits, _ = self(idx[:, -block_size:], last_only=True)
+            logits = logits[:, -1, :vocab_size]  # (B, vocab_size); [:None] keeps every id
+            next_token = sample_next_token(logits, idx, temperature, top_k, top_p, repetition_penalty)
+            if stop_ids is not None:
+                # A finished row repeats its end-of-sequence token: padding that decoders cut off.
+                next_token = torch.where(finished[:, None], idx[:, -1:], next_token)
+                finished |= torch.isin(next_token[:, 0], stop_ids)
             idx = torch.cat((idx, next_token), dim=1)
-            if cache is not None and idx.size(1) <= block_size:
-                logits, _ = self(next_token, cache=cache)
+            if on_token is not None:
+                on_token(next_token)
+            if stop_ids is not None and bool(finished.all()):
+                break
         return idx
 
     # -------------------------------------------------------------------------
     # Loading Hugging Face Llama-architecture checkpoints
 
     @classmethod
-    def from_pretrained(cls, name_or_dir, dropout=0.0):
+    def from_pretrained(cls, name_or_dir, dropout=0.0, dtype=torch.float32):
         """Build a Llama from a Hugging Face checkpoint with model_type "llama": a local directory
         (config.json plus model.safetensors, or model.safetensors.index.json and its shards) or a hub
         id such as "HuggingFaceTB/SmolLM2-135M" or "meta-llama/Llama-3.2-1B" (downloaded once into a
-        cache directory; gated repositories need an access token in the HF_TOKEN variable)."""
+        cache directory; gated repositories need an access token in the HF_TOKEN variable).
+
+        dtype: of the weights, float32 by default; bfloat16 halves the memory (sample.py
+        --dtype=bfloat16). RoPE's frequencies stay float32 either way. As in gpt.py, the model is
+        built on the meta device and takes the memory-mapped checkpoint tensors as its parameters,
+        so loading needs about the weights' size in memory, shard after shard.
+        """
         directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
         config_path = os.path.join(directory, "config.json")
         if not os.path.exists(config_path):
@@ -518,10 +540,11 @@ class Llama(nn.Module):
             rope_theta=float(rope_theta), rope_scaling=rope_scaling,
             tie_embeddings=hf.get("tie_word_embeddings", False), dropout=dropout,
         )
-        model = cls(config)
+        with torch.device("meta"):
+            model = cls(config)
 
-        ours = model.state_dict()
-        loaded = set()
+        ours = model.state_dict()  # meta tensors: names and shapes only
+        state = {}
         for name, tensor in load_hf_weights(directory).items():
             if name.endswith("rotary_emb.inv_freq"):
                 continue  # older checkpoints saved RoPE's fixed frequencies; we compute them
@@ -531,12 +554,15 @@ class Llama(nn.Module):
                 raise ValueError(f"unexpected tensor {name!r} in the checkpoint at {directory}")
             if tensor.shape != ours[name].shape:
                 raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[name].shape)}")
-            with torch.no_grad():
-                ours[name].copy_(tensor.to(ours[name].dtype))
-            loaded.add(name)
-        missing = set(ours) - loaded - ({"lm_head.weight"} if config.tie_embeddings else set())
+            state[name] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
+        missing = set(ours) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
         if missing:
             raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+        model.load_state_dict(state, strict=False, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight  # assign=True replaced the tied matrix
+        # The buffer was made on the meta device too; compute the real frequencies, in float32.
+        model.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
         return model
 
     # -------------------------------------------------------------------------
@@ -561,6 +587,23 @@ class Llama(nn.Module):
         cfg = self.config
         lookup = 0 if cfg.tie_embeddings else self.model.embed_tokens.weight.numel()
         return 6 * (self.num_params() - lookup) + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
+
+
+def check_sampling_options(temperature, top_k, top_p, repetition_penalty):
+    """Raise ValueError naming the first sampling option that has no meaning.
+
+    generate() calls it before any work, so a mistake is reported at once and in words (a top_k of
+    0 would otherwise fail deep inside torch.topk, and a negative temperature would silently invert
+    the distribution, making the least likely token the favourite).
+    """
+    if not temperature >= 0:  # written so that NaN fails too
+        raise ValueError(f"temperature must be >= 0 (0 means greedy decoding), got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {repetition_penalty}")
 
 
 def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0):
@@ -609,16 +652,20 @@ def read_safetensors(path):
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
-        data = bytearray(f.read())
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file closes
+    start = 8 + header_len  # the offsets count from the end of the header
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        begin, end = info["data_offsets"]
         if info["dtype"] not in dtypes:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        flat = torch.frombuffer(data, dtype=dtypes[info["dtype"]], offset=begin,
-                                count=(end - begin) // dtypes[info["dtype"]].itemsize)
+        dtype = dtypes[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if begin == end:  # a shape with a 0 in it holds no bytes (and frombuffer refuses a count of 0)
+            tensors[name] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(data, dtype=dtype, offset=start + begin, count=(end - begin) // dtype.itemsize)
         tensors[name] = flat.reshape(info["shape"])
     return tensors
 
@@ -633,14 +680,17 @@ def load_hf_weights(directory):
     if os.path.exists(single):
         return read_safetensors(single)
     index_path = os.path.join(directory, "model.safetensors.index.json")
-    if not os.path.exists(index_path):
-        raise FileNotFoundError(f"{directory} has neither model.safetensors nor model.safetensors.index.json")
-    with open(index_path) as f:
-        weight_map = json.load(f)["weight_map"]
-    state = {}
-    for shard in sorted(set(weight_map.values())):
-        state.update(read_safetensors(os.path.join(directory, shard)))
-    return state
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+        state = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(read_safetensors(os.path.join(directory, shard)))
+        return state
+    bin_path = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
 def download_hf_checkpoint(repo):
@@ -767,15 +817,12 @@ def parse_config(argv, defaults):
 
     config = dict(defaults)
 
-    def fail(message):
-        sys.exit(f"error: {message}")
-
     def assign(key, value, source):
         if key not in config:
             fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
         default = config[key]
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)  # --rope_theta=500000 means 500000.0
+            value = float(value)  # --learning_rate=1 means 1.0
         if type(value) is not type(default):
             fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
         config[key] = value
@@ -800,7 +847,7 @@ def parse_config(argv, defaults):
             namespace = {}
             try:
                 with open(arg) as f:
-                    exec(f.read(), namespace)  # (the config key `compile` shadows the builtin here)
+                    exec(f.read(), namespace)
             except Exception as e:  # a broken config file: say which, not a traceback into exec
                 fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
             for key, value in namespace.items():
@@ -824,33 +871,93 @@ def gpu_peak_flops(device_name):
     return None
 
 
+def check_config(cfg):
+    """Refuse, in one line naming the key, a numeric setting that has no meaning.
+
+    The types are already right (parse_config); this checks the values. Keys a script does not have
+    are skipped, so every script shares this one function. Meanings at the edges: max_iters=0
+    evaluates once and trains nothing, grad_clip=0 disables clipping, weight_decay=0 disables decay.
+    """
+    rules = [
+        (("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval",
+          "n_layer", "n_head", "n_embd", "n_kv_head"), lambda v: v >= 1, "must be >= 1"),
+        (("max_iters", "warmup_iters", "lr_decay_iters"), lambda v: v >= 0, "must be >= 0"),
+        (("learning_rate",), lambda v: v > 0, "must be > 0"),
+        (("min_lr", "weight_decay", "grad_clip"), lambda v: v >= 0, "must be >= 0 (0 disables it)"),
+        (("dropout", "beta1", "beta2"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ]
+    for keys, meaningful, requirement in rules:
+        for key in keys:
+            if key in cfg and not meaningful(cfg[key]):  # comparisons with NaN are False: refused too
+                fail(f"config key {key!r} {requirement}, got {cfg[key]!r}")
+
+
+def fail(message):
+    """Stop with the one line "error: <message>" and exit status 1.
+
+    Under torchrun every process runs the same code and meets the same failure (errors that one
+    process alone sees are first shared with all, see first_error), so only rank 0 prints: the
+    message appears once, not once per process.
+    """
+    sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
+
+
+def first_error(error, ddp):
+    """The first error message (or None) of all processes; under DDP every process must call it.
+
+    A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
+    or the others wait forever at their next collective call. Gathering every process's message,
+    None when it is fine, lets all of them take the same decision.
+    """
+    if not ddp:
+        return error
+    errors = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
+
+
+def local_rank0_first(step, ddp, local_rank):
+    """Run step() -> (value, error message or None) on every process, local rank 0 first; return
+    the value, or fail everywhere if any process failed.
+
+    Downloads and data preparation write files that every process then reads. One process per
+    machine (local rank 0: each machine of a multi-node run has its own disk) does the writing
+    while the others wait; after it, they find the files in place and only read them.
+    """
+    value = None
+    for leaders_turn in (True, False):
+        error = None
+        if (local_rank == 0) == leaders_turn:
+            value, error = step()
+        error = first_error(error, ddp)
+        if error is not None:
+            fail(error)
+    return value
+
+
 def main(argv):
     cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
+    check_config(cfg)
 
     # ---- devices, processes and precision (as in gpt.py) ----
     ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
-    if cfg["device"] == "auto":
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        if cfg["device"].startswith("cuda"):
-            cfg["device"] = f"cuda:{local_rank}"
-            torch.cuda.set_device(cfg["device"])
-        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if cfg["device"].startswith("cuda") else "gloo")
-        torch.distributed.init_process_group(backend=backend)
         if cfg["gradient_accumulation_steps"] % world_size != 0:
-            sys.exit(f"error: gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible "
-                     f"by the number of processes ({world_size})")
-        cfg["gradient_accumulation_steps"] //= world_size  # each process does its share of micro-batches
-    else:
-        rank, local_rank, world_size = 0, 0, 1
+            fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
+                 f"number of processes ({world_size})")
+    # Each process does its share of the micro-batches; together they make one optimizer step. (The
+    # config keeps the total the user gave: that is what a resume with another process count needs.)
+    micro_steps = cfg["gradient_accumulation_steps"] // world_size
     master = rank == 0  # only this process logs and writes checkpoints
-    device = cfg["device"]
-    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
     if device_type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: device='cuda' but no CUDA GPU is available; use --device=cpu")
+        fail("device='cuda' but no CUDA GPU is available; use --device=cpu")
     if device_type == "mps" and not torch.backends.mps.is_available():
-        sys.exit("error: device='mps' but MPS is not available on this machine; use --device=cpu")
+        fail("device='mps' but MPS is not available on this machine; use --device=cpu")
     if cfg["dtype"] == "auto":
         if device_type == "cuda":
             cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -858,9 +965,20 @@ def main(argv):
             cfg["dtype"] = "float32"
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if cfg["dtype"] not in dtypes:
-        sys.exit(f"error: dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
-    torch.manual_seed(cfg["seed"] + rank)  # ranks draw different batches and dropout masks
-    torch.backends.cuda.matmul.allow_tf32 = True
+        fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    if ddp:
+        if device_type == "cuda":
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        # NCCL is NVIDIA's fast GPU-to-GPU library; gloo works everywhere (CPUs, and Windows, which
+        # has no NCCL).
+        nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+    device = cfg["device"]
+    # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
+    torch.manual_seed(cfg["seed"] + rank)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
     torch.backends.cudnn.allow_tf32 = True
     # Mixed precision as in gpt.py: autocast for 16-bit matmuls, a GradScaler only for float16.
     # RMSNorm and the RoPE angles stay in float32 inside autocast by construction (see above).
@@ -869,17 +987,16 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
 
     # ---- data ----
-    try:
-        if ddp and not master:  # let rank 0 download and tokenize alone; the others wait for it
-            torch.distributed.barrier()
-        data_dir = prepare_data.ensure_prepared(cfg["dataset"])
-        if ddp and master:
-            torch.distributed.barrier()
-        meta = prepare_data.load_meta(data_dir)
-        loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
-    except prepare_data.DataError as e:
-        sys.exit(f"error: {e}")
-    tokens_per_iter = cfg["gradient_accumulation_steps"] * world_size * cfg["batch_size"] * cfg["block_size"]
+    def prepare_dataset():
+        try:
+            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
+            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+            return (prepare_data.load_meta(data_dir), loader), None
+        except prepare_data.DataError as e:
+            return None, str(e)
+
+    meta, loader = local_rank0_first(prepare_dataset, ddp, local_rank)
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
 
     # ---- model ----
     iter_num, best_val_loss, checkpoint = 0, float("inf"), None
@@ -892,47 +1009,49 @@ def main(argv):
         try:
             config = LlamaConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size)
         except ValueError as e:
-            sys.exit(f"error: {e}")
+            fail(e)
         model = Llama(config)
         model_args = asdict(config)  # includes the derived hidden_dim
     elif cfg["init_from"] == "resume":
-        ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        if not os.path.exists(ckpt_path):
-            sys.exit(f"error: init_from='resume' but there is no checkpoint at {ckpt_path}; train with init_from='scratch' first")
-        checkpoint = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if checkpoint.get("model_type") != "llama":
-            sys.exit(f"error: {ckpt_path} was written by {checkpoint.get('model_type')}.py, not llama.py")
+        checkpoint = load_checkpoint(cfg["out_dir"], device, "llama")
         # The architecture comes from the checkpoint; only dropout may change between runs.
         model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
         model = Llama(LlamaConfig(**model_args))
         model.load_state_dict(checkpoint["model"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     else:
-        try:
-            model = Llama.from_pretrained(cfg["init_from"], dropout=cfg["dropout"])
-        except (ValueError, FileNotFoundError, RuntimeError) as e:
-            sys.exit(f"error: cannot load {cfg['init_from']!r}: {e}")
-        # The dataset's token ids must mean the same tokens as the model's vocabulary; all we can
-        # check here is that they fit in it.
-        if meta["vocab_size"] > model.config.vocab_size:
-            sys.exit(f"error: dataset {cfg['dataset']!r} has {meta['vocab_size']} tokens but {cfg['init_from']} "
-                     f"knows {model.config.vocab_size}; tokenize the data with the model's own tokenizer")
+        def load_pretrained():
+            try:
+                directory = cfg["init_from"]
+                if not os.path.isdir(directory):
+                    directory = download_hf_checkpoint(directory)
+                return (Llama.from_pretrained(directory, dropout=cfg["dropout"]), directory), None
+            except (ValueError, FileNotFoundError, RuntimeError) as e:
+                return None, f"cannot load {cfg['init_from']!r}: {e}"
+
+        model, directory = local_rank0_first(load_pretrained, ddp, local_rank)  # downloads once per machine
+        # Token ids mean nothing without the tokenizer that made them: the dataset must have been
+        # tokenized with the model's own tokenizer.json, or every id is a wrong word.
+        if not prepare_data.same_tokenizer(meta, directory):
+            fail(f"dataset {cfg['dataset']!r} was not tokenized with {cfg['init_from']}'s tokenizer; prepare your text "
+                 f"with it: python prepare_data.py NAME --input=FILE --tokenizer={directory}")
         if cfg["block_size"] < model.config.block_size:
             model.crop_block_size(cfg["block_size"])
         model_args = asdict(model.config)
     if cfg["block_size"] > model.config.block_size:
-        sys.exit(f"error: block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
+        fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
     model.to(device)
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        torch.set_rng_state(checkpoint["rng_state"]["cpu"].cpu())
-        if device_type == "cuda" and checkpoint["rng_state"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng_state"]["cuda"].cpu())
+        if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
+            scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
     raw_model = model  # the plain module: what we save, and what MFU counts
     if cfg["compile"]:
-        model = compile_model(model, autocast, device, cfg["batch_size"])
+        model, compile_error = compile_model(model, autocast, device, cfg["batch_size"])
+        if compile_error and master:
+            print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
@@ -940,13 +1059,13 @@ def main(argv):
         os.makedirs(cfg["out_dir"], exist_ok=True)
         print("config:", json.dumps(cfg))
         print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
-              f"({cfg['gradient_accumulation_steps'] * world_size} x {cfg['batch_size']} x {cfg['block_size']})")
+              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
     wandb = None
     if cfg["wandb_log"] and master:
         try:
             import wandb
         except ImportError:
-            sys.exit("error: wandb_log=True but wandb is not installed: pip install wandb")
+            fail("wandb_log=True but wandb is not installed: pip install wandb")
         wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
 
     def lr_at(it):
@@ -954,17 +1073,31 @@ def main(argv):
         if not cfg["decay_lr"]:
             return cfg["learning_rate"]
         if it < cfg["warmup_iters"]:
+            # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
+            # wasted), and the ramp reaches the full rate just as the cosine takes over.
             return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
         if it > cfg["lr_decay_iters"]:
             return cfg["min_lr"]
         progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
         return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
 
+    def mean_over_processes(values):
+        """Average a few floats over all processes (each has measured its own batches)."""
+        if not ddp:
+            return values
+        total = torch.tensor(values, dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)  # a sum: gloo has no average
+        return (total / world_size).tolist()
+
     @torch.no_grad()
     def estimate_loss():
-        """Mean loss over eval_iters batches of each split, with dropout off."""
+        """Mean loss over eval_iters batches of each split (on every process), with dropout off.
+
+        Averaged over the processes, so that all of them see the same numbers and take the same
+        decisions: whether to save, whether the loss has diverged.
+        """
         model.eval()
-        losses = {}
+        losses = []
         for split in ("train", "val"):
             total = 0.0
             for _ in range(cfg["eval_iters"]):
@@ -972,11 +1105,11 @@ def main(argv):
                 with autocast:
                     _, loss = model(x, y)
                 total += loss.item()
-            losses[split] = total / cfg["eval_iters"]
+            losses.append(total / cfg["eval_iters"])
         model.train()
-        return losses
+        return dict(zip(("train", "val"), mean_over_processes(losses)))
 
-    def save_checkpoint():
+    def save_checkpoint(rng_states):
         checkpoint = {
             "model_type": "llama",
             "model_args": model_args,
@@ -987,13 +1120,15 @@ def main(argv):
             "best_val_loss": best_val_loss,
             "config": cfg,
             "tokenizer": meta,
-            "rng_state": {"cpu": torch.get_rng_state(),
-                          "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None},
+            "rng_state": rng_states,
         }
         path = os.path.join(cfg["out_dir"], "ckpt.pt")
         # Write then rename: a crash mid-write leaves the previous checkpoint intact.
-        torch.save(checkpoint, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        try:
+            torch.save(checkpoint, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        except OSError as e:
+            fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
         print(f"saved checkpoint to {path}")
 
     # ---- the training loop, as in gpt.py ----
@@ -1010,30 +1145,35 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        if iter_num % cfg["eval_interval"] == 0 and iter_num != resumed_at:
+        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
+        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
             losses = estimate_loss()
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 if wandb:
                     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-                if not math.isfinite(losses["val"]):
-                    sys.exit(f"error: val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint "
-                             f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-                if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
-                    best_val_loss = min(best_val_loss, losses["val"])
-                    save_checkpoint()
+            if not math.isfinite(losses["val"]):
+                fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng_states = every_rank_rng_state(ddp, device_type)  # collective: every process takes part
+                if master:
+                    save_checkpoint(rng_states)
             t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
 
-        for micro_step in range(cfg["gradient_accumulation_steps"]):
+        train_loss = 0.0  # the mean over this step's micro-batches, for the log
+        for micro_step in range(micro_steps):
             x, y = loader.get_batch("train")
-            last = micro_step == cfg["gradient_accumulation_steps"] - 1
+            last = micro_step == micro_steps - 1
             with (model.no_sync() if ddp and not last else nullcontext()):  # DDP: sync grads once
                 with autocast:
                     _, loss = model(x, y)
-                    loss = loss / cfg["gradient_accumulation_steps"]
+                    loss = loss / micro_steps
                 scaler.scale(loss).backward()
+            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
         if cfg["grad_clip"] > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -1041,11 +1181,13 @@ def main(argv):
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-        if iter_num % cfg["log_interval"] == 0 and master:
-            loss_value = loss.item() * cfg["gradient_accumulation_steps"]
+        if iter_num % cfg["log_interval"] == 0:
+            # The mean loss over all micro-batches of this step, of every process. .item() waits
+            # for the GPU to finish, so we only ask for it when logging.
+            loss_value = mean_over_processes([train_loss.item()])[0]
             if not math.isfinite(loss_value):
-                sys.exit(f"error: training loss is {loss_value} at iteration {iter_num}; the last good checkpoint "
-                         f"in {cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
+                fail(f"training loss is {loss_value} at iteration {iter_num}; the last good checkpoint in "
+                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
             now = time.time()
             dt = (now - t_last) / (iter_num + 1 - iter_timed)
             t_last, iter_timed = now, iter_num + 1
@@ -1057,19 +1199,78 @@ def main(argv):
                 mfu = "n/a (peaks are for 16-bit)"
             else:
                 mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
-            print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                  f"mfu {mfu}, lr {lr:.2e}")
+            if master:
+                print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+                      f"mfu {mfu}, lr {lr:.2e}")
         iter_num += 1
 
     if ddp:
         torch.distributed.destroy_process_group()
 
 
+def load_checkpoint(out_dir, device, model_type):
+    """out_dir/ckpt.pt as a dict, or a one-line error if it is missing, damaged or another script's.
+
+    The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
+    """
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
+    try:
+        # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        written_by = checkpoint["model_type"]
+    except Exception as e:  # truncated, not a torch file, or not our dict
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        fail(f"{path} is not a readable checkpoint of this repository ({type(e).__name__}: {first_line}); "
+             f"restore it from a copy, or train again with init_from='scratch'")
+    if written_by != model_type:
+        fail(f"{path} was written by {written_by}.py, not {model_type}.py")
+    return checkpoint
+
+
+def every_rank_rng_state(ddp, device_type):
+    """The random-number-generator state of every process, as a list indexed by rank.
+
+    The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
+    seed + rank), so an exact resume must restore each process's own state, not rank 0's for all:
+    with one state, every process would draw the same batches after a resume, and the effective
+    batch would silently shrink by the process count. Every process must call this together.
+    """
+    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+    if not ddp:
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_state(states, rank, world_size, fresh_seed):
+    """Restore this process's RNG state from a checkpoint's list (see every_rank_rng_state).
+
+    With as many processes as the run that wrote it, each takes its own state and the run continues
+    exactly. With another number there is no exact continuation (the batches are split differently
+    anyway): each process then starts a fresh stream of its own, seeded from the seed, the iteration
+    and its rank, so that processes still differ and no batch sequence from the start is replayed.
+    """
+    if isinstance(states, dict):  # a checkpoint from before every process's state was saved: one state
+        states = [states]
+    if len(states) == world_size:
+        torch.set_rng_state(states[rank]["cpu"].cpu())
+        if states[rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[rank]["cuda"].cpu())
+        return
+    if rank == 0:
+        print(f"note: the checkpoint was written by {len(states)} process(es) and this run has {world_size}: "
+              f"training continues with fresh random streams, not exactly as the original run would have")
+    torch.manual_seed(fresh_seed)
+
+
 def compile_model(model, autocast, device, batch_size):
-    """torch.compile the model, or return it unchanged with a warning if compiling fails (gpt.py).
+    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails.
 
     One trial forward and backward right away, inside fork_rng so the real run's random stream is
-    untouched, because compile errors only surface at the first call.
+    untouched, because compile errors only surface at the first call (gpt.py explains).
     """
     compiled = torch.compile(model)
     try:
@@ -1079,12 +1280,11 @@ def compile_model(model, autocast, device, batch_size):
                 _, loss = compiled(x, x)
             loss.backward()
         model.zero_grad(set_to_none=True)
-        return compiled
-    except Exception as e:  # any compiler failure: training uncompiled is slower but correct
+        return compiled, None
+    except Exception as e:  # any compiler failure
         model.zero_grad(set_to_none=True)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"warning: torch.compile failed ({type(e).__name__}: {first_line}); continuing without compile")
-        return model
+        return model, f"{type(e).__name__}: {first_line}"
 
 
 if __name__ == "__main__":

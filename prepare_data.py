@@ -4,7 +4,8 @@ What it does
     Reads a UTF-8 text, splits it into a training part and a validation part, encodes both with a
     tokenizer and writes, for a dataset called NAME:
 
-        data/NAME/train.bin   token ids of the training text, raw np.uint16, nothing else in the file
+        data/NAME/train.bin   token ids of the training text, raw np.uint16 (np.uint32 for a vocabulary
+                              over 65536 tokens, as meta.pkl's "dtype" says), nothing else in the file
         data/NAME/val.bin     the same for the validation text
         data/NAME/meta.pkl    a pickled plain dict describing the tokenizer, e.g.
                               {"tokenizer": "char", "vocab_size": 65, "stoi": {...}, "itos": {...}}
@@ -16,8 +17,8 @@ What it does
         bpe   this repository's own byte-level BPE (bpe.py), trained here on the training split
 
 Why uint16 and memmap
-    Every vocabulary used here has at most 65536 tokens, so a token id fits in 2 bytes: half the disk
-    and page cache of int32. The files carry no header, so numpy can map them straight into memory
+    Every vocabulary trained here has at most 65536 tokens, so a token id fits in 2 bytes: half the disk
+    and page cache of int32 (a pretrained model's larger vocabulary, Llama 3's 128K, gets uint32). The files carry no header, so numpy can map them straight into memory
     (np.memmap): a batch reads only the few kilobytes it needs, and a dataset larger than RAM trains
     just as well as a small one. meta.pkl keeps only str/int/float/list/dict/bytes/None values because
     the training scripts copy it into checkpoints, which are loaded with torch.load(weights_only=True)
@@ -29,6 +30,7 @@ How to run it
     python prepare_data.py shakespeare_bpe --vocab_size=1024
     python prepare_data.py tinystories --vocab_size=4096
     python prepare_data.py mytext --input=book.txt --tokenizer=char|gpt2|bpe [--vocab_size=N]
+    python prepare_data.py mytext --input=book.txt --tokenizer=path/to/hf_model_dir   # its tokenizer.json
     python prepare_data.py shakespeare_speakers        # labelled passages for classification (bert.py)
     Every command takes --data_root=DIR (default: ./data). The training scripts call ensure_prepared(),
     so the ready-made datasets are prepared on first use without running this by hand.
@@ -38,6 +40,7 @@ As a library (used by the training scripts and sample.py)
     ensure_prepared(dataset, ...)   return the directory, preparing a known dataset if it is missing
     load_meta(data_dir)             the meta.pkl dict
     load_tokenizer(meta)            an object with encode(str), decode(ids), vocab_size, eot_token
+    same_tokenizer(meta, model_dir) whether a dataset was tokenized with a pretrained model's tokenizer.json
     BatchLoader(data_dir, block_size, batch_size, device).get_batch("train" | "val") -> (x, y)
 """
 import argparse
@@ -75,6 +78,8 @@ LABELLED_DATASETS = {
 SPEAKERS_N = 5  # the most frequent speakers kept: GLOUCESTER, DUKE VINCENTIO, ROMEO, MENENIUS, PETRUCHIO
 TOKENIZERS = ("char", "gpt2", "bpe")
 DEFAULT_BPE_VOCAB_SIZE = 1024  # for --input=... --tokenizer=bpe
+# Or --tokenizer=PATH: a pretrained model's Hugging Face tokenizer.json (or the model directory holding
+# one), read by bpe.py, so that the dataset can fine-tune that model: its ids mean the model's tokens.
 # The BPE tokenizers reserve this id so that files holding many documents (TinyStories separates its
 # stories with it) keep document boundaries as one token instead of spelling the marker out in bytes.
 SPECIAL_TOKENS = ("<|endoftext|>",)
@@ -207,6 +212,39 @@ def char_meta(text):
             "stoi": {c: i for i, c in enumerate(chars)}, "itos": {i: c for i, c in enumerate(chars)}}
 
 
+def hf_tokenizer_path(name):
+    """The tokenizer.json that --tokenizer=NAME points to (the file, or a model directory holding
+    one), or None when NAME is not such a path."""
+    path = os.path.join(name, "tokenizer.json") if os.path.isdir(name) else name
+    return path if os.path.isfile(path) and path.endswith(".json") else None
+
+
+def hf_tokenizer_meta(path):
+    """The meta of a dataset tokenized with a Hugging Face tokenizer.json: bpe.py's plain-dict form
+    of it (so checkpoints and sample.py rebuild it like any bpe dataset's tokenizer), plus where it
+    came from."""
+    try:
+        tokenizer = _import_bpe().Tokenizer.from_hf_tokenizer_json(path)
+    except (ValueError, OSError) as e:
+        raise DataError(f"cannot use {path} as a tokenizer: {e}") from None
+    return {"tokenizer": "bpe", "vocab_size": tokenizer.vocab_size, "bpe": tokenizer.to_meta(),
+            "source": os.path.abspath(path)}
+
+
+def same_tokenizer(meta, model_dir):
+    """Whether a dataset's meta describes exactly the tokenizer.json of a pretrained model directory."""
+    path = os.path.join(model_dir, "tokenizer.json")
+    if meta.get("tokenizer") != "bpe" or not os.path.isfile(path):
+        return False
+    return meta["bpe"] == hf_tokenizer_meta(path)["bpe"]
+
+
+def token_dtype(vocab_size):
+    """The smallest unsigned integer type that holds every id: uint16 up to 65536 tokens (GPT-2,
+    SmolLM2), uint32 beyond (Llama 3's 128256, OLMo's 100278). It is recorded in meta.pkl."""
+    return "uint16" if vocab_size <= MAX_VOCAB_SIZE else "uint32"
+
+
 def load_tokenizer(meta):
     """Rebuild the tokenizer described by a meta dict (from meta.pkl or a checkpoint's 'tokenizer')."""
     kind = meta.get("tokenizer")
@@ -266,8 +304,8 @@ def _staged_outputs(out_dir):
             _remove_if_present(temp)
 
 
-def _write_tokens(path, ids):
-    np.array(ids, dtype=np.uint16).tofile(path)
+def _write_tokens(path, ids, dtype="uint16"):
+    np.array(ids, dtype=dtype).tofile(path)
     return len(ids)
 
 
@@ -291,7 +329,8 @@ def _report(out_dir, meta, counts):
 
 
 def prepare_text(text, out_dir, tokenizer, vocab_size=None):
-    """Split `text` 90/10, encode both parts with `tokenizer` ('char' | 'gpt2' | 'bpe'), write out_dir."""
+    """Split `text` 90/10, encode both parts with `tokenizer` ('char' | 'gpt2' | 'bpe' | the path of a
+    tokenizer.json), write out_dir."""
     train_text, val_text = split_text(text)
     if tokenizer == "bpe":
         # bpe.py trains on and encodes files (so that it can stream gigabytes in parallel); the two halves
@@ -308,12 +347,18 @@ def prepare_text(text, out_dir, tokenizer, vocab_size=None):
             for path in split_paths:
                 _remove_if_present(path)
 
-    meta = char_meta(text) if tokenizer == "char" else {"tokenizer": "gpt2"}
+    if tokenizer == "char":
+        meta = char_meta(text)
+    elif tokenizer == "gpt2":
+        meta = {"tokenizer": "gpt2"}
+    else:
+        meta = hf_tokenizer_meta(tokenizer)
     encoder = load_tokenizer(meta)
     meta["vocab_size"] = encoder.vocab_size
+    meta["dtype"] = token_dtype(encoder.vocab_size)
     with _staged_outputs(out_dir) as staged:
-        counts = {"train": _write_tokens(staged["train.bin"], encoder.encode(train_text)),
-                  "val": _write_tokens(staged["val.bin"], encoder.encode(val_text))}
+        counts = {"train": _write_tokens(staged["train.bin"], encoder.encode(train_text), meta["dtype"]),
+                  "val": _write_tokens(staged["val.bin"], encoder.encode(val_text), meta["dtype"])}
         _write_meta(staged["meta.pkl"], meta)
     _report(out_dir, meta, counts)
     return out_dir
@@ -354,7 +399,12 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
     if not name or name != os.path.basename(name) or name in (".", ".."):
         raise DataError(f"dataset name {name!r} must be a plain folder name (no '/')")
     if tokenizer is not None and tokenizer not in TOKENIZERS:
-        raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+        if hf_tokenizer_path(tokenizer) is None:
+            raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}, or give a "
+                            f"tokenizer.json file or a Hugging Face model directory that holds one")
+        if input_path is None:
+            raise DataError(f"--tokenizer={tokenizer} needs --input=FILE: the text to tokenize with it")
+        tokenizer = hf_tokenizer_path(tokenizer)
     out_dir = os.path.join(data_root, name)
 
     if input_path is None and name in LABELLED_DATASETS:
@@ -539,10 +589,11 @@ class BatchLoader:
         self.block_size, self.batch_size = block_size, batch_size
         self.device = device
         self.paths = {split: os.path.join(data_dir, f"{split}.bin") for split in ("train", "val")}
+        self.dtype = np.dtype(load_meta(data_dir).get("dtype", "uint16"))  # uint32 for vocabularies > 65536
         for split, path in self.paths.items():
             if not os.path.isfile(path):
                 raise DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
-            n_tokens = os.path.getsize(path) // np.dtype(np.uint16).itemsize
+            n_tokens = os.path.getsize(path) // self.dtype.itemsize
             if n_tokens < block_size + 1:  # x needs block_size tokens and y one more
                 raise DataError(f"{split} split has {n_tokens} tokens, fewer than block_size+1={block_size + 1}; "
                                 f"lower block_size or provide more text")
@@ -553,11 +604,11 @@ class BatchLoader:
         # A fresh memmap per call: a long-lived np.memmap keeps every page it has touched referenced, so
         # over a long run the process appears to hold the whole file in memory (a known leak). Opening
         # one costs microseconds.
-        data = np.memmap(self.paths[split], dtype=np.uint16, mode="r")
+        data = np.memmap(self.paths[split], dtype=self.dtype, mode="r")
         # The global torch RNG, not a private generator: training scripts seed it per DDP rank (so ranks
         # draw different batches) and save and restore its state (so a resumed run draws the same batches).
         starts = torch.randint(len(data) - self.block_size, (self.batch_size,)).tolist()
-        # uint16 -> int64 because embedding lookups and cross_entropy targets want int64 indices.
+        # uint16/uint32 -> int64 because embedding lookups and cross_entropy targets want int64 indices.
         x = torch.from_numpy(np.stack([data[i:i + self.block_size] for i in starts]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size] for i in starts]).astype(np.int64))
         if torch.device(self.device).type == "cuda":
@@ -585,7 +636,8 @@ def main(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("name", help="a ready-made dataset, or the folder name for your own --input text")
     parser.add_argument("--input", dest="input_path", metavar="FILE", help="a UTF-8 text file to prepare as dataset NAME")
-    parser.add_argument("--tokenizer", metavar="NAME", help=f"one of {', '.join(TOKENIZERS)} (required with --input)")
+    parser.add_argument("--tokenizer", metavar="NAME", help=f"one of {', '.join(TOKENIZERS)}, or a tokenizer.json / "
+                                                            f"Hugging Face model directory (required with --input)")
     parser.add_argument("--vocab_size", type=int, metavar="N",
                         help=f"BPE vocabulary size (default {DEFAULT_BPE_VOCAB_SIZE}; tinystories "
                              f"{DATASETS['tinystories'][1]}); at most {MAX_VOCAB_SIZE}")

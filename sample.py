@@ -17,9 +17,16 @@ trains), builds the model, loads the weights and calls its generate().
 
 Options (all --key=value): out_dir, init_from ('resume' reads out_dir/ckpt.pt; otherwise a Hugging
 Face hub id or local directory), start, num_samples, max_new_tokens, temperature (0 = greedy), top_k,
-top_p, repetition_penalty, seed, device, dtype, compile, interactive, fill_k. An encoder (bert.py)
-does not generate: it prints the fill_k likeliest tokens for each [MASK] in the prompt, or, for a
-classifier, the probability of each label.
+top_p, repetition_penalty, stop_at_eos, seed, device, dtype, compile, interactive, fill_k.
+
+A single sample (--num_samples=1) is printed token by token as it is generated; several samples are
+generated side by side as one batch and printed when done. A sample ends at the tokenizer's
+end-of-text token (the model's eos_token_id for Hugging Face checkpoints), which is not printed;
+--stop_at_eos=False generates all max_new_tokens regardless. Only ids the tokenizer can decode are
+ever sampled (a model's output layer may be padded past the tokenizer's vocabulary).
+
+An encoder (bert.py) does not generate: it prints the fill_k likeliest tokens for each [MASK] in the
+prompt, or, for a classifier, the probability of each label.
 """
 
 import importlib
@@ -52,6 +59,7 @@ DEFAULTS = {
     "top_k": 200,  # None disables
     "top_p": None,  # e.g. 0.9; None disables
     "repetition_penalty": 1.0,  # 1.0 disables; 1.1-1.3 discourages loops
+    "stop_at_eos": True,  # end a sample at the end-of-text token
     "seed": 1337,
     "device": "auto",
     "dtype": "auto",
@@ -95,6 +103,9 @@ def parse_args(argv):
         if not (type(value) is expected or (key in OPTIONAL and value is None)):
             fail(f"option {key!r} must be {expected.__name__}{' or None' if key in OPTIONAL else ''}, got {text!r}")
         config[key] = value
+    for key in ("num_samples", "max_new_tokens"):
+        if config[key] < 1:
+            fail(f"option {key!r} must be a positive integer, got {config[key]}")
     if config["temperature"] < 0:
         fail("temperature must be >= 0 (0 means greedy decoding)")
     if config["top_p"] is not None and not 0 < config["top_p"] <= 1:
@@ -137,35 +148,39 @@ def load_checkpoint(out_dir):
     model = model_class(config_class(**model_args))
     model.load_state_dict(state)
     # A script whose checkpoints need more than a dataset tokenizer (bert.py's special tokens) has its own loader.
-    return model, getattr(sys.modules[model_class.__module__], "load_tokenizer", prepare_data.load_tokenizer)(meta)
+    tokenizer = getattr(sys.modules[model_class.__module__], "load_tokenizer", prepare_data.load_tokenizer)(meta)
+    return model, tokenizer, getattr(tokenizer, "eot_token", None)
 
 
-def load_pretrained(name_or_dir):
-    """A Hugging Face checkpoint (hub id or local directory) and its tokenizer."""
+def load_pretrained(name_or_dir, dtype):
+    """A Hugging Face checkpoint (hub id or local directory), its tokenizer and its end-of-sequence id(s).
+
+    The weights are loaded in `dtype`: with --dtype=bfloat16 a model takes half the memory of
+    float32, and generating one token, which reads every weight once, is correspondingly faster."""
     if os.path.isdir(name_or_dir):
         config_path = os.path.join(name_or_dir, "config.json")
         if not os.path.isfile(config_path):
             fail(f"{name_or_dir} has no config.json: not a Hugging Face checkpoint directory")
         with open(config_path) as f:
             hf_type = json.load(f).get("model_type")
-        if hf_type not in HF_MODEL_TYPES:
-            fail(f"{name_or_dir} holds a {hf_type!r} model; sample.py loads {', '.join(HF_MODEL_TYPES)} checkpoints")
-        model_type = HF_MODEL_TYPES[hf_type]
     else:
-        # Hub ids: GPT-2's are known by name; anything else is tried as a Llama-architecture model,
-        # whose loader reads the downloaded config.json and refuses other architectures.
-        model_type = "gpt" if name_or_dir.removeprefix("openai-community/").startswith("gpt2") else "llama"
-    model_class, _ = import_model(model_type)
+        if name_or_dir in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+            name_or_dir = "openai-community/" + name_or_dir  # where OpenAI's weights live on the hub
+        hf_type = hub_model_type(name_or_dir)
+    if hf_type not in HF_MODEL_TYPES:
+        fail(f"{name_or_dir} holds a {hf_type!r} model; sample.py loads {', '.join(HF_MODEL_TYPES)} checkpoints")
+    model_class, _ = import_model(HF_MODEL_TYPES[hf_type])
     module = sys.modules[model_class.__module__]
     try:
         # A hub id is downloaded once into a local cache directory; from then on it is a directory.
         directory = name_or_dir if os.path.isdir(name_or_dir) else module.download_hf_checkpoint(name_or_dir)
-        model = model_class.from_pretrained(directory)
+        model = model_class.from_pretrained(directory, dtype=dtype)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         fail(f"cannot load {name_or_dir!r}: {e}")
-    if model_type == "bert":  # BERT's WordPiece vocabulary: vocab.txt (+ tokenizer_config.json)
+    eos_token_id = hf_eos_token_id(directory)
+    if hf_type == "bert":  # BERT's WordPiece vocabulary: vocab.txt (+ tokenizer_config.json)
         try:
-            return model, module.WordPieceTokenizer.from_pretrained(directory)
+            return model, module.WordPieceTokenizer.from_pretrained(directory), None
         except (ValueError, FileNotFoundError) as e:
             fail(f"cannot use the tokenizer of {name_or_dir}: {e}")
     tokenizer_json = os.path.join(directory, "tokenizer.json")
@@ -173,13 +188,88 @@ def load_pretrained(name_or_dir):
         import bpe
 
         try:
-            return model, bpe.Tokenizer.from_hf_tokenizer_json(tokenizer_json)
+            return model, bpe.Tokenizer.from_hf_tokenizer_json(tokenizer_json), eos_token_id
         except ValueError as e:
             fail(f"cannot use {tokenizer_json}: {e}")
-    if model_type == "gpt":  # OpenAI's GPT-2 tokenizer, through tiktoken
-        return model, prepare_data.load_tokenizer({"tokenizer": "gpt2"})
+    if hf_type == "gpt2":  # OpenAI's GPT-2 tokenizer, through tiktoken
+        return model, prepare_data.load_tokenizer({"tokenizer": "gpt2"}), eos_token_id
     fail(f"{name_or_dir} has no tokenizer.json; sample.py reads byte-level BPE tokenizer.json files "
          f"(SentencePiece .model files are not supported)")
+
+
+def hub_model_type(repo):
+    """The model_type in a hub repository's config.json, read before any weights are downloaded, so
+    that an architecture sample.py cannot load is refused at once, not after gigabytes."""
+    if repo.count("/") != 1:
+        fail(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
+    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
+    cached = os.path.join(cache_root, repo.replace("/", "--"), "config.json")  # where the scripts download to
+    if os.path.isfile(cached):
+        with open(cached) as f:
+            return json.load(f).get("model_type")
+    import requests  # only needed for downloads
+
+    url = f"https://huggingface.co/{repo}/resolve/main/config.json"
+    token = os.environ.get("HF_TOKEN")
+    try:
+        response = requests.get(url, timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response.raise_for_status()
+        return response.json().get("model_type")
+    except (requests.RequestException, ValueError) as e:
+        fail(f"could not read {url} ({e}); download the checkpoint's files by hand into a folder and pass that folder")
+
+
+def hf_eos_token_id(directory):
+    """The end-of-sequence id(s) of a Hugging Face checkpoint: an int, a list (Llama 3 ends a turn
+    with either of two tokens) or None. generation_config.json, when present, is what the model's
+    authors set for generation, so it wins over config.json."""
+    eos_token_id = None
+    for filename in ("config.json", "generation_config.json"):
+        path = os.path.join(directory, filename)
+        if os.path.isfile(path):
+            with open(path) as f:
+                eos_token_id = json.load(f).get("eos_token_id", eos_token_id)
+    return eos_token_id
+
+
+class TokenPrinter:
+    """Prints a single sample as its tokens arrive (the on_token callback of generate()).
+
+    Each call decodes the whole sequence so far and prints what is new. Decoding the sequence
+    rather than each token alone matters: byte-level BPE tokens can end in the middle of a UTF-8
+    character (an emoji spans several tokens), and some tokenizers decode a token differently at
+    the start of a text. A text that ends in U+FFFD (the replacement character for an incomplete
+    character) is held back until the next token completes it.
+    """
+
+    def __init__(self, tokenizer, prompt_ids, eos_token_id):
+        self.tokenizer, self.ids, self.printed = tokenizer, list(prompt_ids), 0
+        self.stop_ids = stop_ids(eos_token_id)
+        self.show(final=False)
+
+    def __call__(self, next_token):
+        token = next_token[0, 0].item()
+        if token not in self.stop_ids:  # the end-of-sequence token is the last one generate() makes
+            self.ids.append(token)
+            self.show(final=False)
+
+    def show(self, final):
+        text = self.tokenizer.decode(self.ids)
+        if final or not text.endswith("\ufffd"):
+            print(text[self.printed:], end="\n" if final else "", flush=True)
+            self.printed = len(text)
+
+
+def stop_ids(eos_token_id):
+    """The set of ids that end a sample, from an id, a list of ids or None."""
+    return set(eos_token_id) if isinstance(eos_token_id, list) else {eos_token_id}
+
+
+def text_of(tokenizer, ids, prompt_length, eos_token_id):
+    """Decode one generated row, cut at its first new end-of-sequence token (which is not shown)."""
+    new_ids = ids[prompt_length:]
+    end = next((i for i, token in enumerate(new_ids) if token in stop_ids(eos_token_id)), len(new_ids))
+    return tokenizer.decode(ids[:prompt_length + end])
 
 
 def predict_with_encoder(cfg, model, tokenizer, autocast):
@@ -223,9 +313,11 @@ def main(argv):
     torch.manual_seed(cfg["seed"])
 
     if cfg["init_from"] == "resume":
-        model, tokenizer = load_checkpoint(cfg["out_dir"])
+        model, tokenizer, eos_token_id = load_checkpoint(cfg["out_dir"])
     else:
-        model, tokenizer = load_pretrained(cfg["init_from"])
+        model, tokenizer, eos_token_id = load_pretrained(cfg["init_from"], dtypes[cfg["dtype"]])
+    if not cfg["stop_at_eos"]:
+        eos_token_id = None
     model.eval().to(cfg["device"])
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
@@ -253,11 +345,18 @@ def main(argv):
         if not ids:
             fail("the prompt encodes to no tokens; give a non-empty --start")
         idx = torch.tensor([ids] * cfg["num_samples"], dtype=torch.long, device=cfg["device"])
+        # One sample streams to the terminal as it is generated; a batch prints when it is done.
+        printer = TokenPrinter(tokenizer, ids, eos_token_id) if cfg["num_samples"] == 1 else None
         with autocast:
             out = model.generate(idx, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"],
-                                 top_p=cfg["top_p"], repetition_penalty=cfg["repetition_penalty"])
+                                 top_p=cfg["top_p"], repetition_penalty=cfg["repetition_penalty"],
+                                 vocab_size=tokenizer.vocab_size, eos_token_id=eos_token_id, on_token=printer)
+        if printer is not None:
+            printer.show(final=True)
+            print("---------------")
+            return
         for row in out.tolist():
-            print(tokenizer.decode(row))
+            print(text_of(tokenizer, row, len(ids), eos_token_id))
             print("---------------")
 
     if cfg["interactive"]:

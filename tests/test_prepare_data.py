@@ -168,11 +168,11 @@ def test_failure_leaves_previous_dataset_intact(tmp_path, monkeypatch):
     before = {f: open(os.path.join(data_dir, f), "rb").read() for f in os.listdir(data_dir)}
     calls = []
 
-    def write_then_fail(path, ids):  # the val split fails after train's temp file was written
+    def write_then_fail(path, ids, dtype):  # the val split fails after train's temp file was written
         calls.append(path)
         if len(calls) == 2:
             raise OSError("disk full")
-        return original(path, ids)
+        return original(path, ids, dtype)
 
     original = pdata._write_tokens
     monkeypatch.setattr(pdata, "_write_tokens", write_then_fail)

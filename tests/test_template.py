@@ -1,0 +1,94 @@
+"""The functions every model script shares by convention stay identical, so a fix reaches them all.
+
+Each model script is a complete file on its own (the repository's design: one file, one lesson), so
+functions such as parse_config or sample_next_token exist once per script. This test compares their
+code (the AST with docstrings removed: comments and docstrings may be worded for each script) and
+names the script that drifted from gpt.py, the template the others are copied from. A script that
+needs a different version of a shared function must give it another name.
+"""
+import ast
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_SCRIPTS = [name for name in ("bigram.py", "gpt.py", "llama.py", "olmo.py", "bert.py", "t5.py")
+                 if os.path.exists(os.path.join(REPO, name))]
+TEMPLATE = "gpt.py"
+
+# Every training script has these: the config system, the training loop's helpers, sampling.
+REQUIRED = ["parse_config", "check_config", "fail", "first_error", "local_rank0_first", "load_checkpoint",
+            "every_rank_rng_state", "restore_rng_state", "compile_model", "gpu_peak_flops", "_GPU_PEAK_FLOPS",
+            "check_sampling_options", "sample_next_token"]
+# Scripts that need these (attention, Hugging Face checkpoints) must have them exactly as gpt.py does.
+OPTIONAL = ["manual_attention", "read_safetensors", "load_hf_weights", "download_hf_checkpoint"]
+
+
+def definitions(source):
+    """Top-level functions, classes and assignments of a script: name -> AST dump without docstrings."""
+    tree = ast.parse(source)
+    found = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            for inner in ast.walk(node):
+                body = getattr(inner, "body", None)
+                if (isinstance(inner, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and body
+                        and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                        and isinstance(body[0].value.value, str)):
+                    inner.body = body[1:] or [ast.Pass()]
+            found[node.name] = ast.dump(node, include_attributes=False)
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            found[node.targets[0].id] = ast.dump(node.value, include_attributes=False)
+    return found
+
+
+def read(filename):
+    with open(os.path.join(REPO, filename), encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    return {name: definitions(read(name)) for name in MODEL_SCRIPTS}
+
+
+def test_comparison_ignores_docstrings_and_comments_but_not_code():
+    one = definitions('class C:\n    """one"""\n    def f(self, x):\n        "a"\n        return x + 1  # a\n')
+    two = definitions('class C:\n    """two"""\n    def f(self, x):\n        "b"\n        return x + 1  # b\n')
+    changed = definitions('class C:\n    def f(self, x):\n        return x + 2\n')
+    assert one == two and one != changed
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_required_shared_definitions_are_identical(scripts, name):
+    template = scripts[TEMPLATE][name]
+    for script, found in scripts.items():
+        assert name in found, f"{script} lacks {name} (every model script has it, as {TEMPLATE} does)"
+        assert found[name] == template, f"{name} in {script} differs from {TEMPLATE}'s: make the same change in both"
+
+
+@pytest.mark.parametrize("name", OPTIONAL)
+def test_optional_shared_definitions_are_identical_where_present(scripts, name):
+    template = scripts[TEMPLATE][name]
+    for script, found in scripts.items():
+        if name in found:
+            assert found[name] == template, f"{name} in {script} differs from {TEMPLATE}'s: make the same change in both"
+
+
+def test_training_loops_keep_their_common_parts_in_order():
+    # The loops differ on purpose (each model's own set-up), but the common parts come in gpt.py's order,
+    # so that a reader who knows one loop finds the same thing in the same place in the next.
+    markers = ["check_config(cfg)", "# ---- devices, processes and precision", "init_process_group",
+               "# ---- data ----", "local_rank0_first(prepare_dataset", "# ---- model ----",
+               "configure_optimizer(", "restore_rng_state(", "compile_model(", "DistributedDataParallel(",
+               "def lr_at(", "def estimate_loss(", "def save_checkpoint(", "# ---- the training loop",
+               "losses = estimate_loss()", "every_rank_rng_state(", "loader.get_batch(\"train\")", "clip_grad_norm_",
+               "scaler.step(optimizer)", "mean_over_processes([train_loss", "destroy_process_group"]
+    for script in MODEL_SCRIPTS:
+        source = read(script)
+        main = source[source.index("def main(argv):"):]
+        positions = []
+        for marker in markers:
+            assert marker in main, f"{script}'s main() lacks {marker!r}"
+            positions.append(main.index(marker))
+        assert positions == sorted(positions), f"{script}'s main() has gpt.py's parts in another order"
