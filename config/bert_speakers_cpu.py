@@ -10,7 +10,7 @@
 
 out_dir = "out-bert-speakers-cpu"
 init_from = "out-bert-shakespeare-char-cpu"
-eval_interval = 100
+eval_interval = 50
 eval_iters = 20  # x batch_size 16 = 320 >= the 175 val speeches: every evaluation scores all of them
 log_interval = 50
 always_save_checkpoint = False  # keep the iteration with the best val loss
@@ -27,12 +27,12 @@ n_embd = 128
 dropout = 0.1  # 701 training speeches: fine-tuning overfits quickly without it
 
 learning_rate = 3e-4
-max_iters = 600  # ~14 epochs
-lr_decay_iters = 600
+max_iters = 300  # ~7 epochs of 701 speeches
+lr_decay_iters = 300
 min_lr = 3e-5
 beta2 = 0.99
 weight_decay = 0.01
-warmup_iters = 50
+warmup_iters = 30
 
 device = "cpu"
 compile = False

@@ -556,19 +556,15 @@ def test_embed_command_line(tmp_path):
     assert rows[0][0] == rows[0][2] == "1.000"
 
 
-def test_torchrun_two_processes_pretrain_and_fine_tune(workdir):
-    """Under DDP the MLM loss weights need an all_reduce of the masked-token count; fine-tuning runs too."""
+def test_torchrun_two_processes(workdir):
+    """Under DDP the MLM loss weights need an all_reduce of the masked-token count, and every rank's
+    random state goes into the checkpoint."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 os.path.join(REPO, "bert.py")]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    common = [*TINY, "--gradient_accumulation_steps=2", "--max_iters=4", "--eval_interval=4", "--log_interval=1"]
-    result = subprocess.run([*launcher, *common, "--dataset=tiny", "--out_dir=out-ddp"], capture_output=True,
-                            text=True, cwd=workdir, env=env, timeout=300)
+    result = subprocess.run([*launcher, *TINY, "--max_iters=4", "--eval_interval=4", "--log_interval=1",
+                             "--dataset=tiny", "--out_dir=out-ddp"], capture_output=True, text=True, cwd=workdir,
+                            env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("step 4: train loss") == 1  # logged once, by rank 0
-    checkpoint = load(workdir / "out-ddp" / "ckpt.pt")
-    assert len(checkpoint["rng_state"]) == 2  # every rank's own random state
-    result = subprocess.run([*launcher, *common, "--task=classify", "--dataset=speakers", "--init_from=out-ddp",
-                             "--out_dir=out-ddp-cls"], capture_output=True, text=True, cwd=workdir, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert load(workdir / "out-ddp-cls" / "ckpt.pt")["model_args"]["head"] == "sequence"
+    assert len(load(workdir / "out-ddp" / "ckpt.pt")["rng_state"]) == 2
