@@ -3,6 +3,8 @@
 #   python bert.py config/bert_shakespeare_char_cpu.py
 #   python sample.py --out_dir=out-bert-shakespeare-char-cpu --start="To be, or not to b[MASK]"
 # then fine-tune it to tell speakers apart: python bert.py config/bert_speakers_cpu.py
+# Measured (2-core CPU, shared): val loss 2.997, val masked-token accuracy 0.242 at iteration 2000, still
+# on the unigram plateau of small MLM runs (see the README's performance section): too short to be useful.
 
 out_dir = "out-bert-shakespeare-char-cpu"
 eval_interval = 250
