@@ -1,11 +1,35 @@
-"""Shared pytest set-up: make the repository importable and tiktoken work offline.
+"""Shared pytest set-up: the repository on sys.path, and the data tests need, found the same way everywhere.
 
 The tests import the model scripts as modules (`import gpt`), so the repository root goes on sys.path.
-On machines without internet, GPT-2's BPE files sit in ../shared/data/tiktoken_cache; pointing
-TIKTOKEN_CACHE_DIR there lets `tiktoken.get_encoding("gpt2")` load them instead of downloading.
+
+Data. The suite must behave the same on every machine: a fresh clone with no internet, a user's laptop
+with internet, and the development machine with a `../shared` folder of offline copies. So no test
+looks for data files itself; it uses one of these, and a test that cannot have its data is skipped
+with a message that says what is missing and how to provide it, never failed.
+
+    small_text, small_text_path   (fixtures; also the constant SMALL_TEXT_PATH)
+        tests/data/tinyshakespeare_excerpt.txt: the first 40 KB of tiny Shakespeare (the opening of
+        Coriolanus; Shakespeare is public domain), committed with the tests. For tests that only
+        need "some text": always present, so their assertions hold everywhere. Prompts given to
+        models trained on it must come from it, e.g. "MENENIUS:" (it has 58 distinct characters and
+        lacks K, Q, X, Z, $, & and 3, which the full text has).
+    tiny_shakespeare              (session fixture) path to the full tiny Shakespeare input.txt
+        Found as the scripts find it: ../shared/data/tinyshakespeare/input.txt (an offline copy
+        beside the checkout), else data/shakespeare*/input.txt in the repository (what
+        prepare_data.py downloaded before), else downloaded there by prepare_data.py; else skip.
+    gpt2_bpe_files                (session fixture) (encoder.json path, vocab.bpe path) of GPT-2
+        The files tiktoken's "gpt2" encoding is built from, read through tiktoken's own cache
+        (TIKTOKEN_CACHE_DIR, else DATA_GYM_CACHE_DIR, else <tmp>/data-gym-cache), which downloads
+        them when they are missing; else skip.
+    gpt2_encoding                 (session fixture) tiktoken.get_encoding("gpt2"), or skip.
+
+When ../shared/data/tiktoken_cache exists and TIKTOKEN_CACHE_DIR is unset, TIKTOKEN_CACHE_DIR points
+there, so tiktoken (in the tests and in the scripts they start) finds GPT-2's files offline.
 """
 import os
 import sys
+
+import pytest
 
 # One OpenMP thread per process, set before torch is imported. The suite's models are tiny, so a
 # second thread buys little; but when processes overlap (a training subprocess while pytest's own
@@ -15,9 +39,80 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+SMALL_TEXT_PATH = os.path.join(REPO, "tests", "data", "tinyshakespeare_excerpt.txt")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 _tiktoken_cache = os.path.join(SHARED_DATA, "tiktoken_cache")
 if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(_tiktoken_cache):
     os.environ["TIKTOKEN_CACHE_DIR"] = _tiktoken_cache
+
+# Where tiktoken's "gpt2" encoding downloads its two files from (tiktoken_ext/openai_public.py);
+# read_file_cached keys its cache by these URLs.
+GPT2_FILE_URLS = {
+    "encoder.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+    "vocab.bpe": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+}
+GPT2_HOW_TO_PROVIDE = ("connect to the internet once (tiktoken caches them), or set TIKTOKEN_CACHE_DIR to a "
+                       "folder that holds tiktoken's cached GPT-2 files")
+
+
+@pytest.fixture(scope="session")
+def small_text_path():
+    return SMALL_TEXT_PATH
+
+
+@pytest.fixture(scope="session")
+def small_text():
+    # newline="" keeps the file's characters exactly (it has only "\n" line ends anyway).
+    with open(SMALL_TEXT_PATH, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="session")
+def tiny_shakespeare():
+    import prepare_data
+
+    shared_copy = os.path.join(SHARED_DATA, "tinyshakespeare", "input.txt")
+    if os.path.isfile(shared_copy):
+        return shared_copy
+    # prepare_data.py's own search: any data/shakespeare*/input.txt, else a download into
+    # data/shakespeare_char/input.txt (so a later `python prepare_data.py shakespeare_char` reuses it).
+    data_root = os.path.join(REPO, "data")
+    target_dir = os.path.join(data_root, "shakespeare_char")
+    try:
+        return prepare_data.shakespeare_input(data_root, target_dir)
+    except prepare_data.DataError as e:
+        cause = e.__context__.__class__.__name__ if e.__context__ else str(e)  # requests' long message aside
+        pytest.skip(f"needs tiny Shakespeare, which is neither in {shared_copy} nor in "
+                    f"{data_root}/shakespeare*/input.txt and could not be downloaded ({cause}); save "
+                    f"{prepare_data.SHAKESPEARE_URL} as {os.path.join(target_dir, 'input.txt')}")
+
+
+@pytest.fixture(scope="session")
+def gpt2_bpe_files(tmp_path_factory):
+    tiktoken_load = pytest.importorskip("tiktoken.load")
+    directory = tmp_path_factory.mktemp("gpt2_bpe")
+    paths = []
+    for name, url in GPT2_FILE_URLS.items():
+        try:
+            data = tiktoken_load.read_file_cached(url)
+        except Exception as e:  # requests' errors when offline; OSError for an unreadable cache
+            pytest.skip(f"needs GPT-2's BPE files (encoder.json, vocab.bpe), which are not in tiktoken's cache "
+                        f"and could not be downloaded ({e.__class__.__name__}); {GPT2_HOW_TO_PROVIDE}")
+        # A copy under its plain name, as GPT-2 ships it (tiktoken's cache names files by a hash).
+        paths.append(directory / name)
+        paths[-1].write_bytes(data)
+    return tuple(str(path) for path in paths)
+
+
+@pytest.fixture(scope="session")
+def gpt2_encoding(gpt2_bpe_files):
+    # After gpt2_bpe_files, tiktoken's cache holds both files (unless caching is off, when this
+    # downloads them again, which worked a moment ago).
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        pytest.skip(f"tiktoken could not load GPT-2's encoding ({e.__class__.__name__}); {GPT2_HOW_TO_PROVIDE}")

@@ -5,6 +5,9 @@
   pair after every merge), which is slow but obviously correct.
 * Loading a Hugging Face tokenizer.json must match the `tokenizers` library.
 * Streaming, parallel and chunked paths must match plain encode()/training.
+
+GPT-2's files and tiny Shakespeare come from conftest.py's fixtures (a local copy, else a download,
+else the test is skipped); tests that only need some text use the committed excerpt (small_text).
 """
 
 import io
@@ -27,10 +30,6 @@ sys.path.insert(0, str(REPO))
 
 import bpe  # noqa: E402
 
-SHARED_DATA = REPO.parent / "shared" / "data"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
-GPT2_VOCAB_BPE = "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"
-GPT2_ENCODER_JSON = "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"
 
 # Text that exercises every branch of GPT-2's pattern plus byte-level details:
 # contractions (and uppercase ones, which GPT-2 does not split), numbers,
@@ -56,32 +55,19 @@ SPECIAL = "<|endoftext|>"
 # helpers and fixtures
 # ----------------------------------------------------------------------------
 
-def gpt2_cache_dir():
-    env = os.environ.get("TIKTOKEN_CACHE_DIR")
-    return Path(env) if env else SHARED_DATA / "tiktoken_cache"
+@pytest.fixture(scope="module")
+def gpt2_tokenizer(gpt2_bpe_files):
+    return bpe.Tokenizer.from_gpt2_files(*gpt2_bpe_files)
 
 
 @pytest.fixture(scope="module")
-def gpt2_tokenizer():
-    directory = gpt2_cache_dir()
-    encoder, merges = directory / GPT2_ENCODER_JSON, directory / GPT2_VOCAB_BPE
-    if not (encoder.is_file() and merges.is_file()):
-        pytest.skip(f"GPT-2 encoder.json / vocab.bpe not found in {directory}")
-    return bpe.Tokenizer.from_gpt2_files(str(encoder), str(merges))
+def tiktoken_gpt2(gpt2_encoding):
+    return gpt2_encoding
 
 
 @pytest.fixture(scope="module")
-def tiktoken_gpt2(gpt2_tokenizer):
-    tiktoken = pytest.importorskip("tiktoken")
-    # tiktoken finds GPT-2's files offline through this cache directory.
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(gpt2_cache_dir()))
-    return tiktoken.get_encoding("gpt2")
-
-
-def shakespeare_text():
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} not found")
-    return SHAKESPEARE.read_text(encoding="utf-8")
+def shakespeare_text(tiny_shakespeare):
+    return Path(tiny_shakespeare).read_text(encoding="utf-8")
 
 
 def write(path, text):
@@ -188,8 +174,8 @@ def test_encode_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2, text):
     assert gpt2_tokenizer.decode(ids) == text
 
 
-def test_encode_shakespeare_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2):
-    text = shakespeare_text()
+def test_encode_shakespeare_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2, shakespeare_text):
+    text = shakespeare_text
     ids = gpt2_tokenizer.encode(text)
     assert ids == tiktoken_gpt2.encode(text)
     assert len(ids) == 338025
@@ -227,8 +213,8 @@ def test_overlapping_special_tokens_longest_first():
 # safe cut points, streaming and parallel encoding
 # ----------------------------------------------------------------------------
 
-def test_cut_points_do_not_change_pretokenization():
-    text = TRICKY_TEXT + shakespeare_text()[:20000] if SHAKESPEARE.is_file() else TRICKY_TEXT
+def test_cut_points_do_not_change_pretokenization(small_text):
+    text = TRICKY_TEXT + small_text[:20000]
     cut_str, _ = bpe._cut_patterns(bpe.GPT2_SPLIT_PATTERN, [SPECIAL])
     whole = regex.findall(bpe.GPT2_SPLIT_PATTERN, text)
     cuts = [m.start() for m in cut_str.finditer(text) if m.start() > 0]
@@ -237,6 +223,16 @@ def test_cut_points_do_not_change_pretokenization():
         left = regex.findall(bpe.GPT2_SPLIT_PATTERN, text[:k])
         right = regex.findall(bpe.GPT2_SPLIT_PATTERN, text[k:])
         assert left + right == whole, f"cut at {k} ({text[k - 5:k + 5]!r}) changes pre-tokens"
+
+
+def test_no_cut_splits_whitespace_that_ends_a_segment():
+    # "\n\n" right before a special token is one pre-token (the segment ends
+    # there), so there is no cut before its second "\n"; before "X" there is.
+    text = "end.\n\n<|endoftext|>Next\n\nX"
+    cut_str, cut_bytes = bpe._cut_patterns(bpe.GPT2_SPLIT_PATTERN, [SPECIAL])
+    expected = [text.index(SPECIAL), text.rindex("\n")]
+    assert [m.start() for m in cut_str.finditer(text)] == expected
+    assert [m.start() for m in cut_bytes.finditer(text.encode())] == expected
 
 
 def test_no_cuts_for_unknown_patterns_or_overlapping_specials():
@@ -255,9 +251,9 @@ def test_encode_iterable_equals_encode(gpt2_tokenizer, monkeypatch, piece_size):
     assert list(gpt2_tokenizer.encode_iterable(lines)) == gpt2_tokenizer.encode(text)
 
 
-def test_encode_iterable_shakespeare_lines(gpt2_tokenizer):
-    text = shakespeare_text()
-    with open(SHAKESPEARE, encoding="utf-8", newline="") as file:
+def test_encode_iterable_shakespeare_lines(gpt2_tokenizer, tiny_shakespeare, shakespeare_text):
+    text = shakespeare_text
+    with open(tiny_shakespeare, encoding="utf-8", newline="") as file:
         assert list(gpt2_tokenizer.encode_iterable(file)) == gpt2_tokenizer.encode(text)
 
 
@@ -285,10 +281,11 @@ def test_encode_file_to_bin_matches_encode(gpt2_tokenizer, tmp_path, monkeypatch
     assert np.fromfile(out, dtype=np.uint32).tolist() == expected
 
 
-def test_encode_file_to_bin_shakespeare(gpt2_tokenizer, tiktoken_gpt2, tmp_path):
-    text = shakespeare_text()
+def test_encode_file_to_bin_shakespeare(gpt2_tokenizer, tiktoken_gpt2, tiny_shakespeare, shakespeare_text,
+                                        tmp_path):
+    text = shakespeare_text
     out = tmp_path / "shakespeare.bin"
-    count = bpe.encode_file_to_bin(gpt2_tokenizer, str(SHAKESPEARE), str(out), num_processes=2)
+    count = bpe.encode_file_to_bin(gpt2_tokenizer, tiny_shakespeare, str(out), num_processes=2)
     assert count == 338025
     assert np.fromfile(out, dtype=np.uint16).tolist() == tiktoken_gpt2.encode(text)
 
@@ -301,6 +298,73 @@ def test_encode_file_to_bin_dtype_too_small(gpt2_tokenizer, tmp_path):
     assert not (tmp_path / "out.bin").exists()
     assert bpe.encode_file_to_bin(big, path, str(tmp_path / "out.bin"), dtype=np.uint32) == 3
     assert np.fromfile(tmp_path / "out.bin", dtype=np.uint32).tolist() == [31373, 220, 70000]
+
+
+# Safe cuts, fuzzed. A wrong cut shows only when text around a chunk boundary
+# has a particular shape ("\n\n" before a special token, a whitespace run
+# split in two, half a special token at the end of a buffer), so the texts are
+# built from exactly such pieces and the chunk, window and buffer sizes are
+# small and random, which puts boundaries everywhere. The tokenizer merges
+# every pair of whitespace characters (and a space with what follows it), so a
+# pre-token split in two encodes to different ids than the whole one.
+FUZZ_SPECIALS = [SPECIAL, "<pad>"]
+FUZZ_PIECES = (
+    [" ", "  ", "\t", "\n", "\n\n", "\r\n", "\r", "\u00a0", "\u3000"] * 3
+    + [SPECIAL, "<pad>"] * 3
+    + ["a", "ab", "X", "!", "'s", "1", "é", "<", "<|", "<|endoftext", "<pa", "pad>"]
+)
+
+
+def fuzz_tokenizer():
+    spaces = [b" ", b"\t", b"\n", b"\r"]
+    merges = [(a, b) for a in spaces for b in spaces]
+    merges += [(b"\n\n", b"\n"), (b"  ", b" "), (b"a", b"b")]
+    merges += [(b" ", c.encode()) for c in "a<X!'1"]
+    vocab = {i: bytes([i]) for i in range(256)}
+    for left, right in merges:
+        vocab[len(vocab)] = left + right
+    return bpe.Tokenizer(vocab, merges, FUZZ_SPECIALS)
+
+
+def fuzz_text(rng):
+    return "".join(rng.choice(FUZZ_PIECES) for _ in range(rng.randint(1, 30)))
+
+
+def random_pieces(rng, text):
+    cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
+    return [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
+
+
+def test_fuzz_cut_points_streaming_and_file_encoding(tmp_path, monkeypatch):
+    tok = fuzz_tokenizer()
+    assert tok.encode("\n\n") != tok.encode("\n") * 2  # a split whitespace run would show
+    rng = random.Random(1234)
+    path, out = tmp_path / "in.txt", tmp_path / "out.bin"
+    texts = []
+    for case in range(400):
+        text = fuzz_text(rng)
+        texts.append(text)
+        expected = tok.encode(text)
+        assert tok.decode(expected) == text
+        monkeypatch.setattr(bpe, "STREAM_FLUSH_CHARS", rng.randint(1, 24))
+        pieces = random_pieces(rng, text)
+        assert list(tok.encode_iterable(pieces)) == expected, (case, pieces)
+        write(path, text)
+        monkeypatch.setattr(bpe, "ENCODE_CHUNK_BYTES", rng.randint(1, 24))
+        monkeypatch.setattr(bpe, "CUT_SEARCH_BYTES", rng.randint(1, 40))
+        bpe.encode_file_to_bin(tok, str(path), str(out), num_processes=1)
+        assert np.fromfile(out, dtype=np.uint16).tolist() == expected, (case, text)
+
+    # The same texts as one file: worker processes, and training's chunks.
+    text = "".join(texts)
+    write(path, text)
+    monkeypatch.setattr(bpe, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(bpe, "ENCODE_CHUNK_BYTES", 50)
+    bpe.encode_file_to_bin(tok, str(path), str(out), num_processes=2)
+    assert np.fromfile(out, dtype=np.uint16).tolist() == tok.encode(text)
+    whole = bpe.train_bpe(str(path), 400, FUZZ_SPECIALS, num_processes=1)
+    monkeypatch.setattr(bpe, "MAX_CHUNK_BYTES", 37)
+    assert bpe.train_bpe(str(path), 400, FUZZ_SPECIALS, num_processes=1) == whole
 
 
 # ----------------------------------------------------------------------------
@@ -324,8 +388,8 @@ def test_train_matches_naive_small_corpus(tmp_path, vocab_size):
     check_against_naive(tmp_path, small_corpus(), vocab_size)
 
 
-def test_train_matches_naive_shakespeare(tmp_path):
-    check_against_naive(tmp_path, shakespeare_text()[:30000], 420)
+def test_train_matches_naive_shakespeare(tmp_path, small_text):
+    check_against_naive(tmp_path, small_text[:30000], 420)
 
 
 def test_train_matches_naive_with_special_tokens(tmp_path):
@@ -405,13 +469,14 @@ def test_save_load_roundtrip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "tok.merges.txt", "tok.vocab.json"]
 
 
-def test_save_gpt2_reproduces_its_files(gpt2_tokenizer, tmp_path):
+def test_save_gpt2_reproduces_its_files(gpt2_tokenizer, gpt2_bpe_files, tmp_path):
+    encoder_json, vocab_bpe = gpt2_bpe_files
     prefix = str(tmp_path / "gpt2")
     gpt2_tokenizer.save(prefix)
-    original = json.loads((gpt2_cache_dir() / GPT2_ENCODER_JSON).read_text(encoding="utf-8"))
+    original = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
     assert json.loads(Path(prefix + ".vocab.json").read_text(encoding="utf-8")) == original
     ours = Path(prefix + ".merges.txt").read_text(encoding="utf-8").split("\n")[1:]
-    theirs = (gpt2_cache_dir() / GPT2_VOCAB_BPE).read_text(encoding="utf-8").split("\n")[1:]
+    theirs = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")[1:]
     assert [l for l in ours if l] == [l for l in theirs if l]
     assert_same_tokenizer(gpt2_tokenizer, bpe.Tokenizer.load(prefix))
 
@@ -510,15 +575,13 @@ def test_from_hf_tokenizer_json_matches_tokenizers(tmp_path, llama_style, ignore
     assert_same_tokenizer(ours, bpe.Tokenizer.from_meta(ours.to_meta()), HF_TEXT)
 
 
-def test_from_hf_gpt2_tokenizer_json_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2, tmp_path):
+def test_from_hf_gpt2_tokenizer_json_matches_tiktoken(gpt2_tokenizer, tiktoken_gpt2, gpt2_bpe_files, tmp_path):
     # GPT-2's own vocabulary, written by `tokenizers` in its tokenizer.json form
     # (as openai-community/gpt2 ships it), must load to the same tokenizer.
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import decoders, models, pre_tokenizers
 
-    directory = gpt2_cache_dir()
-    hf = tokenizers.Tokenizer(models.BPE.from_file(str(directory / GPT2_ENCODER_JSON),
-                                                   str(directory / GPT2_VOCAB_BPE)))
+    hf = tokenizers.Tokenizer(models.BPE.from_file(*gpt2_bpe_files))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     hf.add_special_tokens([SPECIAL])
@@ -535,25 +598,16 @@ def test_from_hf_unsupported_models(tmp_path):
 
     wordpiece = tokenizers.Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     unigram = tokenizers.Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], 0))
-    fallback = tokenizers.Tokenizer(models.BPE({"a": 0, "<0x61>": 1}, [], byte_fallback=True))
-    fallback.decoder = decoders.ByteLevel()
-    metaspace = tokenizers.Tokenizer(models.BPE({"a": 0}, []))
-    metaspace.pre_tokenizer = pre_tokenizers.Metaspace()
-    metaspace.decoder = decoders.ByteLevel()
     lowercase = tokenizers.Tokenizer(models.BPE({"a": 0}, []))
     lowercase.normalizer = normalizers.Lowercase()
     lowercase.pre_tokenizer = pre_tokenizers.ByteLevel()
     lowercase.decoder = decoders.ByteLevel()
-    digits = tokenizers.Tokenizer(models.BPE({"a": 0}, []))  # SmolLM's style
-    digits.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel()])
-    digits.decoder = decoders.ByteLevel()
-    cases = [(wordpiece, "WordPiece"), (unigram, "Unigram"), (fallback, "byte_fallback"),
-             (metaspace, "Metaspace"), (lowercase, "Lowercase"), (digits, "Sequence")]
+    # SentencePiece-style files, Digits and more: tests/test_bpe_hf.py.
+    cases = [(wordpiece, "WordPiece"), (unigram, "Unigram"), (lowercase, "Lowercase")]
     for hf, name in cases:
         path = tmp_path / f"{name}.json"
         hf.save(str(path))
-        with pytest.raises(ValueError, match=f"{name}.*only byte-level BPE"):
+        with pytest.raises(ValueError, match=f"{name}.*only BPE tokenizer.json files"):
             bpe.Tokenizer.from_hf_tokenizer_json(str(path))
 
 

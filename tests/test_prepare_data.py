@@ -1,6 +1,8 @@
 """Tests for prepare_data.py: token files, meta.pkl, batches, downloads and error messages.
 
-Everything runs offline on small texts in tmp_path; downloads are served by a local HTTP server.
+Everything runs offline on small texts in tmp_path; downloads are served by a local HTTP server. The
+GPT-2 tokenizer tests use tiktoken's GPT-2 files and one test the full tiny Shakespeare, through
+conftest.py's fixtures (a local copy, else a download, else skipped).
 """
 import http.server
 import importlib.util
@@ -19,9 +21,7 @@ import torch
 import prepare_data as pdata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(os.path.dirname(REPO), "shared", "data", "tinyshakespeare", "input.txt")
 needs_bpe = pytest.mark.skipif(importlib.util.find_spec("bpe") is None, reason="bpe.py not in the repository yet")
-needs_shakespeare = pytest.mark.skipif(not os.path.isfile(SHAKESPEARE), reason="no local tiny Shakespeare copy")
 
 # Non-ASCII characters and a Windows line ending, which must survive the round trip byte for byte.
 TEXT = "Première ligne, café.\r\nTo be, or not to be: that is the question.\n" * 40
@@ -65,7 +65,9 @@ def check_meta_is_plain(meta, tmp_path):
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
-def test_prepare_round_trip(tmp_path, tokenizer):
+def test_prepare_round_trip(tmp_path, tokenizer, request):
+    if tokenizer == "gpt2":
+        request.getfixturevalue("gpt2_encoding")  # skips when GPT-2's files cannot be had
     src = write(tmp_path / "text.txt", TEXT)
     data_dir = pdata.prepare("mine", input_path=src, tokenizer=tokenizer, data_root=str(tmp_path / "data"))
     assert data_dir == os.path.join(str(tmp_path / "data"), "mine")
@@ -87,7 +89,7 @@ def test_char_vocab_and_unknown_characters(tmp_path):
         tok.encode("To bж€ж")
 
 
-def test_gpt2_tokenizer_knows_endoftext(tmp_path):
+def test_gpt2_tokenizer_knows_endoftext(tmp_path, gpt2_encoding):
     tok = pdata.load_tokenizer({"tokenizer": "gpt2", "vocab_size": 50257})
     assert tok.vocab_size == 50257 and tok.eot_token == 50256
     assert tok.encode("a<|endoftext|>b")[1] == 50256
@@ -106,10 +108,9 @@ def test_gpt2_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "data").exists()
 
 
-@needs_shakespeare
-def test_shakespeare_char_and_gpt2_reuse_the_same_input(tmp_path, monkeypatch):
+def test_shakespeare_char_and_gpt2_reuse_the_same_input(tmp_path, monkeypatch, tiny_shakespeare, gpt2_encoding):
     root = tmp_path / "data"
-    write(root / "shakespeare_char" / "input.txt", open(SHAKESPEARE, "rb").read())
+    write(root / "shakespeare_char" / "input.txt", open(tiny_shakespeare, "rb").read())
     monkeypatch.setattr(requests, "get", lambda *a, **k: pytest.fail("must not download"))
     meta = pdata.load_meta(pdata.prepare("shakespeare_char", data_root=str(root)))
     assert meta["vocab_size"] == 65
@@ -177,7 +178,7 @@ def test_failure_leaves_previous_dataset_intact(tmp_path, monkeypatch):
     original = pdata._write_tokens
     monkeypatch.setattr(pdata, "_write_tokens", write_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        pdata.prepare("mine", write(tmp_path / "t2.txt", "other text " * 50), "gpt2", data_root=root)
+        pdata.prepare("mine", write(tmp_path / "t2.txt", "other text " * 50), "char", data_root=root)
     assert {f: open(os.path.join(data_dir, f), "rb").read() for f in os.listdir(data_dir)} == before
 
 

@@ -18,7 +18,6 @@ import prepare_data
 import sample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = os.path.join(os.path.dirname(REPO), "shared", "data", "tinyshakespeare", "input.txt")
 
 TINY = ["--dataset=tiny", "--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32",
         "--block_size=32", "--batch_size=8", "--gradient_accumulation_steps=1", "--eval_iters=4",
@@ -26,17 +25,11 @@ TINY = ["--dataset=tiny", "--device=cpu", "--compile=False", "--n_layer=2", "--n
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A directory holding data/tiny: 200 KB of Shakespeare (or generated text) at character level."""
+def workdir(tmp_path_factory, small_text_path):
+    """A directory holding data/tiny: the committed 40 KB of Shakespeare (conftest.py) at character level.
+    Prompts must use its characters: it has no K, Q, X or Z; "MENENIUS:" and "MARCIUS" are in it."""
     root = tmp_path_factory.mktemp("train")
-    text_path = root / "input.txt"
-    if os.path.exists(SHAKESPEARE):
-        with open(SHAKESPEARE, encoding="utf-8") as f:
-            text_path.write_text(f.read()[:200_000], encoding="utf-8")
-    else:
-        words = ["the king", "my lord", "to be", "or not", "ROMEO:", "JULIET:", "good night", "sweet sorrow"]
-        text_path.write_text("\n".join(" ".join(words[(i * j) % 8] for j in range(7)) for i in range(4000)))
-    prepare_data.prepare("tiny", input_path=str(text_path), tokenizer="char", data_root=str(root / "data"))
+    prepare_data.prepare("tiny", input_path=small_text_path, tokenizer="char", data_root=str(root / "data"))
     return root
 
 
@@ -154,13 +147,13 @@ def run_sample(*args, cwd):
 
 
 def test_sample_cli_generates_from_checkpoint(trained):
-    result = run_sample(f"--out_dir={trained}", "--start=ROMEO:", "--num_samples=2", "--max_new_tokens=25",
+    result = run_sample(f"--out_dir={trained}", "--start=MENENIUS:", "--num_samples=2", "--max_new_tokens=25",
                         "--seed=3", cwd=trained.parent)
     assert result.returncode == 0, result.stderr
     samples = result.stdout.split("---------------\n")[:-1]
     assert len(samples) == 2
     for text in samples:
-        assert text.startswith("ROMEO:") and len(text.rstrip("\n")) >= len("ROMEO:") + 20
+        assert text.startswith("MENENIUS:") and len(text.rstrip("\n")) >= len("MENENIUS:") + 20
 
 
 def test_sample_greedy_output_equals_model_generate(trained, monkeypatch, capsys):
@@ -168,9 +161,9 @@ def test_sample_greedy_output_equals_model_generate(trained, monkeypatch, capsys
     model = gpt.GPT(gpt.GPTConfig(**checkpoint["model_args"])).eval()
     model.load_state_dict(checkpoint["model"])
     tokenizer = prepare_data.load_tokenizer(checkpoint["tokenizer"])
-    prompt = tokenizer.encode("KING")
+    prompt = tokenizer.encode("MARCIUS")
     expected = tokenizer.decode(model.generate(torch.tensor([prompt]), 30, temperature=0.0)[0].tolist())
-    (trained / "prompt.txt").write_text("KING")
+    (trained / "prompt.txt").write_text("MARCIUS")
     sample.main([f"--out_dir={trained}", f"--start=FILE:{trained / 'prompt.txt'}", "--num_samples=1",
                  "--max_new_tokens=30", "--temperature=0", "--device=cpu"])
     assert capsys.readouterr().out == expected + "\n---------------\n"
@@ -179,9 +172,9 @@ def test_sample_greedy_output_equals_model_generate(trained, monkeypatch, capsys
 def test_sample_interactive(trained):
     result = subprocess.run([sys.executable, os.path.join(REPO, "sample.py"), f"--out_dir={trained}",
                              "--interactive=True", "--num_samples=1", "--max_new_tokens=5", "--temperature=0"],
-                            input="KING\nQUEEN\n", capture_output=True, text=True, timeout=300)
+                            input="MARCIUS\nVOLUMNIA\n", capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("---------------") == 2 and "KING" in result.stdout and "QUEEN" in result.stdout
+    assert result.stdout.count("---------------") == 2 and "MARCIUS" in result.stdout and "VOLUMNIA" in result.stdout
 
 
 def test_sample_errors_are_one_line(trained, tmp_path):
@@ -203,18 +196,14 @@ def test_sample_errors_are_one_line(trained, tmp_path):
         assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
 
 
-def test_sample_from_hf_gpt2_directory_matches_hf_generate(tmp_path, monkeypatch, capsys):
+def test_sample_from_hf_gpt2_directory_matches_hf_generate(tmp_path, monkeypatch, capsys, gpt2_encoding):
     transformers = pytest.importorskip("transformers")
-    tiktoken = pytest.importorskip("tiktoken")
-    try:
-        encoding = tiktoken.get_encoding("gpt2")
-    except Exception:
-        pytest.skip("GPT-2's BPE files are not available offline")
+    encoding = gpt2_encoding
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_positions=64, n_embd=16, n_layer=2, n_head=2)  # GPT-2's 50257 tokens
     hf = transformers.GPT2LMHeadModel(config).eval()
     hf.save_pretrained(tmp_path)
-    prompt = "Hello, world"
+    prompt = "Before we proceed any further, hear me speak."  # from the text excerpt
     expected_ids = hf.generate(torch.tensor([encoding.encode(prompt)]), max_new_tokens=12, do_sample=False,
                                pad_token_id=0)[0].tolist()
     sample.main([f"--init_from={tmp_path}", f"--start={prompt}", "--num_samples=1", "--max_new_tokens=12",
