@@ -175,7 +175,6 @@ def test_new_head_on_a_pretrained_encoder(tmp_path):
 # -----------------------------------------------------------------------------
 # WordPiece tokenizer: ids equal HF's BertTokenizer
 
-SHAKESPEARE = os.path.join(os.path.dirname(REPO), "shared", "data", "tinyshakespeare", "input.txt")
 STRESS = [
     "Héllo Wörld! Ça va? naïve café RÉSUMÉ", "北京欢迎你 and 東京", "ＡＢＣ full-width ｄｉｇｉｔｓ１２",
     "MiXeD CaSe WoRdS", "x" * 150, "a" + "b" * 99, "a" + "b" * 100, "emoji 😀👍🏽 here", "tabs\tand\nnewlines\r\n",
@@ -187,32 +186,30 @@ STRESS = [
 UNSEEN = ["snow ☃ man", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 fraktur", "Zanzibarquux xylophonic"]  # characters the vocabulary lacks
 
 
-def shakespeare_lines():
-    fixture = os.path.join(REPO, "tests", "data", "shakespeare.txt")
-    for path in (SHAKESPEARE, fixture):
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return f.read().split("\n")
-    pytest.skip(f"tiny Shakespeare not found at {SHAKESPEARE} (nor a fixture at {fixture})")
+@pytest.fixture(scope="session")
+def shakespeare_lines(tiny_shakespeare):
+    """Every line of tiny Shakespeare (conftest's fixture finds it, or skips saying where to put it)."""
+    with open(tiny_shakespeare, encoding="utf-8") as f:
+        return f.read().split("\n")
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["uncased", "cased"])
-def vocab_dir(request, tmp_path_factory):
+def vocab_dir(request, tmp_path_factory, shakespeare_lines):
     """A WordPiece vocabulary trained on Shakespeare plus the stress list, saved as HF saves one."""
     tokenizers = pytest.importorskip("tokenizers")
     directory = tmp_path_factory.mktemp("uncased" if request.param else "cased")
     trainer = tokenizers.BertWordPieceTokenizer(lowercase=request.param)
-    trainer.train_from_iterator(shakespeare_lines() + STRESS, vocab_size=1500)
+    trainer.train_from_iterator(shakespeare_lines + STRESS, vocab_size=1500)
     trainer.save_model(str(directory))
     (directory / "tokenizer_config.json").write_text(f'{{"do_lower_case": {str(request.param).lower()}}}')
     return str(directory)
 
 
-def test_wordpiece_ids_equal_hf(vocab_dir):
+def test_wordpiece_ids_equal_hf(vocab_dir, shakespeare_lines):
     transformers = pytest.importorskip("transformers")
     hf = transformers.BertTokenizer.from_pretrained(vocab_dir)
     ours = bert.WordPieceTokenizer.from_pretrained(vocab_dir)
-    texts = shakespeare_lines() + STRESS + UNSEEN
+    texts = shakespeare_lines + STRESS + UNSEEN
     expected = hf(texts)["input_ids"]
     got = [ours.encode(text) for text in texts]
     mismatches = [(t, e, g) for t, e, g in zip(texts, expected, got) if e != g]
@@ -393,11 +390,11 @@ TINY = ["--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_emb
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, shakespeare_lines):
     """data/tiny: tiny Shakespeare at character level; data/speakers: its labelled speeches."""
     prepare_data = pytest.importorskip("prepare_data")
     root = tmp_path_factory.mktemp("bert_train")
-    lines = shakespeare_lines()
+    lines = shakespeare_lines
     speakers_dir = root / "data" / "shakespeare_speakers"
     speakers_dir.mkdir(parents=True)
     (speakers_dir / "input.txt").write_text("\n".join(lines), encoding="utf-8")
@@ -456,7 +453,7 @@ def test_mlm_pretraining_learns_and_resumes_exactly(workdir, monkeypatch, capsys
         assert torch.equal(a["model"][name], b["model"][name]), name
 
 
-def test_fine_tuning_from_mlm_checkpoint_and_sample_py(workdir, monkeypatch, capsys):
+def test_fine_tuning_from_mlm_checkpoint_and_sample_py(workdir, monkeypatch, capsys, shakespeare_lines):
     sample = pytest.importorskip("sample")
     if not (workdir / "out-mlm" / "ckpt.pt").exists():
         train(workdir, monkeypatch, capsys, "--dataset=tiny", "--max_iters=60", "--eval_interval=30",
@@ -465,7 +462,7 @@ def test_fine_tuning_from_mlm_checkpoint_and_sample_py(workdir, monkeypatch, cap
     easy = workdir / "data" / "easy"
     easy.mkdir(exist_ok=True)
     rng = __import__("random").Random(0)
-    words = " ".join(shakespeare_lines()[:500]).lower().split()
+    words = " ".join(shakespeare_lines[:500]).lower().split()
     for split, n in (("train", 200), ("val", 50)):
         rows = [" ".join(rng.choice(words) for _ in range(5)) for _ in range(n)]
         rows = [f"shout\t{t.upper()}" if i % 2 else f"whisper\t{t}" for i, t in enumerate(rows)]
