@@ -32,6 +32,7 @@ How to run it
     python prepare_data.py numbers                     # "4,321" -> "four thousand three hundred twenty-one" pairs
     python prepare_data.py mytext --input=book.txt --tokenizer=char|gpt2|bpe [--vocab_size=N]
     python prepare_data.py mytext --input=book.txt --tokenizer=path/to/hf_model_dir   # its tokenizer.json
+    python prepare_data.py shakespeare_speakers        # labelled passages for classification (bert.py)
     Every command takes --data_root=DIR (default: ./data). The training scripts call ensure_prepared(),
     so the ready-made datasets are prepared on first use without running this by hand.
 
@@ -71,6 +72,12 @@ DATASETS = {
     "tinystories": ("bpe", 4096, "TinyStoriesV2-GPT4 (2 GB download), this repo's BPE"),
     "numbers": ("char", None, "generated number -> English words pairs (t5.py), characters"),
 }
+# Labelled datasets for classification (bert.py fine-tunes on them): data/NAME/train.tsv and val.tsv,
+# one "label<TAB>text" example per line, tokenized later by whichever model reads them.
+LABELLED_DATASETS = {
+    "shakespeare_speakers": "tiny Shakespeare's speeches labelled with who speaks them (5 speakers)",
+}
+SPEAKERS_N = 5  # the most frequent speakers kept: GLOUCESTER, DUKE VINCENTIO, ROMEO, MENENIUS, PETRUCHIO
 TOKENIZERS = ("char", "gpt2", "bpe")
 DEFAULT_BPE_VOCAB_SIZE = 1024  # for --input=... --tokenizer=bpe
 # Or --tokenizer=PATH: a pretrained model's Hugging Face tokenizer.json (or the model directory holding
@@ -402,6 +409,8 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
         tokenizer = hf_tokenizer_path(tokenizer)
     out_dir = os.path.join(data_root, name)
 
+    if input_path is None and name in LABELLED_DATASETS:
+        return prepare_shakespeare_speakers(data_root)
     if input_path is None:
         if name not in DATASETS:
             known = ", ".join(DATASETS)
@@ -431,10 +440,48 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
     return prepare_text(read_text(shakespeare_input(data_root, out_dir)), out_dir, tokenizer, vocab_size)
 
 
+def prepare_shakespeare_speakers(data_root="data", n_speakers=SPEAKERS_N):
+    """Write data/shakespeare_speakers/{train,val}.tsv: each speech of the n most frequent speakers,
+    labelled with the speaker, the "NAME:" line removed and its lines joined by spaces.
+
+    Tiny Shakespeare is a sequence of speeches separated by blank lines, each opening with its
+    speaker's name and a colon. The split is by speech (a speech lies wholly in train or in val), 80/20
+    at random with a fixed seed, so that every speaker and play appears on both sides; a split by
+    position would put whole plays, and their speakers, only in val.
+    """
+    import collections
+    import random
+
+    out_dir = os.path.join(data_root, "shakespeare_speakers")
+    text = read_text(shakespeare_input(data_root, out_dir))
+    speeches = []
+    for block in text.split("\n\n"):
+        lines = block.strip("\n").split("\n")
+        if len(lines) >= 2 and lines[0].endswith(":") and "\t" not in block:
+            speeches.append((lines[0][:-1], " ".join(line.strip() for line in lines[1:])))
+    counts = collections.Counter(speaker for speaker, _ in speeches)
+    kept = {speaker for speaker, _ in counts.most_common(n_speakers)}
+    examples = [(speaker, speech) for speaker, speech in speeches if speaker in kept]
+    order = list(range(len(examples)))
+    random.Random(1337).shuffle(order)
+    n_val = len(examples) // 5
+    splits = {"val": sorted(order[:n_val]), "train": sorted(order[n_val:])}
+    os.makedirs(out_dir, exist_ok=True)
+    for split, indices in splits.items():
+        path = os.path.join(out_dir, f"{split}.tsv")
+        with open(_temp_path_beside(path), "w", encoding="utf-8") as f:
+            f.writelines(f"{examples[i][0]}\t{examples[i][1]}\n" for i in indices)
+        os.replace(_temp_path_beside(path), path)
+    print(f"wrote {out_dir}: {len(splits['train'])} train and {n_val} val speeches by "
+          f"{', '.join(s for s, _ in counts.most_common(n_speakers))}")
+    return out_dir
+
+
 def shakespeare_input(data_root, out_dir):
     """Path to tiny Shakespeare's input.txt: reuse one any shakespeare* dataset has, else download it."""
     candidates = [os.path.join(out_dir, "input.txt")]
-    candidates += [os.path.join(data_root, n, "input.txt") for n in DATASETS if n.startswith("shakespeare")]
+    candidates += [os.path.join(data_root, n, "input.txt") for n in [*DATASETS, *LABELLED_DATASETS]
+                   if n.startswith("shakespeare")]
     for path in candidates:
         if os.path.isfile(path):
             return path
@@ -661,6 +708,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def main(argv=None):
     datasets_help = "\n".join(f"  {name:18} {about}" for name, (_, _, about) in DATASETS.items())
+    datasets_help += "".join(f"\n  {name:18} {about}" for name, about in LABELLED_DATASETS.items())
     parser = _ArgumentParser(
         description="Tokenize a text into data/NAME/{train.bin,val.bin,meta.pkl}.",
         epilog=f"ready-made datasets:\n{datasets_help}\nany other NAME needs --input and --tokenizer.",

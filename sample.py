@@ -10,6 +10,8 @@ sample.py — generate text from a trained checkpoint or from pretrained Hugging
     python sample.py --out_dir=out-t5-numbers --start="123456" --beam_size=4   # a T5: input -> output
     python sample.py --init_from=path/to/flan-t5-small --start="translate English to German: Hello"
     python sample.py --init_from=path/to/SmolLM2-135M-Instruct --chat=True   # talk to an instruct model
+    python sample.py --out_dir=out-bert-shakespeare-char-cpu --start="To be, or not to b[MASK]"   # bert.py: fill-mask
+    python sample.py --init_from=path/to/hf_bert_dir --start="Paris is the [MASK] of France."  # or a classifier
 
 The checkpoint says which script wrote it (its "model_type"), the model's shape ("model_args") and the
 tokenizer it was trained with, so this one file rebuilds any of the repository's models: it imports
@@ -21,6 +23,7 @@ Face hub id or local directory), start, num_samples, max_new_tokens, temperature
 top_p, repetition_penalty, stop_at_eos, seed, device, dtype, compile, interactive, chat; for
 encoder-decoder (T5) models also beam_size (> 1: beam search; num_samples then returns that many
 best beams) and length_penalty. A T5 reads --start as its input and prints its output for it.
+For encoders (bert.py), fill_k: the candidates shown for each [MASK].
 
 A single sample (--num_samples=1) is printed token by token as it is generated; several samples are
 generated side by side as one batch and printed when done. A sample ends at the tokenizer's
@@ -34,6 +37,9 @@ it is not printed.
 with the model's own chat template (chat_template.jinja, or "chat_template" in tokenizer_config.json,
 beside the weights; rendering it needs the optional jinja2 package), the model continues it, and the
 reply, up to the model's end-of-turn token, joins the conversation.
+
+An encoder (bert.py) does not generate: it prints the fill_k likeliest tokens for each [MASK] in the
+prompt, or, for a classifier, the probability of each label.
 """
 
 import importlib
@@ -53,10 +59,12 @@ MODELS = {
     "gpt": ("gpt", "GPT", "GPTConfig"),
     "llama": ("llama", "Llama", "LlamaConfig"),
     "olmo": ("olmo", "OLMo", "OLMoConfig"),
+    "bert": ("bert", "Bert", "BertConfig"),
     "t5": ("t5", "T5", "T5Config"),
 }
 # Hugging Face config.json "model_type" -> our model_type
-HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "olmo": "olmo", "olmo2": "olmo", "olmo3": "olmo", "t5": "t5"}
+HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "olmo": "olmo", "olmo2": "olmo", "olmo3": "olmo",
+                  "bert": "bert", "t5": "t5"}
 
 DEFAULTS = {
     "out_dir": "out",
@@ -77,6 +85,7 @@ DEFAULTS = {
     "beam_size": 1,  # encoder-decoder models: 1 decodes token by token (greedy/sampled), > 1 beam search
     "length_penalty": 1.0,  # beam search ranks outputs by log-prob / length ** length_penalty
     "chat": False,  # talk to an instruct model through its chat template (one sample per reply)
+    "fill_k": 5,  # encoders (bert.py): how many candidates to show for each [MASK]
 }
 # Keys that may also be None, and the type of their non-None value.
 OPTIONAL = {"top_k": int, "top_p": float}
@@ -167,8 +176,9 @@ def load_checkpoint(out_dir):
     model_class, config_class = import_model(model_type)
     model = model_class(config_class(**model_args))
     model.load_state_dict(state)
-    tokenizer = prepare_data.load_tokenizer(meta)
-    return model, tokenizer, tokenizer.eot_token
+    # A script whose checkpoints need more than a dataset tokenizer (bert.py's special tokens) has its own loader.
+    tokenizer = getattr(sys.modules[model_class.__module__], "load_tokenizer", prepare_data.load_tokenizer)(meta)
+    return model, tokenizer, getattr(tokenizer, "eot_token", None)
 
 
 def load_pretrained(name_or_dir, dtype):
@@ -190,6 +200,8 @@ def load_pretrained(name_or_dir, dtype):
         fail(f"{name_or_dir} holds a {hf_type!r} model; sample.py loads {', '.join(HF_MODEL_TYPES)} checkpoints")
     model_class, _ = import_model(HF_MODEL_TYPES[hf_type])
     module = sys.modules[model_class.__module__]
+    if not os.path.isdir(name_or_dir) and not hasattr(module, "download_hf_checkpoint"):
+        fail(f"{module.__name__}.py loads local directories only; download {name_or_dir} into a folder and pass that")
     try:
         # A hub id is downloaded once into a local cache directory; from then on it is a directory.
         directory = name_or_dir if os.path.isdir(name_or_dir) else module.download_hf_checkpoint(name_or_dir)
@@ -199,6 +211,11 @@ def load_pretrained(name_or_dir, dtype):
     if hf_type == "t5":  # T5 stops at its own </s>; sample_t5 needs no separate end-of-text id
         return model, t5_sentencepiece(directory), None
     eos_token_id = hf_eos_token_id(directory)
+    if hf_type == "bert":  # BERT's WordPiece vocabulary: vocab.txt (+ tokenizer_config.json)
+        try:
+            return model, module.WordPieceTokenizer.from_pretrained(directory), None
+        except (ValueError, FileNotFoundError) as e:
+            fail(f"cannot use the tokenizer of {name_or_dir}: {e}")
     tokenizer_json = os.path.join(directory, "tokenizer.json")
     if os.path.isfile(tokenizer_json):
         import bpe
@@ -355,6 +372,32 @@ def text_of(tokenizer, ids, prompt_length, eos_token_id):
     return tokenizer.decode(ids[:prompt_length + end])
 
 
+def predict_with_encoder(cfg, model, tokenizer, autocast):
+    """bert.py models: the fill_k likeliest tokens for each [MASK] in --start (with probabilities),
+    or a sequence classifier's distribution over its labels. --start may be FILE:path."""
+    module = sys.modules[type(model).__module__]
+    head = model.config.head
+    if head not in ("mlm", "sequence"):
+        fail(f"this model has no fill-mask or classification head (head={head!r}); sample.py needs one of them")
+    start = cfg["start"]
+    if start.startswith("FILE:"):
+        if not os.path.isfile(start[len("FILE:"):]):
+            fail(f"prompt file {start[len('FILE:'):]!r} not found")
+        with open(start[len("FILE:"):], encoding="utf-8") as f:
+            start = f.read()
+    try:
+        with autocast:
+            if head == "sequence":
+                for label, prob in module.classify(model, tokenizer, start):
+                    print(f"{prob:8.4f}  {label}")
+                return
+            fills = module.fill_mask(model, tokenizer, start, cfg["fill_k"])
+    except ValueError as e:  # no [MASK], too long, characters the vocabulary lacks
+        fail(str(e))
+    for n, candidates in enumerate(fills, 1):
+        print(f"[MASK] {n}: " + ", ".join(f"{token!r} {prob:.4f}" for token, prob in candidates))
+
+
 def main(argv):
     cfg = parse_args(argv)
     if cfg["device"] == "auto":
@@ -383,6 +426,8 @@ def main(argv):
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     if type(model).__name__ == "T5":
         return sample_t5(cfg, model, tokenizer, autocast)
+    if not hasattr(model, "generate"):  # an encoder (bert.py) does not write text: it fills masks, classifies
+        return predict_with_encoder(cfg, model, tokenizer, autocast)
     if cfg["compile"]:
         # Replace forward (which generate() calls) by its compiled version. Compiling is lazy, so try
         # a short generation now and fall back to the plain forward if this platform cannot compile.
