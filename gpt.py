@@ -929,7 +929,7 @@ def main(argv):
         restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
     raw_model = model  # the plain module: what we save, and what MFU counts
     if cfg["compile"]:
-        model, compile_error = compile_model(model, autocast, device, cfg["batch_size"])
+        model, compile_error = compile_model(model, autocast, device, lambda: loader.get_batch("train"))
         if compile_error and master:
             print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
     if ddp:
@@ -1154,20 +1154,22 @@ def restore_rng_state(states, rank, world_size, fresh_seed):
     torch.manual_seed(fresh_seed)
 
 
-def compile_model(model, autocast, device, batch_size):
+def compile_model(model, autocast, device, trial_batch, dynamic=False):
     """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails here.
 
     Compilation is lazy: errors (no C compiler, an unsupported platform) only appear at the first
-    call. So we try one forward and backward on random tokens right away, inside fork_rng so that
-    the trial does not change the random stream of the real run. On failure the caller warns and
-    trains uncompiled: slower, but correct.
+    call. So we try one forward and backward right away, on trial_batch(): the arguments of one
+    training call, model(*trial_batch()) -> (logits, loss). It runs inside fork_rng, so that
+    drawing that batch (and any dropout) does not change the random stream of the real run.
+    dynamic=True compiles one shape-generic graph, for batches whose shape changes from step to
+    step (padded pairs in t5.py). On failure the caller warns and trains uncompiled: slower, but
+    correct.
     """
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, dynamic=dynamic)
     try:
         with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
-            x = torch.randint(model.config.vocab_size, (batch_size, model.config.block_size), device=device)
             with autocast:
-                _, loss = compiled(x, x)
+                _, loss = compiled(*trial_batch())
             loss.backward()
         model.zero_grad(set_to_none=True)
         return compiled, None

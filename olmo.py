@@ -1276,7 +1276,7 @@ def main(argv):
         restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
     raw_model = model  # the plain module: what we save, and what MFU counts
     if cfg["compile"]:
-        model, compile_error = compile_model(model, autocast, device, cfg["batch_size"])
+        model, compile_error = compile_model(model, autocast, device, lambda: loader.get_batch("train"))
         if compile_error and master:
             print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
     if ddp:
@@ -1493,18 +1493,18 @@ def restore_rng_state(states, rank, world_size, fresh_seed):
     torch.manual_seed(fresh_seed)
 
 
-def compile_model(model, autocast, device, batch_size):
+def compile_model(model, autocast, device, trial_batch, dynamic=False):
     """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails.
 
-    One trial forward and backward right away, inside fork_rng so the real run's random stream is
-    untouched, because compile errors only surface at the first call (gpt.py explains).
+    One trial forward and backward right away on trial_batch() (the arguments of one training
+    call), inside fork_rng so the real run's random stream is untouched, because compile errors only
+    surface at the first call (gpt.py explains).
     """
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, dynamic=dynamic)
     try:
         with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
-            x = torch.randint(model.config.vocab_size, (batch_size, model.config.block_size), device=device)
             with autocast:
-                _, loss = compiled(x, x)
+                _, loss = compiled(*trial_batch())
             loss.backward()
         model.zero_grad(set_to_none=True)
         return compiled, None

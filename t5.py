@@ -1308,7 +1308,12 @@ def main(argv):
         restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
     raw_model = model  # the plain module: what we save, and what MFU counts
     if cfg["compile"]:
-        model, compile_error = compile_t5(model, autocast, loader)
+        def trial_batch():  # the loader gives (input, its mask, decoder input, targets): reorder for forward
+            x, mask, decoder_x, y = loader.get_batch("train")
+            return x, decoder_x, mask, y
+
+        # Batches change shape with their longest pair: one shape-generic graph, not one per length.
+        model, compile_error = compile_model(model, autocast, device, trial_batch, dynamic=True)
         if compile_error and master:
             print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
     if ddp:
@@ -1552,20 +1557,22 @@ def restore_rng_state(states, rank, world_size, fresh_seed):
 
 
 
-def compile_t5(model, autocast, loader):
+def compile_model(model, autocast, device, trial_batch, dynamic=False):
     """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails here.
 
-    gpt.py's compile_model with a sequence-to-sequence trial: one forward and backward on a real
-    training batch (inside fork_rng, so that drawing it does not change the run's random stream).
-    Batches change shape with their longest pair, so we compile shape-generically (dynamic=True)
-    rather than recompiling for every new length."""
-    compiled = torch.compile(model, dynamic=True)
+    Compilation is lazy: errors (no C compiler, an unsupported platform) only appear at the first
+    call. So we try one forward and backward right away, on trial_batch(): the arguments of one
+    training call, model(*trial_batch()) -> (logits, loss). It runs inside fork_rng, so that
+    drawing that batch (and any dropout) does not change the random stream of the real run.
+    dynamic=True compiles one shape-generic graph, for batches whose shape changes from step to
+    step (padded pairs in t5.py). On failure the caller warns and trains uncompiled: slower, but
+    correct.
+    """
+    compiled = torch.compile(model, dynamic=dynamic)
     try:
-        device = loader.device
         with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
-            x, mask, decoder_x, y = loader.get_batch("train")
             with autocast:
-                _, loss = compiled(x, decoder_x, mask, y)
+                _, loss = compiled(*trial_batch())
             loss.backward()
         model.zero_grad(set_to_none=True)
         return compiled, None
@@ -1573,7 +1580,6 @@ def compile_t5(model, autocast, loader):
         model.zero_grad(set_to_none=True)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return model, f"{type(e).__name__}: {first_line}"
-
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ MODEL_SCRIPTS = [name for name in ("bigram.py", "gpt.py", "llama.py", "olmo.py",
                  if os.path.exists(os.path.join(REPO, name))]
 TEMPLATE = "gpt.py"
 
-# Every training script has these: the config system, the training loop's helpers, sampling.
+# Every training script has these: the config system and the training loop's helpers.
 REQUIRED = ["parse_config", "check_config", "fail", "first_error", "local_rank0_first", "load_checkpoint",
-            "every_rank_rng_state", "restore_rng_state", "compile_model", "gpu_peak_flops", "_GPU_PEAK_FLOPS",
-            "check_sampling_options", "sample_next_token"]
-# Scripts that need these (attention, Hugging Face checkpoints) must have them exactly as gpt.py does.
-OPTIONAL = ["manual_attention", "read_safetensors", "load_hf_weights", "download_hf_checkpoint"]
+            "every_rank_rng_state", "restore_rng_state", "compile_model", "gpu_peak_flops", "_GPU_PEAK_FLOPS"]
+# Scripts that need these (sampling text, attention, Hugging Face checkpoints) have them exactly as gpt.py
+# does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its own t5_attention.
+OPTIONAL = ["check_sampling_options", "sample_next_token", "manual_attention", "read_safetensors",
+            "load_hf_weights", "download_hf_checkpoint"]
 
 
 def definitions(source):
@@ -82,7 +83,7 @@ def test_training_loops_keep_their_common_parts_in_order():
                "# ---- data ----", "local_rank0_first(prepare_dataset", "# ---- model ----",
                "configure_optimizer(", "restore_rng_state(", "compile_model(", "DistributedDataParallel(",
                "def lr_at(", "def estimate_loss(", "def save_checkpoint(", "# ---- the training loop",
-               "losses = estimate_loss()", "every_rank_rng_state(", "loader.get_batch(\"train\")", "clip_grad_norm_",
+               "losses = estimate_loss()", "every_rank_rng_state(", "scaler.scale(loss).backward()", "clip_grad_norm_",
                "scaler.step(optimizer)", "mean_over_processes([train_loss", "destroy_process_group"]
     for script in MODEL_SCRIPTS:
         source = read(script)
