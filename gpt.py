@@ -1093,6 +1093,9 @@ def main(argv):
         iter_num += 1
 
     if ddp:
+        # Leave together: a process that exited while rank 0 was still writing the checkpoint would
+        # tear down the connections under it.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
