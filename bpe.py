@@ -1,5 +1,6 @@
 """
-Byte-level Byte Pair Encoding (BPE): training, encoding and decoding in one file.
+Byte-level Byte Pair Encoding (BPE): training, encoding and decoding in one file,
+and reading pretrained models' tokenizers (byte-level, or SentencePiece-style BPE).
 
 What BPE is
 -----------
@@ -27,6 +28,28 @@ History
   tiktoken (OpenAI) and Hugging Face `tokenizers` implement the same scheme in
   Rust; GPT-2/3/4, Llama 3 and Qwen all use byte-level BPE.
 
+SentencePiece-style BPE
+-----------------------
+Llama 1 and 2, TinyLlama and Mistral were trained with Google's SentencePiece
+(Kudo & Richardson, 2018) in its BPE mode, and their tokenizer.json files
+describe the same algorithm in Hugging Face's terms. It is BPE too (the same
+merge loop, the same encoder), but it differs from GPT-2's byte-level BPE in
+three ways:
+* Characters, not bytes, are the base units. Only a character missing from the
+  vocabulary falls back to its UTF-8 bytes, as the 256 tokens <0x00>..<0xFF>
+  ("byte_fallback"), so "é" is one token if it was frequent in training and the
+  two tokens <0xC3> <0xA9> if it was not. Nothing is out of vocabulary either.
+* A space is not a byte to hide but a visible character: every " " becomes
+  "▁" (U+2581), and a "▁" goes in front of the text as well, so "Hello world"
+  is "▁Hello▁world" and the first word gets the same token as a word after a
+  space. Decoding turns "▁" back into spaces and drops the one added in front.
+* No regex pre-split: the text is not cut into words first. SentencePiece keeps
+  "▁" at the start of pieces only, so its merges stay within words anyway, but
+  one merge rule meets the whole text, and runs like "▁▁▁" are tokens of their own.
+Here such a vocabulary is stored with spaces in place of "▁" and the byte
+tokens listed apart (the `sentencepiece` option of Tokenizer), so encoding and
+decoding are the byte-level code with a different first step.
+
 What you learn by reading this file
 -----------------------------------
 1. Training (`train_bpe`): count pre-tokens once, then run the merge loop with
@@ -40,9 +63,12 @@ What you learn by reading this file
 3. Where text can be cut into chunks without changing the result, which is what
    makes parallel training, parallel file encoding and streaming encoding exact.
 4. The file formats of GPT-2 (encoder.json + vocab.bpe) and of Hugging Face
-   (tokenizer.json), so you can load real tokenizers and check that this code
-   reproduces them id for id (tests/test_bpe.py compares against tiktoken and
-   `tokenizers`).
+   (tokenizer.json), so you can load real tokenizers (GPT-2, Llama 2 and 3,
+   Qwen, SmolLM2, TinyLlama, Mistral, OLMo) and check that this code
+   reproduces them id for id (tests/test_bpe.py and tests/test_bpe_hf.py
+   compare against tiktoken and `tokenizers`), including what their files add
+   around BPE: normalizers, several pre-tokenization steps, added tokens with
+   their options, and the template that puts a BOS token before a prompt.
 
 Conventions used throughout
 ---------------------------
@@ -114,6 +140,27 @@ STREAM_FLUSH_CHARS = 1 << 16
 # Unicode normal forms a Tokenizer can apply before pre-tokenizing (None: none).
 # They have the same names in Python's unicodedata and in Hugging Face's files.
 UNICODE_NORMAL_FORMS = (None, "NFC", "NFD", "NFKC", "NFKD")
+# SentencePiece's spelling of a space inside tokens: U+2581 LOWER ONE EIGHTH
+# BLOCK, a visible character that is not whitespace. See "SentencePiece-style
+# BPE" in the module docstring.
+SENTENCEPIECE_SPACE = "\u2581"
+# Where a SentencePiece-style tokenizer puts a space ("▁") in front of text, so
+# that the first word gets the same "▁word" token as words after a space:
+#   None          nowhere
+#   "normalizer"  before every non-empty stretch of text between special tokens,
+#                 even one that starts with a space (a Prepend("▁") normalizer:
+#                 Llama 2, TinyLlama, Mistral)
+#   "always"      the same, unless the stretch already starts with a space
+#                 (a Metaspace pre-tokenizer with prepend_scheme "always")
+#   "first"       only before the stretch at the very start of the input, unless
+#                 it starts with a space (Metaspace's "first", newer Llama files)
+PREPEND_SCHEMES = (None, "normalizer", "always", "first")
+# What Hugging Face's lstrip/rstrip options strip: Unicode White_Space, as
+# Rust's char::is_whitespace (Python's str.isspace also takes \x1c-\x1f).
+_WHITE_SPACE = regex.compile(r"\p{White_Space}")
+# Pre-tokens with more symbols than this are merged with a heap (see
+# Tokenizer._merge_long_word) instead of the simple quadratic loop.
+LONG_WORD_SYMBOLS = 256
 # Bound on the per-tokenizer pre-token cache (pre-token string -> ids). Natural
 # text has a heavy head, so even a cleared cache refills with the useful entries.
 ENCODE_CACHE_LIMIT = 1 << 18
@@ -372,8 +419,9 @@ def _descending_key(token):
 def merge_pair(ids, left, right, merged):
     """Return ids with every adjacent (left, right) replaced by `merged`, scanning left to right.
 
-    The one operation of BPE, shared by training (applying a new merge to every word that has the
-    pair) and encoding (replaying the learned merges). Left to right matters for repeats: with the
+    The one operation of BPE training: a new merge applied to every word that has the pair.
+    (Encoding replays the merges one occurrence at a time, which gives the same result for
+    trained merges; see Tokenizer._encode_pretoken.) Left to right matters for repeats: with the
     merge (a, a), "a a a" becomes "aa a", as GPT-2's encoder does.
     """
     out, i, n = [], 0, len(ids)
@@ -548,7 +596,8 @@ def train_bpe(input_path, vocab_size, special_tokens=(), num_processes=None, ver
 # ----------------------------------------------------------------------------
 
 class Tokenizer:
-    """Encode/decode with a byte-level BPE vocabulary and merge list.
+    """Encode/decode with a BPE vocabulary and merge list (byte-level, or
+    SentencePiece-style when `sentencepiece` is given).
 
     vocab: dict id -> bytes. merges: list of (left, right) byte pairs, in rank
     order; both halves and their concatenation must be in the vocabulary.
@@ -556,16 +605,30 @@ class Tokenizer:
     in text (like tiktoken with allowed_special="all"). Either a list, whose
     tokens take the id already in vocab for their bytes or new ids at the end,
     or a dict str -> id for files that fix the ids (Hugging Face).
-    pattern: the pre-tokenization regex (GPT-2's by default).
+    pattern: the pre-tokenization regex (GPT-2's by default); or a list of
+    regexes applied one after another, each splitting the pieces the previous
+    one made (SmolLM2 isolates every digit, then applies GPT-2's regex); or
+    None, no pre-split (SentencePiece style).
     ignore_merges: Llama 3's tokenizer.json option; a pre-token that is itself a
     vocabulary entry is emitted as that id without running the merges.
     normalization: None, or a Unicode normal form ("NFC", "NFD", "NFKC",
     "NFKD") applied to the text between special tokens before pre-tokenizing,
     as Qwen's tokenizer.json asks for NFC. decode() cannot undo it.
+    sentencepiece: None for byte-level BPE; for SentencePiece-style BPE (see
+    "SentencePiece-style BPE" above) a dict: "byte_ids", the ids of the 256
+    byte tokens <0x00>..<0xFF> in byte order; "prepend", where a space goes in
+    front of the text (one of PREPEND_SCHEMES); "strip", how many leading spaces
+    decode() removes. Its vocab spells spaces as b" ", not as "▁".
+    added_token_flags: special token -> {"lstrip", "rstrip", "normalized"}, for
+    the tokens that set any of these Hugging Face options (see encode()).
+    template: (prefix ids, suffix ids) that encode(..., add_special_tokens=True)
+    puts around a text: ([BOS], []) for Llama, from a tokenizer.json's
+    post-processor.
     """
 
     def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
-                 ignore_merges=False, normalization=None):
+                 ignore_merges=False, normalization=None, sentencepiece=None,
+                 added_token_flags=None, template=None):
         self.vocab = dict(vocab)
         self.merges = [(bytes(left), bytes(right)) for left, right in merges]
         self.pattern = pattern
@@ -573,23 +636,69 @@ class Tokenizer:
         if normalization not in UNICODE_NORMAL_FORMS:
             raise ValueError(f"normalization must be one of {UNICODE_NORMAL_FORMS}, got {normalization!r}")
         self.normalization = normalization
+        self.sentencepiece = None
+        if sentencepiece:
+            self.sentencepiece = {"byte_ids": list(sentencepiece.get("byte_ids", ())),
+                                  "prepend": sentencepiece.get("prepend"), "strip": int(sentencepiece.get("strip", 0))}
+        self.added_token_flags = {token: dict(flags) for token, flags in (added_token_flags or {}).items()}
+        prefix, suffix = template or ([], [])
+        self.template = (list(prefix), list(suffix))
+
+        if pattern is None and self.sentencepiece is None:
+            raise ValueError("byte-level BPE needs a pre-tokenization pattern (pattern=None is "
+                             "for SentencePiece-style vocabularies)")
+        patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
         try:
-            self._split_re = regex.compile(pattern)
-        except regex.error as exc:
+            self._split_res = [regex.compile(p) for p in patterns]
+        except (regex.error, TypeError) as exc:
             raise ValueError(f"invalid pre-tokenization pattern {pattern!r}: {exc}") from None
 
         # bytes -> id. If two ids share the same bytes (possible in principle),
-        # the lower id wins, so encoding is deterministic.
+        # the lower id wins, so encoding is deterministic. A SentencePiece
+        # vocabulary has both "A" and the byte token <0x41> for b"A"; only the
+        # former is a text token, the byte tokens are reached through byte_ids.
+        byte_fallback = set(self.sentencepiece["byte_ids"]) if self.sentencepiece else set()
         self._id_of = {}
         for token_id in sorted(self.vocab):
-            self._id_of.setdefault(self.vocab[token_id], token_id)
-        missing = [b for b in range(256) if bytes([b]) not in self._id_of]
-        if missing:
-            raise ValueError(
-                f"vocabulary lacks {len(missing)} of the 256 single-byte tokens "
-                f"(e.g. byte {missing[0]}); byte-level BPE needs all of them"
-            )
-        self._byte_ids = [self._id_of[bytes([b])] for b in range(256)]
+            if token_id not in byte_fallback:
+                self._id_of.setdefault(self.vocab[token_id], token_id)
+        if self.sentencepiece is None:
+            # Byte-level BPE starts every pre-token from its bytes. A few real
+            # vocabularies lack some single-byte tokens: SmolLM2 has none for 21
+            # bytes, OLMo 1's GPT-NeoX files none for 0xC0, 0xC1 and 0xF5-0xFF,
+            # which never occur in valid UTF-8. Hugging Face's BPE model silently
+            # drops a symbol it has no token for (these files have no unknown
+            # token), so we drop such bytes too: they vanish from the ids (and
+            # decode cannot bring them back); the bytes around them then merge
+            # as if they were adjacent.
+            self._byte_ids = [self._id_of.get(bytes([b])) for b in range(256)]
+            self._char_ids = None
+        else:
+            byte_ids = self.sentencepiece["byte_ids"]
+            if len(byte_ids) != 256 or any(self.vocab.get(i) != bytes([b]) for b, i in enumerate(byte_ids)):
+                raise ValueError("sentencepiece['byte_ids'] must be the ids of the 256 byte tokens "
+                                 "<0x00>..<0xFF>, in byte order")
+            if self.sentencepiece["prepend"] not in PREPEND_SCHEMES:
+                raise ValueError(f"sentencepiece['prepend'] must be one of {PREPEND_SCHEMES}")
+            self._byte_ids = byte_ids
+            # SentencePiece's base units are characters: character -> its token.
+            self._char_ids = {}
+            for data, token_id in self._id_of.items():
+                text = data.decode("utf-8", errors="replace")
+                if len(text) == 1 and text != "\ufffd":
+                    self._char_ids[text] = token_id
+            if pattern is None and not ignore_merges and not any(
+                regex.search(r"[^ ] ", data.decode("utf-8", errors="replace")) for data in self._id_of
+            ):
+                # With no pre-tokenizer, Hugging Face runs BPE on the whole text
+                # between special tokens as one word. When no token has a space
+                # after another character (true of SentencePiece vocabularies,
+                # whose pieces only *start* with "▁"), no merge can join the
+                # characters either side of such a boundary, so cutting the text
+                # just before each run of spaces that follows a non-space gives
+                # the same ids, and keeps words short and cacheable.
+                self._split_res = [regex.compile(r" *[^ ]+| +")]
+        self._drops_bytes = None in self._byte_ids
 
         # Encoding works on ids, so translate each merge (bytes, bytes) into
         # (left id, right id) -> rank, plus rank -> id of the merged token.
@@ -608,10 +717,16 @@ class Tokenizer:
         self.special_tokens = {}
         if isinstance(special_tokens, str):
             raise ValueError(f"special_tokens must be a list or dict, e.g. [{special_tokens!r}]")
+        # A "normalized" special token is looked for, and decoded, as its
+        # normalized spelling (see below); every other one as itself.
+        normalized = {token for token, flags in self.added_token_flags.items() if flags.get("normalized")}
+
+        def spelling(token):
+            return (self._normalize(token) if token in normalized else token).encode("utf-8")
         if isinstance(special_tokens, dict):
             for token, token_id in special_tokens.items():
-                known = self.vocab.setdefault(token_id, token.encode("utf-8"))
-                if known != token.encode("utf-8"):
+                known = self.vocab.setdefault(token_id, spelling(token))
+                if known != spelling(token):
                     raise ValueError(
                         f"special token {token!r} has id {token_id}, but that id is "
                         f"already the token {known!r}"
@@ -626,8 +741,25 @@ class Tokenizer:
                 self.special_tokens[token] = token_id
         if any(not token for token in self.special_tokens):
             raise ValueError("special tokens must be non-empty strings")
-        self._special_re = _special_token_regex(self.special_tokens)
+        unknown = set(self.added_token_flags) - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"added_token_flags names {sorted(unknown)[0]!r}, which is not a special token")
+        # Special tokens are found in two passes, as Hugging Face does: those
+        # matched in the raw text first, then, in the text between them once it
+        # is normalized, the "normalized" ones, by their normalized spelling:
+        # under Llama 2's Prepend normalizer "<x>" is looked for as " <x>" (so
+        # "a <x>" has it, "a<x>" does not) and decodes as " <x>".
+        self._special_re = _special_token_regex([t for t in self.special_tokens if t not in normalized])
+        self._normalized_specials = {self._normalize(token): token for token in normalized}
+        self._normalized_re = _special_token_regex([t for t in self._normalized_specials if t])
         self._cut_str, self._cut_bytes = _cut_patterns(pattern, list(self.special_tokens))
+        rewrites_text = self.normalization or (self.sentencepiece and self.sentencepiece["prepend"] == "normalizer")
+        if any(flags.get("lstrip") or (flags.get("normalized") and rewrites_text)
+               for flags in self.added_token_flags.values()):
+            # A token that swallows the whitespace before it, or is matched in
+            # rewritten text, can start before its spelling in the raw text, so
+            # a cut at that spelling would not be a boundary: no cuts at all.
+            self._cut_str = self._cut_bytes = None
         self._cut_lookahead = _cut_lookahead(self.special_tokens)
         # The streaming encoder wants the *last* cut in its buffer; the regex
         # module can search right-to-left with the (?r) flag.
@@ -647,13 +779,20 @@ class Tokenizer:
     def _encode_pretoken(self, pretoken):
         """Apply the merges to one pre-token, lowest rank first.
 
-        This is the classic GPT-2 loop: among all adjacent pairs, find the one
-        whose merge was learned earliest, merge every occurrence of it, repeat
-        until no adjacent pair is a known merge. It reproduces training exactly
-        because training merged pairs in that same order. (tiktoken instead
-        ranks by the id of the merged token; for vocabularies trained this way
-        the two agree.) Each round scans the word, so this is quadratic in the
-        pre-token length, fine for words and made rare by the cache.
+        GPT-2's loop: among all adjacent pairs, find the one whose merge was
+        learned earliest (the leftmost, if it occurs more than once), merge it,
+        repeat until no adjacent pair is a known merge. It reproduces training
+        because training merged pairs in that same order. GPT-2's code merges
+        every occurrence of the pair in one sweep; we merge one at a time, as
+        tiktoken and Hugging Face do. For trained merge lists the two agree (a
+        merge only makes pairs with the new token, learned later, so the other
+        occurrences still go next), but files converted from another format
+        (Llama 2's from SentencePiece, Llama 3's from tiktoken) list a merge
+        for every way to split a token, some before the merges that make their
+        parts, and there only one-at-a-time matches. (tiktoken ranks by the id
+        of the merged token; for such files that is the merge order.) Each
+        round scans the word, so this is quadratic in the pre-token length,
+        fine for words and made rare by the cache.
         """
         data = pretoken.encode("utf-8")
         if self.ignore_merges:
@@ -661,51 +800,176 @@ class Tokenizer:
             if whole is not None:
                 return (whole,)
         byte_ids = self._byte_ids
-        ids = [byte_ids[b] for b in data]
+        if self._char_ids is None:
+            ids = [byte_ids[b] for b in data]
+            if self._drops_bytes:
+                ids = [i for i in ids if i is not None]
+        else:
+            # SentencePiece style: one symbol per character, and the character's
+            # UTF-8 bytes (as byte tokens) only when the vocabulary lacks it.
+            ids = []
+            for char in pretoken:
+                char_id = self._char_ids.get(char)
+                if char_id is None:
+                    ids.extend(byte_ids[b] for b in char.encode("utf-8"))
+                else:
+                    ids.append(char_id)
+        if len(ids) > LONG_WORD_SYMBOLS:
+            return tuple(self._merge_long_word(ids))
         rank_of = self._rank
         no_merge = len(self._merged_id)  # larger than every real rank
         while len(ids) > 1:
-            pair = min(zip(ids, ids[1:]), key=lambda p: rank_of.get(p, no_merge))
-            rank = rank_of.get(pair)
-            if rank is None:
+            ranks = [rank_of.get(pair, no_merge) for pair in zip(ids, ids[1:])]
+            rank = min(ranks)
+            if rank == no_merge:
                 break
-            left, right = pair
-            ids = merge_pair(ids, left, right, self._merged_id[rank])
+            at = ranks.index(rank)  # the leftmost occurrence
+            ids[at:at + 2] = [self._merged_id[rank]]
         return tuple(ids)
 
-    def _encode_ordinary(self, text, out):
-        """Append the ids of text that contains no special tokens to `out`."""
+    def _merge_long_word(self, ids):
+        """The merges of _encode_pretoken in O(n log n), for long words.
+
+        A SentencePiece-style file with no pre-tokenizer makes the whole text
+        between special tokens one word (unless the vocabulary lets us cut it,
+        see __init__), so the quadratic loop would take hours on a book. Same
+        order of merges, found differently: a heap of (rank, position) for
+        every adjacent pair, the symbols in a linked list. Popping the lowest
+        (rank, position) merges the earliest-learned pair, leftmost first, as
+        the loop does; the pairs a merge creates with its neighbours are pushed,
+        so the heap always holds every current pair, and the next pop is the
+        loop's next choice. Entries made stale by a neighbouring merge are
+        skipped when popped. Hugging Face merges every word this way.
+        """
+        rank_of, merged_id = self._rank, self._merged_id
+        n = len(ids)
+        symbols = list(ids)
+        next_of = list(range(1, n + 1))  # n: no next symbol
+        prev_of = list(range(-1, n - 1))  # -1: no previous symbol
+        alive = [True] * n
+        heap = [(rank_of[pair], i) for i, pair in enumerate(zip(ids, ids[1:])) if pair in rank_of]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = next_of[i]
+            if not alive[i] or j == n or rank_of.get((symbols[i], symbols[j])) != rank:
+                continue  # stale: a neighbouring merge changed this pair
+            symbols[i] = merged_id[rank]
+            alive[j] = False
+            after = next_of[j]
+            next_of[i] = after
+            if after < n:
+                prev_of[after] = i
+                new_rank = rank_of.get((symbols[i], symbols[after]))
+                if new_rank is not None:
+                    heapq.heappush(heap, (new_rank, i))
+            before = prev_of[i]
+            if before >= 0:
+                new_rank = rank_of.get((symbols[before], symbols[i]))
+                if new_rank is not None:
+                    heapq.heappush(heap, (new_rank, before))
+        return [symbol for symbol, live in zip(symbols, alive) if live]
+
+    def _normalize(self, text):
+        """The normalizer's part: a Unicode normal form, and for SentencePiece
+        style the space-for-"▁" replacement (a literal "▁" in the text is a
+        space to these tokenizers) and Llama 2's Prepend("▁"), which puts a
+        space before every non-empty stretch of text between special tokens."""
         if self.normalization:
             # Normalizing each piece separately equals normalizing the whole:
             # the pieces end at special tokens or at safe cuts, which sit before
             # an ASCII space/newline that no normal form changes or composes.
             text = unicodedata.normalize(self.normalization, text)
+        if self.sentencepiece:
+            text = text.replace(SENTENCEPIECE_SPACE, " ")
+            if text and self.sentencepiece["prepend"] == "normalizer":
+                text = " " + text
+        return text
+
+    def _encode_ordinary(self, text, at_start, out):
+        """Append the ids of normalized text that contains no special tokens to
+        `out`. at_start: the text begins at the start of the whole input."""
+        prepend = self.sentencepiece and self.sentencepiece["prepend"]
+        if text and (prepend == "always" or (prepend == "first" and at_start)) and not text.startswith(" "):
+            # Metaspace's prepend_scheme: a space before each stretch of text,
+            # or only before the first, unless one is already there.
+            text = " " + text
+        splits = self._split_res
+        pretokens = splits[0].findall(text) if splits else [text] if text else []
+        for split_re in splits[1:]:
+            pretokens = [piece for pretoken in pretokens for piece in split_re.findall(pretoken)]
         cache = self._cache
-        for pretoken in self._split_re.findall(text):
+        for pretoken in pretokens:
             ids = cache.get(pretoken)
             if ids is None:
                 ids = self._encode_pretoken(pretoken)
                 if len(cache) >= ENCODE_CACHE_LIMIT:
                     cache.clear()
-                cache[pretoken] = ids
+                if len(pretoken) <= LONG_WORD_SYMBOLS:  # a whole book does not repeat
+                    cache[pretoken] = ids
             out.extend(ids)
 
-    def encode(self, text):
-        """Encode a string to a list of ids; special tokens are kept whole."""
+    def _special_matches(self, special_re, text, token_of):
+        """(start, end, special token) for each special token in text, left to
+        right. A token with Hugging Face's lstrip (rstrip) flag also takes the
+        whitespace before (after) it: that whitespace is not encoded."""
+        flags_of = self.added_token_flags
+        previous_end = 0
+        for match in special_re.finditer(text):
+            start, end = match.span()
+            if start < previous_end:
+                continue  # inside whitespace an rstrip token already took
+            token = token_of(match.group())
+            flags = flags_of.get(token)
+            if flags and flags.get("lstrip"):
+                while start > previous_end and _WHITE_SPACE.match(text[start - 1]):
+                    start -= 1
+            if flags and flags.get("rstrip"):
+                while end < len(text) and _WHITE_SPACE.match(text[end]):
+                    end += 1
+            yield start, end, token
+            previous_end = end
+
+    def _encode_segment(self, text, at_start, out):
+        """Append the ids of raw text between two special tokens to `out`."""
+        if not text:
+            return
+        text = self._normalize(text)
+        if self._normalized_re is None:
+            self._encode_ordinary(text, at_start, out)
+            return
+        position = 0
+        for start, end, token in self._special_matches(self._normalized_re, text,
+                                                       self._normalized_specials.get):
+            self._encode_ordinary(text[position:start], at_start and position == 0, out)
+            out.append(self.special_tokens[token])
+            position = end
+        self._encode_ordinary(text[position:], at_start and position == 0, out)
+
+    def encode(self, text, add_special_tokens=False):
+        """Encode a string to a list of ids; special tokens are kept whole.
+
+        add_special_tokens=True also puts the tokenizer's template around the
+        text (Llama's BOS first), as Hugging Face's encode() does by default.
+        It is off here because most callers encode *parts* of a text (a
+        dataset file in chunks, a stream): a BOS belongs once before a prompt
+        or a document, not before every chunk.
+        """
         if not isinstance(text, str):
             raise ValueError(f"encode expects a str, got {type(text).__name__}")
-        out = []
-        if self._special_re is None:
-            self._encode_ordinary(text, out)
-            return out
+        prefix, suffix = self.template
+        out = list(prefix) if add_special_tokens else []
         # Text between special tokens is pre-tokenized on its own, exactly as in
         # training and in tiktoken: a special token is a hard boundary.
         position = 0
-        for match in self._special_re.finditer(text):
-            self._encode_ordinary(text[position:match.start()], out)
-            out.append(self.special_tokens[match.group()])
-            position = match.end()
-        self._encode_ordinary(text[position:], out)
+        if self._special_re is not None:
+            for start, end, token in self._special_matches(self._special_re, text, str):
+                self._encode_segment(text[position:start], position == 0, out)
+                out.append(self.special_tokens[token])
+                position = end
+        self._encode_segment(text[position:], position == 0, out)
+        if add_special_tokens:
+            out.extend(suffix)
         return out
 
     def encode_iterable(self, iterable):
@@ -769,7 +1033,13 @@ class Tokenizer:
         except (KeyError, TypeError):
             bad = next(i for i in ids if not _is_known_id(i, vocab))
             raise ValueError(f"cannot decode id {bad!r}: not in the vocabulary") from None
-        return data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8", errors="replace")
+        strip = self.sentencepiece["strip"] if self.sentencepiece else 0
+        if strip:
+            # A Strip decoder (or Metaspace's) removes the space that encoding
+            # put before the text, so that decode(encode(text)) == text.
+            text = text[min(strip, len(text) - len(text.lstrip(" "))):]
+        return text
 
     # -- GPT-2 style files -----------------------------------------------
 
@@ -784,6 +1054,11 @@ class Tokenizer:
         readers have no place for (another pattern, ignore_merges, normalization) go as a
         JSON object after "#version: 0.2" on the first line, which they skip.
         """
+        if (self.sentencepiece or not isinstance(self.pattern, str) or self.added_token_flags
+                or self.template != ([], [])):
+            raise ValueError("cannot save: GPT-2's file format has no place for SentencePiece-style "
+                             "vocabularies, several pre-tokenization patterns, added-token flags or "
+                             "templates; use to_meta() instead")
         merged_bytes = {left + right for left, right in self.merges}
         special_ids = set(self.special_tokens.values())
         # Special tokens are recognised on load as the entries that are neither
@@ -901,13 +1176,17 @@ class Tokenizer:
         torch checkpoint that is loaded with torch.load(weights_only=True)."""
         return {
             "type": "byte_level_bpe",
-            "version": 1,
+            "version": 2,
             "vocab": dict(self.vocab),
             "merges": [[left, right] for left, right in self.merges],
             "special_tokens": dict(self.special_tokens),
-            "pattern": self.pattern,
+            "pattern": self.pattern if isinstance(self.pattern, str) or self.pattern is None else list(self.pattern),
             "ignore_merges": int(self.ignore_merges),
             "normalization": self.normalization,
+            # Version 2 (older metas lack these keys, meaning none of them).
+            "sentencepiece": dict(self.sentencepiece) if self.sentencepiece else None,
+            "added_token_flags": {token: dict(flags) for token, flags in self.added_token_flags.items()},
+            "template": [list(self.template[0]), list(self.template[1])],
         }
 
     @classmethod
@@ -919,7 +1198,8 @@ class Tokenizer:
             return cls(
                 meta["vocab"], meta["merges"], meta["special_tokens"],
                 pattern=meta["pattern"], ignore_merges=meta["ignore_merges"],
-                normalization=meta["normalization"],
+                normalization=meta["normalization"], sentencepiece=meta.get("sentencepiece"),
+                added_token_flags=meta.get("added_token_flags"), template=meta.get("template"),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed tokenizer meta dict: {exc!r}") from None
@@ -928,78 +1208,226 @@ class Tokenizer:
 
     @classmethod
     def from_hf_tokenizer_json(cls, path):
-        """Load a Hugging Face tokenizer.json of a byte-level BPE model.
+        """Load a Hugging Face tokenizer.json of a BPE model.
 
-        Supported: model.type "BPE" with a ByteLevel decoder, no normalizer or
-        a single Unicode one (NFC, NFD, NFKC, NFKD; Qwen uses NFC), and as
-        pre-tokenizer either ByteLevel alone (GPT-2's regex; GPT-2, RoBERTa) or a
-        Sequence of Split(regex, "Isolated") then ByteLevel(use_regex=false)
-        (Llama 3, Qwen). added_tokens become special tokens with their ids.
-        Post-processors (e.g. adding a BOS token) are ignored: encode() returns
-        the ids of the text only. Anything else raises ValueError.
+        Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM2, OLMo): a ByteLevel
+        pre-tokenizer, alone (GPT-2's regex) or last in a Sequence after
+        Split(regex) (Isolated, or Removed with invert=true, which is the same
+        for patterns that match every character) and Digits steps, and a
+        ByteLevel decoder. SentencePiece-style BPE (Llama 2, TinyLlama,
+        Mistral): byte_fallback with <0xNN> tokens, spaces as "▁" through
+        Prepend/Replace normalizers or a Metaspace pre-tokenizer, and decoders
+        Replace, ByteFallback, Fuse, Strip or Metaspace. Either may have a
+        Unicode normal form. added_tokens become special tokens with their ids
+        and their lstrip/rstrip/normalized flags; a TemplateProcessing (or
+        Roberta/Bert) post-processor becomes the template that
+        encode(text, add_special_tokens=True) applies. Anything else raises
+        ValueError naming what is not supported.
         """
         spec = _read_json(path)
 
         def unsupported(what):
             return ValueError(
-                f"{path}: {what} is not supported; only byte-level BPE tokenizer.json "
-                "files (GPT-2 / Llama 3 / Qwen style) are supported"
+                f"{path}: {what} is not supported; only BPE tokenizer.json files (byte-level like "
+                "GPT-2 / Llama 3 / SmolLM2, or SentencePiece-style like Llama 2 / Mistral) are"
             )
+
+        def steps(section):
+            # A "Sequence" normalizer/pre-tokenizer/decoder/post-processor is a
+            # list of steps applied in order; a single one is a list of one.
+            if not section:
+                return []
+            if section.get("type") == "Sequence":
+                return [step for part in section.get("normalizers") or section.get("pretokenizers")
+                        or section.get("decoders") or section.get("processors") or []
+                        for step in steps(part)]
+            return [section]
 
         model = spec.get("model") if isinstance(spec, dict) else None
         if not isinstance(model, dict):
             raise ValueError(f"{path}: no 'model' section; is this a tokenizer.json?")
         if model.get("type") != "BPE":
             raise unsupported(f"model type {model.get('type')!r}")
-        if model.get("byte_fallback"):
-            raise unsupported("byte_fallback BPE (SentencePiece style)")
         for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
             if model.get(option):
                 raise unsupported(f"BPE option {option}={model[option]!r}")
-        normalizer = spec.get("normalizer") or {}
-        normalization = normalizer.get("type")
-        if normalization not in UNICODE_NORMAL_FORMS:
-            raise unsupported(f"normalizer {normalization!r}")
-        decoder = spec.get("decoder") or {}
-        if decoder.get("type") != "ByteLevel":
-            raise unsupported(f"decoder {decoder.get('type')!r} (need ByteLevel)")
 
-        pre = spec.get("pre_tokenizer") or {}
-        if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-            pattern = GPT2_SPLIT_PATTERN
-            byte_level = pre
-        elif pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 2:
-            split, byte_level = pre["pretokenizers"]
-            pattern = (split.get("pattern") or {}).get("Regex")
-            if (split.get("type") != "Split" or pattern is None
-                    or split.get("behavior") != "Isolated" or split.get("invert")
-                    or byte_level.get("type") != "ByteLevel" or byte_level.get("use_regex", True)):
-                raise unsupported("this pre_tokenizer Sequence (need Split(Regex, Isolated) + "
-                                  "ByteLevel(use_regex=false))")
-        else:
-            raise unsupported(f"pre_tokenizer {pre.get('type')!r}")
-        if byte_level.get("add_prefix_space"):
-            raise unsupported("ByteLevel add_prefix_space=true")
+        # Normalizer: a Unicode normal form; SentencePiece's Prepend("▁") and
+        # Replace(" ", "▁").
+        normalization, prepend, spaces_as_metaspace = None, None, False
+        for step in steps(spec.get("normalizer")):
+            kind = step.get("type")
+            if kind in UNICODE_NORMAL_FORMS[1:] and normalization is None:
+                normalization = kind
+            elif kind == "Prepend" and step.get("prepend") == SENTENCEPIECE_SPACE:
+                prepend = "normalizer"
+            elif (kind == "Replace" and step.get("pattern") == {"String": " "}
+                  and step.get("content") == SENTENCEPIECE_SPACE):
+                spaces_as_metaspace = True
+            else:
+                raise unsupported(f"normalizer {kind!r}")
+
+        # Pre-tokenizer: the regexes that split text, in order.
+        patterns, byte_level = [], None
+        for step in steps(spec.get("pre_tokenizer")):
+            kind = step.get("type")
+            if byte_level is not None:
+                raise unsupported(f"pre_tokenizer {kind!r} after ByteLevel")
+            if kind == "ByteLevel":
+                if step.get("add_prefix_space"):
+                    raise unsupported("ByteLevel add_prefix_space=true")
+                byte_level = step
+                if step.get("use_regex", True):
+                    patterns.append(GPT2_SPLIT_PATTERN)
+            elif kind == "Split":
+                pattern = (step.get("pattern") or {}).get("Regex")
+                behavior = (step.get("behavior"), bool(step.get("invert")))
+                # Isolated keeps the matches and the text between them as
+                # pieces; Removed with invert=true keeps only the matches. The
+                # patterns of these files (Llama 3's, cl100k's) match every
+                # character, so there is nothing between matches and both are
+                # the regex's findall, which is what we do.
+                if pattern is None or behavior not in (("Isolated", False), ("Removed", True)):
+                    raise unsupported(f"pre_tokenizer Split {step.get('pattern')} {behavior} "
+                                      "(need a Regex with Isolated, or Removed with invert=true)")
+                patterns.append(pattern)
+            elif kind == "Digits":
+                # Digits isolates runs of digits (Rust's is_numeric: \p{N}), or
+                # each digit alone with individual_digits, from the rest.
+                patterns.append(r"\p{N}|\P{N}+" if step.get("individual_digits") else r"\p{N}+|\P{N}+")
+            elif kind == "Metaspace" and step.get("replacement") == SENTENCEPIECE_SPACE and not patterns:
+                spaces_as_metaspace = True
+                # Older files say add_prefix_space, newer ones prepend_scheme.
+                scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never")
+                if scheme not in ("always", "first", "never"):
+                    raise unsupported(f"Metaspace prepend_scheme {scheme!r}")
+                prepend = prepend or (None if scheme == "never" else scheme)
+                if step.get("split", True):
+                    # Cut before every "▁" (here a space), which starts the next piece.
+                    patterns.append(r"[^ ]+| [^ ]*")
+            else:
+                raise unsupported(f"pre_tokenizer {kind!r}")
+
+        decoders = [step.get("type") for step in steps(spec.get("decoder"))]
+        strip = 0
+        for step in steps(spec.get("decoder")):
+            if step.get("type") == "Strip":
+                if step.get("content") != " " or step.get("stop"):
+                    raise unsupported(f"decoder Strip {step}")
+                strip += step.get("start", 0)
+            elif step.get("type") == "Metaspace" and step.get(
+                    "prepend_scheme", "always" if step.get("add_prefix_space", True) else "never") != "never":
+                strip += 1  # the "▁" it put in front, unless it never puts one
+            elif step.get("type") == "Replace" and (step.get("pattern") != {"String": SENTENCEPIECE_SPACE}
+                                                    or step.get("content") != " "):
+                raise unsupported(f"decoder Replace {step.get('pattern')} -> {step.get('content')!r}")
 
         vocab_json = model.get("vocab")
         merges_json = model.get("merges")
         if not isinstance(vocab_json, dict) or not isinstance(merges_json, list):
             raise ValueError(f"{path}: model.vocab must be an object and model.merges a list")
-        vocab = {token_id: _printable_to_token(key, path) for key, token_id in vocab_json.items()}
+        added = spec.get("added_tokens") or []
+        for token in added:
+            if token.get("single_word"):
+                raise unsupported(f"added token {token.get('content')!r} with single_word=true")
+        special_tokens = {token["content"]: token["id"] for token in added}
+        # An added token may also sit in model.vocab, spelled in the vocabulary's
+        # alphabet or literally (GPT-NeoX spells its runs of spaces as spaces);
+        # its id means the literal text of the added token, so skip that entry.
+        # decode() gives an added token's own text. (HF's ByteLevel decoder
+        # passes added tokens through the byte alphabet too, so one written
+        # with letters such as "é" or "Ġ" decodes to other bytes there; the
+        # special tokens of the models named above are ASCII, where both agree.)
+        added_ids = set(special_tokens.values())
+
+        if byte_level is not None:
+            if model.get("byte_fallback") or spaces_as_metaspace or prepend:
+                raise unsupported("mixing ByteLevel with SentencePiece's byte_fallback or '▁'")
+            if not patterns:
+                raise unsupported("ByteLevel(use_regex=false) with no Split before it")
+            if decoders != ["ByteLevel"]:
+                raise unsupported(f"decoder {'+'.join(decoders) or None} (need ByteLevel)")
+            vocab = {token_id: _printable_to_token(key, path)
+                     for key, token_id in vocab_json.items() if token_id not in added_ids}
+
+            def to_bytes(part):
+                return _printable_to_token(part, path)
+            sentencepiece = None
+        elif spaces_as_metaspace:
+            if not model.get("byte_fallback"):
+                raise unsupported("SentencePiece-style BPE without byte_fallback")
+            if ("ByteFallback" not in decoders or not {"Replace", "Metaspace"} & set(decoders)
+                    or set(decoders) - {"Replace", "ByteFallback", "Fuse", "Strip", "Metaspace"}):
+                raise unsupported(f"decoder {'+'.join(decoders) or None} (need ByteFallback and "
+                                  "Replace or Metaspace)")
+            # Byte tokens <0x00>..<0xFF> are bytes; every other token is text
+            # whose "▁" we store as a space.
+            vocab, byte_ids = {}, {}
+            for key, token_id in vocab_json.items():
+                if token_id in added_ids:
+                    continue
+                byte = regex.fullmatch(r"<0x([0-9A-F]{2})>", key)
+                if byte:
+                    byte_ids[int(byte.group(1), 16)] = token_id
+                    vocab[token_id] = bytes([int(byte.group(1), 16)])
+                else:
+                    vocab[token_id] = key.replace(SENTENCEPIECE_SPACE, " ").encode("utf-8")
+            if len(byte_ids) != 256:
+                raise ValueError(f"{path}: byte_fallback needs all 256 byte tokens <0x00>..<0xFF>; "
+                                 f"model.vocab has {len(byte_ids)}")
+            texts = [data for token_id, data in vocab.items() if token_id not in byte_ids.values()]
+            if len(set(texts)) != len(texts):
+                raise unsupported("a vocabulary that spells a space both as ' ' and as '▁'")
+
+            def to_bytes(part):
+                return part.replace(SENTENCEPIECE_SPACE, " ").encode("utf-8")
+            sentencepiece = {"byte_ids": [byte_ids[b] for b in range(256)], "prepend": prepend, "strip": strip}
+        else:
+            raise unsupported(f"pre_tokenizer {(spec.get('pre_tokenizer') or {}).get('type')!r} with "
+                              "neither ByteLevel nor SentencePiece's '▁'")
+
         merges = []
         for number, merge in enumerate(merges_json):
             # Older files spell a merge "left right", newer ones ["left", "right"].
             parts = merge.split(" ") if isinstance(merge, str) else merge
             if not isinstance(parts, list) or len(parts) != 2:
                 raise ValueError(f"{path}: merge #{number} {merge!r} is not a pair")
-            merges.append(tuple(_printable_to_token(p, path) for p in parts))
-        special_tokens = {tok["content"]: tok["id"] for tok in spec.get("added_tokens") or []}
-        for token, token_id in special_tokens.items():
-            # An added token may also sit in model.vocab, spelled in the byte
-            # alphabet; its id then means the literal text of the added token.
-            vocab.pop(token_id, None)
+            merges.append(tuple(to_bytes(p) for p in parts))
+
+        # The flags that change ids ("special" only matters to HF's
+        # skip_special_tokens). "normalized" does only when a normalizer
+        # rewrites the text; GPT-2's file sets it on <|endoftext|>, to no effect.
+        flags = {}
+        rewrites_text = normalization or prepend == "normalizer"
+        for token in added:
+            chosen = {name: True for name in ("lstrip", "rstrip") if token.get(name)}
+            if token.get("normalized") and rewrites_text:
+                chosen["normalized"] = True
+            if chosen:
+                flags[token["content"]] = chosen
+
+        template = None
+        for step in steps(spec.get("post_processor")):
+            kind = step.get("type")
+            if kind == "TemplateProcessing":
+                pieces = step.get("single") or []
+                text_at = [i for i, piece in enumerate(pieces) if "Sequence" in piece]
+                if len(text_at) != 1:
+                    raise unsupported("a TemplateProcessing without exactly one $A")
+
+                def ids_of(part):
+                    return [token_id for piece in part
+                            for token_id in step["special_tokens"][piece["SpecialToken"]["id"]]["ids"]]
+                template = (ids_of(pieces[:text_at[0]]), ids_of(pieces[text_at[0] + 1:]))
+            elif kind in ("RobertaProcessing", "BertProcessing"):
+                template = ([step["cls"][1]], [step["sep"][1]])
+            elif kind != "ByteLevel":  # ByteLevel's post-processor only trims offsets
+                raise unsupported(f"post_processor {kind!r}")
+
+        pattern = patterns[0] if len(patterns) == 1 else patterns or None
         return cls(vocab, merges, special_tokens, pattern=pattern,
-                   ignore_merges=model.get("ignore_merges", False), normalization=normalization)
+                   ignore_merges=model.get("ignore_merges", False), normalization=normalization,
+                   sentencepiece=sentencepiece, added_token_flags=flags, template=template)
 
 
 def _read_json(path):

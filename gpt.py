@@ -575,7 +575,7 @@ def download_hf_checkpoint(repo):
     """Download a checkpoint from the Hugging Face hub into a cache directory; return the directory.
 
     The cache is $NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name. Fetches
-    config.json, tokenizer.json (for sample.py, when the repository has one) and either
+    config.json, the tokenizer's and generation's files (for sample.py, those the repository has) and either
     model.safetensors or the shard index and every shard it names. Each file is written as
     name.part and renamed when complete, so an interrupted download never looks finished. Under
     torchrun the training scripts call this on one process per machine while the others wait.
@@ -618,7 +618,10 @@ def download_hf_checkpoint(repo):
     if os.path.exists(complete_marker):
         return directory
     fetch("config.json")
-    fetch("tokenizer.json", required=False)
+    # For sample.py: the tokenizer, its settings and chat template, and the authors' generation
+    # settings (end-of-sequence ids), where the repository has them.
+    for optional in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        fetch(optional, required=False)
     if not fetch("model.safetensors", required=False):
         if not fetch("model.safetensors.index.json", required=False):
             raise RuntimeError(f"{repo} has neither model.safetensors nor model.safetensors.index.json")

@@ -694,11 +694,11 @@ def load_hf_weights(directory):
 
 
 def download_hf_checkpoint(repo):
-    """Download a Llama checkpoint from the Hugging Face hub into a cache directory; return it.
+    """Download a checkpoint from the Hugging Face hub into a cache directory; return it (gpt.py).
 
     The same cache as gpt.py ($NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name).
-    Fetches config.json, tokenizer.json (for sample.py, when the repository has one) and either
-    model.safetensors or the shard index and every shard it names.
+    Fetches config.json, the tokenizer's and generation's files (for sample.py, when the repository
+    has them) and either model.safetensors or the shard index and every shard it names.
     """
     if repo.count("/") != 1:
         raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
@@ -738,7 +738,10 @@ def download_hf_checkpoint(repo):
     if os.path.exists(complete_marker):
         return directory
     fetch("config.json")
-    fetch("tokenizer.json", required=False)
+    # For sample.py: the tokenizer, its settings and chat template, and the authors' generation
+    # settings (end-of-sequence ids), where the repository has them.
+    for optional in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        fetch(optional, required=False)
     if not fetch("model.safetensors", required=False):
         if not fetch("model.safetensors.index.json", required=False):
             raise RuntimeError(f"{repo} has neither model.safetensors nor model.safetensors.index.json")

@@ -7,6 +7,7 @@ sample.py — generate text from a trained checkpoint or from pretrained Hugging
     python sample.py --init_from=gpt2 --start="The meaning of life is" --top_p=0.9
     python sample.py --init_from=path/to/hf_checkpoint_dir          # a local GPT-2 or Llama checkpoint
     python sample.py --out_dir=out --interactive=True               # type prompts, get continuations
+    python sample.py --init_from=path/to/SmolLM2-135M-Instruct --chat=True   # talk to an instruct model
 
 The checkpoint says which script wrote it (its "model_type"), the model's shape ("model_args") and the
 tokenizer it was trained with, so this one file rebuilds any of the repository's models: it imports
@@ -15,18 +16,26 @@ trains), builds the model, loads the weights and calls its generate().
 
 Options (all --key=value): out_dir, init_from ('resume' reads out_dir/ckpt.pt; otherwise a Hugging
 Face hub id or local directory), start, num_samples, max_new_tokens, temperature (0 = greedy), top_k,
-top_p, repetition_penalty, stop_at_eos, seed, device, dtype, compile, interactive.
+top_p, repetition_penalty, stop_at_eos, seed, device, dtype, compile, interactive, chat.
 
 A single sample (--num_samples=1) is printed token by token as it is generated; several samples are
 generated side by side as one batch and printed when done. A sample ends at the tokenizer's
 end-of-text token (the model's eos_token_id for Hugging Face checkpoints), which is not printed;
 --stop_at_eos=False generates all max_new_tokens regardless. Only ids the tokenizer can decode are
-ever sampled (a model's output layer may be padded past the tokenizer's vocabulary).
+ever sampled (a model's output layer may be padded past the tokenizer's vocabulary). A prompt gets
+what the model's tokenizer.json puts before a text (Llama's BOS token), as in the model's training;
+it is not printed.
+
+--chat=True talks to an instruct model, one reply at a time: the conversation so far is rendered
+with the model's own chat template (chat_template.jinja, or "chat_template" in tokenizer_config.json,
+beside the weights; rendering it needs the optional jinja2 package), the model continues it, and the
+reply, up to the model's end-of-turn token, joins the conversation.
 """
 
 import importlib
 import json
 import os
+import re
 import sys
 from contextlib import nullcontext
 
@@ -59,6 +68,7 @@ DEFAULTS = {
     "dtype": "auto",
     "compile": False,
     "interactive": False,
+    "chat": False,  # talk to an instruct model through its chat template (one sample per reply)
 }
 # Keys that may also be None, and the type of their non-None value.
 OPTIONAL = {"top_k": int, "top_p": float}
@@ -107,6 +117,13 @@ def parse_args(argv):
         fail(f"top_k must be >= 1, got {config['top_k']}")
     if config["repetition_penalty"] <= 0:
         fail(f"repetition_penalty must be > 0, got {config['repetition_penalty']}")
+    if config["chat"]:
+        if config["init_from"] == "resume":
+            fail("--chat needs a pretrained instruct model with a chat template: pass --init_from=<its folder or "
+                 "hub id>")
+        if any(arg.startswith("--num_samples=") for arg in argv) and config["num_samples"] != 1:
+            fail("--chat generates one reply at a time; drop --num_samples")
+        config["num_samples"] = 1
     return config
 
 
@@ -180,8 +197,8 @@ def load_pretrained(name_or_dir, dtype):
             fail(f"cannot use {tokenizer_json}: {e}")
     if hf_type == "gpt2":  # OpenAI's GPT-2 tokenizer, through tiktoken
         return model, prepare_data.load_tokenizer({"tokenizer": "gpt2"}), eos_token_id
-    fail(f"{name_or_dir} has no tokenizer.json; sample.py reads byte-level BPE tokenizer.json files "
-         f"(SentencePiece .model files are not supported)")
+    fail(f"{name_or_dir} has no tokenizer.json; sample.py reads BPE tokenizer.json files, byte-level or "
+         f"SentencePiece-style (SentencePiece's own tokenizer.model files are not supported)")
 
 
 def hub_model_type(repo):
@@ -189,8 +206,7 @@ def hub_model_type(repo):
     that an architecture sample.py cannot load is refused at once, not after gigabytes."""
     if repo.count("/") != 1:
         fail(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
-    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
-    cached = os.path.join(cache_root, repo.replace("/", "--"), "config.json")  # where the scripts download to
+    cached = os.path.join(hub_cache_directory(repo), "config.json")
     if os.path.isfile(cached):
         with open(cached) as f:
             return json.load(f).get("model_type")
@@ -204,6 +220,74 @@ def hub_model_type(repo):
         return response.json().get("model_type")
     except (requests.RequestException, ValueError) as e:
         fail(f"could not read {url} ({e}); download the checkpoint's files by hand into a folder and pass that folder")
+
+
+def hub_cache_directory(repo):
+    """The folder the scripts download a hub id's files into."""
+    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
+    return os.path.join(cache_root, repo.replace("/", "--"))
+
+
+def load_chat_template(directory):
+    """A function from a conversation (a list of {"role", "content"} dicts) to the text the model
+    was trained to see for it, ending where the assistant's reply begins: the model's own chat
+    template, a Jinja program written by its authors (ChatML's <|im_start|>user ... <|im_end|> for
+    SmolLM2 and Qwen, Llama 3's <|start_header_id|> ... <|eot_id|>), rendered as transformers'
+    apply_chat_template(add_generation_prompt=True) renders it."""
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    config = {}
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    template = config.get("chat_template")
+    if isinstance(template, list):  # several named templates (e.g. "default" and "tool_use")
+        template = {entry.get("name"): entry.get("template") for entry in template}.get("default")
+    jinja_path = os.path.join(directory, "chat_template.jinja")  # where newer checkpoints keep it
+    if os.path.isfile(jinja_path):
+        with open(jinja_path, encoding="utf-8") as f:
+            template = f.read()
+    if not template:
+        fail(f"--chat needs the model's chat template, but {directory} has neither chat_template.jinja nor a "
+             f"chat_template in tokenizer_config.json (base models have none: use the instruct version; if the "
+             f"model has one, copy its tokenizer_config.json or chat_template.jinja into that folder)")
+    try:
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        fail("--chat renders the model's chat template with jinja2, which is not installed: pip install jinja2")
+    from datetime import datetime
+
+    def raise_exception(message):  # how templates refuse a conversation (e.g. roles that do not alternate)
+        raise TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    # The same environment as transformers': a sandbox (a template is code from the model's authors),
+    # block tags that leave no blank lines, break/continue, the helpers templates call, and a tojson
+    # that keeps non-ASCII text. Some templates mark the assistant's part with
+    # {% generation %}...{% endgeneration %} (transformers uses it to find the tokens to train on);
+    # here it is only text, so the tags become an always-true {% if %} with the same whitespace control.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    env.filters["tojson"] = tojson
+    template = re.sub(r"\{%(-?)\s*generation\s*(-?)%\}", r"{%\1 if true \2%}", template)
+    template = re.sub(r"\{%(-?)\s*endgeneration\s*(-?)%\}", r"{%\1 endif \2%}", template)
+    try:
+        compiled = env.from_string(template)
+    except TemplateError as e:
+        fail(f"cannot read the chat template of {directory}: {e}")
+    # Templates spell some special tokens through variables ({{ bos_token }}); tokenizer_config.json
+    # gives each as a string or as an added-token dict.
+    tokens = {name: value.get("content") if isinstance(value, dict) else value
+              for name in ("bos_token", "eos_token", "unk_token", "pad_token") if (value := config.get(name))}
+
+    def render(messages):
+        try:
+            return compiled.render(messages=messages, add_generation_prompt=True, **tokens)
+        except TemplateError as e:
+            fail(f"the chat template refused the conversation: {e}")
+    return render
 
 
 def hf_eos_token_id(directory):
@@ -272,6 +356,9 @@ def main(argv):
     if cfg["dtype"] not in dtypes:
         fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
     torch.manual_seed(cfg["seed"])
+    if cfg["chat"]:  # read the chat template first: a model without one need not be loaded at all
+        init_from = cfg["init_from"]
+        render = load_chat_template(init_from if os.path.isdir(init_from) else hub_cache_directory(init_from))
 
     if cfg["init_from"] == "resume":
         model, tokenizer, eos_token_id = load_checkpoint(cfg["out_dir"])
@@ -296,16 +383,24 @@ def main(argv):
             print(f"warning: torch.compile failed ({type(e).__name__}); sampling without compile", file=sys.stderr)
         torch.manual_seed(cfg["seed"])  # the trial must not change the samples
 
-    def generate(prompt):
+    # A tokenizer.json's template (bpe.Tokenizer's `template`) puts a BOS token before a prompt, as
+    # the model saw before every document in training; chat templates write their own.
+    template = getattr(tokenizer, "template", None)  # (ids before, ids after) or None
+
+    def generate(prompt, chat=False):
+        """Generate from a prompt and print it; return the single sample's new text."""
         try:
-            ids = tokenizer.encode(prompt)
+            ids = tokenizer.encode(prompt, add_special_tokens=not chat) if template is not None else tokenizer.encode(prompt)
         except ValueError as e:  # e.g. characters a char-level model never saw
             fail(str(e))
         if not ids:
             fail("the prompt encodes to no tokens; give a non-empty --start")
+        hidden = len(template[0]) if template is not None and not chat else 0  # the BOS is not printed
         idx = torch.tensor([ids] * cfg["num_samples"], dtype=torch.long, device=cfg["device"])
-        # One sample streams to the terminal as it is generated; a batch prints when it is done.
-        printer = TokenPrinter(tokenizer, ids, eos_token_id) if cfg["num_samples"] == 1 else None
+        # One sample streams to the terminal as it is generated; a batch prints when it is done. A chat
+        # shows only the reply.
+        shown = [] if chat else ids[hidden:]
+        printer = TokenPrinter(tokenizer, shown, eos_token_id) if cfg["num_samples"] == 1 else None
         with autocast:
             out = model.generate(idx, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"],
                                  top_p=cfg["top_p"], repetition_penalty=cfg["repetition_penalty"],
@@ -313,10 +408,27 @@ def main(argv):
         if printer is not None:
             printer.show(final=True)
             print("---------------")
-            return
+            return tokenizer.decode(printer.ids[len(shown):])
         for row in out.tolist():
-            print(text_of(tokenizer, row, len(ids), eos_token_id))
+            print(text_of(tokenizer, row[hidden:], len(ids) - hidden, eos_token_id))
             print("---------------")
+
+    if cfg["chat"]:
+        messages = []
+        print("chat: type a message and press enter (an empty line or Ctrl-D quits)")
+        while True:
+            try:
+                message = input("> ")
+            except EOFError:
+                break
+            if not message:
+                break
+            messages.append({"role": "user", "content": message})
+            # The whole conversation is rendered and encoded again each turn (no BOS: the template
+            # writes what the model expects), so the reply sees every earlier turn.
+            reply = generate(render(messages), chat=True)
+            messages.append({"role": "assistant", "content": reply})
+        return
 
     if cfg["interactive"]:
         print("type a prompt and press enter (an empty line or Ctrl-D quits)")
