@@ -230,7 +230,7 @@ def test_from_pretrained_missing_directory_files(tmp_path):
 
 TINY = ["--dataset=tiny", "--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=2", "--n_head=4",
         "--n_kv_head=2", "--n_embd=32", "--multiple_of=16", "--block_size=32", "--batch_size=8",
-        "--eval_iters=4", "--log_interval=5", "--learning_rate=1e-2", "--warmup_iters=2",
+        "--gradient_accumulation_steps=1", "--eval_iters=4", "--log_interval=5", "--learning_rate=1e-2", "--warmup_iters=2",
         "--always_save_checkpoint=True"]
 
 
