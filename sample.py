@@ -372,6 +372,33 @@ def text_of(tokenizer, ids, prompt_length, eos_token_id):
     return tokenizer.decode(ids[:prompt_length + end])
 
 
+def read_start(start):
+    """The --start text: as given, or read from a file when it is FILE:path."""
+    if not start.startswith("FILE:"):
+        return start
+    path = start[len("FILE:"):]
+    if not os.path.isfile(path):
+        fail(f"prompt file {path!r} not found")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def for_each_prompt(cfg, handle, what="a prompt"):
+    """Call handle(text) on --start, or, with --interactive=True, on every line the user types."""
+    if not cfg["interactive"]:
+        handle(read_start(cfg["start"]))
+        return
+    print(f"type {what} and press enter (an empty line or Ctrl-D quits)")
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            break
+        if not prompt:
+            break
+        handle(prompt)
+
+
 def predict_with_encoder(cfg, model, tokenizer, autocast):
     """bert.py models: the fill_k likeliest tokens for each [MASK] in --start (with probabilities),
     or a sequence classifier's distribution over its labels. --start may be FILE:path."""
@@ -379,12 +406,7 @@ def predict_with_encoder(cfg, model, tokenizer, autocast):
     head = model.config.head
     if head not in ("mlm", "sequence"):
         fail(f"this model has no fill-mask or classification head (head={head!r}); sample.py needs one of them")
-    start = cfg["start"]
-    if start.startswith("FILE:"):
-        if not os.path.isfile(start[len("FILE:"):]):
-            fail(f"prompt file {start[len('FILE:'):]!r} not found")
-        with open(start[len("FILE:"):], encoding="utf-8") as f:
-            start = f.read()
+    start = read_start(cfg["start"])
     try:
         with autocast:
             if head == "sequence":
@@ -489,25 +511,7 @@ def main(argv):
             messages.append({"role": "assistant", "content": reply})
         return
 
-    if cfg["interactive"]:
-        print("type a prompt and press enter (an empty line or Ctrl-D quits)")
-        while True:
-            try:
-                prompt = input("> ")
-            except EOFError:
-                break
-            if not prompt:
-                break
-            generate(prompt)
-        return
-    start = cfg["start"]
-    if start.startswith("FILE:"):
-        path = start[len("FILE:"):]
-        if not os.path.isfile(path):
-            fail(f"prompt file {path!r} not found")
-        with open(path, encoding="utf-8") as f:
-            start = f.read()
-    generate(start)
+    for_each_prompt(cfg, generate)
 
 
 def t5_sentencepiece(directory):
@@ -579,25 +583,7 @@ def sample_t5(cfg, model, tokenizer, autocast):
             print(tokenizer.decode(row))
             print("---------------")
 
-    if cfg["interactive"]:
-        print("type an input and press enter (an empty line or Ctrl-D quits)")
-        while True:
-            try:
-                prompt = input("> ")
-            except EOFError:
-                break
-            if not prompt:
-                break
-            run(prompt)
-        return
-    start = cfg["start"]
-    if start.startswith("FILE:"):
-        path = start[len("FILE:"):]
-        if not os.path.isfile(path):
-            fail(f"prompt file {path!r} not found")
-        with open(path, encoding="utf-8") as f:
-            start = f.read()
-    run(start)
+    for_each_prompt(cfg, run, "an input")
 
 
 if __name__ == "__main__":
