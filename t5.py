@@ -48,11 +48,13 @@ import json
 import math
 import mmap
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -912,11 +914,12 @@ class PairLoader:
     """
 
     def __init__(self, data_dir, meta, batch_size, device, block_size, target_block_size):
-        stoi = meta.get("stoi", {})
-        if not all(token in stoi for token in ("\t", "\n", "<pad>", "</s>")):
+        if not is_pairs_dataset(meta):
             raise prepare_data.DataError(f"{data_dir} is not a pairs dataset (lines 'input<TAB>target' and the "
                                          f"tokens <pad>, </s>); prepare one with: python prepare_data.py numbers")
+        stoi = meta["stoi"]
         self.pad, self.eos = stoi["<pad>"], stoi["</s>"]
+        self.meta, self.vocab_size = meta, meta["vocab_size"]  # the dataset's vocabulary is the model's
         self.batch_size, self.device = batch_size, device
         self.pairs = {}
         for split in ("train", "val"):
@@ -962,10 +965,15 @@ class PairLoader:
         return self.collate([self.pairs[split][i] for i in rows])
 
 
+def is_pairs_dataset(meta):
+    """Whether a dataset's meta describes (input, target) pairs: a vocabulary with the line format's
+    tab and newline and T5's <pad> and </s> (prepare_data.prepare_numbers). Any other dataset is
+    plain text, which t5.py trains on with span corruption (SpanCorruptionLoader)."""
+    return all(token in meta.get("stoi", {}) for token in ("\t", "\n", "<pad>", "</s>"))
+
+
 def read_pairs(path, tab, newline):
     """[(source ids, target ids), ...] from a .bin file of "source<TAB>target<NEWLINE>" lines."""
-    import numpy as np
-
     ids = np.fromfile(path, dtype=np.uint16).astype(np.int64)
     pairs = []
     start = 0
@@ -1006,6 +1014,240 @@ def exact_match(model, loader, n_pairs, beam_size=1, batch_size=250):
 
 
 # -----------------------------------------------------------------------------
+# T5's own objective: span corruption, on any prepared text dataset
+#
+# A language model learns from raw text by predicting the next token; BERT by reconstructing 15%
+# of the tokens it hid behind [MASK]. T5 wanted an unsupervised objective in its text-to-text form
+# (input text -> output text) and compared many in its section 3.3. The winner, "span corruption",
+# drops random spans of the input, puts one sentinel token where each span was, and asks the
+# decoder to write only what was dropped:
+#
+#     original:  Thank you for inviting me to your party last week .
+#     input:     Thank you <extra_id_0> me to your party <extra_id_1> week . </s>
+#     target:    <extra_id_0> for inviting <extra_id_1> last </s>
+#
+# It is BERT's denoising idea made generative: the decoder writes the missing tokens one by one, so
+# a span of any length can be filled (BERT needs one [MASK] per missing token, and predicts them
+# independently). And it is cheap: objectives whose target is the whole original text (T5's
+# "BERT-style" and deshuffling variants) make the target as long as the input, while here it is ~15%
+# of it plus one sentinel per span, and the decoder's cost (self-attention, cross-attention, the
+# output layer) grows with the target's length. In the paper's comparisons (Tables 4 and 5) denoising
+# beat language modelling and deshuffling, and writing only the dropped spans did as well as
+# writing everything.
+#
+# The numbers (section 3.3, Raffel et al. 2020): 15% of the tokens are noise, the "corruption rate"
+# (Table 6: 10%, 15% and 25% did about equally well, 50% worse; T5 kept BERT's 15%), in spans of mean
+# length 3 (Table 7: mean lengths 2, 3 and 5 did about the same, 10 slightly worse; 3 slightly beat
+# dropping independent tokens, with shorter targets, since a span of 3 needs one sentinel, not 3). Sentinels are
+# T5's "extra ids": <extra_id_0> is the LAST id of the vocabulary, <extra_id_1> the one below, and so
+# on, so a pretrained T5's 100 sentinels are ids 32099 down to 32000. We follow that numbering above
+# a dataset's own vocabulary (see SpanCorruptionLoader), so our checkpoints read like T5's. Both
+# numbers are config keys (noise_density, mean_noise_span_length), defaulting to T5's.
+
+
+def noise_span_counts(length, noise_density, mean_noise_span_length):
+    """(noise tokens, noise spans) for a window of `length` tokens: round(length * density) tokens,
+    in round(noise / mean span length) spans (Python's round and TensorFlow's both round halves to
+    even, so these are T5's counts). At least one of each, and at least one token kept."""
+    num_noise = min(max(round(length * noise_density), 1), length - 1)
+    num_spans = max(round(num_noise / mean_noise_span_length), 1)
+    return num_noise, num_spans
+
+
+def random_segmentation(num_items, num_segments):
+    """num_items split into num_segments random positive lengths (a tensor that sums to num_items).
+
+    Every way of cutting the items into consecutive non-empty segments is equally likely: pick
+    num_segments - 1 of the num_items - 1 gaps between items to cut at, without replacement."""
+    cuts = torch.randperm(num_items - 1)[:num_segments - 1].sort().values + 1
+    bounds = torch.cat((torch.tensor([0]), cuts, torch.tensor([num_items])))
+    return bounds.diff()
+
+
+def random_spans_noise_mask(length, noise_density, mean_noise_span_length):
+    """A (length,) bool mask, True on the tokens to drop: T5's random_spans_noise_mask, rewritten.
+
+    The noise tokens are cut into num_spans random segments and the kept tokens into as many, and the
+    two are interleaved, kept first: keep, noise, keep, noise, ..., ending with noise. This fixes the
+    counts exactly (every window gives inputs and targets of the same length, so batches need no
+    padding) while the span lengths and positions are random. Ending with a noise span is T5's
+    choice too (its code, not its paper figure): the last sentinel then stands at the end of the input.
+    Uses torch's global RNG, like the batch positions: seeded per process and saved for exact resume.
+    """
+    num_noise, num_spans = noise_span_counts(length, noise_density, mean_noise_span_length)
+    noise_lengths = random_segmentation(num_noise, num_spans)
+    kept_lengths = random_segmentation(length - num_noise, num_spans)
+    lengths = torch.stack((kept_lengths, noise_lengths), dim=1).view(-1)  # (2 * num_spans,): keep, noise, ...
+    is_noise = torch.tensor([False, True]).repeat(num_spans)
+    return is_noise.repeat_interleave(lengths)
+
+
+def corrupt_spans(tokens, noise_mask, top_id):
+    """Span corruption of a batch of windows: (encoder inputs, decoder targets), without </s>.
+
+    tokens, noise_mask: (B, L). The k-th noise span of a row (k = 0, 1, ...) gets the sentinel
+    top_id - k. The input keeps the kept tokens and puts the span's sentinel where each span starts;
+    the target lists each sentinel followed by the tokens it replaced. Every row must have the same
+    numbers of noise tokens and spans (random_spans_noise_mask guarantees it), so that the results
+    are rectangular: inputs (B, L - noise + spans), targets (B, noise + spans).
+    """
+    B = tokens.size(0)
+    previous = F.pad(noise_mask[:, :-1], (1, 0), value=False)
+    span_starts = noise_mask & ~previous  # (B, L): the first token of each noise span
+    sentinels = top_id + 1 - span_starts.long().cumsum(dim=1)  # at the k-th span's start: top_id - k
+    # Each position offers two slots, [its span's sentinel, itself]; input and target each keep
+    # some of them, and reading the kept slots in order writes the sequence.
+    slots = torch.stack((sentinels, tokens), dim=2)  # (B, L, 2)
+
+    def keep(sentinel_slots, token_slots):
+        return slots[torch.stack((sentinel_slots, token_slots), dim=2)].view(B, -1)
+
+    return keep(span_starts, ~noise_mask), keep(span_starts, noise_mask)
+
+
+def span_window_length(block_size, noise_density, mean_noise_span_length):
+    """The longest text window whose corrupted input, with </s>, fits block_size tokens.
+
+    T5 did the same (random_spans_helper): the encoder length is the budget, and the raw window is
+    longer, since each dropped span shrinks to one sentinel. For T5's 512 this gives T5's numbers:
+    windows of 568 tokens, 85 of them dropped in 28 spans, targets of 85 + 28 + 1 = 114 tokens."""
+    def input_length(n):
+        num_noise, num_spans = noise_span_counts(n, noise_density, mean_noise_span_length)
+        return n - num_noise + num_spans + 1
+
+    if block_size < input_length(2):
+        raise prepare_data.DataError(f"block_size={block_size} is too short for span corruption; use at least "
+                                     f"{input_length(2)} (T5 used 512)")
+    length = 2
+    while input_length(length + 1) <= block_size:
+        length += 1
+    return length
+
+
+class SpanCorruptionLoader:
+    """Random span-corruption batches from any prepared text dataset (one long token stream).
+
+    The dataset's ids 0 .. V-1 are all text, so T5's special tokens go above them: <pad> = V (also
+    the decoder start token, as in T5), </s> = V + 1, then the sentinels, <extra_id_0> the top id,
+    counting down: as many as one window has spans (a window of 141 characters has 7). The model's
+    vocabulary is V + 2 + sentinels; the checkpoint's tokenizer meta lists the special tokens
+    ("t5_special_tokens"), so sample.py reads "<extra_id_0>" in a prompt as the sentinel.
+
+    Each example is a random window of the text, span_window_length(block_size) tokens long,
+    corrupted with a fresh random mask (T5 also drew a new mask every time it saw a text).
+    get_batch returns PairLoader's four tensors; all rows have the same lengths, so there is no
+    padding: the attention mask is all ones and the loss counts every target token.
+        input_ids (B, S)            kept tokens and sentinels, then </s>
+        attention_mask (B, S)       all ones
+        decoder_input_ids (B, T)    <start> <extra_id_0> dropped tokens <extra_id_1> ...
+        targets (B, T)              <extra_id_0> dropped tokens <extra_id_1> ... </s>
+    Why </s> and not a final sentinel at the end of the target: T5's code ends both sequences with
+    </s> (its paper's figure shows a final sentinel instead), and </s> is what generate() stops at.
+    """
+
+    def __init__(self, data_dir, meta, batch_size, device, block_size, target_block_size, noise_density=0.15,
+                 mean_noise_span_length=3.0):
+        if not 0 < noise_density < 1 or not mean_noise_span_length >= 1:
+            raise prepare_data.DataError(f"span corruption needs 0 < noise_density < 1 and mean_noise_span_length "
+                                         f">= 1, got {noise_density} and {mean_noise_span_length}")
+        self.batch_size, self.device = batch_size, device
+        self.noise = (noise_density, mean_noise_span_length)
+        self.text_vocab_size = meta["vocab_size"]
+        self.window = span_window_length(block_size, *self.noise)
+        num_noise, num_spans = noise_span_counts(self.window, *self.noise)
+        if num_spans > self.window - num_noise:  # every noise span needs a kept span before it
+            raise prepare_data.DataError(f"noise_density={noise_density} with mean_noise_span_length="
+                                         f"{mean_noise_span_length} leaves too few kept tokens to separate the spans")
+        self.input_length, self.target_length = self.window - num_noise + num_spans + 1, num_noise + num_spans + 1
+        if self.target_length > target_block_size:
+            raise prepare_data.DataError(
+                f"span corruption of {self.window}-token windows (block_size={block_size}) makes targets of "
+                f"{self.target_length} tokens, more than target_block_size={target_block_size}; raise it to "
+                f"{self.target_length} or lower block_size")
+        self.pad, self.eos = self.text_vocab_size, self.text_vocab_size + 1
+        self.vocab_size = self.text_vocab_size + 2 + num_spans
+        self.top_id = self.vocab_size - 1  # <extra_id_0>
+        special = {"<pad>": self.pad, "</s>": self.eos} | {f"<extra_id_{k}>": self.top_id - k for k in range(num_spans)}
+        self.meta = meta | {"task": "span_corruption", "t5_special_tokens": special}
+        self.dtype = np.dtype(meta.get("dtype", "uint16"))  # uint32 for vocabularies > 65536
+        self.paths = {split: os.path.join(data_dir, f"{split}.bin") for split in ("train", "val")}
+        for split, path in self.paths.items():
+            if not os.path.isfile(path):
+                raise prepare_data.DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
+            n_tokens = os.path.getsize(path) // self.dtype.itemsize
+            if n_tokens < self.window:
+                raise prepare_data.DataError(f"{split} split has {n_tokens} tokens, fewer than one span-corruption "
+                                             f"window of {self.window} (block_size={block_size}); lower block_size")
+
+    def mean_lengths(self):
+        """Input and target lengths (with </s>): the same for every example."""
+        return float(self.input_length), float(self.target_length)
+
+    def get_batch(self, split):
+        # A fresh memmap per call, as prepare_data.BatchLoader (a long-lived one appears to leak).
+        data = np.memmap(self.paths[split], dtype=self.dtype, mode="r")
+        # The global torch RNG, for the windows and the masks: seeded per rank, saved for exact resume.
+        starts = torch.randint(len(data) - self.window + 1, (self.batch_size,)).tolist()
+        windows = torch.from_numpy(np.stack([data[i:i + self.window] for i in starts]).astype(np.int64))
+        noise_mask = torch.stack([random_spans_noise_mask(self.window, *self.noise) for _ in starts])
+        inputs, dropped = corrupt_spans(windows, noise_mask, self.top_id)
+        B = len(starts)
+        eos = torch.full((B, 1), self.eos, dtype=torch.long)
+        input_ids = torch.cat((inputs, eos), dim=1)
+        attention_mask = torch.ones_like(input_ids)
+        decoder_input_ids = torch.cat((torch.full((B, 1), self.pad, dtype=torch.long), dropped), dim=1)
+        targets = torch.cat((dropped, eos), dim=1)
+        return tuple(t.to(self.device) for t in (input_ids, attention_mask, decoder_input_ids, targets))
+
+
+class SentinelTokenizer:
+    """A prepared dataset's tokenizer (char, gpt2 or bpe) plus the special tokens of span corruption.
+
+    Text goes through the dataset's tokenizer, except that "<pad>", "</s>" and "<extra_id_N>" written
+    in it become their ids ("ROMEO: But <extra_id_0> what light"); decoding writes them back by name."""
+
+    def __init__(self, meta):
+        self.base = prepare_data.load_tokenizer(meta)
+        self.special_ids_by_token = dict(meta["t5_special_tokens"])
+        self.special_tokens = {i: token for token, i in self.special_ids_by_token.items()}
+        self.vocab_size = meta["vocab_size"] + len(self.special_ids_by_token)
+        self.eot_token = self.special_ids_by_token["</s>"]
+        # A capturing group: re.split keeps the special tokens, 'a <extra_id_0> b' -> ['a ', '<extra_id_0>', ' b'].
+        self._pattern = re.compile("(" + "|".join(re.escape(t) for t in self.special_ids_by_token) + ")")
+
+    def encode(self, text):
+        ids = []
+        for part in self._pattern.split(text):
+            if part in self.special_ids_by_token:
+                ids.append(self.special_ids_by_token[part])
+            elif part:
+                ids.extend(self.base.encode(part))
+        return ids
+
+    def decode(self, ids):
+        # Runs of ordinary ids are decoded together (a BPE character may span several tokens).
+        text, run = [], []
+        for i in list(ids) + [None]:
+            if i is None or i in self.special_tokens:
+                text.append(self.base.decode(run))
+                run = []
+                if i is not None:
+                    text.append(self.special_tokens[i])
+            else:
+                run.append(i)
+        return "".join(text)
+
+
+def load_tokenizer(meta):
+    """The tokenizer of a t5.py checkpoint, from its "tokenizer" meta (sample.py calls this): the
+    dataset's own for a pairs dataset (its vocabulary has <pad> and </s>), with the span-corruption
+    special tokens added for a text dataset."""
+    if "t5_special_tokens" in meta:
+        return SentinelTokenizer(meta)
+    return prepare_data.load_tokenizer(meta)
+
+
+# -----------------------------------------------------------------------------
 # Training configuration. Every simple value below can be overridden by config files and
 # --key=value arguments (see parse_config). The defaults are t5-small's shape on the numbers task.
 
@@ -1027,8 +1269,11 @@ wandb_run_name = "t5"
 dataset = "numbers"
 gradient_accumulation_steps = 1  # micro-batches summed into one optimizer step
 batch_size = 64  # pairs per micro-batch
-block_size = 64  # longest input (tokens)
+block_size = 64  # longest input (tokens), with </s>; for span corruption, every input's length
 target_block_size = 128  # longest target, with </s>
+# span corruption (text datasets; see SpanCorruptionLoader): T5's values, from its section 3.3.4
+noise_density = 0.15  # the fraction of each window's tokens dropped
+mean_noise_span_length = 3.0  # the mean length of a dropped span
 # model
 n_layer = 6
 n_decoder_layer = 6
@@ -1262,14 +1507,21 @@ def main(argv):
         try:
             data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
             meta = prepare_data.load_meta(data_dir)
-            return (meta, PairLoader(data_dir, meta, cfg["batch_size"], device, cfg["block_size"],
-                                     cfg["target_block_size"])), None
+            # The dataset decides the objective: a pairs dataset (numbers) trains translation, any other
+            # text T5's span corruption. No config key: the other objective would not fit the data.
+            sizes = (cfg["batch_size"], device, cfg["block_size"], cfg["target_block_size"])
+            if is_pairs_dataset(meta):
+                loader = PairLoader(data_dir, meta, *sizes)
+            else:
+                loader = SpanCorruptionLoader(data_dir, meta, *sizes, cfg["noise_density"], cfg["mean_noise_span_length"])
+            return (loader.meta, loader), None  # loader.meta: the tokenizer, with span corruption's special tokens
         except prepare_data.DataError as e:
             return None, str(e)
 
     meta, loader = local_rank0_first(prepare_dataset, ddp, local_rank)
-    # Batches are padded to their own longest pair, so tokens per iteration vary; we count the real
-    # (unpadded) input and target tokens, which is what the model learns from.
+    span_corruption = isinstance(loader, SpanCorruptionLoader)
+    # Pair batches are padded to their own longest pair, so tokens per iteration vary; we count the
+    # real (unpadded) input and target tokens, which is what the model learns from.
     mean_source, mean_target = loader.mean_lengths()
     pairs_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"]
     tokens_per_iter = pairs_per_iter * (mean_source + mean_target)
@@ -1281,7 +1533,7 @@ def main(argv):
     if cfg["init_from"] == "scratch":
         try:
             # T5's conventions: <pad> is also the decoder start token; </s> ends inputs and targets.
-            config = T5Config(**{k: cfg[k] for k in model_keys}, vocab_size=meta["vocab_size"],
+            config = T5Config(**{k: cfg[k] for k in model_keys}, vocab_size=loader.vocab_size,
                               pad_token_id=loader.pad, eos_token_id=loader.eos, decoder_start_token_id=loader.pad)
         except ValueError as e:
             fail(e)
@@ -1291,6 +1543,9 @@ def main(argv):
         checkpoint = load_checkpoint(cfg["out_dir"], device, "t5")
         # The architecture comes from the checkpoint; only dropout may change between runs.
         model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
+        if model_args["vocab_size"] != loader.vocab_size:  # e.g. a span-corruption block_size with more spans
+            fail(f"the checkpoint's vocabulary has {model_args['vocab_size']} ids and this dataset and block_size "
+                 f"need {loader.vocab_size}; resume with the dataset and block_size it was trained with")
         model = T5(T5Config(**model_args))
         model.load_state_dict(checkpoint["model"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
@@ -1355,7 +1610,10 @@ def main(argv):
 
     @torch.no_grad()
     def estimate_loss():
-        """Mean loss over eval_iters batches of each split (on every process), with dropout off.
+        """Mean loss over eval_iters batches of each split (on every process), with dropout off; for
+        span corruption also the val accuracy on the dropped tokens (the target's text tokens, not its
+        sentinels or </s>): how often the model's likeliest next token is the one that was dropped,
+        given the true ones before it.
 
         Averaged over the processes, so that all of them see the same numbers and take the same
         decisions: whether to save, whether the loss has diverged.
@@ -1363,15 +1621,23 @@ def main(argv):
         model.eval()
         losses = []
         for split in ("train", "val"):
-            total = 0.0
+            total, correct, count = 0.0, 0, 0
             for _ in range(cfg["eval_iters"]):
                 x, mask, decoder_x, y = loader.get_batch(split)
                 with autocast:
-                    _, loss = model(x, decoder_x, mask, y)
+                    logits, loss = model(x, decoder_x, mask, y)
                 total += loss.item()
+                if span_corruption:
+                    dropped = (y >= 0) & (y < loader.text_vocab_size)
+                    correct += int((logits.argmax(dim=-1) == y)[dropped].sum())
+                    count += int(dropped.sum())
             losses.append(total / cfg["eval_iters"])
+        names = ["train", "val"]
+        if span_corruption:  # the last split's: val
+            names.append("dropped_token_accuracy")
+            losses.append(correct / count)
         model.train()
-        return dict(zip(("train", "val"), mean_over_processes(losses)))
+        return dict(zip(names, mean_over_processes(losses)))
 
     def save_checkpoint(rng_states):
         checkpoint = {
@@ -1415,7 +1681,7 @@ def main(argv):
         # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
         if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
             losses = estimate_loss()
-            if master and cfg["eval_exact_match"] > 0:
+            if master and cfg["eval_exact_match"] > 0 and not span_corruption:
                 # The metric of a translation task: is the decoded output right, every token? Greedy at
                 # every evaluation; beam search (several greedy decodings' cost) at the last one. Decoding
                 # draws no random numbers, so the training batches after it are the same without it.
@@ -1425,7 +1691,8 @@ def main(argv):
                         losses["beam_exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"],
                                                                  cfg["eval_beam_size"])
             if master:
-                metrics = {name: losses[name] for name in ("exact_match", "beam_exact_match") if name in losses}
+                metrics = {name: losses[name] for name in ("exact_match", "beam_exact_match", "dropped_token_accuracy")
+                           if name in losses}
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                       + "".join(f", {name.replace('_', ' ')} {100 * value:.1f}%" for name, value in metrics.items())
                       + f" (time {time.time() - t_start:.0f}s)")
