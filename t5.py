@@ -29,19 +29,28 @@ What you will learn here, top to bottom:
      self-attention while the cross-attention keys/values are computed once per input;
   6. loading Hugging Face T5ForConditionalGeneration checkpoints (t5-small, google/t5-v1_1-*,
      google/flan-t5-*), and a training loop (gpt.py's, with padded sequence-to-sequence batches and
-     exact match as the evaluation metric) on a toy translation task: numbers to English words.
+     exact match as the evaluation metric) on a toy translation task: numbers to English words;
+  7. T5's own pre-training objective, span corruption, on any text dataset: random spans of the
+     input are each replaced by one sentinel token (<extra_id_0>, <extra_id_1>, ...), and the target
+     lists the sentinels with the tokens they hid: BERT's denoising, but generative and cheap.
 
 Run it:
     python prepare_data.py numbers                     # "4,321" -> "four thousand three hundred twenty-one"
     python t5.py config/t5_numbers_cpu.py              # a small T5 on a laptop CPU
     python t5.py config/t5_numbers.py                  # the GPU preset
     python sample.py --out_dir=out-t5-numbers --start="123456" --beam_size=4
+    python t5.py config/t5_shakespeare_char_cpu.py     # span corruption on any other dataset
+    python sample.py --out_dir=out-t5-shakespeare-char-cpu --start="ROMEO: But <extra_id_0> what light"
+
+The dataset decides the objective: a pairs dataset ("input<TAB>target" lines, prepare_data.py
+numbers) trains translation, any other prepared text trains span corruption.
 
 Compared with gpt.py (the template this file is written against): the decoder-only stack becomes
 two stacks joined by cross-attention; position embeddings are replaced by a relative bias in the
 attention scores; LayerNorm becomes RMSNorm without bias; there are no biases anywhere; the
-batches are (input, target) pairs instead of windows of one long text; and the evaluation
-reports exact match of decoded outputs beside the loss.
+batches are (input, target) pairs instead of windows of one long text (for span corruption, pairs
+made from such windows); and the evaluation reports exact match of decoded outputs (translation)
+or the accuracy on the dropped tokens (span corruption) beside the loss.
 """
 
 import json
