@@ -80,19 +80,27 @@ class GPTConfig:
 # Building blocks, in the order data meets them.
 
 
+def attention_weights(q, k, mask):
+    """softmax(Q K^T / sqrt(head_dim)) under the mask: how much each query reads each key.
+
+    q: (B, n_head, T_q, head_dim); k: (B, n_head, T_k, head_dim); mask: (T_q, T_k) bool, True where a
+    query may look at a key. Returns (B, n_head, T_q, T_k). Each query scores every key by a dot
+    product; dividing by sqrt(head_dim) keeps the scores' variance near 1 whatever the head size, so
+    the softmax does not saturate (Vaswani et al. 2017, section 3.2.1). The mask sets forbidden scores
+    to -inf, which the softmax turns into exactly zero weight. A function of its own so that
+    sample.py --attention_plot can keep the very weights the model uses."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return F.softmax(scores, dim=-1)  # each row sums to 1
+
+
 def manual_attention(q, k, v, mask, dropout_p=0.0):
     """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V.
 
-    q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim); mask: (T_q, T_k) bool, True
-    where a query may look at a key. Each query scores every key by a dot product; dividing by
-    sqrt(head_dim) keeps the scores' variance near 1 whatever the head size, so the softmax does not
-    saturate (Vaswani et al. 2017, section 3.2.1). The mask sets forbidden scores to -inf, which the
-    softmax turns into exactly zero weight. The output mixes the values by those weights.
+    q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim). The output mixes the values by
+    the attention weights; in training, dropout first zeroes some weights (scaling up the rest).
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(attention_weights(q, k, mask), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
 
 

@@ -22,7 +22,7 @@ REQUIRED = ["parse_config", "check_config", "fail", "first_error", "local_rank0_
             "start_run_log", "append_run_log"]
 # Scripts that need these (sampling text, attention, Hugging Face checkpoints) have them exactly as gpt.py
 # does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its own t5_attention.
-OPTIONAL = ["check_sampling_options", "sample_next_token", "manual_attention", "read_safetensors",
+OPTIONAL = ["check_sampling_options", "sample_next_token", "attention_weights", "manual_attention", "read_safetensors",
             "load_hf_weights", "download_hf_checkpoint"]
 
 
