@@ -68,6 +68,10 @@ class GPTConfig:
     # 'manual' spells out softmax(QK^T/sqrt(d))V step by step. Both compute the same numbers;
     # the manual path is there to read, to step through in a debugger and to check the fused one.
     attention: str = "sdpa"
+    # LayerNorm's epsilon, added to the variance before the square root so that a position whose
+    # channels are all equal does not divide by zero. GPT-2 uses 1e-5; other checkpoints of the
+    # architecture may not (their config.json's layer_norm_epsilon), and it changes the logits.
+    norm_eps: float = 1e-5
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -219,9 +223,9 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None, layer=0):
@@ -244,7 +248,7 @@ class GPT(nn.Module):
                 wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -396,10 +400,9 @@ class GPT(nn.Module):
                               ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)]:
             if hf.get(key, expected) != expected:
                 raise ValueError(f"unsupported GPT-2 option {key}={hf[key]!r} in {config_path} (expected {expected!r})")
-        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
-            raise ValueError(f"unsupported layer_norm_epsilon={hf['layer_norm_epsilon']} (gpt.py uses 1e-5)")
         config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
+                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True,
+                           norm_eps=hf.get("layer_norm_epsilon", 1e-5))
         with torch.device("meta"):
             model = cls(config)
 
