@@ -220,7 +220,7 @@ def load_pretrained(name_or_dir, dtype):
         fail(f"cannot load {name_or_dir!r}: {e}")
     if hf_type == "t5":  # T5 stops at its own </s>; sample_t5 needs no separate end-of-text id
         return model, t5_sentencepiece(directory), None
-    eos_token_id = hf_eos_token_id(directory)
+    eos_token_id = prepare_data.hf_eos_token_id(directory)
     if hf_type == "bert":  # BERT's WordPiece vocabulary: vocab.txt (+ tokenizer_config.json)
         try:
             return model, module.WordPieceTokenizer.from_pretrained(directory), None
@@ -327,19 +327,6 @@ def load_chat_template(directory):
         except TemplateError as e:
             fail(f"the chat template refused the conversation: {e}")
     return render
-
-
-def hf_eos_token_id(directory):
-    """The end-of-sequence id(s) of a Hugging Face checkpoint: an int, a list (Llama 3 ends a turn
-    with either of two tokens) or None. generation_config.json, when present, is what the model's
-    authors set for generation, so it wins over config.json."""
-    eos_token_id = None
-    for filename in ("config.json", "generation_config.json"):
-        path = os.path.join(directory, filename)
-        if os.path.isfile(path):
-            with open(path) as f:
-                eos_token_id = json.load(f).get("eos_token_id", eos_token_id)
-    return eos_token_id
 
 
 class TokenPrinter:
