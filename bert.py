@@ -573,7 +573,28 @@ def is_cjk(char):
                                              (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)))
 
 
-class WordPieceTokenizer:
+class BertInput:
+    """BERT's input layout, shared by both tokenizers below (each brings its own tokenize(text) and
+    cls_id / sep_id): [CLS] text [SEP], or [CLS] text [SEP] pair [SEP], with segment ids."""
+
+    def encode(self, text, pair=None):
+        """[CLS] text [SEP], or [CLS] text [SEP] pair [SEP] for a pair; token_types(ids) gives the segments."""
+        ids = [self.cls_id] + self.tokenize(text) + [self.sep_id]
+        if pair is not None:
+            ids += self.tokenize(pair) + [self.sep_id]
+        return ids
+
+    def token_types(self, ids):
+        """Segment ids: 0 up to and including the first [SEP], 1 after it (segment B of a pair)."""
+        types, segment = [], 0
+        for i in ids:
+            types.append(segment)
+            if i == self.sep_id:
+                segment = 1
+        return types
+
+
+class WordPieceTokenizer(BertInput):
     """BERT's tokenizer: basic tokenization, then greedy longest-match-first WordPiece.
 
     vocab: the tokens in id order (vocab.txt, one per line). do_lower_case: the "uncased" models
@@ -683,16 +704,6 @@ class WordPieceTokenizer:
                     ids += self.wordpiece(word)
         return ids
 
-    def encode(self, text, pair=None):
-        """[CLS] text [SEP], or [CLS] text [SEP] pair [SEP] for a pair; token_types(ids) gives the segments."""
-        ids = [self.cls_id] + self.tokenize(text) + [self.sep_id]
-        if pair is not None:
-            ids += self.tokenize(pair) + [self.sep_id]
-        return ids
-
-    def token_types(self, ids):
-        return token_types(ids, self.sep_id)
-
     def decode(self, ids):
         """Ids -> text: special tokens dropped, pieces joined, "##" continuations glued to their word,
         and no space before . , ! ? (as HF's decode). Lossy by design: "Hello (World)" comes back as
@@ -703,17 +714,7 @@ class WordPieceTokenizer:
         return text
 
 
-def token_types(ids, sep_id):
-    """Segment ids: 0 up to and including the first [SEP], 1 after it (segment B of a pair)."""
-    types, segment = [], 0
-    for i in ids:
-        types.append(segment)
-        if i == sep_id:
-            segment = 1
-    return types
-
-
-class DatasetTokenizer:
+class DatasetTokenizer(BertInput):
     """A prepared dataset's tokenizer (prepare_data.py: char, gpt2 or bpe) with BERT's special tokens
     appended after its vocabulary, and the same interface as WordPieceTokenizer.
 
@@ -741,15 +742,6 @@ class DatasetTokenizer:
             elif part:
                 ids += self.base.encode(part)
         return ids
-
-    def encode(self, text, pair=None):
-        ids = [self.cls_id] + self.tokenize(text) + [self.sep_id]
-        if pair is not None:
-            ids += self.tokenize(pair) + [self.sep_id]
-        return ids
-
-    def token_types(self, ids):
-        return token_types(ids, self.sep_id)
 
     def decode(self, ids):
         return self.base.decode([i for i in ids if i not in self.special_ids])
