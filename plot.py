@@ -272,7 +272,7 @@ ROPE_SETTINGS = [
 ]
 
 
-def rope_curves(max_distance=1024):
+def rope_curves(max_distance=512):
     """For each of ROPE_SETTINGS: (label, inv_freq (64,), score by relative distance (max_distance,)).
 
     Computed with llama.py's own functions. The score is q.k / head_dim for q = k = a vector of
@@ -317,9 +317,10 @@ def alibi_biases(n_head=8, length=64):
 
 
 def positions_figure(checkpoint=None):
-    """One figure, four panels: learned table | RoPE frequencies | RoPE decay | ALiBi biases."""
+    """One figure, four panels: learned table, ALiBi biases, RoPE frequencies, RoPE decay (fig.axes in that order)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4), layout="constrained")
+    # Two by two, so the figure stays legible at a README's width: learned | ALiBi, then RoPE's two.
+    fig, ((learned, alibi), (rope_speed, rope_decay)) = plt.subplots(2, 2, figsize=(11, 7.8), layout="constrained")
 
     # (a) Learned positions. What to notice in a trained table: a bright band along the diagonal,
     # wider than one cell. Nobody told the model that position 10 is near position 11; it learned
@@ -332,47 +333,48 @@ def positions_figure(checkpoint=None):
     else:
         table, about = untrained_position_table()
     similarity = cosine_similarity_matrix(table)
-    image = axes[0].imshow(similarity.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
-    fig.colorbar(image, ax=axes[0], shrink=0.8)
-    axes[0].set_title(f"learned positions (gpt.py wpe): cosine similarity\n{about}", fontsize=9)
-    axes[0].set_xlabel("position")
-    axes[0].set_ylabel("position")
+    image = learned.imshow(similarity.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+    fig.colorbar(image, ax=learned, shrink=0.8)
+    learned.set_title(f"learned positions (gpt.py wpe): cosine similarity\n{about}", fontsize=9)
+    learned.set_xlabel("position")
+    learned.set_ylabel("position")
 
-    # (b) RoPE. Left: each of the 64 channel pairs of a head rotates at its own speed, a geometric
+    # (b) RoPE, the bottom row. Left: each of the 64 channel pairs of a head rotates at its own speed, a geometric
     # ladder from 1 radian per token (pair 0: a full turn every 6 tokens, local order) down to about
     # 1/theta (a turn every ~60000 tokens at theta 10000: coarse, long-range position). A larger
     # theta stretches the slow end; Llama 3.1's scaling slows only the slowest pairs further, by 8x,
     # so a 128K context spans, for them, the angles an 8K one did in training.
     # Right: how much a query and an identical key agree as they move apart. The score falls with
     # distance (with ripples): RoPE alone makes far tokens count less. A larger theta decays more
-    # slowly: part of why long-context models raised it.
+    # slowly: part of why long-context models raised it. (The two Llama 3 curves all but coincide here:
+    # the scaling changes only pairs too slow to turn noticeably within 512 tokens.)
     for label, inv_freq, score in rope_curves():
-        axes[1].plot(inv_freq.numpy(), label=label)
-        axes[2].plot(score.numpy(), label=label, linewidth=1)
-    axes[1].set_yscale("log")
-    axes[1].set_title("RoPE (llama.py): rotation speed of each channel pair\ntheta^(-2i/d), head_dim 128", fontsize=9)
-    axes[1].set_xlabel("channel pair i")
-    axes[1].set_ylabel("radians per token")
-    axes[2].set_title("RoPE: q.k / head_dim for q = k = ones,\nk moved away by the distance (Su et al. 3.4.3)",
-                      fontsize=9)
-    axes[2].set_xlabel("relative distance (tokens)")
-    axes[1].legend(fontsize=7)
-    axes[2].legend(fontsize=7)
+        rope_speed.plot(inv_freq.numpy(), label=label)
+        rope_decay.plot(score.numpy(), label=label, linewidth=1)
+    rope_speed.set_yscale("log")
+    rope_speed.set_title("RoPE (llama.py): rotation speed of each channel pair\ntheta^(-2i/d), head_dim 128", fontsize=9)
+    rope_speed.set_xlabel("channel pair i")
+    rope_speed.set_ylabel("radians per token")
+    rope_decay.set_title("RoPE: q.k / head_dim for q = k = ones,\nk moved away by the distance (Su et al. 3.4.3)",
+                         fontsize=9)
+    rope_decay.set_xlabel("relative distance (tokens)")
+    rope_speed.legend(fontsize=7)
+    rope_decay.legend(fontsize=7)
 
-    # (c) ALiBi. Each head adds -m_h * distance to its attention scores, so after the softmax a
+    # (c) ALiBi, top right. Each head adds -m_h * distance to its attention scores, so after the softmax a
     # key d tokens back is weighted by a factor e^(-m_h d) less than it would be: head 1 (m = 1/2)
     # looks a few tokens back at most, head 8 (m = 1/256) across the whole context. Nothing is
     # learned and nothing is added to the tokens, and a line can be extended to any length: why
     # ALiBi models read contexts longer than they were trained on ("train short, test long").
     biases, slopes = alibi_biases()
     for h in range(len(slopes)):
-        axes[3].plot(biases[h].numpy(), label=f"head {h + 1}: m = 1/{1 / slopes[h].item():g}")
-    axes[3].set_title("ALiBi (olmo.py --pos_emb=alibi): bias added to scores\n-m_h x distance, m_h = 2^(-8h/H), H = 8",
-                      fontsize=9)
-    axes[3].set_xlabel("distance to the key (tokens)")
-    axes[3].set_ylabel("bias (score units)")
-    axes[3].legend(fontsize=7)
-    for ax in axes[1:]:
+        alibi.plot(biases[h].numpy(), label=f"head {h + 1}: m = 1/{1 / slopes[h].item():g}")
+    alibi.set_title("ALiBi (olmo.py --pos_emb=alibi): bias added to scores\n-m_h x distance, m_h = 2^(-8h/H), H = 8",
+                    fontsize=9)
+    alibi.set_xlabel("distance to the key (tokens)")
+    alibi.set_ylabel("bias (score units)")
+    alibi.legend(fontsize=7)
+    for ax in (alibi, rope_speed, rope_decay):
         ax.grid(alpha=0.3)
     return fig
 
