@@ -18,7 +18,8 @@ TEMPLATE = "gpt.py"
 
 # Every training script has these: the config system and the training loop's helpers.
 REQUIRED = ["parse_config", "check_config", "fail", "first_error", "local_rank0_first", "load_checkpoint",
-            "every_rank_rng_state", "restore_rng_state", "compile_model", "gpu_peak_flops", "_GPU_PEAK_FLOPS"]
+            "every_rank_rng_state", "restore_rng_state", "compile_model", "gpu_peak_flops", "_GPU_PEAK_FLOPS",
+            "start_run_log", "append_run_log"]
 # Scripts that need these (sampling text, attention, Hugging Face checkpoints) have them exactly as gpt.py
 # does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its own t5_attention.
 OPTIONAL = ["check_sampling_options", "sample_next_token", "manual_attention", "read_safetensors",
@@ -83,8 +84,9 @@ def test_training_loops_keep_their_common_parts_in_order():
                "# ---- data ----", "local_rank0_first(prepare_dataset", "# ---- model ----",
                "configure_optimizer(", "restore_rng_state(", "compile_model(", "DistributedDataParallel(",
                "def lr_at(", "def estimate_loss(", "def save_checkpoint(", "# ---- the training loop",
-               "losses = estimate_loss()", "every_rank_rng_state(", "scaler.scale(loss).backward()", "clip_grad_norm_",
-               "scaler.step(optimizer)", "mean_over_processes([train_loss", "destroy_process_group"]
+               "start_run_log(", "losses = estimate_loss()", "append_run_log(run_log, {\"kind\": \"eval\"", "every_rank_rng_state(", "scaler.scale(loss).backward()", "clip_grad_norm_",
+               "scaler.step(optimizer)", "mean_over_processes([train_loss", "append_run_log(run_log, {\"kind\": \"train\"",
+               "destroy_process_group"]
     for script in MODEL_SCRIPTS:
         source = read(script)
         main = source[source.index("def main(argv):"):]
