@@ -78,13 +78,15 @@ def read_run(out_dir):
 
     "train" and "eval" hold the records of those kinds in iteration order. The config is the last
     start record's: a run resumed with other settings (say a lower learning rate) is described by
-    the settings it ended with.
+    the settings it ended with, except init_from, which keeps the value the run began with ('scratch',
+    'gpt2', ...): a resumed run compares with an uninterrupted one as the same kind of run.
 
-    A resumed run starts again from its checkpoint's iteration N, so anything logged at or after N
-    before the resume (steps taken after the last checkpoint, then lost) is dropped when its start
-    record is read: the curve shows each iteration once, as the run that produced the checkpoint
-    continued it. (The training scripts already drop those lines when they resume; reading them the
-    same way keeps a log written any other way correct too.)
+    A resumed run starts again from its checkpoint's iteration N: the steps logged after N before
+    the resume were lost with the process, and are trained and logged again. So a start record at N
+    drops what came before it from N on, except the evaluation at N itself (the checkpoint was saved
+    right after it, and the resumed run does not repeat it): each iteration is drawn once. The
+    training scripts' start_run_log already rewrites log.jsonl this way when they resume; reading
+    it with the same rule keeps a log put together any other way (files concatenated) correct.
     """
     path = os.path.join(out_dir, "log.jsonl")
     if not os.path.isfile(path):
@@ -114,9 +116,12 @@ def read_run(out_dir):
                 unreadable.append(number)
             continue
         if kind == "start":
-            run["model_type"], run["config"] = record.get("model_type"), record["config"]
-            for key in ("train", "eval"):
-                run[key] = [r for r in run[key] if r["iter"] < record["iter"]]
+            config = dict(record["config"])
+            if config.get("init_from") == "resume" and "init_from" in run["config"]:
+                config["init_from"] = run["config"]["init_from"]  # how the run began, not how it was continued
+            run["model_type"], run["config"] = record.get("model_type"), config
+            run["train"] = [r for r in run["train"] if r["iter"] < record["iter"]]
+            run["eval"] = [r for r in run["eval"] if r["iter"] <= record["iter"]]
         else:
             run[kind].append(record)
     if unreadable:

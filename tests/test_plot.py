@@ -116,11 +116,12 @@ def test_command_line_writes_a_png(tmp_path, monkeypatch, capsys, mpl):
 
 
 def test_resume_and_damaged_lines(tmp_path, monkeypatch, capsys, mpl):
-    """A resume from iteration 20 replaces what was logged at 20 and after; the last start's config counts;
-    a cut-off last line is skipped silently, a bad line elsewhere with a warning."""
+    """A resume from iteration 20 replaces what was logged after its checkpoint (train records from 20 on,
+    evals after 20: the eval at 20 came just before the checkpoint, and a resume does not repeat it); the
+    last start's config counts; a cut-off last line is skipped silently, a bad line elsewhere with a warning."""
     monkeypatch.chdir(tmp_path)
-    first = run_records(iters=(0, 10, 20, 30))
-    resumed = run_records(learning_rate=5e-4, iters=(20, 30, 40))
+    first = run_records(iters=(0, 10, 20, 30, 40))  # its checkpoint was saved at 20, then it crashed
+    resumed = [r for r in run_records(learning_rate=5e-4, iters=(20, 30, 40)) if r["kind"] != "eval" or r["iter"] > 20]
     resumed[0]["iter"] = 20
     records = first + ["not a record"] + resumed
     os.makedirs("out-r")
@@ -131,7 +132,7 @@ def test_resume_and_damaged_lines(tmp_path, monkeypatch, capsys, mpl):
     run = plot.read_run("out-r")
     assert [r["iter"] for r in run["train"]] == [0, 10, 20, 30, 40]
     assert [r["lr"] for r in run["train"]] == [1e-3, 1e-3, 5e-4, 5e-4, 5e-4]
-    assert [r["iter"] for r in run["eval"]] == [0, 20, 40]
+    assert [(r["iter"], r["lr"]) for r in run["eval"]] == [(0, 1e-3), (20, 1e-3), (40, 5e-4)]
     assert run["config"]["learning_rate"] == 5e-4
     bad_line = len(first) + 1
     assert capsys.readouterr().err == f"warning: out-r/log.jsonl: skipped 1 unreadable line(s): [{bad_line}]\n"
@@ -232,3 +233,35 @@ def test_learned_panel_untrained_and_from_a_checkpoint(positions, tmp_path, mpl_
     torch.save({"model_type": "llama", "model": {}}, tmp_path / "ckpt.pt")
     with pytest.raises(plot.PlotError, match="is a llama checkpoint, which has no learned position table"):
         plot.positions_figure(str(tmp_path))
+
+
+# -----------------------------------------------------------------------------
+# End to end: the log gpt.py writes, drawn
+
+
+def test_gpt_runs_drawn_end_to_end(tmp_path, monkeypatch, capsys, small_text_path, mpl):
+    """Two 4-iteration gpt.py runs (one stopped at 2 and resumed), then plot.py on their out_dirs."""
+    import gpt
+    import prepare_data
+
+    monkeypatch.chdir(tmp_path)
+    prepare_data.prepare("tiny", input_path=small_text_path, tokenizer="char", data_root="data")
+    tiny = ["--dataset=tiny", "--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16",
+            "--block_size=16", "--batch_size=4", "--gradient_accumulation_steps=1", "--eval_iters=2",
+            "--log_interval=1", "--eval_interval=2", "--always_save_checkpoint=True"]
+    gpt.main(tiny + ["--max_iters=4", "--out_dir=out-a"])
+    gpt.main(tiny + ["--max_iters=2", "--out_dir=out-b", "--learning_rate=1e-3"])
+    gpt.main(tiny + ["--max_iters=4", "--out_dir=out-b", "--learning_rate=1e-3", "--init_from=resume"])
+    capsys.readouterr()
+    assert plot.main(["out-a", "out-b", "--out=runs.png"]) == 0
+    with open("runs.png", "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    runs = [plot.read_run("out-a"), plot.read_run("out-b")]
+    for run in runs:
+        assert [r["iter"] for r in run["train"]] == [0, 1, 2, 3]  # the resumed run too: no iteration twice
+        assert [r["iter"] for r in run["eval"]] == [0, 2, 4]
+    fig = plot.runs_figure(runs, x="tokens")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == \
+        ["out-a (learning_rate=0.0006)", "out-b (learning_rate=0.001)"]
+    assert line_data(fig.axes[0].lines[0])[0] == [64, 128, 192, 256]  # tokens after each step: 4 x 16 per step
+    assert line_data(fig.axes[1].lines[1])[0] == [0, 128, 256]
