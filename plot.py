@@ -97,24 +97,19 @@ def read_run(out_dir):
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise PlotError(f"cannot read {path}: {e}") from None
-    # The keys each kind of record must have for us to draw it.
-    needed = {"start": ("iter", "config"), "train": ("iter", "tokens", "loss"), "eval": ("iter", "tokens", "val_loss")}
-    run = {"name": out_dir, "model_type": None, "config": {}, "train": [], "eval": []}
+    run = {"name": os.path.normpath(out_dir), "model_type": None, "config": {}, "train": [], "eval": []}
     unreadable = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-            kind = record.get("kind")
-            if kind not in needed or not all(key in record for key in needed[kind]):
-                raise ValueError(f"not a start, train or eval record with {needed.get(kind)}")
-        except (ValueError, AttributeError):  # JSONDecodeError is a ValueError; AttributeError: not an object
+        record = parse_record(line)
+        if record is None:
             # A process killed mid-write leaves a cut-off last line; that is expected and skipped
             # silently. An unreadable line anywhere else is worth a warning.
             if number != len(lines):
                 unreadable.append(number)
             continue
+        kind = record["kind"]
         if kind == "start":
             config = dict(record["config"])
             if config.get("init_from") == "resume" and "init_from" in run["config"]:
@@ -130,6 +125,26 @@ def read_run(out_dir):
         raise PlotError(f"{path} has no train or eval records yet: let the run reach its first log_interval "
                         f"(or eval_interval) and try again")
     return run
+
+
+def parse_record(line):
+    """The record on one line of log.jsonl, or None when it is not one plot.py can draw.
+
+    A record must be a JSON object of a known kind with the keys drawn from it: an integer "iter",
+    numbers for the tokens and losses, a dict for a start record's config.
+    """
+    try:
+        record = json.loads(line)
+    except ValueError:  # json.JSONDecodeError is a ValueError
+        return None
+    needed = {"start": ("config",), "train": ("tokens", "loss"), "eval": ("tokens", "val_loss")}
+    if not isinstance(record, dict) or record.get("kind") not in needed or not isinstance(record.get("iter"), int):
+        return None
+    for key in needed[record["kind"]]:
+        wanted = dict if key == "config" else (int, float)
+        if not isinstance(record.get(key), wanted):
+            return None
+    return record
 
 
 def differing_keys(runs):

@@ -123,7 +123,9 @@ def test_resume_and_damaged_lines(tmp_path, monkeypatch, capsys, mpl):
     first = run_records(iters=(0, 10, 20, 30, 40))  # its checkpoint was saved at 20, then it crashed
     resumed = [r for r in run_records(learning_rate=5e-4, iters=(20, 30, 40)) if r["kind"] != "eval" or r["iter"] > 20]
     resumed[0]["iter"] = 20
-    records = first + ["not a record"] + resumed
+    damaged = ["not a record", "[1, 2]", '{"kind": "start", "iter": 0, "config": "lr=1"}',
+               '{"kind": "train", "iter": "5", "tokens": 500, "loss": 1.0}', '{"kind": "checkpoint", "iter": 5}']
+    records = first + damaged + resumed
     os.makedirs("out-r")
     with open("out-r/log.jsonl", "w") as f:
         for r in records:
@@ -134,8 +136,8 @@ def test_resume_and_damaged_lines(tmp_path, monkeypatch, capsys, mpl):
     assert [r["lr"] for r in run["train"]] == [1e-3, 1e-3, 5e-4, 5e-4, 5e-4]
     assert [(r["iter"], r["lr"]) for r in run["eval"]] == [(0, 1e-3), (20, 1e-3), (40, 5e-4)]
     assert run["config"]["learning_rate"] == 5e-4
-    bad_line = len(first) + 1
-    assert capsys.readouterr().err == f"warning: out-r/log.jsonl: skipped 1 unreadable line(s): [{bad_line}]\n"
+    bad_lines = list(range(len(first) + 1, len(first) + 1 + len(damaged)))
+    assert capsys.readouterr().err == f"warning: out-r/log.jsonl: skipped 5 unreadable line(s): {bad_lines}\n"
 
 
 @pytest.mark.parametrize("args, setup, message", [
