@@ -151,11 +151,13 @@ def differing_keys(runs):
     """The config keys (and the model type) whose values differ between the runs, in config order.
 
     Only keys every run has are compared: a key only llama.py has (rope_theta) says nothing more
-    than the model type does, which is included as "model_type". out_dir is left out: it names the
-    run already.
+    than the model type does, which is included as "model_type". Keys that only name things are left
+    out: out_dir names the run already, and wandb_project and wandb_run_name default to the script's
+    name.
     """
+    names = ("out_dir", "wandb_project", "wandb_run_name")
     configs = [{"model_type": run["model_type"]} | run["config"] for run in runs]
-    shared = [key for key in configs[0] if key != "out_dir" and all(key in c for c in configs)]
+    shared = [key for key in configs[0] if key not in names and all(key in c for c in configs)]
     return [key for key in shared if any(c[key] != configs[0][key] for c in configs)]
 
 
@@ -205,7 +207,7 @@ def runs_figure(runs, x="iters"):
     # The first run's metric decides the axis; runs with another metric (or none) are not drawn on it.
     metric = next((m for m in metrics if m is not None), None)
     n_axes = 3 if metric else 2
-    fig, axes = plt.subplots(1, n_axes, figsize=(5.2 * n_axes, 4.0), layout="constrained")
+    fig, axes = plt.subplots(1, n_axes, figsize=(5.2 * n_axes, 4.2 + 0.2 * len(runs)), layout="constrained")
     keys = differing_keys(runs)
     for i, run in enumerate(runs):
         colour = f"C{i % 10}"  # matplotlib's default cycle of ten distinguishable colours
@@ -227,7 +229,8 @@ def runs_figure(runs, x="iters"):
         ax.set_xlabel("iteration" if x == "iters" else "tokens seen")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("cross-entropy (nats per token)")
-    axes[0].legend(fontsize=8)
+    # One legend for all the axes, below them: the labels can be long, and the colours are shared.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=8)
     return fig
 
 

@@ -50,6 +50,10 @@ def mpl():
     return pytest.importorskip("matplotlib")
 
 
+def legend_labels(fig):
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+
 def line_data(line):
     return list(line.get_xdata()), list(line.get_ydata())
 
@@ -60,7 +64,7 @@ def test_two_runs_two_axes_legend_names_the_differing_key(tmp_path, monkeypatch,
     write_log("out-b", run_records(learning_rate=3e-3))
     fig = plot.runs_figure([plot.read_run("out-a"), plot.read_run("out-b")])
     assert len(fig.axes) == 2
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    labels = legend_labels(fig)
     assert labels == ["out-a (learning_rate=0.001)", "out-b (learning_rate=0.003)"]
     # Train loss: the thin line is every train record; val: every eval record, against iterations.
     train_line, train_dots = fig.axes[0].lines[0], fig.axes[0].lines[1]
@@ -74,7 +78,8 @@ def test_keys_of_one_model_only_are_not_compared_but_the_model_type_is(tmp_path,
     monkeypatch.chdir(tmp_path)
     gpt_run = run_records()
     llama_run = run_records(model_type="llama")
-    llama_run[0]["config"] |= {"rope_theta": 10000.0, "n_layer": 3}
+    gpt_run[0]["config"]["wandb_run_name"] = "gpt"  # names (out_dir, wandb's) are not compared
+    llama_run[0]["config"] |= {"rope_theta": 10000.0, "n_layer": 3, "wandb_run_name": "llama"}
     write_log("out-gpt", gpt_run)
     write_log("out-llama", llama_run)
     runs = [plot.read_run("out-gpt"), plot.read_run("out-llama")]
@@ -263,7 +268,7 @@ def test_gpt_runs_drawn_end_to_end(tmp_path, monkeypatch, capsys, small_text_pat
         assert [r["iter"] for r in run["train"]] == [0, 1, 2, 3]  # the resumed run too: no iteration twice
         assert [r["iter"] for r in run["eval"]] == [0, 2, 4]
     fig = plot.runs_figure(runs, x="tokens")
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == \
+    assert legend_labels(fig) == \
         ["out-a (learning_rate=0.0006)", "out-b (learning_rate=0.001)"]
     assert line_data(fig.axes[0].lines[0])[0] == [64, 128, 192, 256]  # tokens after each step: 4 x 16 per step
     assert line_data(fig.axes[1].lines[1])[0] == [0, 128, 256]
