@@ -252,12 +252,18 @@ def load_position_table(checkpoint):
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: torch raises several kinds of errors
-        raise PlotError(f"cannot read {path} as a checkpoint: {e}") from None
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PlotError(f"cannot read {path} as a checkpoint ({type(e).__name__}: {first_line}); give "
+                        f"--checkpoint the out_dir of a gpt.py run") from None
     tables = {"gpt": "transformer.wpe.weight", "bert": "embeddings.wpe.weight"}
-    model_type = saved.get("model_type") if isinstance(saved, dict) else None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise PlotError(f"{path} is not a checkpoint written by this repository's training scripts")
+    model_type = saved.get("model_type")
     if model_type not in tables:
         raise PlotError(f"{path} is a {model_type} checkpoint, which has no learned position table; give one "
                         f"written by gpt.py (or bert.py)")
+    if tables[model_type] not in saved["model"]:
+        raise PlotError(f"{path} has no {tables[model_type]}: not a checkpoint written by {model_type}.py")
     table = saved["model"][tables[model_type]].float()
     return table, f"{model_type} {path}, iteration {saved.get('iter_num')}"
 

@@ -240,6 +240,10 @@ def test_learned_panel_untrained_and_from_a_checkpoint(positions, tmp_path, mpl_
     torch.save({"model_type": "llama", "model": {}}, tmp_path / "ckpt.pt")
     with pytest.raises(plot.PlotError, match="is a llama checkpoint, which has no learned position table"):
         plot.positions_figure(str(tmp_path))
+    (tmp_path / "ckpt.pt").write_bytes(b"not a checkpoint")
+    one_line = r"^cannot read .*ckpt.pt as a checkpoint \(\w+: [^\n]*\); give --checkpoint the out_dir of a gpt.py run$"
+    with pytest.raises(plot.PlotError, match=one_line):
+        plot.positions_figure(str(tmp_path))
 
 
 # -----------------------------------------------------------------------------
