@@ -381,7 +381,8 @@ def positions_figure(checkpoint=None):
         rope_speed.plot(inv_freq.numpy(), label=label)
         rope_decay.plot(score.numpy(), label=label, linewidth=1)
     rope_speed.set_yscale("log")
-    rope_speed.set_title("RoPE (llama.py): rotation speed of each channel pair\ntheta^(-2i/d), head_dim 128", fontsize=9)
+    rope_speed.set_title("RoPE (llama.py): rotation speed of each channel pair\ntheta^(-2i/d), head_dim 128",
+                         fontsize=9)
     rope_speed.set_xlabel("channel pair i")
     rope_speed.set_ylabel("radians per token")
     rope_decay.set_title("RoPE: q.k / head_dim for q = k = ones,\nk moved away by the distance (Su et al. 3.4.3)",
