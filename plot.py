@@ -281,8 +281,8 @@ def untrained_position_table():
     with torch.random.fork_rng():  # a fixed picture, without touching the caller's random state
         torch.manual_seed(0)
         model = gpt.GPT(gpt.GPTConfig(block_size=64, vocab_size=65, n_layer=1, n_head=4, n_embd=128))
-    return model.transformer.wpe.weight.detach(), "gpt.py at initialisation: UNTRAINED, random\n" \
-                                                   "(--checkpoint=<gpt.py out_dir> shows a trained one)"
+    about = "gpt.py at initialisation: UNTRAINED, random\n(--checkpoint=<gpt.py out_dir> shows a trained one)"
+    return model.transformer.wpe.weight.detach(), about
 
 
 def cosine_similarity_matrix(table):
@@ -364,7 +364,7 @@ def positions_figure(checkpoint=None):
     similarity = cosine_similarity_matrix(table)
     image = learned.imshow(similarity.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
     fig.colorbar(image, ax=learned, shrink=0.8)
-    learned.set_title(f"learned positions (gpt.py wpe): cosine similarity\n{about}", fontsize=9)
+    learned.set_title(f"learned position table (wpe): cosine similarity of its rows\n{about}", fontsize=9)
     learned.set_xlabel("position")
     learned.set_ylabel("position")
 
