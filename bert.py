@@ -145,6 +145,16 @@ class Embeddings(nn.Module):
         return self.drop(self.ln(x))
 
 
+def attention_weights(q, k, mask):
+    """softmax(Q K^T / sqrt(head_dim)) under the mask, (B, n_head, T_q, T_k): as in gpt.py.
+
+    mask: bool, True where a query may look at a key, of any shape that broadcasts to
+    (B, n_head, T_q, T_k): gpt.py's causal (T_q, T_k), or here the padding mask (B, 1, 1, T_k)."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return F.softmax(scores, dim=-1)  # each row sums to 1
+
+
 def manual_attention(q, k, v, mask, dropout_p=0.0):
     """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V.
 
@@ -153,10 +163,7 @@ def manual_attention(q, k, v, mask, dropout_p=0.0):
     (T_q, T_k), or here the padding mask (B, 1, 1, T_k). Forbidden scores become -inf, which the
     softmax turns into exactly zero weight.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(attention_weights(q, k, mask), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
 
 

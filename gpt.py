@@ -68,6 +68,10 @@ class GPTConfig:
     # 'manual' spells out softmax(QK^T/sqrt(d))V step by step. Both compute the same numbers;
     # the manual path is there to read, to step through in a debugger and to check the fused one.
     attention: str = "sdpa"
+    # LayerNorm's epsilon, added to the variance before the square root so that a position whose
+    # channels are all equal does not divide by zero. GPT-2 uses 1e-5; other checkpoints of the
+    # architecture may not (their config.json's layer_norm_epsilon), and it changes the logits.
+    norm_eps: float = 1e-5
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -80,19 +84,27 @@ class GPTConfig:
 # Building blocks, in the order data meets them.
 
 
+def attention_weights(q, k, mask):
+    """softmax(Q K^T / sqrt(head_dim)) under the mask: how much each query reads each key.
+
+    q: (B, n_head, T_q, head_dim); k: (B, n_head, T_k, head_dim); mask: (T_q, T_k) bool, True where a
+    query may look at a key. Returns (B, n_head, T_q, T_k). Each query scores every key by a dot
+    product; dividing by sqrt(head_dim) keeps the scores' variance near 1 whatever the head size, so
+    the softmax does not saturate (Vaswani et al. 2017, section 3.2.1). The mask sets forbidden scores
+    to -inf, which the softmax turns into exactly zero weight. A function of its own so that
+    sample.py --attention_plot can keep the very weights the model uses."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return F.softmax(scores, dim=-1)  # each row sums to 1
+
+
 def manual_attention(q, k, v, mask, dropout_p=0.0):
     """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V.
 
-    q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim); mask: (T_q, T_k) bool, True
-    where a query may look at a key. Each query scores every key by a dot product; dividing by
-    sqrt(head_dim) keeps the scores' variance near 1 whatever the head size, so the softmax does not
-    saturate (Vaswani et al. 2017, section 3.2.1). The mask sets forbidden scores to -inf, which the
-    softmax turns into exactly zero weight. The output mixes the values by those weights.
+    q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim). The output mixes the values by
+    the attention weights; in training, dropout first zeroes some weights (scaling up the rest).
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(attention_weights(q, k, mask), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
 
 
@@ -211,9 +223,9 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None, layer=0):
@@ -236,7 +248,7 @@ class GPT(nn.Module):
                 wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -388,10 +400,9 @@ class GPT(nn.Module):
                               ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)]:
             if hf.get(key, expected) != expected:
                 raise ValueError(f"unsupported GPT-2 option {key}={hf[key]!r} in {config_path} (expected {expected!r})")
-        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
-            raise ValueError(f"unsupported layer_norm_epsilon={hf['layer_norm_epsilon']} (gpt.py uses 1e-5)")
         config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
+                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True,
+                           norm_eps=hf.get("layer_norm_epsilon", 1e-5))
         with torch.device("meta"):
             model = cls(config)
 

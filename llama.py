@@ -224,16 +224,22 @@ def apply_rope(x, cos, sin):
     return x * cos.to(x.dtype) + torch.cat((x2, x1), dim=-1) * sin.to(x.dtype)
 
 
+def attention_weights(q, k, mask):
+    """softmax(Q K^T / sqrt(head_dim)) under the mask, (B, n_head, T_q, T_k): as in gpt.py.
+
+    Position is already inside q and k (rotated by RoPE), so these weights are where it shows."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return F.softmax(scores, dim=-1)  # each row sums to 1
+
+
 def manual_attention(q, k, v, mask, dropout_p=0.0):
     """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V, as in gpt.py.
 
     q, k, v: (B, n_head, T_q or T_k, head_dim) — by now the key/value heads have been repeated up to
     n_head; mask: (T_q, T_k) bool, True where a query may look at a key.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(attention_weights(q, k, mask), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
 
 

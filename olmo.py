@@ -284,17 +284,27 @@ def alibi_slopes(n_head):
     return torch.tensor(geometric(below) + geometric(2 * below)[0::2][: n_head - below])
 
 
+def attention_weights(q, k, mask):
+    """softmax(Q K^T / sqrt(head_dim)) under a bool mask, (B, n_head, T_q, T_k): as in gpt.py."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return F.softmax(scores, dim=-1)  # each row sums to 1
+
+
 def manual_attention(q, k, v, mask, dropout_p=0.0):
     """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V, as in gpt.py.
 
     q, k, v: (B, n_head, T_q or T_k, head_dim), the key/value heads repeated up to n_head;
     mask: (T_q, T_k) bool, True where a query may look at a key.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(attention_weights(q, k, mask), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
+
+
+def biased_attention_weights(q, k, bias):
+    """softmax(Q K^T / sqrt(head_dim) + bias), (B, n_head, T_q, T_k): ALiBi's attention weights."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) + bias  # (B, n_head, T_q, T_k)
+    return F.softmax(scores, dim=-1)
 
 
 def manual_biased_attention(q, k, v, bias, dropout_p=0.0):
@@ -304,9 +314,7 @@ def manual_biased_attention(q, k, v, bias, dropout_p=0.0):
     it may not, so it is the causal (or sliding-window) mask as well. That one addition is all of
     ALiBi: q and k carry no position at all.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) + bias  # (B, n_head, T_q, T_k)
-    weights = F.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(biased_attention_weights(q, k, bias), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
 
 

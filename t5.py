@@ -195,6 +195,14 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(self.weight.dtype)
 
 
+def t5_attention_weights(q, k, bias):
+    """softmax(Q K^T + bias) in float32, (B, n_head, T_q, T_k): T5's attention weights (see t5_attention).
+
+    A function of its own so that sample.py --attention_plot can keep the weights the model uses."""
+    scores = q @ k.transpose(-2, -1) + bias  # (B, n_head, T_q, T_k)
+    return F.softmax(scores.float(), dim=-1).to(q.dtype)
+
+
 def t5_attention(q, k, v, bias, dropout_p=0.0):
     """T5's attention written out: softmax(Q K^T + bias) V, with NO division by sqrt(head_dim).
 
@@ -207,9 +215,7 @@ def t5_attention(q, k, v, bias, dropout_p=0.0):
     this way must be run this way: adding the scaling would flatten its attention. The softmax runs
     in float32, as T5's, so that 16-bit scores with a large mask value stay exact.
     """
-    scores = q @ k.transpose(-2, -1) + bias  # (B, n_head, T_q, T_k)
-    weights = F.softmax(scores.float(), dim=-1).to(q.dtype)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(t5_attention_weights(q, k, bias), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
 
 

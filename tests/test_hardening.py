@@ -440,6 +440,23 @@ def test_finetune_pretrained_llama_on_text_tokenized_with_its_tokenizer(workdir,
     assert result.stdout == tok.decode(ids) + "\n---------------\n"
 
 
+def test_dataset_keeps_the_models_end_of_sequence_ids(workdir, tmp_path):
+    # A Llama 3-style model ends a text at either of two ids, neither of them "<|endoftext|>":
+    # generation_config.json's list wins over config.json's single id, and travels with the dataset
+    # into the checkpoint's tokenizer, where sample.py reads it.
+    text = (workdir / "input.txt").read_text()
+    byte_level_tokenizer_json(tmp_path / "tokenizer.json", text)
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 7}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 9]}))
+    prepare_data.prepare("tiny_eos", input_path=str(workdir / "input.txt"), tokenizer=str(tmp_path),
+                         data_root=str(tmp_path / "data"))
+    meta = prepare_data.load_meta(str(tmp_path / "data" / "tiny_eos"))
+    assert meta["eos_token_id"] == [5, 9]
+    assert prepare_data.load_tokenizer(meta).eot_token == [5, 9]
+    (tmp_path / "generation_config.json").unlink()
+    assert prepare_data.hf_tokenizer_meta(str(tmp_path / "tokenizer.json"))["eos_token_id"] == 7
+
+
 def test_finetune_gpt2_refuses_a_dataset_of_another_tokenizer(workdir, tmp_path):
     transformers = pytest.importorskip("transformers")
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path)

@@ -22,7 +22,7 @@ REQUIRED = ["parse_config", "check_config", "fail", "first_error", "local_rank0_
             "start_run_log", "append_run_log"]
 # Scripts that need these (sampling text, attention, Hugging Face checkpoints) have them exactly as gpt.py
 # does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its own t5_attention.
-OPTIONAL = ["check_sampling_options", "sample_next_token", "manual_attention", "read_safetensors",
+OPTIONAL = ["check_sampling_options", "sample_next_token", "attention_weights", "manual_attention", "read_safetensors",
             "load_hf_weights", "download_hf_checkpoint"]
 
 
@@ -95,3 +95,28 @@ def test_training_loops_keep_their_common_parts_in_order():
             assert marker in main, f"{script}'s main() lacks {marker!r}"
             positions.append(main.index(marker))
         assert positions == sorted(positions), f"{script}'s main() has gpt.py's parts in another order"
+
+
+CONFIG_DIR = os.path.join(REPO, "config")
+
+
+def script_of(config_name):
+    """The script a preset is for, by its name: llama_*.py and finetune_llama_*.py go to llama.py, ..."""
+    for script in ("bigram", "llama", "olmo", "bert", "t5"):
+        if config_name.startswith((f"{script}_", f"finetune_{script}_")):
+            return script
+    return "gpt"
+
+
+@pytest.mark.parametrize("config_name", sorted(os.listdir(CONFIG_DIR)))
+def test_every_preset_is_accepted_by_its_script(config_name, monkeypatch, capsys):
+    # Every key of every file in config/ exists in its script with the right type, and passes the
+    # script's own checks: a preset is what a reader runs first, so it must never fail on its keys.
+    import importlib
+
+    module = importlib.import_module(script_of(config_name))
+    defaults = {k: getattr(module, k) for k in module.config_keys}
+    cfg = module.parse_config([os.path.join(CONFIG_DIR, config_name)], defaults)
+    module.check_config(cfg)
+    with open(os.path.join(CONFIG_DIR, config_name)) as f:
+        assert "out_dir" in f.read(), f"{config_name} should name its own out_dir"
