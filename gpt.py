@@ -68,6 +68,10 @@ class GPTConfig:
     # 'manual' spells out softmax(QK^T/sqrt(d))V step by step. Both compute the same numbers;
     # the manual path is there to read, to step through in a debugger and to check the fused one.
     attention: str = "sdpa"
+    # LayerNorm's epsilon, added to the variance before the square root so that a position whose
+    # channels are all equal does not divide by zero. GPT-2 uses 1e-5; other checkpoints of the
+    # architecture may not (their config.json's layer_norm_epsilon), and it changes the logits.
+    norm_eps: float = 1e-5
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -80,19 +84,27 @@ class GPTConfig:
 # Building blocks, in the order data meets them.
 
 
+def attention_weights(q, k, mask):
+    """softmax(Q K^T / sqrt(head_dim)) under the mask: how much each query reads each key.
+
+    q: (B, n_head, T_q, head_dim); k: (B, n_head, T_k, head_dim); mask: (T_q, T_k) bool, True where a
+    query may look at a key. Returns (B, n_head, T_q, T_k). Each query scores every key by a dot
+    product; dividing by sqrt(head_dim) keeps the scores' variance near 1 whatever the head size, so
+    the softmax does not saturate (Vaswani et al. 2017, section 3.2.1). The mask sets forbidden scores
+    to -inf, which the softmax turns into exactly zero weight. A function of its own so that
+    sample.py --attention_plot can keep the very weights the model uses."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return F.softmax(scores, dim=-1)  # each row sums to 1
+
+
 def manual_attention(q, k, v, mask, dropout_p=0.0):
     """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V.
 
-    q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim); mask: (T_q, T_k) bool, True
-    where a query may look at a key. Each query scores every key by a dot product; dividing by
-    sqrt(head_dim) keeps the scores' variance near 1 whatever the head size, so the softmax does not
-    saturate (Vaswani et al. 2017, section 3.2.1). The mask sets forbidden scores to -inf, which the
-    softmax turns into exactly zero weight. The output mixes the values by those weights.
+    q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim). The output mixes the values by
+    the attention weights; in training, dropout first zeroes some weights (scaling up the rest).
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(attention_weights(q, k, mask), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
 
 
@@ -211,9 +223,9 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None, layer=0):
@@ -236,7 +248,7 @@ class GPT(nn.Module):
                 wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -388,10 +400,9 @@ class GPT(nn.Module):
                               ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)]:
             if hf.get(key, expected) != expected:
                 raise ValueError(f"unsupported GPT-2 option {key}={hf[key]!r} in {config_path} (expected {expected!r})")
-        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
-            raise ValueError(f"unsupported layer_norm_epsilon={hf['layer_norm_epsilon']} (gpt.py uses 1e-5)")
         config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True)
+                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True,
+                           norm_eps=hf.get("layer_norm_epsilon", 1e-5))
         with torch.device("meta"):
             model = cls(config)
 
@@ -1018,6 +1029,13 @@ def main(argv):
     peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
     resumed_at = iter_num if checkpoint is not None else None
     checkpoint = None  # free the loaded copy
+    # out_dir/log.jsonl: every log and eval line as JSON, for plot.py to draw (rank 0 writes it;
+    # eval_only writes nothing). None: no log.
+    run_log = None
+    if master and not cfg["eval_only"]:
+        run_log = start_run_log(os.path.join(cfg["out_dir"], "log.jsonl"), resumed_at,
+                                {"kind": "start", "iter": iter_num, "model_type": "gpt",
+                                 "tokens_per_iter": tokens_per_iter, "config": cfg})
     model.train()
     # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
     t_last, iter_timed = time.time(), iter_num
@@ -1033,6 +1051,9 @@ def main(argv):
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 if wandb:
                     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+                if run_log:
+                    append_run_log(run_log, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
+                                             "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
             if not math.isfinite(losses["val"]):
                 fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
                      f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
@@ -1081,15 +1102,21 @@ def main(argv):
             t_last, iter_timed = now, iter_num + 1
             tokens_per_sec = tokens_per_iter / dt
             flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
+            mfu = None  # the fraction of the GPU's 16-bit peak FLOP/s the model's arithmetic reaches
             if peak_flops is None:
-                mfu = "n/a (unknown peak)"
+                mfu_text = "n/a (unknown peak)"
             elif cfg["dtype"] == "float32":
-                mfu = "n/a (peaks are for 16-bit)"
+                mfu_text = "n/a (peaks are for 16-bit)"
             else:
-                mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
+                mfu = flops_per_sec / peak_flops
+                mfu_text = f"{100 * mfu:.1f}%"
             if master:
                 print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                      f"mfu {mfu}, lr {lr:.2e}")
+                      f"mfu {mfu_text}, lr {lr:.2e}")
+            if run_log:
+                append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
+                                         "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
+                                         "tokens_per_sec": tokens_per_sec, "mfu": mfu})
         iter_num += 1
 
     if ddp:
@@ -1097,6 +1124,41 @@ def main(argv):
         # tear down the connections under it.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def start_run_log(path, resumed_at, start_record):
+    """Begin the run log at path (out_dir/log.jsonl) with start_record; return the path.
+
+    One JSON object per line: a "start" record (the config) at the beginning of every run and
+    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
+    file afresh. A resumed run keeps the lines of the iterations before its checkpoint, and the
+    evaluation at the checkpoint's own iteration (which it does not repeat), and drops the rest:
+    the run that wrote them went on past its last checkpoint, and those iterations are about to be
+    trained and logged again. So every iteration appears once, whatever was resumed. The file is
+    rewritten through a temporary file, so a crash here loses no line of the old log.
+    """
+    kept = []
+    if resumed_at is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    keep = record["iter"] < resumed_at or (record["iter"] == resumed_at and record["kind"] == "eval")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash mid-write
+                if keep:
+                    kept.append(json.dumps(record) + "\n")
+    kept.append(json.dumps(start_record) + "\n")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def append_run_log(path, record):
+    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def load_checkpoint(out_dir, device, model_type):

@@ -284,17 +284,27 @@ def alibi_slopes(n_head):
     return torch.tensor(geometric(below) + geometric(2 * below)[0::2][: n_head - below])
 
 
+def attention_weights(q, k, mask):
+    """softmax(Q K^T / sqrt(head_dim)) under a bool mask, (B, n_head, T_q, T_k): as in gpt.py."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return F.softmax(scores, dim=-1)  # each row sums to 1
+
+
 def manual_attention(q, k, v, mask, dropout_p=0.0):
     """Scaled dot-product attention written out: softmax(Q K^T / sqrt(head_dim)) V, as in gpt.py.
 
     q, k, v: (B, n_head, T_q or T_k, head_dim), the key/value heads repeated up to n_head;
     mask: (T_q, T_k) bool, True where a query may look at a key.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, n_head, T_q, T_k)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(attention_weights(q, k, mask), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
+
+
+def biased_attention_weights(q, k, bias):
+    """softmax(Q K^T / sqrt(head_dim) + bias), (B, n_head, T_q, T_k): ALiBi's attention weights."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) + bias  # (B, n_head, T_q, T_k)
+    return F.softmax(scores, dim=-1)
 
 
 def manual_biased_attention(q, k, v, bias, dropout_p=0.0):
@@ -304,9 +314,7 @@ def manual_biased_attention(q, k, v, bias, dropout_p=0.0):
     it may not, so it is the causal (or sliding-window) mask as well. That one addition is all of
     ALiBi: q and k carry no position at all.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) + bias  # (B, n_head, T_q, T_k)
-    weights = F.softmax(scores, dim=-1)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(biased_attention_weights(q, k, bias), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
 
 
@@ -1364,6 +1372,13 @@ def main(argv):
     peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
     resumed_at = iter_num if checkpoint is not None else None
     checkpoint = None  # free the loaded copy
+    # out_dir/log.jsonl: every log and eval line as JSON, for plot.py to draw (rank 0 writes it;
+    # eval_only writes nothing). None: no log.
+    run_log = None
+    if master and not cfg["eval_only"]:
+        run_log = start_run_log(os.path.join(cfg["out_dir"], "log.jsonl"), resumed_at,
+                                {"kind": "start", "iter": iter_num, "model_type": "olmo",
+                                 "tokens_per_iter": tokens_per_iter, "config": cfg})
     model.train()
     # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
     t_last, iter_timed = time.time(), iter_num
@@ -1379,6 +1394,9 @@ def main(argv):
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 if wandb:
                     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+                if run_log:
+                    append_run_log(run_log, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
+                                             "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
             if not math.isfinite(losses["val"]):
                 fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
                      f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
@@ -1420,15 +1438,21 @@ def main(argv):
             t_last, iter_timed = now, iter_num + 1
             tokens_per_sec = tokens_per_iter / dt
             flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
+            mfu = None  # the fraction of the GPU's 16-bit peak FLOP/s the model's arithmetic reaches
             if peak_flops is None:
-                mfu = "n/a (unknown peak)"
+                mfu_text = "n/a (unknown peak)"
             elif cfg["dtype"] == "float32":
-                mfu = "n/a (peaks are for 16-bit)"
+                mfu_text = "n/a (peaks are for 16-bit)"
             else:
-                mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
+                mfu = flops_per_sec / peak_flops
+                mfu_text = f"{100 * mfu:.1f}%"
             if master:
                 print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                      f"mfu {mfu}, lr {lr:.2e}")
+                      f"mfu {mfu_text}, lr {lr:.2e}")
+            if run_log:
+                append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
+                                         "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
+                                         "tokens_per_sec": tokens_per_sec, "mfu": mfu})
         iter_num += 1
 
     if ddp:
@@ -1436,6 +1460,41 @@ def main(argv):
         # tear down the connections under it.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def start_run_log(path, resumed_at, start_record):
+    """Begin the run log at path (out_dir/log.jsonl) with start_record; return the path.
+
+    One JSON object per line: a "start" record (the config) at the beginning of every run and
+    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
+    file afresh. A resumed run keeps the lines of the iterations before its checkpoint, and the
+    evaluation at the checkpoint's own iteration (which it does not repeat), and drops the rest:
+    the run that wrote them went on past its last checkpoint, and those iterations are about to be
+    trained and logged again. So every iteration appears once, whatever was resumed. The file is
+    rewritten through a temporary file, so a crash here loses no line of the old log.
+    """
+    kept = []
+    if resumed_at is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    keep = record["iter"] < resumed_at or (record["iter"] == resumed_at and record["kind"] == "eval")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash mid-write
+                if keep:
+                    kept.append(json.dumps(record) + "\n")
+    kept.append(json.dumps(start_record) + "\n")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def append_run_log(path, record):
+    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def load_checkpoint(out_dir, device, model_type):

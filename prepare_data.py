@@ -47,6 +47,7 @@ As a library (used by the training scripts and sample.py)
 import argparse
 import codecs
 import contextlib
+import json
 import os
 import pickle
 import sys
@@ -229,8 +230,28 @@ def hf_tokenizer_meta(path):
         tokenizer = _import_bpe().Tokenizer.from_hf_tokenizer_json(path)
     except (ValueError, OSError) as e:
         raise DataError(f"cannot use {path} as a tokenizer: {e}") from None
-    return {"tokenizer": "bpe", "vocab_size": tokenizer.vocab_size, "bpe": tokenizer.to_meta(),
+    meta = {"tokenizer": "bpe", "vocab_size": tokenizer.vocab_size, "bpe": tokenizer.to_meta(),
             "source": os.path.abspath(path)}
+    # The model's end-of-sequence id(s), kept with the dataset so that sample.py stops a fine-tuned
+    # model where the pretrained one stops (Llama 3: <|eot_id|> or <|end_of_text|>; SmolLM2:
+    # <|endoftext|>; TinyLlama: </s>), not at a token the tokenizer merely happens to have.
+    eos_token_id = hf_eos_token_id(os.path.dirname(os.path.abspath(path)))
+    if eos_token_id is not None:
+        meta["eos_token_id"] = eos_token_id
+    return meta
+
+
+def hf_eos_token_id(directory):
+    """The end-of-sequence id(s) of a Hugging Face checkpoint directory: an int, a list (Llama 3 ends
+    a turn with either of two tokens) or None. generation_config.json, when present, is what the
+    model's authors set for generation, so it wins over config.json."""
+    eos_token_id = None
+    for filename in ("config.json", "generation_config.json"):
+        path = os.path.join(directory, filename)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                eos_token_id = json.load(f).get("eos_token_id", eos_token_id)
+    return eos_token_id
 
 
 def same_tokenizer(meta, model_dir):
@@ -257,8 +278,9 @@ def load_tokenizer(meta):
     if kind == "bpe":
         tokenizer = _import_bpe().Tokenizer.from_meta(meta["bpe"])
         # bpe.Tokenizer keeps its special tokens as a dict; give it the same eot_token attribute the
-        # others have, so that callers need not know which tokenizer they hold.
-        tokenizer.eot_token = tokenizer.special_tokens.get("<|endoftext|>")
+        # others have, so that callers need not know which tokenizer they hold: the id (or list of
+        # ids) that ends a text, the pretrained model's own when the dataset recorded it.
+        tokenizer.eot_token = meta.get("eos_token_id", tokenizer.special_tokens.get("<|endoftext|>"))
         return tokenizer
     raise DataError(f"unknown tokenizer {kind!r} in meta; expected one of {', '.join(TOKENIZERS)}")
 

@@ -25,6 +25,11 @@ encoder-decoder (T5) models also beam_size (> 1: beam search; num_samples then r
 best beams) and length_penalty. A T5 reads --start as its input and prints its output for it.
 For encoders (bert.py), fill_k: the candidates shown for each [MASK].
 
+--attention_plot=attn.png [--layer=N] draws, instead of sampling, the attention weights of every head
+of one layer (the last by default) over the prompt: for a decoder, which earlier tokens each token
+reads (the causal triangle); for a T5, the decoder's cross-attention, which input tokens each output
+token reads, over the output the model decodes greedily for the input. Drawing needs matplotlib.
+
 A single sample (--num_samples=1) is printed token by token as it is generated; several samples are
 generated side by side as one batch and printed when done. A sample ends at the tokenizer's
 end-of-text token (the model's eos_token_id for Hugging Face checkpoints), which is not printed;
@@ -44,10 +49,11 @@ prompt, or, for a classifier, the probability of each label.
 
 import importlib
 import json
+import math
 import os
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -86,9 +92,11 @@ DEFAULTS = {
     "length_penalty": 1.0,  # beam search ranks outputs by log-prob / length ** length_penalty
     "chat": False,  # talk to an instruct model through its chat template (one sample per reply)
     "fill_k": 5,  # encoders (bert.py): how many candidates to show for each [MASK]
+    "attention_plot": "",  # a file (e.g. attn.png): draw one layer's attention over the prompt there, instead of sampling
+    "layer": None,  # the layer --attention_plot draws, from 0; None: the last
 }
 # Keys that may also be None, and the type of their non-None value.
-OPTIONAL = {"top_k": int, "top_p": float}
+OPTIONAL = {"top_k": int, "top_p": float, "layer": int}
 
 
 def fail(message):
@@ -136,6 +144,8 @@ def parse_args(argv):
         fail(f"repetition_penalty must be > 0, got {config['repetition_penalty']}")
     if config["beam_size"] < 1:
         fail(f"beam_size must be >= 1, got {config['beam_size']}")
+    if config["layer"] is not None and not config["attention_plot"]:
+        fail("--layer chooses the layer --attention_plot draws; give --attention_plot=FILE.png too")
     if config["chat"]:
         if config["init_from"] == "resume":
             fail("--chat needs a pretrained instruct model with a chat template: pass --init_from=<its folder or "
@@ -210,7 +220,7 @@ def load_pretrained(name_or_dir, dtype):
         fail(f"cannot load {name_or_dir!r}: {e}")
     if hf_type == "t5":  # T5 stops at its own </s>; sample_t5 needs no separate end-of-text id
         return model, t5_sentencepiece(directory), None
-    eos_token_id = hf_eos_token_id(directory)
+    eos_token_id = prepare_data.hf_eos_token_id(directory)
     if hf_type == "bert":  # BERT's WordPiece vocabulary: vocab.txt (+ tokenizer_config.json)
         try:
             return model, module.WordPieceTokenizer.from_pretrained(directory), None
@@ -319,19 +329,6 @@ def load_chat_template(directory):
     return render
 
 
-def hf_eos_token_id(directory):
-    """The end-of-sequence id(s) of a Hugging Face checkpoint: an int, a list (Llama 3 ends a turn
-    with either of two tokens) or None. generation_config.json, when present, is what the model's
-    authors set for generation, so it wins over config.json."""
-    eos_token_id = None
-    for filename in ("config.json", "generation_config.json"):
-        path = os.path.join(directory, filename)
-        if os.path.isfile(path):
-            with open(path) as f:
-                eos_token_id = json.load(f).get("eos_token_id", eos_token_id)
-    return eos_token_id
-
-
 class TokenPrinter:
     """Prints a single sample as its tokens arrive (the on_token callback of generate()).
 
@@ -420,6 +417,169 @@ def predict_with_encoder(cfg, model, tokenizer, autocast):
         print(f"[MASK] {n}: " + ", ".join(f"{token!r} {prob:.4f}" for token, prob in candidates))
 
 
+# -----------------------------------------------------------------------------
+# Attention maps (--attention_plot)
+
+# The functions through which each script's attention='manual' path computes its attention weights:
+# gpt.py, llama.py, bert.py and olmo.py's attention_weights, olmo.py's ALiBi variant, t5.py's own.
+ATTENTION_WEIGHT_FUNCTIONS = ("attention_weights", "biased_attention_weights", "t5_attention_weights")
+
+
+@contextmanager
+def keep_attention_weights(model):
+    """Within the block, every attention layer of model runs its manual path and keeps its weights:
+    yields a dict, attention module name (e.g. "transformer.h.0.attn") -> the weights
+    (B, n_head, T_q, T_k) it computed last, as float32 on the CPU.
+
+    The fused kernel (SDPA) never holds the weights as a tensor: that is where its speed comes from.
+    The manual path computes the same numbers step by step (each script tests it equal to the
+    kernel), through the script's attention-weights function; for the duration of the block we swap
+    that function, in the script's module, for one that also stores what it returns, and a hook
+    on each attention module notes which one is running. Nothing the model computes changes, and
+    everything is put back on leaving the block.
+    """
+    script = sys.modules[type(model).__module__]
+    layers = {name: m for name, m in model.named_modules() if getattr(m, "attention", None) in ("sdpa", "manual")}
+    if not layers:
+        fail(f"a {type(model).__name__} model has no attention layers to draw")
+    kept, running = {}, [None]
+
+    def note_running(name):
+        def hook(module, args):
+            running[0] = name
+        return hook
+
+    def keeping(compute):
+        def compute_and_keep(*args):
+            weights = compute(*args)
+            kept[running[0]] = weights.detach().float().cpu()
+            return weights
+        return compute_and_keep
+
+    originals = {name: getattr(script, name) for name in ATTENTION_WEIGHT_FUNCTIONS if hasattr(script, name)}
+    modes = {name: m.attention for name, m in layers.items()}
+    hooks = [m.register_forward_pre_hook(note_running(name)) for name, m in layers.items()]
+    try:
+        for name, compute in originals.items():
+            setattr(script, name, keeping(compute))
+        for m in layers.values():
+            m.attention = "manual"
+        yield kept
+    finally:
+        for name, compute in originals.items():
+            setattr(script, name, compute)
+        for name, m in layers.items():
+            m.attention = modes[name]
+        for hook in hooks:
+            hook.remove()
+
+
+def token_labels(tokenizer, ids):
+    """One short, printable label per token: its own text, with newlines and spaces made visible."""
+    labels = []
+    for i in ids:
+        try:
+            text = tokenizer.decode([i])
+        except (KeyError, IndexError, ValueError):  # an id this tokenizer cannot show on its own
+            text = f"<{i}>"
+        labels.append(text.replace("\n", "\\n").replace(" ", "\u2423")[:12] or f"<{i}>")
+    return labels
+
+
+def draw_attention(weights, query_labels, key_labels, title, path):
+    """Save a grid of heatmaps, one per head, of weights (n_head, T_q, T_k) to path."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # draw to files; no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        fail("--attention_plot draws with matplotlib, which is not installed: pip install matplotlib")
+    file_format = os.path.splitext(path)[1].lstrip(".").lower()
+    n_head, T_q, T_k = weights.shape
+    cols = math.ceil(math.sqrt(n_head))
+    rows = math.ceil(n_head / cols)
+    size = min(2.0 + 0.12 * max(T_q, T_k), 6.0)  # inches per head: room for the token labels
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.6), squeeze=False)
+    if file_format not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        fail(f"--attention_plot={path!r}: name a .png (or .svg, .pdf) file")
+    # One colour scale for all heads (0 to the largest weight), so heads compare at a glance.
+    top = float(weights.max())
+    for h, ax in enumerate(axes.flat):
+        if h >= n_head:
+            ax.axis("off")
+            continue
+        image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0.0, vmax=top)
+        ax.set_title(f"head {h}", fontsize=9)
+        if max(T_q, T_k) <= 48:  # labels only while they can be read
+            ax.set_xticks(range(T_k), key_labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(T_q), query_labels, fontsize=6)
+        else:
+            ax.set_xlabel("key position", fontsize=8)
+            ax.set_ylabel("query position", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="attention weight")
+    try:  # write then rename: an interrupted save never leaves half a picture under the name
+        fig.savefig(path + ".tmp", format=file_format, dpi=100)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        fail(f"could not write {path} ({e})")
+    finally:
+        plt.close(fig)
+    print(f"wrote {path}")
+
+
+def pick_layer(cfg, names, what):
+    """The attention module that --layer names, among names (one per layer, in order)."""
+    layer = len(names) - 1 if cfg["layer"] is None else cfg["layer"]
+    if not 0 <= layer < len(names):
+        fail(f"--layer={cfg['layer']}: this model has {len(names)} {what} layers, 0 to {len(names) - 1}")
+    return layer, names[layer]
+
+
+def plot_decoder_attention(cfg, model, tokenizer, autocast):
+    """--attention_plot for a decoder: one layer's self-attention over the prompt."""
+    template = getattr(tokenizer, "template", None)
+    prompt = read_start(cfg["start"])
+    try:
+        ids = tokenizer.encode(prompt, add_special_tokens=True) if template is not None else tokenizer.encode(prompt)
+    except ValueError as e:
+        fail(str(e))
+    if not ids:
+        fail("the prompt encodes to no tokens; give a non-empty --start")
+    if len(ids) > model.config.block_size:
+        fail(f"the prompt has {len(ids)} tokens, more than the model's block_size={model.config.block_size}")
+    idx = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
+    with keep_attention_weights(model) as kept, torch.no_grad(), autocast:
+        model(idx)
+    layer, name = pick_layer(cfg, list(kept), "attention")
+    labels = token_labels(tokenizer, ids)
+    draw_attention(kept[name][0], labels, labels,
+                   f"layer {layer} ({name}): how much each token (row) reads each token of the prompt (column)",
+                   cfg["attention_plot"])
+
+
+def plot_t5_cross_attention(cfg, model, tokenizer, autocast, input_ids):
+    """--attention_plot for a T5: one decoder layer's cross-attention, output tokens over input tokens.
+
+    The output is the model's own greedy decoding of the input; one teacher-forced forward pass over
+    it (decoder input = start token + output) then gives every output position's cross-attention."""
+    idx = torch.tensor([input_ids], dtype=torch.long, device=cfg["device"])
+    with torch.no_grad(), autocast:
+        out = model.generate(idx, cfg["max_new_tokens"], temperature=0.0)
+    output = out[0, 1:].tolist()
+    if model.config.eos_token_id in output:  # keep the </s> itself: it reads the input too
+        output = output[:output.index(model.config.eos_token_id) + 1]
+    decoder_input = out[:, :len(output)]  # the start token and all but the last output token
+    with keep_attention_weights(model) as kept, torch.no_grad(), autocast:
+        model(idx, decoder_input)
+    cross = [name for name in kept if "cross" in name]
+    layer, name = pick_layer(cfg, cross, "decoder cross-attention")
+    draw_attention(kept[name][0], token_labels(tokenizer, output), token_labels(tokenizer, input_ids),
+                   f"decoder layer {layer} cross-attention: which input tokens (columns) each output token (row) reads",
+                   cfg["attention_plot"])
+
+
 def main(argv):
     cfg = parse_args(argv)
     if cfg["device"] == "auto":
@@ -448,6 +608,8 @@ def main(argv):
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     if type(model).__name__ == "T5":
         return sample_t5(cfg, model, tokenizer, autocast)
+    if cfg["attention_plot"]:
+        return plot_decoder_attention(cfg, model, tokenizer, autocast)
     if not hasattr(model, "generate"):  # an encoder (bert.py) does not write text: it fills masks, classifies
         return predict_with_encoder(cfg, model, tokenizer, autocast)
     if cfg["compile"]:
@@ -568,6 +730,8 @@ def sample_t5(cfg, model, tokenizer, autocast):
         ids.append(model.config.eos_token_id)  # T5 reads every input with </s> at its end
         if len(ids) > model.config.block_size:
             fail(f"the input has {len(ids)} tokens, more than this model's block_size={model.config.block_size}; shorten it")
+        if cfg["attention_plot"]:
+            return plot_t5_cross_attention(cfg, model, tokenizer, autocast, ids)
         idx = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
         with autocast:
             if cfg["beam_size"] > 1:

@@ -206,6 +206,14 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(self.weight.dtype)
 
 
+def t5_attention_weights(q, k, bias):
+    """softmax(Q K^T + bias) in float32, (B, n_head, T_q, T_k): T5's attention weights (see t5_attention).
+
+    A function of its own so that sample.py --attention_plot can keep the weights the model uses."""
+    scores = q @ k.transpose(-2, -1) + bias  # (B, n_head, T_q, T_k)
+    return F.softmax(scores.float(), dim=-1).to(q.dtype)
+
+
 def t5_attention(q, k, v, bias, dropout_p=0.0):
     """T5's attention written out: softmax(Q K^T + bias) V, with NO division by sqrt(head_dim).
 
@@ -218,9 +226,7 @@ def t5_attention(q, k, v, bias, dropout_p=0.0):
     this way must be run this way: adding the scaling would flatten its attention. The softmax runs
     in float32, as T5's, so that 16-bit scores with a large mask value stay exact.
     """
-    scores = q @ k.transpose(-2, -1) + bias  # (B, n_head, T_q, T_k)
-    weights = F.softmax(scores.float(), dim=-1).to(q.dtype)
-    weights = F.dropout(weights, p=dropout_p)
+    weights = F.dropout(t5_attention_weights(q, k, bias), p=dropout_p)
     return weights @ v  # (B, n_head, T_q, head_dim)
 
 
@@ -1678,6 +1684,13 @@ def main(argv):
     flops_per_token = raw_model.flops_per_token(mean_source, mean_target)
     resumed_at = iter_num if checkpoint is not None else None
     checkpoint = None  # free the loaded copy
+    # out_dir/log.jsonl: every log and eval line as JSON, for plot.py to draw (rank 0 writes it;
+    # eval_only writes nothing). None: no log.
+    run_log = None
+    if master and not cfg["eval_only"]:
+        run_log = start_run_log(os.path.join(cfg["out_dir"], "log.jsonl"), resumed_at,
+                                {"kind": "start", "iter": iter_num, "model_type": "t5",
+                                 "tokens_per_iter": tokens_per_iter, "config": cfg})
     model.train()
     # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
     t_last, iter_timed = time.time(), iter_num
@@ -1708,6 +1721,10 @@ def main(argv):
                 if wandb:
                     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}
                               | {f"val/{name}": value for name, value in metrics.items()})
+                if run_log:
+                    append_run_log(run_log, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
+                                             "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
+                                   | {f"val_{name}": value for name, value in metrics.items()})
             if not math.isfinite(losses["val"]):
                 fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
                      f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
@@ -1757,15 +1774,21 @@ def main(argv):
             t_last, iter_timed = now, iter_num + 1
             tokens_per_sec = tokens_per_iter / dt
             flops_per_sec = flops_per_token * tokens_per_sec / world_size
+            mfu = None  # the fraction of the GPU's 16-bit peak FLOP/s the model's arithmetic reaches
             if peak_flops is None:
-                mfu = "n/a (unknown peak)"
+                mfu_text = "n/a (unknown peak)"
             elif cfg["dtype"] == "float32":
-                mfu = "n/a (peaks are for 16-bit)"
+                mfu_text = "n/a (peaks are for 16-bit)"
             else:
-                mfu = f"{100 * flops_per_sec / peak_flops:.1f}%"
+                mfu = flops_per_sec / peak_flops
+                mfu_text = f"{100 * mfu:.1f}%"
             if master:
                 print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                      f"mfu {mfu}, lr {lr:.2e}")
+                      f"mfu {mfu_text}, lr {lr:.2e}")
+            if run_log:
+                append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
+                                         "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
+                                         "tokens_per_sec": tokens_per_sec, "mfu": mfu})
         iter_num += 1
 
     if ddp:
@@ -1773,6 +1796,41 @@ def main(argv):
         # tear down the connections under it.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def start_run_log(path, resumed_at, start_record):
+    """Begin the run log at path (out_dir/log.jsonl) with start_record; return the path.
+
+    One JSON object per line: a "start" record (the config) at the beginning of every run and
+    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
+    file afresh. A resumed run keeps the lines of the iterations before its checkpoint, and the
+    evaluation at the checkpoint's own iteration (which it does not repeat), and drops the rest:
+    the run that wrote them went on past its last checkpoint, and those iterations are about to be
+    trained and logged again. So every iteration appears once, whatever was resumed. The file is
+    rewritten through a temporary file, so a crash here loses no line of the old log.
+    """
+    kept = []
+    if resumed_at is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    keep = record["iter"] < resumed_at or (record["iter"] == resumed_at and record["kind"] == "eval")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash mid-write
+                if keep:
+                    kept.append(json.dumps(record) + "\n")
+    kept.append(json.dumps(start_record) + "\n")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def append_run_log(path, record):
+    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def load_checkpoint(out_dir, device, model_type):

@@ -26,6 +26,7 @@ with a message that says what is missing and how to provide it, never failed.
 When ../shared/data/tiktoken_cache exists and TIKTOKEN_CACHE_DIR is unset, TIKTOKEN_CACHE_DIR points
 there, so tiktoken (in the tests and in the scripts they start) finds GPT-2's files offline.
 """
+import json
 import os
 import sys
 
@@ -116,3 +117,24 @@ def gpt2_encoding(gpt2_bpe_files):
         return tiktoken.get_encoding("gpt2")
     except Exception as e:
         pytest.skip(f"tiktoken could not load GPT-2's encoding ({e.__class__.__name__}); {GPT2_HOW_TO_PROVIDE}")
+
+
+def _read_run_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def run_log():
+    """A function: out_dir -> the records of its log.jsonl, in order."""
+    return _read_run_log
+
+
+@pytest.fixture
+def run_log_values():
+    """A function: out_dir -> its log.jsonl's eval and train records without timings (ms per iteration,
+    tokens/s, MFU), which differ between two runs that compute the same thing."""
+    def values(out_dir):
+        timings = ("ms_per_iter", "tokens_per_sec", "mfu")
+        return [{k: v for k, v in r.items() if k not in timings} for r in _read_run_log(out_dir) if r["kind"] != "start"]
+    return values

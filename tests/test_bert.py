@@ -431,7 +431,7 @@ def test_speakers_dataset(workdir):
     assert all(not text.endswith(":") and "\n" not in text for _, text in train_rows)
 
 
-def test_mlm_pretraining_learns_and_resumes_exactly(workdir, monkeypatch, capsys):
+def test_mlm_pretraining_learns_and_resumes_exactly(workdir, monkeypatch, capsys, run_log_values):
     log = train(workdir, monkeypatch, capsys, "--dataset=tiny", "--max_iters=60", "--eval_interval=30",
                 "--out_dir=out-mlm")
     steps = evals(log)
@@ -451,6 +451,9 @@ def test_mlm_pretraining_learns_and_resumes_exactly(workdir, monkeypatch, capsys
     a, b = load(workdir / "out-straight" / "ckpt.pt"), load(workdir / "out-resumed" / "ckpt.pt")
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
+    # log.jsonl: the same records, each iteration once (timings aside), with the masked-token accuracy.
+    assert run_log_values(workdir / "out-straight") == run_log_values(workdir / "out-resumed")
+    assert [r["iter"] for r in run_log_values(workdir / "out-straight") if "val_accuracy" in r] == [0, 10, 20]
 
 
 def test_fine_tuning_from_mlm_checkpoint_and_sample_py(workdir, monkeypatch, capsys, shakespeare_lines):

@@ -179,6 +179,17 @@ def test_logits_match_hf_gpt2(tmp_path, safe):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
+def test_layer_norm_epsilon_comes_from_the_config(tmp_path):
+    # GPT-2 uses 1e-5; a checkpoint with another value must be run with it (at 1e-2 the logits differ
+    # from 1e-5's by far more than the tolerance).
+    hf = save_random_hf_gpt2(tmp_path, layer_norm_epsilon=1e-2)
+    ours = gpt.GPT.from_pretrained(str(tmp_path)).eval()
+    assert ours.config.norm_eps == 1e-2
+    idx = torch.randint(99, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=0, atol=1e-4)
+
+
 def test_greedy_generation_matches_hf(tmp_path):
     hf = save_random_hf_gpt2(tmp_path)
     ours = gpt.GPT.from_pretrained(str(tmp_path)).eval()

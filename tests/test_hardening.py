@@ -8,6 +8,7 @@ position only, no forward pass after the last token, no ids the tokenizer cannot
 the end-of-sequence token, and sampling options checked through the Python API.
 """
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -74,7 +75,7 @@ def val_losses(log):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_ddp_resume_is_exact_with_every_ranks_own_random_stream(workdir, script):
+def test_ddp_resume_is_exact_with_every_ranks_own_random_stream(workdir, script, run_log, run_log_values):
     # Two processes, gradient accumulation 2 (one micro-batch each): 8 iterations straight, and 4 then
     # a resume to 8, must end with bit-identical weights and losses. With one RNG state saved for all
     # ranks, both ranks would draw the same batches after the resume, and the runs would differ.
@@ -83,6 +84,10 @@ def test_ddp_resume_is_exact_with_every_ranks_own_random_stream(workdir, script)
     assert straight.returncode == 0, straight.stderr[-3000:]
     first = run_script(script, *args, "--max_iters=4", f"--out_dir=out-{script}-split", cwd=workdir, nproc=2)
     assert first.returncode == 0, first.stderr[-3000:]
+    # As if the first run had gone on past its checkpoint and crashed mid-line: the resumed run must
+    # drop those lines, as it trains those iterations again.
+    with open(workdir / f"out-{script}-split" / "log.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "train", "iter": 4, "tokens": 0, "loss": 9.0, "lr": 0.0}) + '\n{"kind": "tr')
     resumed = run_script(script, *args, "--max_iters=8", f"--out_dir=out-{script}-split", "--init_from=resume",
                          cwd=workdir, nproc=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -95,6 +100,16 @@ def test_ddp_resume_is_exact_with_every_ranks_own_random_stream(workdir, script)
     assert len(a["rng_state"]) == 2 and not torch.equal(a["rng_state"][0]["cpu"], a["rng_state"][1]["cpu"])
     assert a["config"]["gradient_accumulation_steps"] == 2
     assert straight.stdout.count("saved checkpoint") == 2  # rank 0 alone writes (iterations 4 and 8)
+    # log.jsonl (written by rank 0): the resumed run's records equal the straight run's, each iteration
+    # once, timings aside; the resume adds its own start record.
+    straight_log = run_log(workdir / f"out-{script}-straight")
+    split_log = run_log(workdir / f"out-{script}-split")
+    assert [r["iter"] for r in split_log if r["kind"] == "start"] == [0, 4]
+    assert [r["iter"] for r in straight_log if r["kind"] == "eval"] == [0, 4, 8]
+    assert [r["iter"] for r in straight_log if r["kind"] == "train"] == [0, 2, 4, 6]
+    assert straight_log[0]["config"]["gradient_accumulation_steps"] == 2 and straight_log[0]["model_type"] == script
+    assert round(straight_log[-1]["val_loss"], 4) == val_losses(straight.stdout)[-1]
+    assert run_log_values(workdir / f"out-{script}-straight") == run_log_values(workdir / f"out-{script}-split")
 
 
 def test_ddp_checkpoint_resumes_with_another_process_count(workdir, monkeypatch, capsys):
@@ -119,14 +134,17 @@ def test_ddp_error_is_printed_once_without_tracebacks(workdir):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_eval_only_after_resume_evaluates_and_keeps_the_checkpoint(workdir, monkeypatch, capsys, script):
+def test_eval_only_after_resume_evaluates_and_keeps_the_checkpoint(workdir, monkeypatch, capsys, script, run_log):
     out = f"--out_dir=out-{script}-evalonly"
     train_in_process(script, workdir, monkeypatch, capsys, "--max_iters=4", "--eval_interval=4", out)
     before = (workdir / f"out-{script}-evalonly" / "ckpt.pt").read_bytes()
+    log_before = (workdir / f"out-{script}-evalonly" / "log.jsonl").read_bytes()
     log = train_in_process(script, workdir, monkeypatch, capsys, "--max_iters=4", "--eval_interval=4", out,
                            "--init_from=resume", "--eval_only=True")
     assert re.search(r"step 4: train loss [0-9.]+, val loss [0-9.]+", log), log
     assert (workdir / f"out-{script}-evalonly" / "ckpt.pt").read_bytes() == before
+    assert (workdir / f"out-{script}-evalonly" / "log.jsonl").read_bytes() == log_before  # eval_only logs nothing
+    assert [r["kind"] for r in run_log(workdir / f"out-{script}-evalonly")] == ["start", "eval", "train", "train", "eval"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -420,6 +438,23 @@ def test_finetune_pretrained_llama_on_text_tokenized_with_its_tokenizer(workdir,
     model.load_state_dict(checkpoint["model"])
     ids = model.generate(torch.tensor([tok.encode("the king").ids]), 10, temperature=0)[0].tolist()
     assert result.stdout == tok.decode(ids) + "\n---------------\n"
+
+
+def test_dataset_keeps_the_models_end_of_sequence_ids(workdir, tmp_path):
+    # A Llama 3-style model ends a text at either of two ids, neither of them "<|endoftext|>":
+    # generation_config.json's list wins over config.json's single id, and travels with the dataset
+    # into the checkpoint's tokenizer, where sample.py reads it.
+    text = (workdir / "input.txt").read_text()
+    byte_level_tokenizer_json(tmp_path / "tokenizer.json", text)
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 7}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 9]}))
+    prepare_data.prepare("tiny_eos", input_path=str(workdir / "input.txt"), tokenizer=str(tmp_path),
+                         data_root=str(tmp_path / "data"))
+    meta = prepare_data.load_meta(str(tmp_path / "data" / "tiny_eos"))
+    assert meta["eos_token_id"] == [5, 9]
+    assert prepare_data.load_tokenizer(meta).eot_token == [5, 9]
+    (tmp_path / "generation_config.json").unlink()
+    assert prepare_data.hf_tokenizer_meta(str(tmp_path / "tokenizer.json"))["eos_token_id"] == 7
 
 
 def test_finetune_gpt2_refuses_a_dataset_of_another_tokenizer(workdir, tmp_path):

@@ -469,7 +469,7 @@ def test_training_reduces_loss_and_checkpoint_loads(workdir, monkeypatch, capsys
     assert capsys.readouterr().out == tokenizer.decode(expected) + "\n---------------\n"
 
 
-def test_resume_is_exact(workdir, monkeypatch, capsys):
+def test_resume_is_exact(workdir, monkeypatch, capsys, run_log_values):
     # Dropout on, so the resumed run must also restore the RNG state to match.
     common = ["--dropout=0.1", "--lr_decay_iters=20", "--eval_interval=10", "--pos_emb=alibi"]
     train(workdir, monkeypatch, capsys, "--out_dir=out-straight", "--max_iters=20", *common)
@@ -480,6 +480,8 @@ def test_resume_is_exact(workdir, monkeypatch, capsys):
     assert straight["iter_num"] == resumed["iter_num"] == 20
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
+    # log.jsonl: the same records, each iteration once (timings aside).
+    assert run_log_values(workdir / "out-straight") == run_log_values(workdir / "out-resumed")
 
 
 @pytest.mark.parametrize("args, message", [

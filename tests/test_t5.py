@@ -353,12 +353,16 @@ def trained(numbers_dir):
     return log.getvalue(), numbers_dir / "out-basic"
 
 
-def test_training_reduces_loss_and_reports_exact_match(trained):
+def test_training_reduces_loss_and_reports_exact_match(trained, run_log):
     log, out_dir = trained
     val = [float(v) for v in re.findall(r"val loss ([0-9.]+)", log)]
     assert len(val) == 3 and val[-1] < val[0] - 2.0, log
     assert len(re.findall(r" exact match [0-9.]+%", log)) == 4  # greedy at every evaluation, beam at the last
     assert re.search(r"step 40: .*, exact match [0-9.]+%, beam exact match [0-9.]+%", log)
+    evals = [r for r in run_log(out_dir) if r["kind"] == "eval"]
+    assert [r["iter"] for r in evals] == [0, 20, 40] and "val_beam_exact_match" in evals[-1]
+    printed = re.search(r"step 40: .*, exact match ([0-9.]+)%", log).group(1)
+    assert f"{100 * evals[-1]['val_exact_match']:.1f}" == printed
     checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)
     assert checkpoint["model_type"] == "t5" and checkpoint["iter_num"] == 40
     assert checkpoint["tokenizer"]["task"] == "numbers"
@@ -384,7 +388,7 @@ def test_exact_match_counts_whole_outputs(numbers_dir):
     assert t5.exact_match(oracle, loader, 40, batch_size=16) == 0.5
 
 
-def test_resume_is_exact(numbers_dir, monkeypatch, capsys):
+def test_resume_is_exact(numbers_dir, monkeypatch, capsys, run_log_values):
     common = ["--eval_interval=10", "--dropout=0.1", "--lr_decay_iters=20", "--eval_exact_match=0"]
     straight = train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-straight")
     train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=10", "--out_dir=out-resumed")
@@ -396,6 +400,7 @@ def test_resume_is_exact(numbers_dir, monkeypatch, capsys):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert re.findall(r"val loss ([0-9.]+)", straight)[-1] == re.findall(r"val loss ([0-9.]+)", resumed)[-1]
+    assert run_log_values(numbers_dir / "out-straight") == run_log_values(numbers_dir / "out-resumed")
 
 
 def test_sample_decodes_a_number_like_generate(trained, capsys):

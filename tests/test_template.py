@@ -18,10 +18,11 @@ TEMPLATE = "gpt.py"
 
 # Every training script has these: the config system and the training loop's helpers.
 REQUIRED = ["parse_config", "check_config", "fail", "first_error", "local_rank0_first", "load_checkpoint",
-            "every_rank_rng_state", "restore_rng_state", "compile_model", "gpu_peak_flops", "_GPU_PEAK_FLOPS"]
+            "every_rank_rng_state", "restore_rng_state", "compile_model", "gpu_peak_flops", "_GPU_PEAK_FLOPS",
+            "start_run_log", "append_run_log"]
 # Scripts that need these (sampling text, attention, Hugging Face checkpoints) have them exactly as gpt.py
 # does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its own t5_attention.
-OPTIONAL = ["check_sampling_options", "sample_next_token", "manual_attention", "read_safetensors",
+OPTIONAL = ["check_sampling_options", "sample_next_token", "attention_weights", "manual_attention", "read_safetensors",
             "load_hf_weights", "download_hf_checkpoint"]
 
 
@@ -83,8 +84,9 @@ def test_training_loops_keep_their_common_parts_in_order():
                "# ---- data ----", "local_rank0_first(prepare_dataset", "# ---- model ----",
                "configure_optimizer(", "restore_rng_state(", "compile_model(", "DistributedDataParallel(",
                "def lr_at(", "def estimate_loss(", "def save_checkpoint(", "# ---- the training loop",
-               "losses = estimate_loss()", "every_rank_rng_state(", "scaler.scale(loss).backward()", "clip_grad_norm_",
-               "scaler.step(optimizer)", "mean_over_processes([train_loss", "destroy_process_group"]
+               "start_run_log(", "losses = estimate_loss()", "append_run_log(run_log, {\"kind\": \"eval\"", "every_rank_rng_state(", "scaler.scale(loss).backward()", "clip_grad_norm_",
+               "scaler.step(optimizer)", "mean_over_processes([train_loss", "append_run_log(run_log, {\"kind\": \"train\"",
+               "destroy_process_group"]
     for script in MODEL_SCRIPTS:
         source = read(script)
         main = source[source.index("def main(argv):"):]
@@ -93,3 +95,28 @@ def test_training_loops_keep_their_common_parts_in_order():
             assert marker in main, f"{script}'s main() lacks {marker!r}"
             positions.append(main.index(marker))
         assert positions == sorted(positions), f"{script}'s main() has gpt.py's parts in another order"
+
+
+CONFIG_DIR = os.path.join(REPO, "config")
+
+
+def script_of(config_name):
+    """The script a preset is for, by its name: llama_*.py and finetune_llama_*.py go to llama.py, ..."""
+    for script in ("bigram", "llama", "olmo", "bert", "t5"):
+        if config_name.startswith((f"{script}_", f"finetune_{script}_")):
+            return script
+    return "gpt"
+
+
+@pytest.mark.parametrize("config_name", sorted(os.listdir(CONFIG_DIR)))
+def test_every_preset_is_accepted_by_its_script(config_name, monkeypatch, capsys):
+    # Every key of every file in config/ exists in its script with the right type, and passes the
+    # script's own checks: a preset is what a reader runs first, so it must never fail on its keys.
+    import importlib
+
+    module = importlib.import_module(script_of(config_name))
+    defaults = {k: getattr(module, k) for k in module.config_keys}
+    cfg = module.parse_config([os.path.join(CONFIG_DIR, config_name)], defaults)
+    module.check_config(cfg)
+    with open(os.path.join(CONFIG_DIR, config_name)) as f:
+        assert "out_dir" in f.read(), f"{config_name} should name its own out_dir"
