@@ -219,6 +219,11 @@ def load_pretrained(name_or_dir, dtype):
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         fail(f"cannot load {name_or_dir!r}: {e}")
     if hf_type == "t5":  # T5 stops at its own </s>; sample_t5 needs no separate end-of-text id
+        if directory != name_or_dir:  # from the hub: T5's SentencePiece file is fetched on its own
+            try:
+                module.download_spiece_model(name_or_dir, directory)
+            except RuntimeError as e:
+                fail(f"cannot load {name_or_dir!r}: {e}")
         return model, t5_sentencepiece(directory), None
     eos_token_id = prepare_data.hf_eos_token_id(directory)
     if hf_type == "bert":  # BERT's WordPiece vocabulary: vocab.txt (+ tokenizer_config.json)

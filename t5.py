@@ -675,14 +675,14 @@ class T5(nn.Module):
     # Loading Hugging Face T5ForConditionalGeneration checkpoints
 
     @classmethod
-    def from_pretrained(cls, directory, dropout=0.0, dtype=torch.float32):
-        """Build a T5 from a local Hugging Face T5ForConditionalGeneration directory (config.json plus
-        model.safetensors or pytorch_model.bin): t5-small/base/large (v1.0), google/t5-v1_1-*,
-        google/flan-t5-* (v1.1). Download those three files (and spiece.model, the tokenizer) by hand.
-        dtype: of the weights (float32 for training; bfloat16 halves the memory for generation)."""
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{directory!r} is not a directory; t5.py loads local Hugging Face T5 folders "
-                                    f"(config.json, model.safetensors, spiece.model downloaded by hand)")
+    def from_pretrained(cls, name_or_dir, dropout=0.0, dtype=torch.float32):
+        """Build a T5 from a Hugging Face T5ForConditionalGeneration checkpoint: a local directory
+        (config.json plus model.safetensors or pytorch_model.bin) or a hub id such as
+        "google-t5/t5-small" (v1.0), "google/t5-v1_1-small" or "google/flan-t5-small" (v1.1),
+        downloaded once into a cache directory (download_hf_checkpoint; hub repositories that hold
+        only pytorch_model.bin must be downloaded by hand). dtype: of the weights (float32 for
+        training; bfloat16 halves the memory for generation)."""
+        directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
         config_path = os.path.join(directory, "config.json")
         if not os.path.exists(config_path):
             raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
@@ -904,6 +904,89 @@ def load_hf_weights(directory):
     if os.path.exists(bin_path):
         return torch.load(bin_path, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def download_hf_checkpoint(repo):
+    """Download a checkpoint from the Hugging Face hub into a cache directory; return it (gpt.py's).
+
+    The same cache as gpt.py ($NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name).
+    Fetches config.json, the tokenizer's and generation's files (for sample.py, when the repository
+    has them) and either model.safetensors or the shard index and every shard it names. T5's own
+    tokenizer file, spiece.model, is not among them: download_spiece_model fetches it.
+    """
+    if repo.count("/") != 1:
+        raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
+    import requests  # only needed for downloads
+
+    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
+    directory = os.path.join(cache_root, repo.replace("/", "--"))
+    os.makedirs(directory, exist_ok=True)
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def fetch(filename, required=True):
+        """Download one file unless present; return False if the hub has no such file (404)."""
+        target = os.path.join(directory, filename)
+        if os.path.exists(target):
+            return True
+        url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+        print(f"downloading {url}")
+        try:
+            with requests.get(url, stream=True, timeout=30, headers=headers) as response:
+                if response.status_code == 404 and not required:
+                    return False
+                response.raise_for_status()
+                with open(target + ".part", "wb") as f:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+        except requests.RequestException as e:
+            hint = " (a gated model: accept its licence on huggingface.co and set HF_TOKEN)" if "401" in str(e) or "403" in str(e) else ""
+            raise RuntimeError(f"could not download {url} ({e}){hint}; download the checkpoint's files by hand "
+                               f"into a folder and pass that folder instead") from None
+        os.replace(target + ".part", target)  # only a complete file ever gets the real name
+        return True
+
+    # Written once every file is in place, so that later loads (offline ones too) ask the hub nothing,
+    # not even whether the optional files it lacked have appeared.
+    complete_marker = os.path.join(directory, ".complete")
+    if os.path.exists(complete_marker):
+        return directory
+    fetch("config.json")
+    # For sample.py: the tokenizer, its settings and chat template, and the authors' generation
+    # settings (end-of-sequence ids), where the repository has them.
+    for optional in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        fetch(optional, required=False)
+    if not fetch("model.safetensors", required=False):
+        if not fetch("model.safetensors.index.json", required=False):
+            raise RuntimeError(f"{repo} has neither model.safetensors nor model.safetensors.index.json")
+        with open(os.path.join(directory, "model.safetensors.index.json")) as f:
+            for shard in sorted(set(json.load(f)["weight_map"].values())):
+                fetch(shard)
+    open(complete_marker, "w").close()
+    return directory
+
+
+def download_spiece_model(repo, directory):
+    """Fetch a hub T5's SentencePiece model (spiece.model) into the directory download_hf_checkpoint
+    filled, unless it is there; return its path. sample.py reads it to encode and decode T5's text
+    (its tokenizer.json holds a Unigram model, which bpe.py does not read)."""
+    import requests  # only needed for downloads
+
+    path = os.path.join(directory, "spiece.model")
+    if os.path.exists(path):
+        return path
+    url = f"https://huggingface.co/{repo}/resolve/main/spiece.model"
+    token = os.environ.get("HF_TOKEN")
+    print(f"downloading {url}")
+    try:
+        response = requests.get(url, timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response.raise_for_status()
+    except requests.RequestException as e:
+        raise RuntimeError(f"could not download {url} ({e}); download spiece.model by hand into {directory}") from None
+    with open(path + ".part", "wb") as f:
+        f.write(response.content)
+    os.replace(path + ".part", path)  # only a complete file gets the real name
+    return path
 
 
 

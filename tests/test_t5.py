@@ -270,8 +270,8 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "t5", "feed_forward_proj": "gated-silu"}')
     with pytest.raises(ValueError, match="unsupported feed_forward_proj='gated-silu'"):
         t5.T5.from_pretrained(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
-        t5.T5.from_pretrained("google/flan-t5-small")
+    with pytest.raises(ValueError, match="neither a local directory nor a hub id"):
+        t5.T5.from_pretrained("no-such-folder")  # hub ids: tests/test_t5_span.py, from a local server
 
 
 # -----------------------------------------------------------------------------
@@ -500,3 +500,51 @@ def test_t5_checkpoint_without_sentencepiece_installed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece now raises ImportError
     with pytest.raises(SystemExit, match="T5 checkpoints use a SentencePiece tokenizer: pip install sentencepiece"):
         sample.main([f"--init_from={tmp_path}", "--start=hello", "--device=cpu"])
+
+
+def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch, capsys):
+    """A hub id goes through download_hf_checkpoint into the cache, served here by a local HTTP server
+    standing in for huggingface.co; sample.py also fetches spiece.model beside the weights."""
+    import functools
+    import http.server
+    import threading
+
+    import requests
+
+    hub = tmp_path / "hub" / "someone" / "tiny-t5" / "resolve" / "main"
+    hf = save_random_hf_t5(hub, "v1.1")
+    (hub / "spiece.model").write_bytes(b"not a real sentencepiece model")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    real_get, requested = requests.get, []
+
+    def local_get(url, **kwargs):
+        requested.append(url)
+        return real_get(url.replace("https://huggingface.co", f"http://127.0.0.1:{server.server_address[1]}"), **kwargs)
+
+    monkeypatch.setattr(requests, "get", local_get)
+    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path / "cache"))
+    try:
+        model = t5.T5.from_pretrained("someone/tiny-t5").eval()
+        cache = tmp_path / "cache" / "someone--tiny-t5"
+        assert (cache / "model.safetensors").read_bytes() == (hub / "model.safetensors").read_bytes()
+        assert (cache / ".complete").exists() and not (cache / "spiece.model").exists()
+        ids, mask = padded_batch(vocab=99)
+        decoder_ids = torch.randint(0, 99, (3, 7))
+        with torch.no_grad():
+            expected = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+            torch.testing.assert_close(model(ids, decoder_ids, mask)[0], expected, atol=1e-4, rtol=0)
+        requested.clear()
+        t5.T5.from_pretrained("someone/tiny-t5")  # cached: the hub is not asked again
+        assert requested == []
+        # sample.py: the weights from the cache, spiece.model fetched once; reading it needs sentencepiece.
+        monkeypatch.setitem(sys.modules, "sentencepiece", None)
+        with pytest.raises(SystemExit, match="pip install sentencepiece"):
+            sample.main(["--init_from=someone/tiny-t5", "--start=hello", "--device=cpu"])
+        assert (cache / "spiece.model").read_bytes() == b"not a real sentencepiece model"
+        assert requested == ["https://huggingface.co/someone/tiny-t5/resolve/main/spiece.model"]  # config.json: cached
+    finally:
+        server.shutdown()
+        server.server_close()
