@@ -750,6 +750,8 @@ def sample_t5(cfg, model, tokenizer, autocast):
             if model.config.eos_token_id in row:
                 row = row[:row.index(model.config.eos_token_id)]
             print(tokenizer.decode(row))
+            if hasattr(tokenizer, "fill_spans"):  # span corruption (t5.py): the input with the spans filled in
+                print("filled: " + tokenizer.fill_spans(ids[:-1], row))
             print("---------------")
 
     for_each_prompt(cfg, run, "an input")

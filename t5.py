@@ -1322,6 +1322,22 @@ class SentinelTokenizer:
                 ids.extend(self.base.encode(part))
         return ids
 
+    def fill_spans(self, input_ids, output_ids):
+        """The input's text with each sentinel replaced by what the output wrote after it.
+
+        output_ids are in the target's format, "<extra_id_0> fill <extra_id_1> fill ..." (no </s>). A
+        sentinel the output leaves unfilled stays in the text; fills for sentinels the input does
+        not have are dropped: a model trained on windows that all have n spans (ours, and T5) goes
+        on writing n spans whatever the input holds."""
+        fills, current = {}, None
+        for i in output_ids:
+            if i in self.special_tokens:
+                current = fills.setdefault(i, [])
+            elif current is not None:
+                current.append(i)
+        ids = [j for i in input_ids for j in fills.get(i, [i])]
+        return self.decode(ids)
+
     def decode(self, ids):
         # Runs of ordinary ids are decoded together (a BPE character may span several tokens).
         text, run = [], []

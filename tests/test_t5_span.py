@@ -131,6 +131,13 @@ def test_loader_batches_rebuild_windows_of_the_text(text_root):
     assert ids == prepare_data.load_tokenizer(meta).encode("But ") + [loader.top_id] + \
         prepare_data.load_tokenizer(meta).encode(" what") + [V + 1]
     assert tokenizer.decode(ids) == "But <extra_id_0> what</s>"
+    # sample.py's filled text: each sentinel of the input replaced by its span from the output; spans
+    # for sentinels the input lacks (<extra_id_1>) dropped.
+    char = prepare_data.load_tokenizer(meta).encode
+    output = [loader.top_id] + char("is it") + [loader.top_id - 1] + char("xyz")
+    assert tokenizer.fill_spans(ids[:-1], output) == "But is it what"
+    assert tokenizer.fill_spans(tokenizer.encode("a <extra_id_1> b"), output) == "a xyz b"
+    assert tokenizer.fill_spans(ids[:-1], []) == "But <extra_id_0> what"  # nothing filled
     assert tokenizer.decode(y[0].tolist()).startswith("<extra_id_0>")
 
 
@@ -205,8 +212,16 @@ def test_sample_fills_a_sentinel_like_generate(trained, capsys):
     sample.main([f"--out_dir={out_dir}", f"--start={prompt}", "--temperature=0", "--num_samples=1",
                  "--max_new_tokens=10", "--device=cpu"])
     printed = capsys.readouterr().out
-    assert printed == tokenizer.decode(out) + "\n---------------\n"
+    filled = tokenizer.fill_spans(ids[0, :-1].tolist(), out)
+    assert printed == tokenizer.decode(out) + "\nfilled: " + filled + "\n---------------\n"
     assert printed.startswith("<extra_id_0>")  # the model has learned that a target opens with the sentinel
+    fill, in_span = [], False  # the tokens after <extra_id_0> (61) up to the next special token (ids >= 58)
+    for token in out:
+        if token >= 58:
+            in_span = token == 61
+        elif in_span:
+            fill.append(token)
+    assert filled == prompt.replace("<extra_id_0>", tokenizer.decode(fill))
 
 
 def test_bad_span_corruption_settings_give_one_line_errors(text_root, trained, monkeypatch):
