@@ -1136,11 +1136,13 @@ def exact_match(model, loader, n_pairs, beam_size=1, batch_size=250):
 # The numbers (section 3.3, Raffel et al. 2020): 15% of the tokens are noise, the "corruption rate"
 # (Table 6: 10%, 15% and 25% did about equally well, 50% worse; T5 kept BERT's 15%), in spans of mean
 # length 3 (Table 7: mean lengths 2, 3 and 5 did about the same, 10 slightly worse; 3 slightly beat
-# dropping independent tokens, with shorter targets, since a span of 3 needs one sentinel, not 3). Sentinels are
-# T5's "extra ids": <extra_id_0> is the LAST id of the vocabulary, <extra_id_1> the one below, and so
-# on, so a pretrained T5's 100 sentinels are ids 32099 down to 32000. We follow that numbering above
-# a dataset's own vocabulary (see SpanCorruptionLoader), so our checkpoints read like T5's. Both
-# numbers are config keys (noise_density, mean_noise_span_length), defaulting to T5's.
+# dropping independent tokens, with shorter targets, since a span of 3 needs one sentinel, not 3).
+# Both numbers are config keys (noise_density, mean_noise_span_length), defaulting to T5's.
+#
+# Sentinels are T5's "extra ids": <extra_id_0> is the LAST id of the vocabulary, <extra_id_1> the one
+# below, and so on, so a pretrained T5's 100 sentinels are ids 32099 down to 32000. We follow that
+# numbering above a dataset's own vocabulary (see SpanCorruptionLoader), so our checkpoints read
+# like T5's.
 
 
 def noise_span_counts(length, noise_density, mean_noise_span_length):
@@ -1627,7 +1629,8 @@ def main(argv):
             if is_pairs_dataset(meta):
                 loader = PairLoader(data_dir, meta, *sizes)
             else:
-                loader = SpanCorruptionLoader(data_dir, meta, *sizes, cfg["noise_density"], cfg["mean_noise_span_length"])
+                loader = SpanCorruptionLoader(data_dir, meta, *sizes, cfg["noise_density"],
+                                              cfg["mean_noise_span_length"])
             return (loader.meta, loader), None  # loader.meta: the tokenizer, with span corruption's special tokens
         except prepare_data.DataError as e:
             return None, str(e)

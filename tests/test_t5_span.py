@@ -52,7 +52,8 @@ def test_window_length_reproduces_t5s_512_input_568_window_114_target():
     for block_size in (8, 33, 128, 300):
         window = t5.span_window_length(block_size, DENSITY, MEAN_SPAN)
         # input = kept tokens + one sentinel per span (at least one) + </s>
-        corrupted = [n - round(n * DENSITY) + max(round(round(n * DENSITY) / MEAN_SPAN), 1) + 1 for n in (window, window + 1)]
+        corrupted = [n - round(n * DENSITY) + max(round(round(n * DENSITY) / MEAN_SPAN), 1) + 1
+                     for n in (window, window + 1)]
         assert corrupted[0] <= block_size < corrupted[1]  # the longest window that fits
 
 
