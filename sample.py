@@ -9,6 +9,7 @@ sample.py — generate text from a trained checkpoint or from pretrained Hugging
     python sample.py --out_dir=out --interactive=True               # type prompts, get continuations
     python sample.py --out_dir=out-t5-numbers --start="123456" --beam_size=4   # a T5: input -> output
     python sample.py --init_from=path/to/flan-t5-small --start="translate English to German: Hello"
+    python sample.py --out_dir=out-t5-shakespeare-char-cpu --start="ROMEO: But <extra_id_0> what light"   # T5 fills a span
     python sample.py --init_from=path/to/SmolLM2-135M-Instruct --chat=True   # talk to an instruct model
     python sample.py --out_dir=out-bert-shakespeare-char-cpu --start="To be, or not to b[MASK]"   # bert.py: fill-mask
     python sample.py --init_from=path/to/hf_bert_dir --start="Paris is the [MASK] of France."  # or a classifier
