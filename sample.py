@@ -458,18 +458,22 @@ def keep_attention_weights(model):
 
     originals = {name: getattr(script, name) for name in ATTENTION_WEIGHT_FUNCTIONS if hasattr(script, name)}
     modes = {name: m.attention for name, m in layers.items()}
+    # The model's config says 'manual' too: olmo.py builds its masks for the path its config names.
+    config_mode = model.config.attention
     hooks = [m.register_forward_pre_hook(note_running(name)) for name, m in layers.items()]
     try:
         for name, compute in originals.items():
             setattr(script, name, keeping(compute))
         for m in layers.values():
             m.attention = "manual"
+        model.config.attention = "manual"
         yield kept
     finally:
         for name, compute in originals.items():
             setattr(script, name, compute)
         for name, m in layers.items():
             m.attention = modes[name]
+        model.config.attention = config_mode
         for hook in hooks:
             hook.remove()
 
