@@ -464,18 +464,22 @@ def keep_attention_weights(model):
 
     originals = {name: getattr(script, name) for name in ATTENTION_WEIGHT_FUNCTIONS if hasattr(script, name)}
     modes = {name: m.attention for name, m in layers.items()}
+    # The model's config says 'manual' too: olmo.py builds its masks for the path its config names.
+    config_mode = model.config.attention
     hooks = [m.register_forward_pre_hook(note_running(name)) for name, m in layers.items()]
     try:
         for name, compute in originals.items():
             setattr(script, name, keeping(compute))
         for m in layers.values():
             m.attention = "manual"
+        model.config.attention = "manual"
         yield kept
     finally:
         for name, compute in originals.items():
             setattr(script, name, compute)
         for name, m in layers.items():
             m.attention = modes[name]
+        model.config.attention = config_mode
         for hook in hooks:
             hook.remove()
 
@@ -504,8 +508,9 @@ def draw_attention(weights, query_labels, key_labels, title, path):
     n_head, T_q, T_k = weights.shape
     cols = math.ceil(math.sqrt(n_head))
     rows = math.ceil(n_head / cols)
-    size = min(2.0 + 0.12 * max(T_q, T_k), 6.0)  # inches per head: room for the token labels
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.6), squeeze=False)
+    size = min(2.2 + 0.12 * max(T_q, T_k), 6.0)  # inches per head: room for the token labels
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.2, size * rows + 0.8), squeeze=False,
+                             layout="constrained")
     if file_format not in fig.canvas.get_supported_filetypes():
         plt.close(fig)
         fail(f"--attention_plot={path!r}: name a .png (or .svg, .pdf) file")
@@ -524,7 +529,7 @@ def draw_attention(weights, query_labels, key_labels, title, path):
             ax.set_xlabel("key position", fontsize=8)
             ax.set_ylabel("query position", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="attention weight")
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
     try:  # write then rename: an interrupted save never leaves half a picture under the name
         fig.savefig(path + ".tmp", format=file_format, dpi=100)
         os.replace(path + ".tmp", path)
@@ -561,7 +566,7 @@ def plot_decoder_attention(cfg, model, tokenizer, autocast):
     layer, name = pick_layer(cfg, list(kept), "attention")
     labels = token_labels(tokenizer, ids)
     draw_attention(kept[name][0], labels, labels,
-                   f"layer {layer} ({name}): how much each token (row) reads each token of the prompt (column)",
+                   f"layer {layer} ({name}):\nhow much each token (row) reads each token of the prompt (column)",
                    cfg["attention_plot"])
 
 
@@ -582,7 +587,7 @@ def plot_t5_cross_attention(cfg, model, tokenizer, autocast, input_ids):
     cross = [name for name in kept if "cross" in name]
     layer, name = pick_layer(cfg, cross, "decoder cross-attention")
     draw_attention(kept[name][0], token_labels(tokenizer, output), token_labels(tokenizer, input_ids),
-                   f"decoder layer {layer} cross-attention: which input tokens (columns) each output token (row) reads",
+                   f"decoder layer {layer} cross-attention:\nwhich input tokens (columns) each output token (row) reads",
                    cfg["attention_plot"])
 
 

@@ -3,7 +3,8 @@
 sample.keep_attention_weights runs every attention layer on its manual path and keeps the weights
 its attention-weights function returns. Here they are checked against softmax(Q K^T / sqrt(d))
 recomputed from the model's own projections of the layer's input (GPT-2; Llama with RoPE and grouped
-key/value heads; T5's cross-attention, unscaled, over the encoder output); the model's logits must
+key/value heads; OLMo with ALiBi's distance bias; T5's cross-attention, unscaled, over the encoder
+output); the model's logits must
 not change; and everything is put back afterwards. Then the command line: a PNG for a trained
 gpt.py and t5.py checkpoint, and the one-line errors.
 """
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 
 import gpt
 import llama
+import olmo
 import prepare_data
 import sample
 import t5
@@ -86,6 +88,31 @@ def test_llama_weights_with_rope_and_grouped_heads():
         k = k.repeat_interleave(2, dim=1)  # key head j serves query heads 2j and 2j + 1
     name = [n for n in kept if n.endswith("0.self_attn")][0]
     torch.testing.assert_close(kept[name], causal_softmax(q, k), atol=1e-6, rtol=1e-5)
+
+
+def test_olmo_alibi_weights_include_its_distance_bias():
+    # olmo.py builds its masks for the path its config names, so the capture switches the config too;
+    # with ALiBi the mask is the per-head distance bias itself (-inf where a query may not look).
+    torch.manual_seed(0)
+    config = olmo.OLMoConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=32, vocab_size=30, block_size=16, pos_emb="alibi")
+    model = olmo.OLMo(config).eval()
+    idx = torch.randint(0, 30, (1, 9))
+    attn = model.model.layers[1].self_attn
+    with torch.no_grad():
+        expected_logits, _ = model(idx)
+        with sample.keep_attention_weights(model) as kept:
+            logits, _ = model(idx)
+        (x, rope, bias, *_), _ = layer_input(attn, lambda: model(idx))
+        q, k = attn.q_proj(x), attn.k_proj(x)
+        if attn.qk_norm:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q = q.view(1, 9, 4, 8).transpose(1, 2)
+        k = k.view(1, 9, 2, 8).transpose(1, 2).repeat_interleave(2, dim=1)
+        expected = F.softmax(q @ k.transpose(-2, -1) / math.sqrt(8) + bias, dim=-1)
+    assert rope is None and bias.dtype != torch.bool
+    torch.testing.assert_close(kept["model.layers.1.self_attn"], expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=1e-5)
+    assert model.config.attention == "sdpa" and attn.attention == "sdpa"
 
 
 def test_t5_cross_attention_weights_over_the_encoder_output():
