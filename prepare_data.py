@@ -15,6 +15,8 @@ What it does
         char  one token per distinct character of the text: tiny vocabulary, long sequences
         gpt2  OpenAI's GPT-2 byte-level BPE through tiktoken (50257 tokens), the same as nanoGPT
         bpe   this repository's own byte-level BPE (bpe.py), trained here on the training split
+    or a pretrained model's own: its tokenizer.json (read by bpe.py), or T5's SentencePiece spiece.model
+    (through the optional sentencepiece package), whose "input<TAB>target" lines make a pairs dataset.
 
 Why uint16 and memmap
     Every vocabulary trained here has at most 65536 tokens, so a token id fits in 2 bytes: half the disk
@@ -32,6 +34,7 @@ How to run it
     python prepare_data.py numbers                     # "4,321" -> "four thousand three hundred twenty-one" pairs
     python prepare_data.py mytext --input=book.txt --tokenizer=char|gpt2|bpe [--vocab_size=N]
     python prepare_data.py mytext --input=book.txt --tokenizer=path/to/hf_model_dir   # its tokenizer.json
+    python prepare_data.py mypairs --input=pairs.tsv --tokenizer=path/to/flan-t5-small   # its spiece.model
     python prepare_data.py shakespeare_speakers        # labelled passages for classification (bert.py)
     Every command takes --data_root=DIR (default: ./data). The training scripts call ensure_prepared(),
     so the ready-made datasets are prepared on first use without running this by hand.
@@ -42,6 +45,7 @@ As a library (used by the training scripts and sample.py)
     load_meta(data_dir)             the meta.pkl dict
     load_tokenizer(meta)            an object with encode(str), decode(ids), vocab_size, eot_token
     same_tokenizer(meta, model_dir) whether a dataset was tokenized with a pretrained model's tokenizer.json
+                                    (or, for a SentencePiece dataset, its spiece.model)
     BatchLoader(data_dir, block_size, batch_size, device).get_batch("train" | "val") -> (x, y)
 """
 import argparse
@@ -86,6 +90,10 @@ DEFAULT_BPE_VOCAB_SIZE = 1024  # for --input=... --tokenizer=bpe
 # The BPE tokenizers reserve this id so that files holding many documents (TinyStories separates its
 # stories with it) keep document boundaries as one token instead of spelling the marker out in bytes.
 SPECIAL_TOKENS = ("<|endoftext|>",)
+# Or --tokenizer=PATH of a SentencePiece model: T5's spiece.model, or the T5 directory holding one (it
+# wins over the directory's tokenizer.json, a Unigram model that bpe.py does not read). Its text may be
+# "input<TAB>target" lines, which make a pairs dataset for fine-tuning T5 (see prepare_sentencepiece_pairs).
+SENTENCEPIECE_FILE = "spiece.model"
 TRAIN_FRACTION = 0.9
 MAX_VOCAB_SIZE = 2**16  # ids 0..65535 are what np.uint16 can hold
 OUTPUT_FILES = ("train.bin", "val.bin", "meta.pkl")  # meta.pkl last: it marks a finished dataset
@@ -222,6 +230,50 @@ def hf_tokenizer_path(name):
     return path if os.path.isfile(path) and path.endswith(".json") else None
 
 
+def sentencepiece_path(name):
+    """The SentencePiece model that --tokenizer=NAME points to (a .model file, or a directory holding
+    spiece.model), or None when NAME is not such a path."""
+    path = os.path.join(name, SENTENCEPIECE_FILE) if os.path.isdir(name) else name
+    return path if os.path.isfile(path) and path.endswith(".model") else None
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model (T5's spiece.model) through the optional sentencepiece package, rebuilt
+    from the model's serialized bytes, which the dataset's meta keeps: checkpoints and sample.py then
+    need no file beside them. Ids are the model's own (T5: <pad> 0, </s> 1, <unk> 2)."""
+
+    def __init__(self, model_bytes):
+        try:
+            import sentencepiece  # optional: only SentencePiece datasets need it
+        except ImportError:
+            raise DataError("SentencePiece tokenizers (T5's spiece.model) need the sentencepiece package: "
+                            "pip install sentencepiece") from None
+        self.processor = sentencepiece.SentencePieceProcessor(model_proto=model_bytes)
+        self.vocab_size = self.processor.get_piece_size()
+        self.eot_token = self.processor.eos_id()
+
+    def encode(self, text):
+        return self.processor.encode(text)
+
+    def decode(self, ids):
+        return self.processor.decode([int(i) for i in ids])
+
+
+def sentencepiece_meta(path):
+    """The meta of a dataset tokenized with a SentencePiece model file: its serialized bytes (plain
+    bytes survive torch.load(weights_only=True) of a checkpoint), where it came from, and its
+    <pad> / </s> ids (-1 when the model has none)."""
+    with open(path, "rb") as f:
+        model_bytes = f.read()
+    try:
+        tokenizer = SentencePieceTokenizer(model_bytes)
+    except RuntimeError as e:  # sentencepiece's error for a file that is not a model
+        raise DataError(f"cannot use {path} as a SentencePiece model: {str(e).splitlines()[0]}") from None
+    return {"tokenizer": "sentencepiece", "vocab_size": tokenizer.vocab_size, "sentencepiece_model": model_bytes,
+            "source": os.path.abspath(path), "pad_token_id": tokenizer.processor.pad_id(),
+            "eos_token_id": tokenizer.eot_token}
+
+
 def hf_tokenizer_meta(path):
     """The meta of a dataset tokenized with a Hugging Face tokenizer.json: bpe.py's plain-dict form
     of it (so checkpoints and sample.py rebuild it like any bpe dataset's tokenizer), plus where it
@@ -255,7 +307,14 @@ def hf_eos_token_id(directory):
 
 
 def same_tokenizer(meta, model_dir):
-    """Whether a dataset's meta describes exactly the tokenizer.json of a pretrained model directory."""
+    """Whether a dataset's meta describes exactly the tokenizer.json of a pretrained model directory
+    (or, for a SentencePiece dataset, exactly its spiece.model: the same serialized bytes)."""
+    if meta.get("tokenizer") == "sentencepiece":
+        path = os.path.join(model_dir, SENTENCEPIECE_FILE)
+        if not os.path.isfile(path):
+            return False
+        with open(path, "rb") as f:
+            return f.read() == meta["sentencepiece_model"]
     path = os.path.join(model_dir, "tokenizer.json")
     if meta.get("tokenizer") != "bpe" or not os.path.isfile(path):
         return False
@@ -282,6 +341,8 @@ def load_tokenizer(meta):
         # ids) that ends a text, the pretrained model's own when the dataset recorded it.
         tokenizer.eot_token = meta.get("eos_token_id", tokenizer.special_tokens.get("<|endoftext|>"))
         return tokenizer
+    if kind == "sentencepiece":
+        return SentencePieceTokenizer(meta["sentencepiece_model"])
     raise DataError(f"unknown tokenizer {kind!r} in meta; expected one of {', '.join(TOKENIZERS)}")
 
 
@@ -375,6 +436,8 @@ def prepare_text(text, out_dir, tokenizer, vocab_size=None):
         meta = char_meta(text)
     elif tokenizer == "gpt2":
         meta = {"tokenizer": "gpt2"}
+    elif sentencepiece_path(tokenizer) is not None:
+        meta = sentencepiece_meta(tokenizer)
     else:
         meta = hf_tokenizer_meta(tokenizer)
     encoder = load_tokenizer(meta)
@@ -423,12 +486,14 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
     if not name or name != os.path.basename(name) or name in (".", ".."):
         raise DataError(f"dataset name {name!r} must be a plain folder name (no '/')")
     if tokenizer is not None and tokenizer not in TOKENIZERS:
-        if hf_tokenizer_path(tokenizer) is None:
+        path = sentencepiece_path(tokenizer) or hf_tokenizer_path(tokenizer)
+        if path is None:
             raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}, or give a "
-                            f"tokenizer.json file or a Hugging Face model directory that holds one")
+                            f"tokenizer.json file, a SentencePiece .model file or a Hugging Face model directory "
+                            f"that holds one")
         if input_path is None:
             raise DataError(f"--tokenizer={tokenizer} needs --input=FILE: the text to tokenize with it")
-        tokenizer = hf_tokenizer_path(tokenizer)
+        tokenizer = path
     out_dir = os.path.join(data_root, name)
 
     if input_path is None and name in LABELLED_DATASETS:
@@ -454,12 +519,67 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
         check_vocab_size(vocab_size)  # before any download or training, not after
 
     if input_path is not None:
-        return prepare_text(read_text(input_path), out_dir, tokenizer, vocab_size)
+        text = read_text(input_path)
+        if sentencepiece_path(tokenizer) is not None and "\t" in text:
+            return prepare_sentencepiece_pairs(parse_pairs(text, input_path), out_dir, tokenizer)
+        return prepare_text(text, out_dir, tokenizer, vocab_size)
     if name == "numbers":
         return prepare_numbers(out_dir)
     if name == "tinystories":
         return prepare_bpe_files(*download_tinystories(out_dir), out_dir, vocab_size)
     return prepare_text(read_text(shakespeare_input(data_root, out_dir)), out_dir, tokenizer, vocab_size)
+
+
+def parse_pairs(text, path):
+    """[(input, target), ...] from a text of "input<TAB>target" lines; blank lines are skipped, and any
+    other line without exactly one tab, or with an empty side, is an error naming it."""
+    pairs = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")  # Windows line ends
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+            raise DataError(f"{path} line {number} is not 'input<TAB>target' (a text with tabs is read as pairs: "
+                            f"every non-empty line needs exactly one tab with text on both sides): {line[:60]!r}")
+        pairs.append((fields[0], fields[1]))
+    if len(pairs) < 2:
+        raise DataError(f"{path} has {len(pairs)} 'input<TAB>target' line(s); at least 2 are needed (train and val)")
+    return pairs
+
+
+def prepare_sentencepiece_pairs(pairs, out_dir, tokenizer_path):
+    """Write (input, target) pairs tokenized with a SentencePiece model, for fine-tuning a pretrained
+    T5 with t5.py (python t5.py --init_from=<the T5> --dataset=NAME).
+
+    The last 10% of the pairs (at least one) are validation, as the last 10% of a text is. Each pair
+    is stored as t5.py's PairLoader reads the numbers task's lines, "input<TAB>target<NEWLINE>", but
+    SentencePiece vocabularies have no tab or newline token (its normaliser turns them into spaces),
+    so the two separators get the first ids past the vocabulary, vocab_size and vocab_size + 1,
+    recorded as meta["pair_separators"]. No text encodes to them, and they are never fed to a model:
+    PairLoader cuts the stream at them. (T5's own embedding table is larger than its 32000 pieces,
+    with its sentinels at 32000..32099, but those ids never appear in these files either.)"""
+    meta = sentencepiece_meta(tokenizer_path)
+    if meta["pad_token_id"] < 0 or meta["eos_token_id"] < 0:
+        raise DataError(f"{tokenizer_path} has no <pad> or no </s> piece; sequence-to-sequence pairs need both "
+                        f"(T5's: <pad> 0, </s> 1)")
+    tokenizer = load_tokenizer(meta)
+    tab, newline = meta["vocab_size"], meta["vocab_size"] + 1
+    meta["pair_separators"] = [tab, newline]
+    meta["dtype"] = token_dtype(newline + 1)
+    cut = len(pairs) - max(1, len(pairs) // 10)
+
+    def stream(part):
+        return [i for source, target in part
+                for i in [*tokenizer.encode(source), tab, *tokenizer.encode(target), newline]]
+
+    with _staged_outputs(out_dir) as staged:
+        counts = {"train": _write_tokens(staged["train.bin"], stream(pairs[:cut]), meta["dtype"]),
+                  "val": _write_tokens(staged["val.bin"], stream(pairs[cut:]), meta["dtype"])}
+        _write_meta(staged["meta.pkl"], meta)
+    _report(out_dir, meta, counts)
+    print(f"{cut:,} training and {len(pairs) - cut:,} validation pairs")
+    return out_dir
 
 
 def prepare_shakespeare_speakers(data_root="data", n_speakers=SPEAKERS_N):
@@ -738,7 +858,8 @@ def main(argv=None):
     parser.add_argument("name", help="a ready-made dataset, or the folder name for your own --input text")
     parser.add_argument("--input", dest="input_path", metavar="FILE", help="a UTF-8 text file to prepare as dataset NAME")
     parser.add_argument("--tokenizer", metavar="NAME", help=f"one of {', '.join(TOKENIZERS)}, or a tokenizer.json / "
-                                                            f"Hugging Face model directory (required with --input)")
+                                                            f"SentencePiece .model file / Hugging Face model directory "
+                                                            f"(required with --input)")
     parser.add_argument("--vocab_size", type=int, metavar="N",
                         help=f"BPE vocabulary size (default {DEFAULT_BPE_VOCAB_SIZE}; tinystories "
                              f"{DATASETS['tinystories'][1]}); at most {MAX_VOCAB_SIZE}")

@@ -188,7 +188,10 @@ def load_checkpoint(out_dir):
     model = model_class(config_class(**model_args))
     model.load_state_dict(state)
     # A script whose checkpoints need more than a dataset tokenizer (bert.py's special tokens) has its own loader.
-    tokenizer = getattr(sys.modules[model_class.__module__], "load_tokenizer", prepare_data.load_tokenizer)(meta)
+    try:
+        tokenizer = getattr(sys.modules[model_class.__module__], "load_tokenizer", prepare_data.load_tokenizer)(meta)
+    except prepare_data.DataError as e:  # e.g. a SentencePiece tokenizer without the sentencepiece package
+        fail(str(e))
     return model, tokenizer, getattr(tokenizer, "eot_token", None)
 
 

@@ -41,6 +41,10 @@ Run it:
     python sample.py --out_dir=out-t5-numbers --start="123456" --beam_size=4
     python t5.py config/t5_shakespeare_char_cpu.py     # span corruption on any other dataset
     python sample.py --out_dir=out-t5-shakespeare-char-cpu --start="ROMEO: But <extra_id_0> what light"
+    # fine-tune a pretrained T5 on your own "input<TAB>target" lines, tokenized with its spiece.model:
+    python prepare_data.py mypairs --input=pairs.tsv --tokenizer=path/to/flan-t5-small
+    python t5.py --init_from=path/to/flan-t5-small --dataset=mypairs --out_dir=out-mypairs   # or a hub id
+    python sample.py --out_dir=out-mypairs --start="some input"
 
 The dataset decides the objective: a pairs dataset ("input<TAB>target" lines, prepare_data.py
 numbers) trains translation, any other prepared text trains span corruption.
@@ -997,8 +1001,13 @@ def download_spiece_model(repo, directory):
 class PairLoader:
     """Random batches of (input, target) pairs from a prepared pairs dataset.
 
-    The dataset's train.bin / val.bin hold lines "input<TAB>target<NEWLINE>" as token ids (see
-    prepare_data.prepare_numbers); its vocabulary has "<pad>" and "</s>". A language model reads one
+    The dataset's train.bin / val.bin hold lines "input<TAB>target<NEWLINE>" as token ids. In the
+    numbers task (prepare_data.prepare_numbers) the tab and newline are tokens of its own vocabulary,
+    which also has "<pad>" and "</s>". A SentencePiece vocabulary (a pretrained T5's spiece.model,
+    prepare_data.prepare_sentencepiece_pairs) has no tab or newline token, so there the separators
+    are the two ids just past the vocabulary, meta["pair_separators"]: markers in the file that are
+    cut out here and never reach the model; <pad> and </s> are the SentencePiece model's own ids,
+    which for T5 are the pretrained model's (0 and 1). A language model reads one
     long stream in fixed windows; a sequence-to-sequence model needs whole pairs, and pairs differ in
     length, so each batch is padded to its own longest input and target (padding to a global
     maximum would waste work on every short batch). Every input ends with </s>, as T5's tokenizer
@@ -1015,8 +1024,13 @@ class PairLoader:
         if not is_pairs_dataset(meta):
             raise prepare_data.DataError(f"{data_dir} is not a pairs dataset (lines 'input<TAB>target' and the "
                                          f"tokens <pad>, </s>); prepare one with: python prepare_data.py numbers")
-        stoi = meta["stoi"]
-        self.pad, self.eos = stoi["<pad>"], stoi["</s>"]
+        if "pair_separators" in meta:  # a SentencePiece dataset
+            self.pad, self.eos = meta["pad_token_id"], meta["eos_token_id"]
+            tab, newline = meta["pair_separators"]
+        else:
+            stoi = meta["stoi"]
+            self.pad, self.eos = stoi["<pad>"], stoi["</s>"]
+            tab, newline = stoi["\t"], stoi["\n"]
         self.meta, self.vocab_size = meta, meta["vocab_size"]  # the dataset's vocabulary is the model's
         self.batch_size, self.device = batch_size, device
         self.pairs = {}
@@ -1024,7 +1038,7 @@ class PairLoader:
             path = os.path.join(data_dir, f"{split}.bin")
             if not os.path.isfile(path):
                 raise prepare_data.DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
-            self.pairs[split] = read_pairs(path, stoi["\t"], stoi["\n"])
+            self.pairs[split] = read_pairs(path, tab, newline, meta.get("dtype", "uint16"))
             if not self.pairs[split]:
                 raise prepare_data.DataError(f"{path} holds no 'input<TAB>target' lines; prepare the dataset again")
             longest_input = max(len(source) for source, _ in self.pairs[split]) + 1  # + </s>
@@ -1065,14 +1079,16 @@ class PairLoader:
 
 def is_pairs_dataset(meta):
     """Whether a dataset's meta describes (input, target) pairs: a vocabulary with the line format's
-    tab and newline and T5's <pad> and </s> (prepare_data.prepare_numbers). Any other dataset is
-    plain text, which t5.py trains on with span corruption (SpanCorruptionLoader)."""
-    return all(token in meta.get("stoi", {}) for token in ("\t", "\n", "<pad>", "</s>"))
+    tab and newline and T5's <pad> and </s> (prepare_data.prepare_numbers), or SentencePiece pairs
+    with their separator ids (prepare_data.prepare_sentencepiece_pairs). Any other dataset is plain
+    text, which t5.py trains on with span corruption (SpanCorruptionLoader)."""
+    return "pair_separators" in meta or all(token in meta.get("stoi", {}) for token in ("\t", "\n", "<pad>", "</s>"))
 
 
-def read_pairs(path, tab, newline):
-    """[(source ids, target ids), ...] from a .bin file of "source<TAB>target<NEWLINE>" lines."""
-    ids = np.fromfile(path, dtype=np.uint16).astype(np.int64)
+def read_pairs(path, tab, newline, dtype="uint16"):
+    """[(source ids, target ids), ...] from a .bin file of "source<TAB>target<NEWLINE>" lines; dtype:
+    the file's, from meta.pkl (uint32 for vocabularies over 65536 ids)."""
+    ids = np.fromfile(path, dtype=np.dtype(dtype)).astype(np.int64)
     pairs = []
     start = 0
     for end in np.flatnonzero(ids == newline).tolist():
@@ -1376,7 +1392,7 @@ eval_exact_match = 500  # pairs datasets: val pairs decoded greedily for exact m
 eval_beam_size = 0  # > 1: at the last evaluation, also report beam-search exact match with this many beams
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
-init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt) or a local HF T5 directory
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), or a HF T5 directory / hub id to fine-tune
 # logging
 wandb_log = False
 wandb_project = "t5"
@@ -1660,17 +1676,55 @@ def main(argv):
         checkpoint = load_checkpoint(cfg["out_dir"], device, "t5")
         # The architecture comes from the checkpoint; only dropout may change between runs.
         model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
-        if model_args["vocab_size"] != loader.vocab_size:  # e.g. a span-corruption block_size with more spans
+        # A span-corruption vocabulary must match exactly (a block_size with more spans needs more
+        # sentinels); a fine-tuned T5's may be larger than its dataset's (32128 ids for 32000 pieces).
+        if model_args["vocab_size"] < loader.vocab_size or (span_corruption and model_args["vocab_size"] != loader.vocab_size):
             fail(f"the checkpoint's vocabulary has {model_args['vocab_size']} ids and this dataset and block_size "
                  f"need {loader.vocab_size}; resume with the dataset and block_size it was trained with")
+        if checkpoint["tokenizer"].get("sentencepiece_model") != meta.get("sentencepiece_model"):
+            fail(f"dataset {cfg['dataset']!r} was tokenized with another SentencePiece model than the checkpoint's "
+                 f"dataset; resume with the dataset it was trained on")
         model = T5(T5Config(**model_args))
         model.load_state_dict(checkpoint["model"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     else:
-        # Token ids mean nothing without the tokenizer that made them: a pretrained T5 reads its own
-        # SentencePiece ids, and prepare_data.py makes no dataset in that vocabulary.
-        fail(f"init_from={cfg['init_from']!r}: fine-tuning a pretrained T5 needs a dataset in its SentencePiece "
-             f"vocabulary, which prepare_data.py does not make; sample from it with sample.py --init_from=... instead")
+        # Fine-tuning a pretrained T5 (a Hugging Face directory or hub id) on a pairs dataset. A hub id
+        # is downloaded once per machine, with T5's SentencePiece file, before the other processes load it.
+        def load_pretrained():
+            try:
+                directory = cfg["init_from"]
+                if not os.path.isdir(directory):
+                    directory = download_hf_checkpoint(directory)
+                    download_spiece_model(cfg["init_from"], directory)
+                return (T5.from_pretrained(directory, dropout=cfg["dropout"]), directory), None
+            except (ValueError, FileNotFoundError, RuntimeError) as e:
+                return None, f"cannot load {cfg['init_from']!r}: {e}"
+
+        pretrained, directory = local_rank0_first(load_pretrained, ddp, local_rank)
+        # Token ids mean nothing without the tokenizer that made them: the pretrained embedding row 37
+        # is whatever piece 37 of ITS spiece.model is, so the dataset must have been tokenized with
+        # exactly that file (the same serialized bytes), or every id is a wrong word.
+        command = f"python prepare_data.py NAME --input=PAIRS.tsv --tokenizer={directory}"
+        if not prepare_data.same_tokenizer(meta, directory):
+            fail(f"dataset {cfg['dataset']!r} was not tokenized with {cfg['init_from']}'s spiece.model; prepare "
+                 f"'input<TAB>target' lines with it: {command}")
+        if span_corruption:  # its sentinels would have to be T5's own <extra_id_N>: not done here
+            fail(f"dataset {cfg['dataset']!r} is plain text; fine-tuning a pretrained T5 needs 'input<TAB>target' "
+                 f"pairs: {command}")
+        # T5's convention, which the loader's batches follow: <pad> (0) is also the decoder's start
+        # token, and </s> (1) ends inputs and targets. The dataset's ids come from the same
+        # spiece.model, so they agree unless config.json says otherwise.
+        pretrained_ids = (pretrained.config.pad_token_id, pretrained.config.decoder_start_token_id,
+                          pretrained.config.eos_token_id)
+        if pretrained_ids != (loader.pad, loader.pad, loader.eos):
+            fail(f"{cfg['init_from']} has pad, decoder start and eos ids {pretrained_ids}, but its spiece.model "
+                 f"has <pad> {loader.pad} and </s> {loader.eos}; t5.py trains with T5's (pad = start)")
+        # The weights are the pretrained ones; the run's length limits and attention path are ours.
+        keys = ("block_size", "target_block_size", "attention")
+        config = T5Config(**asdict(pretrained.config) | {k: cfg[k] for k in keys})
+        model = T5(config)
+        model.load_state_dict(pretrained.state_dict())
+        model_args = asdict(config)
     model.to(device)
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
     if checkpoint is not None:
