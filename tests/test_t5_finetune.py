@@ -209,3 +209,34 @@ def test_sentencepiece_missing(root, finetuned, monkeypatch, capsys):
     assert prepare_data.main(args) == 1
     assert capsys.readouterr().err == f"error: {message}\n"
     assert one_line_error(sample.main, [f"--out_dir={finetuned[1]}", "--start=1", "--device=cpu"]) == f"error: {message}"
+
+
+def test_finetuning_a_hub_id_downloads_the_model_and_its_spiece_model(root, monkeypatch, capsys, tmp_path):
+    """--init_from=<hub id>: the checkpoint and spiece.model come from the hub (a local HTTP server
+    standing in for huggingface.co) into the cache, and the dataset is checked against them."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    import requests
+
+    hub = tmp_path / "hub" / "someone" / "tiny-t5" / "resolve" / "main"
+    shutil.copytree(root / "pretrained", hub)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    real_get = requests.get
+    monkeypatch.setattr(requests, "get", lambda url, **kwargs: real_get(
+        url.replace("https://huggingface.co", f"http://127.0.0.1:{server.server_address[1]}"), **kwargs))
+    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path / "cache"))
+    try:
+        out = finetune(root, monkeypatch, capsys, "--init_from=someone/tiny-t5", "--out_dir=out-hub", "--max_iters=1",
+                       "--eval_interval=1", "--eval_exact_match=0")
+    finally:
+        server.shutdown()
+        server.server_close()
+    cache = tmp_path / "cache" / "someone--tiny-t5"
+    assert (cache / "spiece.model").read_bytes() == (root / "pretrained" / "spiece.model").read_bytes()
+    assert "step 1:" in out and (root / "out-hub" / "ckpt.pt").exists()
