@@ -1678,8 +1678,9 @@ def main(argv):
         model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
         # A span-corruption vocabulary must match exactly (a block_size with more spans needs more
         # sentinels); a fine-tuned T5's may be larger than its dataset's (32128 ids for 32000 pieces).
-        if model_args["vocab_size"] < loader.vocab_size or (span_corruption and model_args["vocab_size"] != loader.vocab_size):
-            fail(f"the checkpoint's vocabulary has {model_args['vocab_size']} ids and this dataset and block_size "
+        vocab_size = model_args["vocab_size"]
+        if vocab_size < loader.vocab_size or (span_corruption and vocab_size != loader.vocab_size):
+            fail(f"the checkpoint's vocabulary has {vocab_size} ids and this dataset and block_size "
                  f"need {loader.vocab_size}; resume with the dataset and block_size it was trained with")
         if checkpoint["tokenizer"].get("sentencepiece_model") != meta.get("sentencepiece_model"):
             fail(f"dataset {cfg['dataset']!r} was tokenized with another SentencePiece model than the checkpoint's "

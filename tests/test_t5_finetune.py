@@ -115,6 +115,7 @@ def test_finetuning_reduces_loss_and_resumes_exactly(root, finetuned, monkeypatc
     checkpoint = torch.load(out_dir / "ckpt.pt", weights_only=True)  # the SentencePiece bytes load as data
     assert checkpoint["tokenizer"]["sentencepiece_model"] == (root / "pretrained" / "spiece.model").read_bytes()
     assert checkpoint["model_args"]["vocab_size"] == checkpoint["tokenizer"]["vocab_size"] + 8
+    assert (checkpoint["model_args"]["block_size"], checkpoint["model_args"]["target_block_size"]) == (16, 24)
     # Stopping at 10 and resuming to 20 gives the same weights as the straight run.
     finetune(root, monkeypatch, capsys, f"--init_from={root / 'pretrained'}", "--out_dir=out-resumed",
              "--max_iters=10", "--eval_interval=10", "--dropout=0.1")
@@ -133,9 +134,10 @@ def test_finetuning_starts_from_the_pretrained_weights(root, monkeypatch, capsys
     out = finetune(root, monkeypatch, capsys, f"--init_from={root / 'pretrained'}", "--out_dir=out-eval",
                    "--eval_only=True", "--eval_exact_match=0", "--attention=manual", "--seed=7")
     printed = re.search(r"step 0: train loss ([0-9.]+), val loss ([0-9.]+)", out).groups()
-    # Replay estimate_loss's batches: the same seed and the same draws (model building draws first).
+    # Replay estimate_loss's batches: the same seed, after the same draws (t5.main builds two T5s,
+    # from_pretrained's and the one with the run's block sizes, each drawing a random init first).
     torch.manual_seed(7)
-    t5.T5(t5.T5Config(**t5.T5.from_pretrained(str(root / "pretrained")).config.__dict__))  # the fine-tune's init draws
+    t5.T5(t5.T5.from_pretrained(str(root / "pretrained")).config)
     loader = t5.PairLoader(str(root / "data" / "pairs"), prepare_data.load_meta(str(root / "data" / "pairs")),
                            16, "cpu", 16, 24)
     expected = []
