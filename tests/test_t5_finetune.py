@@ -174,7 +174,7 @@ def one_line_error(function, args):
     return text
 
 
-def test_a_dataset_of_another_tokenizer_is_refused(root, monkeypatch):
+def test_a_dataset_of_another_tokenizer_is_refused(root, finetuned, monkeypatch):
     other = root / "other_spiece"
     other.mkdir(exist_ok=True)
     (other / "spiece.model").write_bytes(train_sentencepiece(100, "another tokenizer"))
@@ -187,8 +187,14 @@ def test_a_dataset_of_another_tokenizer_is_refused(root, monkeypatch):
         text = one_line_error(t5.main, TINY + [f"--init_from={pretrained}", f"--dataset={dataset}", "--out_dir=o"])
         assert (f"dataset {dataset!r} was not tokenized with {pretrained}'s spiece.model; prepare 'input<TAB>target' "
                 f"lines with it: python prepare_data.py NAME --input=PAIRS.tsv --tokenizer={pretrained}") in text
+    # Plain text in the model's own vocabulary is refused too (span corruption of a pretrained T5 is not done).
+    (root / "plain.txt").write_text("".join(f"{a} is {b}.\n" for a, b in PAIRS), encoding="utf-8")
+    prepare_data.prepare("plain", input_path=str(root / "plain.txt"), tokenizer=str(pretrained), data_root=data)
+    assert prepare_data.load_meta(os.path.join(data, "plain"))["tokenizer"] == "sentencepiece"
+    text = one_line_error(t5.main, TINY + [f"--init_from={pretrained}", "--dataset=plain", "--out_dir=o"])
+    assert "dataset 'plain' is plain text; fine-tuning a pretrained T5 needs 'input<TAB>target' pairs" in text
     # Nor may a fine-tuned checkpoint resume on another SentencePiece dataset.
-    text = one_line_error(t5.main, TINY + ["--init_from=resume", "--out_dir=out-straight", "--dataset=other"])
+    text = one_line_error(t5.main, TINY + ["--init_from=resume", f"--out_dir={finetuned[1]}", "--dataset=other"])
     assert "was tokenized with another SentencePiece model than the checkpoint's dataset" in text
 
 
