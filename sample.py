@@ -692,26 +692,18 @@ def main(argv):
 
 def t5_sentencepiece(directory):
     """The SentencePiece tokenizer (spiece.model) of a Hugging Face T5 directory, through the optional
-    sentencepiece package."""
+    sentencepiece package (prepare_data's SentencePieceTokenizer, which fine-tuning datasets use too)."""
     path = os.path.join(directory, "spiece.model")
     if not os.path.isfile(path):
         fail(f"{directory} has no spiece.model; T5 checkpoints need their SentencePiece tokenizer file")
+    with open(path, "rb") as f:
+        model_bytes = f.read()
     try:
-        import sentencepiece
-    except ImportError:
-        fail("T5 checkpoints use a SentencePiece tokenizer: pip install sentencepiece")
-    processor = sentencepiece.SentencePieceProcessor(model_file=path)
-
-    class Tokenizer:
-        eot_token = processor.eos_id()
-
-        def encode(self, text):
-            return processor.encode(text)
-
-        def decode(self, ids):
-            return processor.decode(list(ids))
-
-    return Tokenizer()
+        return prepare_data.SentencePieceTokenizer(model_bytes)
+    except prepare_data.DataError as e:  # the sentencepiece package is not installed
+        fail(str(e))
+    except RuntimeError as e:  # sentencepiece's error for a file that is not a model
+        fail(f"{path} is not a SentencePiece model ({str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})")
 
 
 def sample_t5(cfg, model, tokenizer, autocast):
