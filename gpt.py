@@ -184,7 +184,7 @@ class CausalSelfAttention(nn.Module):
             # The fused kernel never materialises the (T, T) score matrix (FlashAttention on GPUs),
             # so it is faster and uses memory linear in T.
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=(mask is None and past == 0)
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=True if mask is None and past == 0 else False
             )
         # Heads back side by side: (B, n_head, T, head_dim) -> (B, T, C)
         y = y.transpose(1, 2).contiguous().view(B, T, C)

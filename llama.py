@@ -320,11 +320,24 @@ class Attention(nn.Module):
             group = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             y = manual_attention(q, k, v, mask, dropout_p)
+        elif T == 1:
+            # One new token, the common case in generation: fold each group of query heads into
+            # the query-length axis, (B, n_head, 1, d) -> (B, n_kv_head, group, d), so that every
+            # key/value head serves its whole group in one plain attention call. No mask: all the
+            # group's queries sit at the newest position and may see every cached key. The result
+            # is enable_gqa's below, but each cached key and value is read once per group rather
+            # than once per query head, which is the bandwidth GQA set out to save; PyTorch's CPU
+            # kernel behind enable_gqa copies the kv heads instead, 3.5x slower in bfloat16 at
+            # 200 cached tokens (benchmarks/bench_generate_pretrained.py).
+            group = self.n_head // self.n_kv_head
+            y = F.scaled_dot_product_attention(q.view(B, self.n_kv_head, group, self.head_dim), k, v,
+                                               dropout_p=dropout_p)
+            y = y.view(B, self.n_head, 1, self.head_dim)
         else:
             # enable_gqa=True (PyTorch 2.5+) lets the kernel broadcast each key/value head over its
             # query group (same grouping as above) without materialising the repeated copies.
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=(mask is None and past == 0),
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=True if mask is None and past == 0 else False,
                 enable_gqa=self.n_kv_head != self.n_head,
             )
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
@@ -426,8 +439,12 @@ class Llama(nn.Module):
             raise ValueError(
                 f"sequence of length {past + T} is longer than block_size={self.config.block_size}"
             )
-        cos, sin = rope_cos_sin(self.inv_freq, past, T)  # computed once, shared by all layers
         x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, C): no position added here
+        # Computed once, shared by all layers. The angles are float32 (see rope_cos_sin); their
+        # cos and sin are rounded to the activations' dtype here, once, as Hugging Face does, rather
+        # than in each of the 2 * n_layer apply_rope calls. (Under autocast x is float32 and
+        # apply_rope still rounds them to the 16-bit queries.)
+        cos, sin = (t.to(x.dtype) for t in rope_cos_sin(self.inv_freq, past, T))
         for layer, block in enumerate(self.model.layers):
             x = block(x, cos, sin, cache, layer)
         if cache is not None:

@@ -450,7 +450,7 @@ class Attention(nn.Module):
             if mask is not None and mask.dtype != torch.bool:
                 mask = mask.to(q.dtype)  # the kernel wants a float bias in the queries' dtype (autocast)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=(mask is None and T > 1),
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=True if mask is None and T > 1 else False,
                 enable_gqa=self.n_kv_head != self.n_head,
             )
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)

@@ -9,9 +9,15 @@ shape (134.5M parameters, 49152-token vocabulary) is saved in bfloat16, loaded b
 each dtype, and both generate greedily from the same 16-token prompt (timed after a warm-up). In
 float32 the two must produce the same tokens (checked); in bfloat16 the two implementations round
 differently, so their tokens may part ways after a while (reported, not required).
+
+A shared or virtual machine's speed drifts by tens of percent over seconds, so one run of each
+would compare two different machines. The two generations run as --repeats adjacent pairs (which
+one goes first alternates); each pair gives a ratio under the same conditions, and the median of
+those ratios is the figure to quote. The fastest run of each side is printed too.
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +31,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new_tokens", type=int, default=200)
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     import transformers
 
@@ -36,27 +43,32 @@ def main():
                                       max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=100000.0)
     prompt = torch.randint(0, 49152, (1, 16))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.new_tokens} new tokens, greedy, batch 1")
-    print(f"{'dtype':9} {'llama.py':>10} {'HF generate':>12} {'HF / ours':>10}  same tokens")
+    print(f"{'dtype':9} {'llama.py':>10} {'HF generate':>12}  {'HF / ours, median of pairs (range)':34}  same tokens")
     with tempfile.TemporaryDirectory() as directory:
         transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
         for name in args.dtypes.split(","):
             dtype = getattr(torch, name)
             ours = llama.Llama.from_pretrained(directory, dtype=dtype).eval()
             hf = transformers.LlamaForCausalLM.from_pretrained(directory, dtype=dtype).eval()
-            times = {}
+            generators = {
+                "ours": lambda n: ours.generate(prompt, n, temperature=0.0),
+                "hf": lambda n: hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0),
+            }
+            times, outputs = {"ours": [], "hf": []}, {}
             with torch.inference_mode():
-                for label, generate in (
-                        ("ours", lambda n: ours.generate(prompt, n, temperature=0.0)),
-                        ("hf", lambda n: hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                                     pad_token_id=0))):
+                for generate in generators.values():
                     generate(4)  # warm-up
-                    start = time.perf_counter()
-                    out = generate(args.new_tokens)
-                    times[label] = (time.perf_counter() - start, out)
-            same = torch.equal(times["ours"][1], times["hf"][1])
+                for repeat in range(args.repeats):
+                    for label in (("ours", "hf") if repeat % 2 == 0 else ("hf", "ours")):
+                        start = time.perf_counter()
+                        outputs[label] = generators[label](args.new_tokens)
+                        times[label].append(time.perf_counter() - start)
+            same = torch.equal(outputs["ours"], outputs["hf"])
             if name == "float32" and not same:
                 sys.exit("error: float32 tokens differ between llama.py and HF; the timings compare different work")
-            print(f"{name:9} {times['ours'][0]:9.2f}s {times['hf'][0]:11.2f}s {times['hf'][0] / times['ours'][0]:9.2f}x  {same}")
+            ratios = [hf_time / our_time for our_time, hf_time in zip(times["ours"], times["hf"])]
+            print(f"{name:9} {min(times['ours']):9.2f}s {min(times['hf']):11.2f}s  {statistics.median(ratios):5.2f}x "
+                  f"({min(ratios):.2f}x-{max(ratios):.2f}x){'':19}  {same}")
             del ours, hf
 
 
