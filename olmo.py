@@ -257,8 +257,7 @@ def rope_cos_sin(inv_freq, start, length):
 def apply_rope(x, cos, sin):
     """Rotate the channel pairs (i, i + head_dim / 2) of x (B, n_heads, T, head_dim): llama.py's
     rotate-half RoPE, which is Hugging Face's layout for OLMo too."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos.to(x.dtype) + torch.cat((x2, x1), dim=-1) * sin.to(x.dtype)
+    return x * cos.to(x.dtype) + x.roll(x.size(-1) // 2, dims=-1) * sin.to(x.dtype)
 
 
 def alibi_slopes(n_head):
