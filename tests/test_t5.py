@@ -496,6 +496,10 @@ def test_sample_from_hf_t5_directory_with_sentencepiece(tmp_path, capsys):
 
 def test_t5_checkpoint_without_sentencepiece_installed(tmp_path, monkeypatch):
     save_random_hf_t5(tmp_path, "v1.0")
+    with pytest.raises(SystemExit) as exit_info:  # first without its spiece.model
+        sample.main([f"--init_from={tmp_path}", "--start=hello", "--device=cpu"])
+    assert str(exit_info.value) == (f"error: cannot load {str(tmp_path)!r}: {tmp_path} has no spiece.model, T5's "
+                                    f"SentencePiece tokenizer; copy it there from the model's repository")
     (tmp_path / "spiece.model").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece now raises ImportError
     with pytest.raises(SystemExit, match=r"need the sentencepiece package: pip install sentencepiece"):
@@ -504,7 +508,8 @@ def test_t5_checkpoint_without_sentencepiece_installed(tmp_path, monkeypatch):
 
 def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch, capsys):
     """A hub id goes through download_hf_checkpoint into the cache, served here by a local HTTP server
-    standing in for huggingface.co; sample.py also fetches spiece.model beside the weights."""
+    standing in for huggingface.co, with T5's spiece.model among its files; sample.py reads it from the
+    cache, and a cache without it (written by an older version) is a one-line error saying to delete it."""
     import functools
     import http.server
     import threading
@@ -530,7 +535,9 @@ def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch, capsys):
         model = t5.T5.from_pretrained("someone/tiny-t5").eval()
         cache = tmp_path / "cache" / "someone--tiny-t5"
         assert (cache / "model.safetensors").read_bytes() == (hub / "model.safetensors").read_bytes()
-        assert (cache / ".complete").exists() and not (cache / "spiece.model").exists()
+        assert (cache / "spiece.model").read_bytes() == b"not a real sentencepiece model"
+        assert "https://huggingface.co/someone/tiny-t5/resolve/main/spiece.model" in requested
+        assert (cache / ".complete").exists() and not list(cache.glob("*.part"))
         ids, mask = padded_batch(vocab=99)
         decoder_ids = torch.randint(0, 99, (3, 7))
         with torch.no_grad():
@@ -539,12 +546,20 @@ def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch, capsys):
         requested.clear()
         t5.T5.from_pretrained("someone/tiny-t5")  # cached: the hub is not asked again
         assert requested == []
-        # sample.py: the weights from the cache, spiece.model fetched once; reading it needs sentencepiece.
+        # sample.py: the weights and spiece.model from the cache; reading it needs sentencepiece.
         monkeypatch.setitem(sys.modules, "sentencepiece", None)
         with pytest.raises(SystemExit, match="pip install sentencepiece"):
             sample.main(["--init_from=someone/tiny-t5", "--start=hello", "--device=cpu"])
-        assert (cache / "spiece.model").read_bytes() == b"not a real sentencepiece model"
-        assert requested == ["https://huggingface.co/someone/tiny-t5/resolve/main/spiece.model"]  # config.json: cached
+        assert requested == []
+        # A cache completed by a version that did not fetch spiece.model: the hub is not asked again.
+        (cache / "spiece.model").unlink()
+        with pytest.raises(SystemExit) as exit_info:
+            sample.main(["--init_from=someone/tiny-t5", "--start=hello", "--device=cpu"])
+        assert str(exit_info.value) == (
+            f"error: cannot load 'someone/tiny-t5': the download cache {cache} has no spiece.model, T5's "
+            f"SentencePiece tokenizer (an older version did not fetch it, or someone/tiny-t5 lacks it); delete "
+            f"{cache} to download someone/tiny-t5 again")
+        assert requested == []
     finally:
         server.shutdown()
         server.server_close()
