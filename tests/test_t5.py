@@ -10,6 +10,7 @@ import torch
 import prepare_data
 import sample
 import t5
+from conftest import TINY_T5, train_tiny_t5
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -325,32 +326,16 @@ def test_numbers_dataset_pairs_and_held_out(numbers_dir):
         assert (x[row, :n_source - 1] >= 4).all()  # digits and commas
 
 
-TINY = ["--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=1", "--n_decoder_layer=1", "--n_head=2",
-        "--n_embd=32", "--head_dim=16", "--n_ff=64", "--block_size=16", "--target_block_size=16", "--batch_size=16",
-        "--eval_iters=3", "--eval_exact_match=50", "--log_interval=5", "--learning_rate=1e-2", "--warmup_iters=2"]
-
-
-def train(root, monkeypatch, capsys, *args):
-    monkeypatch.chdir(root)
-    t5.main(TINY + list(args))
-    return capsys.readouterr().out
+# conftest's tiny T5 on the numbers task: its lengths, and exact match on 50 held-out pairs.
+TINY = TINY_T5 + ["--block_size=16", "--target_block_size=16", "--eval_iters=3", "--eval_exact_match=50"]
 
 
 @pytest.fixture(scope="module")
 def trained(numbers_dir):
     """(training log, out_dir) of a 40-iteration run on the small numbers dataset."""
-    import contextlib
-    import io
-
-    log, cwd = io.StringIO(), os.getcwd()
-    os.chdir(numbers_dir)
-    try:
-        with contextlib.redirect_stdout(log):
-            t5.main(TINY + ["--out_dir=out-basic", "--max_iters=40", "--lr_decay_iters=40", "--eval_interval=20",
-                            "--eval_beam_size=2", "--dropout=0.0"])
-    finally:
-        os.chdir(cwd)
-    return log.getvalue(), numbers_dir / "out-basic"
+    log = train_tiny_t5(numbers_dir, TINY + ["--out_dir=out-basic", "--max_iters=40", "--lr_decay_iters=40",
+                                             "--eval_interval=20", "--eval_beam_size=2", "--dropout=0.0"])
+    return log, numbers_dir / "out-basic"
 
 
 def test_training_reduces_loss_and_reports_exact_match(trained, run_log):
@@ -388,12 +373,11 @@ def test_exact_match_counts_whole_outputs(numbers_dir):
     assert t5.exact_match(oracle, loader, 40, batch_size=16) == 0.5
 
 
-def test_resume_is_exact(numbers_dir, monkeypatch, capsys, run_log_values):
-    common = ["--eval_interval=10", "--dropout=0.1", "--lr_decay_iters=20", "--eval_exact_match=0"]
-    straight = train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-straight")
-    train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=10", "--out_dir=out-resumed")
-    resumed = train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-resumed",
-                    "--init_from=resume")
+def test_resume_is_exact(numbers_dir, run_log_values):
+    common = TINY + ["--eval_interval=10", "--dropout=0.1", "--lr_decay_iters=20", "--eval_exact_match=0"]
+    straight = train_tiny_t5(numbers_dir, common + ["--max_iters=20", "--out_dir=out-straight"])
+    train_tiny_t5(numbers_dir, common + ["--max_iters=10", "--out_dir=out-resumed"])
+    resumed = train_tiny_t5(numbers_dir, common + ["--max_iters=20", "--out_dir=out-resumed", "--init_from=resume"])
     a = torch.load(numbers_dir / "out-straight" / "ckpt.pt", weights_only=True)
     b = torch.load(numbers_dir / "out-resumed" / "ckpt.pt", weights_only=True)
     assert b["iter_num"] == 20
