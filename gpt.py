@@ -588,9 +588,9 @@ def download_hf_checkpoint(repo):
     The cache is $NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name. Fetches
     config.json, the tokenizer's files (tokenizer.json, or T5's spiece.model) and generation's (for
     sample.py and fine-tuning, those the repository has) and either model.safetensors or the shard
-    index and every shard it names. One function serves every script, so the list holds all their
-    tokenizer files; a repository without one answers 404 and is skipped. Each file is written as
-    name.part and renamed when complete, so an interrupted download never looks finished. Under
+    index and every shard it names. One function serves every script, so the list holds every
+    script's tokenizer files; those a repository lacks answer 404 and are skipped. Each file is
+    written as name.part and renamed when complete, so an interrupted download never looks finished. Under
     torchrun the training scripts call this on one process per machine while the others wait.
     """
     if repo.count("/") != 1:
