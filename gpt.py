@@ -183,6 +183,9 @@ class CausalSelfAttention(nn.Module):
         else:
             # The fused kernel never materialises the (T, T) score matrix (FlashAttention on GPUs),
             # so it is faster and uses memory linear in T.
+            # is_causal is written as a branch because under torch.compile(dynamic=True) past is a
+            # symbolic integer, and so would the bool of a plain expression be; the kernel wants a
+            # real bool, and the branch makes the compiler settle it (tests/test_compile.py).
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=True if mask is None and past == 0 else False
             )

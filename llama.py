@@ -336,6 +336,7 @@ class Attention(nn.Module):
         else:
             # enable_gqa=True (PyTorch 2.5+) lets the kernel broadcast each key/value head over its
             # query group (same grouping as above) without materialising the repeated copies.
+            # is_causal is a branch, not an expression, for torch.compile, as in gpt.py.
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=True if mask is None and past == 0 else False,
                 enable_gqa=self.n_kv_head != self.n_head,

@@ -449,6 +449,7 @@ class Attention(nn.Module):
         else:
             if mask is not None and mask.dtype != torch.bool:
                 mask = mask.to(q.dtype)  # the kernel wants a float bias in the queries' dtype (autocast)
+            # is_causal is a branch, not an expression, for torch.compile, as in gpt.py.
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=True if mask is None and T > 1 else False,
                 enable_gqa=self.n_kv_head != self.n_head,
