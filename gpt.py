@@ -589,9 +589,11 @@ def download_hf_checkpoint(repo):
     """Download a checkpoint from the Hugging Face hub into a cache directory; return the directory.
 
     The cache is $NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name. Fetches
-    config.json, the tokenizer's and generation's files (for sample.py, those the repository has) and either
-    model.safetensors or the shard index and every shard it names. Each file is written as
-    name.part and renamed when complete, so an interrupted download never looks finished. Under
+    config.json, the tokenizer's files (tokenizer.json, or T5's spiece.model) and generation's (for
+    sample.py and fine-tuning, those the repository has) and either model.safetensors or the shard
+    index and every shard it names. One function serves every script, so the list holds every
+    script's tokenizer files; those a repository lacks answer 404 and are skipped. Each file is
+    written as name.part and renamed when complete, so an interrupted download never looks finished. Under
     torchrun the training scripts call this on one process per machine while the others wait.
     """
     if repo.count("/") != 1:
@@ -632,9 +634,11 @@ def download_hf_checkpoint(repo):
     if os.path.exists(complete_marker):
         return directory
     fetch("config.json")
-    # For sample.py: the tokenizer, its settings and chat template, and the authors' generation
-    # settings (end-of-sequence ids), where the repository has them.
-    for optional in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+    # For sample.py and fine-tuning: the tokenizer (tokenizer.json, or T5's SentencePiece spiece.model),
+    # its settings and chat template, and the authors' generation settings (end-of-sequence ids),
+    # where the repository has them.
+    for optional in ("tokenizer.json", "spiece.model", "tokenizer_config.json", "chat_template.jinja",
+                     "generation_config.json"):
         fetch(optional, required=False)
     if not fetch("model.safetensors", required=False):
         if not fetch("model.safetensors.index.json", required=False):

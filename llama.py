@@ -722,8 +722,9 @@ def download_hf_checkpoint(repo):
     """Download a checkpoint from the Hugging Face hub into a cache directory; return it (gpt.py).
 
     The same cache as gpt.py ($NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name).
-    Fetches config.json, the tokenizer's and generation's files (for sample.py, when the repository
-    has them) and either model.safetensors or the shard index and every shard it names.
+    Fetches config.json, the tokenizer's files (tokenizer.json, or T5's spiece.model) and generation's
+    (for sample.py and fine-tuning, when the repository has them) and either model.safetensors or the
+    shard index and every shard it names.
     """
     if repo.count("/") != 1:
         raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
@@ -763,9 +764,11 @@ def download_hf_checkpoint(repo):
     if os.path.exists(complete_marker):
         return directory
     fetch("config.json")
-    # For sample.py: the tokenizer, its settings and chat template, and the authors' generation
-    # settings (end-of-sequence ids), where the repository has them.
-    for optional in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+    # For sample.py and fine-tuning: the tokenizer (tokenizer.json, or T5's SentencePiece spiece.model),
+    # its settings and chat template, and the authors' generation settings (end-of-sequence ids),
+    # where the repository has them.
+    for optional in ("tokenizer.json", "spiece.model", "tokenizer_config.json", "chat_template.jinja",
+                     "generation_config.json"):
         fetch(optional, required=False)
     if not fetch("model.safetensors", required=False):
         if not fetch("model.safetensors.index.json", required=False):

@@ -187,8 +187,9 @@ def metric_key(run):
 # Figure 1: training runs compared
 
 
-def runs_figure(runs, x="iters"):
-    """One figure: train loss | val loss [| the model's metric] against iterations or tokens seen.
+def runs_figure(out_dirs, x="iters"):
+    """One figure of the runs in out_dirs (their log.jsonl, read with read_run): train loss | val loss
+    [| the model's metric] against iterations or tokens seen.
 
     What to look at:
       - Train loss (thin line, every log_interval) is one batch's loss: noisy. The dots on it are
@@ -199,9 +200,11 @@ def runs_figure(runs, x="iters"):
         sees more text; --x=tokens compares runs by the data they have consumed instead.
       - A learning rate too high shows as spikes or a plateau early; too low as a slow, steady slope.
     """
+    # A wrong axis and a missing matplotlib are reported before any log is read; main() relies on it.
     if x not in ("iters", "tokens"):
         raise PlotError(f"--x={x} must be iters or tokens")
-    plt = pyplot()
+    plt = pyplot()  # matplotlib missing: said before reading the logs, not after
+    runs = [read_run(out_dir) for out_dir in out_dirs]
     x_key = "iter" if x == "iters" else "tokens"
     metrics = [metric_key(run) for run in runs]
     # The first run's metric decides the axis; runs with another metric (or none) are not drawn on it.
@@ -460,10 +463,7 @@ def main(argv=None):
             if not args.out_dirs:
                 raise PlotError("give the out_dirs of the runs to compare (python plot.py out-a out-b), "
                                 "or --positions")
-            if args.x not in ("iters", "tokens"):  # checked before the logs are read
-                raise PlotError(f"--x={args.x} must be iters or tokens")
-            pyplot()  # say matplotlib is missing before reading logs, not after
-            fig = runs_figure([read_run(d) for d in args.out_dirs], args.x)
+            fig = runs_figure(args.out_dirs, args.x)
         save(fig, out)
     except PlotError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -223,12 +223,11 @@ def load_pretrained(name_or_dir, dtype):
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         fail(f"cannot load {name_or_dir!r}: {e}")
     if hf_type == "t5":  # T5 stops at its own </s>; sample_t5 needs no separate end-of-text id
-        if directory != name_or_dir:  # from the hub: T5's SentencePiece file is fetched on its own
-            try:
-                module.download_spiece_model(name_or_dir, directory)
-            except RuntimeError as e:
-                fail(f"cannot load {name_or_dir!r}: {e}")
-        return model, t5_sentencepiece(directory), None
+        try:
+            path = module.spiece_model_path(name_or_dir, directory)
+        except FileNotFoundError as e:
+            fail(f"cannot load {name_or_dir!r}: {e}")
+        return model, t5_sentencepiece(path), None
     eos_token_id = prepare_data.hf_eos_token_id(directory)
     if hf_type == "bert":  # BERT's WordPiece vocabulary: vocab.txt (+ tokenizer_config.json)
         try:
@@ -690,12 +689,9 @@ def main(argv):
     for_each_prompt(cfg, generate)
 
 
-def t5_sentencepiece(directory):
-    """The SentencePiece tokenizer (spiece.model) of a Hugging Face T5 directory, through the optional
+def t5_sentencepiece(path):
+    """The SentencePiece tokenizer of a Hugging Face T5 (its spiece.model, at path), through the optional
     sentencepiece package (prepare_data's SentencePieceTokenizer, which fine-tuning datasets use too)."""
-    path = os.path.join(directory, "spiece.model")
-    if not os.path.isfile(path):
-        fail(f"{directory} has no spiece.model; T5 checkpoints need their SentencePiece tokenizer file")
     with open(path, "rb") as f:
         model_bytes = f.read()
     try:

@@ -914,9 +914,9 @@ def download_hf_checkpoint(repo):
     """Download a checkpoint from the Hugging Face hub into a cache directory; return it (gpt.py's).
 
     The same cache as gpt.py ($NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name).
-    Fetches config.json, the tokenizer's and generation's files (for sample.py, when the repository
-    has them) and either model.safetensors or the shard index and every shard it names. T5's own
-    tokenizer file, spiece.model, is not among them: download_spiece_model fetches it.
+    Fetches config.json, the tokenizer's files (tokenizer.json, or T5's spiece.model) and generation's
+    (for sample.py and fine-tuning, when the repository has them) and either model.safetensors or the
+    shard index and every shard it names.
     """
     if repo.count("/") != 1:
         raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
@@ -956,9 +956,11 @@ def download_hf_checkpoint(repo):
     if os.path.exists(complete_marker):
         return directory
     fetch("config.json")
-    # For sample.py: the tokenizer, its settings and chat template, and the authors' generation
-    # settings (end-of-sequence ids), where the repository has them.
-    for optional in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+    # For sample.py and fine-tuning: the tokenizer (tokenizer.json, or T5's SentencePiece spiece.model),
+    # its settings and chat template, and the authors' generation settings (end-of-sequence ids),
+    # where the repository has them.
+    for optional in ("tokenizer.json", "spiece.model", "tokenizer_config.json", "chat_template.jinja",
+                     "generation_config.json"):
         fetch(optional, required=False)
     if not fetch("model.safetensors", required=False):
         if not fetch("model.safetensors.index.json", required=False):
@@ -970,27 +972,22 @@ def download_hf_checkpoint(repo):
     return directory
 
 
-def download_spiece_model(repo, directory):
-    """Fetch a hub T5's SentencePiece model (spiece.model) into the directory download_hf_checkpoint
-    filled, unless it is there; return its path. sample.py reads it to encode and decode T5's text
-    (its tokenizer.json holds a Unigram model, which bpe.py does not read)."""
-    import requests  # only needed for downloads
-
+def spiece_model_path(name_or_dir, directory):
+    """The path of a pretrained T5's SentencePiece model, spiece.model, in directory: name_or_dir
+    itself, or the cache download_hf_checkpoint filled for that hub id. sample.py reads it to encode
+    and decode T5's text (its tokenizer.json holds a Unigram model, which bpe.py does not read), and
+    fine-tuning checks the dataset against it. A FileNotFoundError that says what to do if missing."""
     path = os.path.join(directory, "spiece.model")
-    if os.path.exists(path):
+    if os.path.isfile(path):
         return path
-    url = f"https://huggingface.co/{repo}/resolve/main/spiece.model"
-    token = os.environ.get("HF_TOKEN")
-    print(f"downloading {url}")
-    try:
-        response = requests.get(url, timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {})
-        response.raise_for_status()
-    except requests.RequestException as e:
-        raise RuntimeError(f"could not download {url} ({e}); download spiece.model by hand into {directory}") from None
-    with open(path + ".part", "wb") as f:
-        f.write(response.content)
-    os.replace(path + ".part", path)  # only a complete file gets the real name
-    return path
+    if directory == name_or_dir:
+        raise FileNotFoundError(f"{directory} has no spiece.model, T5's SentencePiece tokenizer; copy it there "
+                                f"from the model's repository")
+    # A cache marked complete is never asked about again, and versions before spiece.model joined
+    # download_hf_checkpoint's files left it out: deleting the cache makes the next run fetch everything.
+    raise FileNotFoundError(f"the download cache {directory} has no spiece.model, T5's SentencePiece tokenizer "
+                            f"(an older version did not fetch it, or {name_or_dir} lacks it); delete {directory} "
+                            f"to download {name_or_dir} again")
 
 
 
@@ -1690,13 +1687,13 @@ def main(argv):
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
     else:
         # Fine-tuning a pretrained T5 (a Hugging Face directory or hub id) on a pairs dataset. A hub id
-        # is downloaded once per machine, with T5's SentencePiece file, before the other processes load it.
+        # is downloaded once per machine, T5's SentencePiece file with it, before the other processes load it.
         def load_pretrained():
             try:
                 directory = cfg["init_from"]
                 if not os.path.isdir(directory):
                     directory = download_hf_checkpoint(directory)
-                    download_spiece_model(cfg["init_from"], directory)
+                spiece_model_path(cfg["init_from"], directory)  # the dataset is checked against it below
                 return (T5.from_pretrained(directory, dropout=cfg["dropout"]), directory), None
             except (ValueError, FileNotFoundError, RuntimeError) as e:
                 return None, f"cannot load {cfg['init_from']!r}: {e}"

@@ -25,7 +25,13 @@ with a message that says what is missing and how to provide it, never failed.
 
 When ../shared/data/tiktoken_cache exists and TIKTOKEN_CACHE_DIR is unset, TIKTOKEN_CACHE_DIR points
 there, so tiktoken (in the tests and in the scripts they start) finds GPT-2's files offline.
+
+Tiny T5 runs. TINY_T5 (arguments) and train_tiny_t5 (a function), imported by tests/test_t5.py and
+tests/test_t5_span.py (`from conftest import ...`): the model and optimiser settings their training runs
+share; each file adds its own data's lengths, evaluation and dataset.
 """
+import contextlib
+import io
 import json
 import os
 import sys
@@ -138,3 +144,25 @@ def run_log_values():
         timings = ("ms_per_iter", "tokens_per_sec", "mfu")
         return [{k: v for k, v in r.items() if k not in timings} for r in _read_run_log(out_dir) if r["kind"] != "start"]
     return values
+
+
+# One encoder and one decoder layer of width 32 on the CPU, in float32 without compiling: a run of tens
+# of iterations takes seconds, yet learns enough for the tests' "the loss falls" to be a real check.
+TINY_T5 = ["--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=1", "--n_decoder_layer=1", "--n_head=2",
+           "--n_embd=32", "--head_dim=16", "--n_ff=64", "--batch_size=16", "--log_interval=5",
+           "--learning_rate=1e-2", "--warmup_iters=2"]
+
+
+def train_tiny_t5(root, args):
+    """Run t5.main(args) in the directory root (whose data/ holds the dataset, and where out_dir goes);
+    return what it printed. Usable from module-scoped fixtures, which cannot take monkeypatch or capsys."""
+    import t5
+
+    log, cwd = io.StringIO(), os.getcwd()
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stdout(log):
+            t5.main(args)
+    finally:
+        os.chdir(cwd)
+    return log.getvalue()

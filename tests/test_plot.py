@@ -62,7 +62,7 @@ def test_two_runs_two_axes_legend_names_the_differing_key(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     write_log("out-a", run_records(learning_rate=1e-3))
     write_log("out-b", run_records(learning_rate=3e-3))
-    fig = plot.runs_figure([plot.read_run("out-a"), plot.read_run("out-b")])
+    fig = plot.runs_figure(["out-a", "out-b"])
     assert len(fig.axes) == 2
     labels = legend_labels(fig)
     assert labels == ["out-a (learning_rate=0.001)", "out-b (learning_rate=0.003)"]
@@ -93,18 +93,24 @@ def test_tokens_on_the_x_axis(tmp_path, monkeypatch, mpl):
     monkeypatch.chdir(tmp_path)
     write_log("out-a", run_records(tokens_per_iter=100))
     write_log("out-b", run_records(tokens_per_iter=300, learning_rate=3e-3))
-    fig = plot.runs_figure([plot.read_run("out-a"), plot.read_run("out-b")], x="tokens")
+    fig = plot.runs_figure(["out-a", "out-b"], x="tokens")
     assert line_data(fig.axes[0].lines[0])[0] == [0, 1000, 2000, 3000, 4000]
     assert line_data(fig.axes[0].lines[2])[0] == [0, 3000, 6000, 9000, 12000]  # out-b: lines 2 (train), 3 (dots)
     assert line_data(fig.axes[1].lines[1])[0] == [0, 6000, 12000]
     assert fig.axes[1].get_xlabel() == "tokens seen"
 
 
+def test_runs_figure_checks_x_before_reading_logs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # out-none has no log, and matplotlib is not needed: the axis is refused first
+    with pytest.raises(plot.PlotError, match=r"^--x=epochs must be iters or tokens$"):
+        plot.runs_figure(["out-none"], x="epochs")
+
+
 def test_a_metric_gets_a_third_axis_for_the_runs_that_have_it(tmp_path, monkeypatch, mpl):
     monkeypatch.chdir(tmp_path)
     write_log("out-bert", run_records(metric="val_accuracy"))
     write_log("out-gpt", run_records(learning_rate=3e-3))
-    fig = plot.runs_figure([plot.read_run("out-bert"), plot.read_run("out-gpt")])
+    fig = plot.runs_figure(["out-bert", "out-gpt"])
     assert len(fig.axes) == 3
     assert fig.axes[2].get_title() == "val_accuracy"
     assert [line_data(line) for line in fig.axes[2].lines] == [([0, 20, 40], [0.0, 0.2, 0.4])]
@@ -150,7 +156,7 @@ def test_resume_and_damaged_lines(tmp_path, monkeypatch, capsys, mpl):
                          "--out_dir=out-none first; runs trained before log.jsonl existed have none"),
     (["out-empty"], "empty", "error: out-empty/log.jsonl has no train or eval records yet: let the run reach its "
                              "first log_interval (or eval_interval) and try again"),
-    (["out-a", "--x=epochs"], "a", "error: --x=epochs must be iters or tokens"),
+    (["out-none", "--x=epochs"], None, "error: --x=epochs must be iters or tokens"),  # before any log is read
     ([], None, "error: give the out_dirs of the runs to compare (python plot.py out-a out-b), or --positions"),
     (["out-a", "--out=runs.jpg"], "a", "error: --out=runs.jpg must end in .png: plot.py writes PNG images"),
     (["out-a", "--out=nowhere/runs.png"], "a", "error: --out=nowhere/runs.png: directory nowhere does not exist"),
@@ -271,7 +277,7 @@ def test_gpt_runs_drawn_end_to_end(tmp_path, monkeypatch, capsys, small_text_pat
     for run in runs:
         assert [r["iter"] for r in run["train"]] == [0, 1, 2, 3]  # the resumed run too: no iteration twice
         assert [r["iter"] for r in run["eval"]] == [0, 2, 4]
-    fig = plot.runs_figure(runs, x="tokens")
+    fig = plot.runs_figure(["out-a", "out-b"], x="tokens")
     assert legend_labels(fig) == \
         ["out-a (learning_rate=0.0006)", "out-b (learning_rate=0.001)"]
     assert line_data(fig.axes[0].lines[0])[0] == [64, 128, 192, 256]  # tokens after each step: 4 x 16 per step

@@ -10,6 +10,7 @@ import torch
 import prepare_data
 import sample
 import t5
+from conftest import TINY_T5, train_tiny_t5
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -325,32 +326,16 @@ def test_numbers_dataset_pairs_and_held_out(numbers_dir):
         assert (x[row, :n_source - 1] >= 4).all()  # digits and commas
 
 
-TINY = ["--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=1", "--n_decoder_layer=1", "--n_head=2",
-        "--n_embd=32", "--head_dim=16", "--n_ff=64", "--block_size=16", "--target_block_size=16", "--batch_size=16",
-        "--eval_iters=3", "--eval_exact_match=50", "--log_interval=5", "--learning_rate=1e-2", "--warmup_iters=2"]
-
-
-def train(root, monkeypatch, capsys, *args):
-    monkeypatch.chdir(root)
-    t5.main(TINY + list(args))
-    return capsys.readouterr().out
+# conftest's tiny T5 on the numbers task: its lengths, and exact match on 50 held-out pairs.
+TINY = TINY_T5 + ["--block_size=16", "--target_block_size=16", "--eval_iters=3", "--eval_exact_match=50"]
 
 
 @pytest.fixture(scope="module")
 def trained(numbers_dir):
     """(training log, out_dir) of a 40-iteration run on the small numbers dataset."""
-    import contextlib
-    import io
-
-    log, cwd = io.StringIO(), os.getcwd()
-    os.chdir(numbers_dir)
-    try:
-        with contextlib.redirect_stdout(log):
-            t5.main(TINY + ["--out_dir=out-basic", "--max_iters=40", "--lr_decay_iters=40", "--eval_interval=20",
-                            "--eval_beam_size=2", "--dropout=0.0"])
-    finally:
-        os.chdir(cwd)
-    return log.getvalue(), numbers_dir / "out-basic"
+    log = train_tiny_t5(numbers_dir, TINY + ["--out_dir=out-basic", "--max_iters=40", "--lr_decay_iters=40",
+                                             "--eval_interval=20", "--eval_beam_size=2", "--dropout=0.0"])
+    return log, numbers_dir / "out-basic"
 
 
 def test_training_reduces_loss_and_reports_exact_match(trained, run_log):
@@ -388,12 +373,11 @@ def test_exact_match_counts_whole_outputs(numbers_dir):
     assert t5.exact_match(oracle, loader, 40, batch_size=16) == 0.5
 
 
-def test_resume_is_exact(numbers_dir, monkeypatch, capsys, run_log_values):
-    common = ["--eval_interval=10", "--dropout=0.1", "--lr_decay_iters=20", "--eval_exact_match=0"]
-    straight = train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-straight")
-    train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=10", "--out_dir=out-resumed")
-    resumed = train(numbers_dir, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-resumed",
-                    "--init_from=resume")
+def test_resume_is_exact(numbers_dir, run_log_values):
+    common = TINY + ["--eval_interval=10", "--dropout=0.1", "--lr_decay_iters=20", "--eval_exact_match=0"]
+    straight = train_tiny_t5(numbers_dir, common + ["--max_iters=20", "--out_dir=out-straight"])
+    train_tiny_t5(numbers_dir, common + ["--max_iters=10", "--out_dir=out-resumed"])
+    resumed = train_tiny_t5(numbers_dir, common + ["--max_iters=20", "--out_dir=out-resumed", "--init_from=resume"])
     a = torch.load(numbers_dir / "out-straight" / "ckpt.pt", weights_only=True)
     b = torch.load(numbers_dir / "out-resumed" / "ckpt.pt", weights_only=True)
     assert b["iter_num"] == 20
@@ -496,6 +480,10 @@ def test_sample_from_hf_t5_directory_with_sentencepiece(tmp_path, capsys):
 
 def test_t5_checkpoint_without_sentencepiece_installed(tmp_path, monkeypatch):
     save_random_hf_t5(tmp_path, "v1.0")
+    with pytest.raises(SystemExit) as exit_info:  # first without its spiece.model
+        sample.main([f"--init_from={tmp_path}", "--start=hello", "--device=cpu"])
+    assert str(exit_info.value) == (f"error: cannot load {str(tmp_path)!r}: {tmp_path} has no spiece.model, T5's "
+                                    f"SentencePiece tokenizer; copy it there from the model's repository")
     (tmp_path / "spiece.model").write_bytes(b"")
     monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece now raises ImportError
     with pytest.raises(SystemExit, match=r"need the sentencepiece package: pip install sentencepiece"):
@@ -504,7 +492,8 @@ def test_t5_checkpoint_without_sentencepiece_installed(tmp_path, monkeypatch):
 
 def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch, capsys):
     """A hub id goes through download_hf_checkpoint into the cache, served here by a local HTTP server
-    standing in for huggingface.co; sample.py also fetches spiece.model beside the weights."""
+    standing in for huggingface.co, with T5's spiece.model among its files; sample.py reads it from the
+    cache, and a cache without it (written by an older version) is a one-line error saying to delete it."""
     import functools
     import http.server
     import threading
@@ -530,7 +519,9 @@ def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch, capsys):
         model = t5.T5.from_pretrained("someone/tiny-t5").eval()
         cache = tmp_path / "cache" / "someone--tiny-t5"
         assert (cache / "model.safetensors").read_bytes() == (hub / "model.safetensors").read_bytes()
-        assert (cache / ".complete").exists() and not (cache / "spiece.model").exists()
+        assert (cache / "spiece.model").read_bytes() == b"not a real sentencepiece model"
+        assert "https://huggingface.co/someone/tiny-t5/resolve/main/spiece.model" in requested
+        assert (cache / ".complete").exists() and not list(cache.glob("*.part"))
         ids, mask = padded_batch(vocab=99)
         decoder_ids = torch.randint(0, 99, (3, 7))
         with torch.no_grad():
@@ -539,12 +530,20 @@ def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch, capsys):
         requested.clear()
         t5.T5.from_pretrained("someone/tiny-t5")  # cached: the hub is not asked again
         assert requested == []
-        # sample.py: the weights from the cache, spiece.model fetched once; reading it needs sentencepiece.
+        # sample.py: the weights and spiece.model from the cache; reading it needs sentencepiece.
         monkeypatch.setitem(sys.modules, "sentencepiece", None)
         with pytest.raises(SystemExit, match="pip install sentencepiece"):
             sample.main(["--init_from=someone/tiny-t5", "--start=hello", "--device=cpu"])
-        assert (cache / "spiece.model").read_bytes() == b"not a real sentencepiece model"
-        assert requested == ["https://huggingface.co/someone/tiny-t5/resolve/main/spiece.model"]  # config.json: cached
+        assert requested == []
+        # A cache completed by a version that did not fetch spiece.model: the hub is not asked again.
+        (cache / "spiece.model").unlink()
+        with pytest.raises(SystemExit) as exit_info:
+            sample.main(["--init_from=someone/tiny-t5", "--start=hello", "--device=cpu"])
+        assert str(exit_info.value) == (
+            f"error: cannot load 'someone/tiny-t5': the download cache {cache} has no spiece.model, T5's "
+            f"SentencePiece tokenizer (an older version did not fetch it, or someone/tiny-t5 lacks it); delete "
+            f"{cache} to download someone/tiny-t5 again")
+        assert requested == []
     finally:
         server.shutdown()
         server.server_close()

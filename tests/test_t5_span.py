@@ -10,6 +10,7 @@ import torch
 import prepare_data
 import sample
 import t5
+from conftest import TINY_T5, train_tiny_t5
 
 DENSITY, MEAN_SPAN = 0.15, 3.0
 
@@ -142,32 +143,16 @@ def test_loader_batches_rebuild_windows_of_the_text(text_root):
     assert tokenizer.decode(y[0].tolist()).startswith("<extra_id_0>")
 
 
-TINY = ["--device=cpu", "--compile=False", "--dtype=float32", "--n_layer=1", "--n_decoder_layer=1", "--n_head=2",
-        "--n_embd=32", "--head_dim=16", "--n_ff=64", "--block_size=32", "--target_block_size=8", "--batch_size=16",
-        "--eval_iters=4", "--log_interval=5", "--learning_rate=1e-2", "--warmup_iters=2", "--dataset=excerpt"]
-
-
-def train(root, monkeypatch, capsys, *args):
-    monkeypatch.chdir(root)
-    t5.main(TINY + list(args))
-    return capsys.readouterr().out
+# conftest's tiny T5 on the excerpt: windows of 34 characters, short targets (a few dropped spans).
+TINY = TINY_T5 + ["--block_size=32", "--target_block_size=8", "--eval_iters=4", "--dataset=excerpt"]
 
 
 @pytest.fixture(scope="module")
 def trained(text_root):
     """(training log, out_dir) of a 60-iteration span-corruption run on the excerpt."""
-    import contextlib
-    import io
-
-    log, cwd = io.StringIO(), os.getcwd()
-    os.chdir(text_root)
-    try:
-        with contextlib.redirect_stdout(log):
-            t5.main(TINY + ["--out_dir=out-span", "--max_iters=60", "--lr_decay_iters=60", "--eval_interval=30",
-                            "--dropout=0.0"])
-    finally:
-        os.chdir(cwd)
-    return log.getvalue(), text_root / "out-span"
+    log = train_tiny_t5(text_root, TINY + ["--out_dir=out-span", "--max_iters=60", "--lr_decay_iters=60",
+                                           "--eval_interval=30", "--dropout=0.0"])
+    return log, text_root / "out-span"
 
 
 def test_span_corruption_training_reduces_loss(trained):
@@ -185,12 +170,11 @@ def test_span_corruption_training_reduces_loss(trained):
     assert (checkpoint["model_args"]["pad_token_id"], checkpoint["model_args"]["eos_token_id"]) == (58, 59)
 
 
-def test_span_corruption_resume_is_exact(text_root, monkeypatch, capsys):
-    common = ["--eval_interval=10", "--dropout=0.1", "--lr_decay_iters=20"]
-    straight = train(text_root, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-straight")
-    train(text_root, monkeypatch, capsys, *common, "--max_iters=10", "--out_dir=out-resumed")
-    resumed = train(text_root, monkeypatch, capsys, *common, "--max_iters=20", "--out_dir=out-resumed",
-                    "--init_from=resume")
+def test_span_corruption_resume_is_exact(text_root):
+    common = TINY + ["--eval_interval=10", "--dropout=0.1", "--lr_decay_iters=20"]
+    straight = train_tiny_t5(text_root, common + ["--max_iters=20", "--out_dir=out-straight"])
+    train_tiny_t5(text_root, common + ["--max_iters=10", "--out_dir=out-resumed"])
+    resumed = train_tiny_t5(text_root, common + ["--max_iters=20", "--out_dir=out-resumed", "--init_from=resume"])
     a = torch.load(text_root / "out-straight" / "ckpt.pt", weights_only=True)
     b = torch.load(text_root / "out-resumed" / "ckpt.pt", weights_only=True)
     assert b["iter_num"] == 20
