@@ -445,6 +445,14 @@ class Attention(nn.Module):
                 y = manual_attention(q, k, v, mask, dropout_p)
             else:
                 y = manual_biased_attention(q, k, v, mask.to(q.dtype), dropout_p)
+        elif T == 1 and mask is None:
+            # One new token that may see the whole cache (RoPE, no window cutting it): llama.py's
+            # folding of each query group into the query axis, (B, n_head, 1, d) -> (B, n_kv_head,
+            # group, d), which reads each cached key once per group, not once per query head.
+            group = self.n_head // self.n_kv_head
+            y = F.scaled_dot_product_attention(q.view(B, self.n_kv_head, group, self.head_dim), k, v,
+                                               dropout_p=dropout_p)
+            y = y.view(B, self.n_head, 1, self.head_dim)
         else:
             if mask is not None and mask.dtype != torch.bool:
                 mask = mask.to(q.dtype)  # the kernel wants a float bias in the queries' dtype (autocast)
