@@ -219,8 +219,8 @@ def apply_rope(x, cos, sin):
     for the sines, with the first half negated (see rope_cos_sin). The 2-D rotation of every pair,
     (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), is then x * cos + (x2, x1) * sin, where x1 and
     x2 are the two halves of the channels (pair i is (x1[..., i], x2[..., i])). Swapping the halves
-    is a roll by head_dim / 2. Four operations on whole tensors: the fastest of the forms we timed
-    (splitting into halves and concatenating them back costs twice the roll in generation).
+    is a roll by head_dim / 2: (x1, x2) rolled by half its length is (x2, x1). The whole rotation is
+    then four element-wise operations on whole tensors, with no per-pair indexing.
     """
     return x * cos.to(x.dtype) + x.roll(x.size(-1) // 2, dims=-1) * sin.to(x.dtype)
 
