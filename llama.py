@@ -327,9 +327,9 @@ class Attention(nn.Module):
             # key/value head serves its whole group in one plain attention call. No mask: all the
             # group's queries sit at the newest position and may see every cached key. The result
             # is enable_gqa's below, but each cached key and value is read once per group rather
-            # than once per query head, which is the bandwidth GQA set out to save; PyTorch's CPU
-            # kernel behind enable_gqa copies the kv heads instead, 3.5x slower in bfloat16 at
-            # 200 cached tokens (benchmarks/bench_generate_pretrained.py).
+            # than once per query head, which is the bandwidth GQA set out to save. PyTorch's CPU
+            # kernel behind enable_gqa copies the kv heads instead: 174 µs against 46 µs per layer
+            # at 216 cached tokens, SmolLM2's 9 and 3 heads in bfloat16, on a 2-core CPU.
             group = self.n_head // self.n_kv_head
             y = F.scaled_dot_product_attention(q.view(B, self.n_kv_head, group, self.head_dim), k, v,
                                                dropout_p=dropout_p)
