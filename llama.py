@@ -337,9 +337,11 @@ class Attention(nn.Module):
         else:
             # enable_gqa=True (PyTorch 2.5+) lets the kernel broadcast each key/value head over its
             # query group (same grouping as above) without materialising the repeated copies.
-            # is_causal is a branch, not an expression, for torch.compile, as in gpt.py.
+            # Several queries (one took the branch above) and no mask: a prompt on an empty cache
+            # or no cache, so plain causal. (A plain bool, also under torch.compile, unlike
+            # gpt.py's test of past; tests/test_compile.py.)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=True if mask is None and past == 0 else False,
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None,
                 enable_gqa=self.n_kv_head != self.n_head,
             )
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)

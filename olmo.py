@@ -456,9 +456,10 @@ class Attention(nn.Module):
         else:
             if mask is not None and mask.dtype != torch.bool:
                 mask = mask.to(q.dtype)  # the kernel wants a float bias in the queries' dtype (autocast)
-            # is_causal is a branch, not an expression, for torch.compile, as in gpt.py.
+            # No mask here (see attention_mask) means several new queries and no earlier keys: plain
+            # causal, as in llama.py. (One new token took the branch above.)
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=True if mask is None and T > 1 else False,
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None,
                 enable_gqa=self.n_kv_head != self.n_head,
             )
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
@@ -618,17 +619,19 @@ class OLMo(nn.Module):
         past = cache.length if cache is not None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of length {past + T} is longer than block_size={self.config.block_size}")
-        # Positions, computed once and shared by the layers of each kind.
+        x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, C): no position added here
+        # Positions, computed once and shared by the layers of each kind: float32 angles, with their
+        # cos and sin rounded to the activations' dtype once here, as in llama.py.
         rope = {FULL: None, SLIDING: None}
         if self.config.pos_emb == "rope":
             rope[SLIDING] = rope[FULL] = rope_cos_sin(self.inv_freq, past, T)
             if self.config.rope_scaling is not None:
                 cos, sin = rope_cos_sin(self.scaled_inv_freq, past, T)
                 rope[FULL] = (cos * self.rope_attention_factor, sin * self.rope_attention_factor)
+            rope = {kind: tuple(t.to(x.dtype) for t in cos_sin) for kind, cos_sin in rope.items()}
         masks = {}
         for window in set(self.layer_windows):
             masks[window] = self.attention_mask(past, T, window, idx.device)
-        x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, C): no position added here
         for layer, block in enumerate(self.model.layers):
             window = self.layer_windows[layer]
             x = block(x, rope[SLIDING if window else FULL], masks[window], cache, layer)
