@@ -46,6 +46,12 @@ import torch.nn.functional as F
 
 import prepare_data
 
+
+# =============================================================================
+# Part 1: the model, the lesson. Read this first: the configuration, the building blocks in the
+# order data meets them, the model with generation, and how generation picks each next token.
+# =============================================================================
+
 # -----------------------------------------------------------------------------
 # Model configuration
 
@@ -386,53 +392,13 @@ class GPT(nn.Module):
         dtype: of the weights (float32 for training; bfloat16 halves the memory for generation).
         The model is built on the "meta" device, which allocates nothing and runs no random init,
         and then takes the checkpoint's tensors as its parameters (load_state_dict(assign=True)):
-        the memory a load needs is the weights' size, not twice or three times it.
+        the memory a load needs is the weights' size, not twice or three times it. Reading HF's
+        config and renaming its tensors is bookkeeping, in Part 3 (hf_gpt2_config, hf_gpt2_state_dict).
         """
-        if not os.path.isdir(name_or_dir) and name_or_dir in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
-            name_or_dir = "openai-community/" + name_or_dir  # where OpenAI's weights live on the hub
-        directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
-        config_path = os.path.join(directory, "config.json")
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
-        with open(config_path) as f:
-            hf = json.load(f)
-        if hf.get("model_type", "gpt2") != "gpt2":
-            raise ValueError(f"{directory} holds a {hf.get('model_type')!r} model; gpt.py loads only 'gpt2' checkpoints")
-        # Options of HF's GPT2 implementation that change the maths; OpenAI's checkpoints use none.
-        for key, expected in [("activation_function", "gelu_new"), ("scale_attn_weights", True),
-                              ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)]:
-            if hf.get(key, expected) != expected:
-                raise ValueError(f"unsupported GPT-2 option {key}={hf[key]!r} in {config_path} (expected {expected!r})")
-        config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True,
-                           norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+        directory, config = hf_gpt2_config(name_or_dir, dropout)
         with torch.device("meta"):
             model = cls(config)
-
-        hf_state = load_hf_weights(directory)
-        ours = model.state_dict()  # meta tensors: names and shapes only
-        # HF GPT-2 stores c_attn, c_proj and c_fc as "Conv1D" modules whose weight is (in, out):
-        # the transpose of nn.Linear's (out, in). Everything else matches by name once the
-        # "transformer." prefix (present in some checkpoints, absent in OpenAI's) is dropped.
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-        state = {}
-        for hf_name, tensor in hf_state.items():
-            name = hf_name.removeprefix("transformer.")
-            if name.endswith((".attn.bias", ".attn.masked_bias")):
-                continue  # HF's precomputed causal mask buffers, not weights
-            if name == "lm_head.weight":
-                continue  # tied to wte: the same matrix
-            key = "transformer." + name
-            if key not in ours:
-                raise ValueError(f"unexpected tensor {hf_name!r} in the checkpoint at {directory}")
-            if name.endswith(transposed):
-                tensor = tensor.t().contiguous()  # a copy in (out, in) order, for fast matmuls
-            if tensor.shape != ours[key].shape:
-                raise ValueError(f"shape mismatch for {hf_name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[key].shape)}")
-            state[key] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
-        missing = set(ours) - set(state) - {"lm_head.weight"}
-        if missing:
-            raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+        state = hf_gpt2_state_dict(load_hf_weights(directory), model.state_dict(), dtype, directory)
         model.load_state_dict(state, strict=False, assign=True)
         model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the tied matrix: tie again
         return model
@@ -519,8 +485,852 @@ def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, 
     return torch.multinomial(probs, num_samples=1)
 
 
+# =============================================================================
+# Part 2: training. The defaults (every one a config key), then main(): nanoGPT's train.py in
+# named steps. Helpers it shares with every script are in Part 3; read main() first.
+# =============================================================================
+
 # -----------------------------------------------------------------------------
-# Reading Hugging Face checkpoints without extra dependencies
+# Training configuration. Every simple value below can be overridden by config files and
+# --key=value arguments (see parse_config). The defaults train GPT-2 small (124M parameters).
+
+# I/O
+out_dir = "out"
+eval_interval = 250  # evaluate train/val loss (and maybe checkpoint) every this many iterations
+log_interval = 10  # print a training line every this many iterations
+eval_iters = 200  # batches averaged per loss estimate
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), 'gpt2*' or a local HF directory
+# logging
+wandb_log = False
+wandb_project = "gpt"
+wandb_run_name = "gpt"
+# data
+dataset = "shakespeare"
+gradient_accumulation_steps = 40  # micro-batches summed into one optimizer step
+batch_size = 12  # sequences per micro-batch
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0
+bias = True
+attention = "sdpa"
+# AdamW
+learning_rate = 6e-4
+max_iters = 5000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
+# learning-rate schedule
+decay_lr = True
+warmup_iters = 200
+lr_decay_iters = 5000  # ~ max_iters, as the Chinchilla paper suggests
+min_lr = 6e-5  # ~ learning_rate / 10
+# system
+backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
+compile = True  # torch.compile the model (falls back with a warning where it cannot)
+seed = 1337
+
+# Every simple-typed name defined above is a config key (names starting with "_" are not).
+config_keys = [k for k, v in list(globals().items())
+               if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
+
+
+def load_openai_gpt2(cfg, meta, runtime):
+    """init_from=<a GPT-2 name or directory>: OpenAI's weights, to fine-tune (what differs from a
+    scratch run: the tokenizer must be GPT-2's, and the context may be cut shorter)."""
+    # Token ids mean nothing without the tokenizer that made them: GPT-2's weights read GPT-2's
+    # tokens, and a character-level id 5 fed to them is just a wrong word.
+    if meta["tokenizer"] != "gpt2":
+        fail(f"dataset {cfg['dataset']!r} was tokenized with the {meta['tokenizer']!r} tokenizer, but GPT-2's "
+             f"weights read GPT-2's tokens: use a dataset prepared with --tokenizer=gpt2 (e.g. dataset=shakespeare)")
+
+    def load():
+        try:
+            return GPT.from_pretrained(cfg["init_from"], dropout=cfg["dropout"]), None
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            return None, f"cannot load {cfg['init_from']!r}: {e}"
+
+    model = local_rank0_first(load, runtime)  # a hub id downloads once per machine
+    if cfg["block_size"] < model.config.block_size:
+        model.crop_block_size(cfg["block_size"])  # fewer position embeddings: a shorter context
+    return model
+
+
+def main(argv):
+    # ---- the config: defaults, then config files and --key=value (a resume takes the checkpoint's) ----
+    defaults = {k: globals()[k] for k in config_keys}
+    cfg = parse_config(argv, defaults)
+    checkpoint = None
+    if cfg["init_from"] == "resume":
+        checkpoint = load_checkpoint(cfg["out_dir"], "gpt")
+        # The architecture and the dataset are the checkpoint's: an override of them is an error.
+        cfg = resumed_config(argv, defaults, checkpoint, fixed=("dataset", "n_layer", "n_head", "n_embd", "bias"))
+    check_config(cfg)
+
+    # ---- devices, processes and precision ----
+    runtime = start_processes(cfg)  # torchrun's rank, the device, autocast and the GradScaler (Part 3)
+    device, master = runtime.device, runtime.rank == 0  # only rank 0 prints and writes files
+    # Each process does its share of the micro-batches; together they make one optimizer step. (The
+    # config keeps the total the user gave: that is what a resume with another process count needs.)
+    micro_steps = cfg["gradient_accumulation_steps"] // runtime.world_size
+
+    # ---- data ----
+    def prepare_dataset():
+        try:
+            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads, tokenizes if needed
+            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+            return (prepare_data.load_meta(data_dir), loader), None
+        except prepare_data.DataError as e:
+            return None, str(e)
+
+    meta, loader = local_rank0_first(prepare_dataset, runtime)
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
+
+    # ---- model: from scratch, from a checkpoint, or OpenAI's weights ----
+    model_keys = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "attention")
+    if cfg["init_from"] == "scratch":
+        vocab_size = meta["vocab_size"]
+        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
+            vocab_size = (vocab_size + 63) // 64 * 64
+        try:
+            model = GPT(GPTConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size))
+        except ValueError as e:
+            fail(e)
+    elif cfg["init_from"] == "resume":
+        # Only dropout may change between runs (the other keys were checked against the checkpoint).
+        model = GPT(GPTConfig(**checkpoint["model_args"] | {"dropout": cfg["dropout"]}))
+        model.load_state_dict(checkpoint["model"])
+    else:
+        model = load_openai_gpt2(cfg, meta, runtime)  # Part 2, above
+    if cfg["block_size"] > model.config.block_size:
+        fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
+    check_vocabulary_fits(meta, model.config.vocab_size, cfg["dataset"])
+    model_args = asdict(model.config)
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
+                                          runtime.device_type)
+    iter_num, best_val_loss = 0, float("inf")
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iter_num, best_val_loss = restore_training_state(checkpoint, runtime, cfg["seed"])
+        checkpoint = None  # free the loaded copy
+    raw_model = model  # the plain module: what we save, and what MFU counts
+    if cfg["compile"]:
+        model = compile_or_warn(model, runtime, lambda: loader.get_batch("train"))
+    if runtime.ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=runtime.device_ids)
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print("config:", json.dumps(cfg))
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
+              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
+    wandb = start_wandb(cfg, master)
+
+    # ---- the training loop ----
+    # Order within an iteration: evaluate (and checkpoint) the current weights, then take one
+    # optimizer step. A checkpoint written at iteration N therefore holds the weights and RNG state
+    # from just before step N, and resuming repeats exactly what the original run did next.
+    resumed_at = iter_num if cfg["init_from"] == "resume" else None
+    run_log = start_run_log(cfg, runtime, resumed_at, {"kind": "start", "iter": iter_num, "model_type": "gpt",
+                                                       "tokens_per_iter": tokens_per_iter, "config": cfg})
+    model.train()
+    timer = IterationTimer(iter_num)
+    while True:
+        lr = learning_rate_at(iter_num, cfg)  # linear warmup, then cosine decay (Part 3)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
+        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
+            losses = estimate_loss(model, loader, cfg, runtime)  # train and val loss (Part 3)
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            log_eval(run_log, wandb, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
+                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+            check_finite("val loss", losses["val"], iter_num, cfg)
+            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng_states = every_rank_rng_state(runtime)  # collective: every process takes part
+                if master:
+                    save_checkpoint(cfg["out_dir"], {
+                        "model_type": "gpt", "model_args": model_args, "model": raw_model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scaler": runtime.scaler.state_dict(),
+                        "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg, "tokenizer": meta,
+                        "rng_state": rng_states})
+            timer.restart(iter_num)  # keep evaluation out of the timing
+        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+            break
+
+        # Gradient accumulation: sum the gradients of several micro-batches (each loss divided by
+        # their number, so the sum is a mean) to train with a larger batch than fits in memory.
+        train_loss = 0.0  # the mean over this step's micro-batches, for the log
+        for micro_step in range(micro_steps):
+            x, y = loader.get_batch("train")
+            # Under DDP, gradients are averaged across processes during backward; doing it only on
+            # the last micro-step saves all the communication of the earlier ones.
+            last = micro_step == micro_steps - 1
+            with (model.no_sync() if runtime.ddp and not last else nullcontext()):
+                with runtime.autocast:
+                    _, loss = model(x, y)
+                    loss = loss / micro_steps
+                runtime.scaler.scale(loss).backward()
+            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
+        if cfg["grad_clip"] > 0:
+            # Clipping the global gradient norm bounds the size of any one update, protecting
+            # against the occasional huge gradient of a bad batch. Unscale first so the threshold
+            # applies to true gradients.
+            runtime.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        runtime.scaler.step(optimizer)
+        runtime.scaler.update()
+        optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
+
+        if iter_num % cfg["log_interval"] == 0:
+            # The mean loss over all micro-batches of this step, of every process. .item() waits
+            # for the GPU to finish, so we only ask for it when logging.
+            loss_value = mean_over_processes([train_loss.item()], runtime)[0]
+            check_finite("training loss", loss_value, iter_num, cfg)
+            log_train_step(run_log, cfg, runtime, iter_num, loss_value, lr, timer.seconds_per_iter(iter_num),
+                           tokens_per_iter, raw_model.flops_per_token())
+        iter_num += 1
+
+    end_run(cfg, runtime, iter_num, best_val_loss)
+
+
+# =============================================================================
+# Part 3: plumbing. Nothing here is needed to understand the model or the loop: this script's own
+# reading of Hugging Face checkpoints, then the functions every model script shares by convention.
+# =============================================================================
+
+# -----------------------------------------------------------------------------
+# Hugging Face GPT-2 checkpoints: their config.json and tensor names, mapped to ours
+
+
+def hf_gpt2_config(name_or_dir, dropout):
+    """(directory, GPTConfig) of a Hugging Face GPT-2 checkpoint, downloading a hub id first."""
+    if not os.path.isdir(name_or_dir) and name_or_dir in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+        name_or_dir = "openai-community/" + name_or_dir  # where OpenAI's weights live on the hub
+    directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
+    with open(config_path) as f:
+        hf = json.load(f)
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"{directory} holds a {hf.get('model_type')!r} model; gpt.py loads only 'gpt2' checkpoints")
+    # Options of HF's GPT2 implementation that change the maths; OpenAI's checkpoints use none.
+    for key, expected in [("activation_function", "gelu_new"), ("scale_attn_weights", True),
+                          ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)]:
+        if hf.get(key, expected) != expected:
+            raise ValueError(f"unsupported GPT-2 option {key}={hf[key]!r} in {config_path} (expected {expected!r})")
+    return directory, GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                                n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True,
+                                norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+
+
+def hf_gpt2_state_dict(hf_state, ours, dtype, directory):
+    """HF GPT-2's tensors under our names and layouts; ours: the model's state dict (names, shapes)."""
+    # HF GPT-2 stores c_attn, c_proj and c_fc as "Conv1D" modules whose weight is (in, out):
+    # the transpose of nn.Linear's (out, in). Everything else matches by name once the
+    # "transformer." prefix (present in some checkpoints, absent in OpenAI's) is dropped.
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    state = {}
+    for hf_name, tensor in hf_state.items():
+        name = hf_name.removeprefix("transformer.")
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # HF's precomputed causal mask buffers, not weights
+        if name == "lm_head.weight":
+            continue  # tied to wte: the same matrix
+        key = "transformer." + name
+        if key not in ours:
+            raise ValueError(f"unexpected tensor {hf_name!r} in the checkpoint at {directory}")
+        if name.endswith(transposed):
+            tensor = tensor.t().contiguous()  # a copy in (out, in) order, for fast matmuls
+        if tensor.shape != ours[key].shape:
+            raise ValueError(f"shape mismatch for {hf_name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[key].shape)}")
+        state[key] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
+    missing = set(ours) - set(state) - {"lm_head.weight"}
+    if missing:
+        raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+    return state
+
+
+# -----------------------------------------------------------------------------
+# Shared by convention: every function below is identical in every model script (bigram.py,
+# gpt.py, llama.py, olmo.py, bert.py, t5.py; tests/test_template.py keeps them so). Read them once,
+# here in gpt.py: a fix to one is made in all.
+
+
+def parse_config(argv, defaults):
+    """Apply config files and --key=value overrides to the defaults; return the final dict.
+
+    Each argument without "--" is a Python file whose top-level assignments override keys, in
+    order; each --key=value overrides one key, later ones winning. Values are Python literals
+    (--batch_size=32, --decay_lr=False, --dropout=0.1); anything that is not a literal is taken as
+    a string (--device=cuda). A key that does not exist, or a value of the wrong type, is an error
+    naming the key and, where one is close, the key or value that was probably meant: a typo must
+    never silently train with the default.
+    """
+    import ast
+    import difflib
+
+    config = dict(defaults)
+
+    def assign(key, value, source):
+        if key not in config:
+            close = difflib.get_close_matches(key, config, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(config))}"
+            fail(f"unknown config key {key!r} (from {source}){hint}")
+        default = config[key]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # --learning_rate=1 means 1.0
+        if type(value) is not type(default):
+            # --compile=false is the string "false" (Python's literals are True and False).
+            hint = (f"; use {value.capitalize()}" if isinstance(default, bool) and isinstance(value, str)
+                    and value.lower() in ("true", "false") else "")
+            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source}){hint}")
+        config[key] = value
+
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            print("config keys and defaults:\n" + "\n".join(f"  {k} = {v!r}" for k, v in defaults.items()))
+            sys.exit(0)
+        if arg.startswith("--"):
+            if "=" not in arg:
+                fail(f"argument {arg!r} must look like --key=value")
+            key, text = arg[2:].split("=", 1)
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            assign(key, value, arg)
+        else:
+            if not os.path.isfile(arg):
+                fail(f"config file {arg!r} not found")
+            namespace = {}
+            try:
+                with open(arg) as f:
+                    exec(f.read(), namespace)
+            except Exception as e:  # a broken config file: say which, not a traceback into exec
+                fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
+            for key, value in namespace.items():
+                if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
+                    assign(key, value, arg)
+    return config
+
+
+def resumed_config(argv, defaults, checkpoint, fixed):
+    """The config of a resumed run: the checkpoint's, with the command line's settings on top.
+
+    A resume continues a run, so every key the user does not set comes from the run being resumed,
+    not from the script's defaults: `--init_from=resume --out_dir=X` alone trains on X's dataset
+    with X's settings. The keys in `fixed` (the dataset and the architecture) cannot change in a
+    resumed run, so setting one to another value than the checkpoint's is an error naming it,
+    rather than a setting that is silently ignored or a crash at the first batch.
+    """
+    saved = {k: v for k, v in checkpoint["config"].items() if k in defaults and type(v) is type(defaults[k])}
+    cfg = parse_config(argv, defaults | saved)
+    for key in fixed:
+        if key in saved and cfg[key] != saved[key]:
+            fail(f"{key}={cfg[key]!r} conflicts with the checkpoint in {cfg['out_dir']}, trained with {key}="
+                 f"{saved[key]!r}: a resumed run keeps its dataset and architecture. Drop the {key} setting, or "
+                 f"start a new run (init_from='scratch') in another out_dir")
+    return cfg
+
+
+def check_config(cfg):
+    """Refuse, in one line naming the key, a numeric setting that has no meaning.
+
+    The types are already right (parse_config); this checks the values. Keys a script does not have
+    are skipped, so every script shares this one function. Meanings at the edges: max_iters=0
+    evaluates once and trains nothing, grad_clip=0 disables clipping, weight_decay=0 disables decay.
+    """
+    rules = [
+        (("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval",
+          "n_layer", "n_head", "n_embd", "n_kv_head"), lambda v: v >= 1, "must be >= 1"),
+        (("max_iters", "warmup_iters", "lr_decay_iters"), lambda v: v >= 0, "must be >= 0"),
+        (("learning_rate",), lambda v: v > 0, "must be > 0"),
+        (("min_lr", "weight_decay", "grad_clip"), lambda v: v >= 0, "must be >= 0 (0 disables it)"),
+        (("dropout", "beta1", "beta2"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ]
+    for keys, meaningful, requirement in rules:
+        for key in keys:
+            if key in cfg and not meaningful(cfg[key]):  # comparisons with NaN are False: refused too
+                fail(f"config key {key!r} {requirement}, got {cfg[key]!r}")
+
+
+def fail(message):
+    """Stop with the one line "error: <message>" and exit status 1.
+
+    Under torchrun every process runs the same code and meets the same failure (errors that one
+    process alone sees are first shared with all, see first_error), so only rank 0 prints: the
+    message appears once, not once per process.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Leave the process group before exiting: gloo's threads still running while the
+        # interpreter shuts down can abort the process (SIGABRT) instead of exiting with our error.
+        torch.distributed.destroy_process_group()
+    sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
+
+
+def first_error(error, runtime):
+    """The first error message (or None) of all processes; under DDP every process must call it.
+
+    A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
+    or the others wait forever at their next collective call. Gathering every process's message,
+    None when it is fine, lets all of them take the same decision.
+    """
+    if not runtime.ddp:
+        return error
+    errors = [None] * runtime.world_size
+    torch.distributed.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
+
+
+def local_rank0_first(step, runtime):
+    """Run step() -> (value, error message or None) on every process, local rank 0 first; return
+    the value, or fail everywhere if any process failed.
+
+    Downloads and data preparation write files that every process then reads. One process per
+    machine (local rank 0: each machine of a multi-node run has its own disk) does the writing
+    while the others wait; after it, they find the files in place and only read them.
+    """
+    value = None
+    for leaders_turn in (True, False):
+        error = None
+        if (runtime.local_rank == 0) == leaders_turn:
+            value, error = step()
+        error = first_error(error, runtime)
+        if error is not None:
+            fail(error)
+    return value
+
+
+@dataclass
+class Runtime:
+    """Where this process computes and how: what start_processes decided from the config."""
+    ddp: bool  # launched by torchrun: one of world_size processes, each with its own data
+    rank: int  # this process's number among all processes (0 logs and writes files)
+    local_rank: int  # its number on this machine (its GPU, on a multi-GPU machine)
+    world_size: int
+    device: str  # 'cpu', 'cuda:1', 'mps'
+    device_type: str  # 'cpu', 'cuda' or 'mps'
+    autocast: object  # the context in which forward passes run (16-bit matmuls, or nothing)
+    scaler: object  # torch.amp.GradScaler, enabled for float16 only
+
+    @property
+    def device_ids(self):
+        """DistributedDataParallel's device_ids: this process's GPU, or None on a CPU."""
+        return [self.local_rank] if self.device_type == "cuda" else None
+
+
+def start_processes(cfg):
+    """Settle the device, dtype and processes from the config (resolving 'auto'); return a Runtime.
+
+    Under torchrun (RANK in the environment), join the process group: NCCL, NVIDIA's fast
+    GPU-to-GPU library, on GPUs; gloo everywhere else (CPUs, and Windows, which has no NCCL).
+    """
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, local_rank, world_size = 0, 0, 1
+    if ddp:
+        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+        if cfg["gradient_accumulation_steps"] % world_size != 0:
+            fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
+                 f"number of processes ({world_size})")
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
+    if device_type == "cuda" and not torch.cuda.is_available():
+        fail("device='cuda' but no CUDA GPU is available; use --device=cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        fail("device='mps' but MPS is not available on this machine; use --device=cpu")
+    if cfg["dtype"] == "auto":
+        if device_type == "cuda":
+            cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            cfg["dtype"] = "float32"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg["dtype"] not in dtypes:
+        fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    if ddp:
+        if device_type == "cuda":
+            cfg["device"] = f"cuda:{local_rank}"
+            torch.cuda.set_device(cfg["device"])
+        nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
+        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
+        torch.distributed.init_process_group(backend=backend)
+    if device_type == "cpu" and rank == 0:
+        warn_if_cpu_is_busy(world_size)
+    # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
+    torch.manual_seed(cfg["seed"] + rank)
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
+    torch.backends.cudnn.allow_tf32 = True
+    # Mixed precision: autocast runs matmuls in 16 bits while keeping weights and reductions in
+    # float32. bfloat16 has float32's exponent range, so it needs nothing else; float16 gradients
+    # can underflow to zero, which the GradScaler prevents by scaling the loss up before backward
+    # (and skipping a step whose gradients overflowed to inf).
+    autocast = (nullcontext() if cfg["dtype"] == "float32"
+                else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
+    return Runtime(ddp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler)
+
+
+def warn_if_cpu_is_busy(world_size):
+    """Warn once when torch's threads outnumber the cores that other programs leave free.
+
+    PyTorch starts one thread per core. When another program already keeps cores busy, its
+    threads wait for each other at every operation (each op splits its work evenly, so the slowest
+    thread sets the pace), and training can run ten times slower than with fewer threads. The
+    1-minute load average (Unix only) estimates the busy cores.
+    """
+    if not hasattr(os, "getloadavg"):
+        return
+    cores = os.cpu_count() or 1
+    free = max(1, round(cores - os.getloadavg()[0]))
+    threads = torch.get_num_threads() * world_size
+    if threads > free:
+        per_process = max(1, free // world_size)
+        print(f"warning: this CPU is busy (load {os.getloadavg()[0]:.1f} on {cores} cores) and torch runs {threads} "
+              f"thread(s); with OMP_NUM_THREADS={per_process} it may train several times faster")
+
+
+# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU: model FLOPs per second
+# achieved divided by what the hardware could do. Matched against torch.cuda.get_device_name().
+_GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def gpu_peak_flops(device_name):
+    for key, flops in _GPU_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def load_checkpoint(out_dir, model_type):
+    """out_dir/ckpt.pt as a dict (tensors on the CPU), or a one-line error if it is missing,
+    damaged or another script's.
+
+    The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
+    The tensors go to the model's device when the model and optimizer take them.
+    """
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.exists(path):
+        fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
+    try:
+        # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        written_by = checkpoint["model_type"]
+    except Exception as e:  # truncated, not a torch file, or not our dict
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        fail(f"{path} is not a readable checkpoint of this repository ({type(e).__name__}: {first_line}); "
+             f"restore it from a copy, or train again with init_from='scratch'")
+    if written_by != model_type:
+        fail(f"{path} was written by {written_by}.py, not {model_type}.py")
+    return checkpoint
+
+
+def check_vocabulary_fits(meta, vocab_size, dataset):
+    """Refuse, before the first batch, a dataset whose token ids the model has no row for.
+
+    An id past the embedding table is an IndexError deep inside the first forward pass (or, on a
+    GPU, a device-side assert); here it is one line naming both sizes.
+    """
+    if meta["vocab_size"] > vocab_size:
+        fail(f"dataset {dataset!r} has {meta['vocab_size']} tokens but the model knows {vocab_size}: use a "
+             f"dataset made with the model's tokenizer (a resumed run: the dataset it was trained on)")
+
+
+def restore_training_state(checkpoint, runtime, seed):
+    """Put a resumed run where the checkpoint left it: the GradScaler, this process's random stream;
+    return (iter_num, best_val_loss). (The model and optimizer are loaded by the caller.)"""
+    if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
+        runtime.scaler.load_state_dict(checkpoint["scaler"])
+    iter_num = checkpoint["iter_num"]
+    restore_rng_state(checkpoint["rng_state"], runtime.rank, runtime.world_size,
+                      seed + runtime.world_size * iter_num + runtime.rank)
+    return iter_num, checkpoint["best_val_loss"]
+
+
+def every_rank_rng_state(runtime):
+    """The random-number-generator state of every process, as a list indexed by rank.
+
+    The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
+    seed + rank), so an exact resume must restore each process's own state, not rank 0's for all:
+    with one state, every process would draw the same batches after a resume, and the effective
+    batch would silently shrink by the process count. Every process must call this together.
+    """
+    state = {"cpu": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state() if runtime.device_type == "cuda" else None}
+    if not runtime.ddp:
+        return [state]
+    states = [None] * runtime.world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_state(states, rank, world_size, fresh_seed):
+    """Restore this process's RNG state from a checkpoint's list (see every_rank_rng_state).
+
+    With as many processes as the run that wrote it, each takes its own state and the run continues
+    exactly. With another number there is no exact continuation (the batches are split differently
+    anyway): each process then starts a fresh stream of its own, seeded from the seed, the iteration
+    and its rank, so that processes still differ and no batch sequence from the start is replayed.
+    """
+    if isinstance(states, dict):  # a checkpoint from before every process's state was saved: one state
+        states = [states]
+    if len(states) == world_size:
+        torch.set_rng_state(states[rank]["cpu"].cpu())
+        if states[rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states[rank]["cuda"].cpu())
+        return
+    if rank == 0:
+        print(f"note: the checkpoint was written by {len(states)} process(es) and this run has {world_size}: "
+              f"training continues with fresh random streams, not exactly as the original run would have")
+    torch.manual_seed(fresh_seed)
+
+
+def compile_model(model, autocast, device, trial_batch, dynamic=False):
+    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails here.
+
+    Compilation is lazy: errors (no C compiler, an unsupported platform) only appear at the first
+    call. So we try one forward and backward right away, on trial_batch(): the arguments of one
+    training call, model(*trial_batch()) -> (logits, loss). It runs inside fork_rng, so that
+    drawing that batch (and any dropout) does not change the random stream of the real run.
+    dynamic=True compiles one shape-generic graph, for batches whose shape changes from step to
+    step (padded pairs in t5.py). On failure the caller warns and trains uncompiled: slower, but
+    correct.
+    """
+    compiled = torch.compile(model, dynamic=dynamic)
+    try:
+        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
+            with autocast:
+                _, loss = compiled(*trial_batch())
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        return compiled, None
+    except Exception as e:  # any compiler failure
+        model.zero_grad(set_to_none=True)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return model, f"{type(e).__name__}: {first_line}"
+
+
+def compile_or_warn(model, runtime, trial_batch, dynamic=False):
+    """compile_model for training: the compiled model, or the model itself after a warning."""
+    compiled, compile_error = compile_model(model, runtime.autocast, runtime.device, trial_batch, dynamic)
+    if compile_error and runtime.rank == 0:
+        print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
+    return compiled
+
+
+def start_wandb(cfg, master):
+    """The wandb module, logging this run, when wandb_log is set (on rank 0); else None."""
+    if not (cfg["wandb_log"] and master):
+        return None
+    try:
+        import wandb
+    except ImportError:
+        fail("wandb_log=True but wandb is not installed: pip install wandb")
+    wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+    return wandb
+
+
+@torch.no_grad()
+def estimate_loss(model, loader, cfg, runtime):
+    """Mean loss over eval_iters batches of each split (on every process), with dropout off.
+
+    Averaged over the processes, so that all of them see the same numbers and take the same
+    decisions: whether to save, whether the loss has diverged.
+    """
+    model.eval()
+    losses = []
+    for split in ("train", "val"):
+        total = 0.0
+        for _ in range(cfg["eval_iters"]):
+            x, y = loader.get_batch(split)
+            with runtime.autocast:
+                _, loss = model(x, y)
+            total += loss.item()
+        losses.append(total / cfg["eval_iters"])
+    model.train()
+    return dict(zip(("train", "val"), mean_over_processes(losses, runtime)))
+
+
+def learning_rate_at(it, cfg):
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr.
+
+    Warmup: at the start, Adam's moment estimates are built from a handful of gradients and the
+    weights are random, so full-size steps can throw the model somewhere it never recovers from.
+    The cosine then spends most of the run at a high rate and anneals smoothly at the end, where
+    small steps let the weights settle instead of jittering with each batch's noise.
+    """
+    if not cfg["decay_lr"]:
+        return cfg["learning_rate"]
+    if it < cfg["warmup_iters"]:
+        # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
+        # wasted), and the ramp reaches the full rate just as the cosine takes over.
+        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+    if it > cfg["lr_decay_iters"]:
+        return cfg["min_lr"]
+    progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+    return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+
+def mean_over_processes(values, runtime):
+    """Average a few floats over all processes (each has measured its own batches)."""
+    if not runtime.ddp:
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=runtime.device)
+    torch.distributed.all_reduce(total)  # a sum: gloo has no average
+    return (total / runtime.world_size).tolist()
+
+
+def check_finite(what, value, iter_num, cfg):
+    """Stop at a loss that is inf or NaN: every step after it would only spread the damage."""
+    if not math.isfinite(value):
+        fail(f"{what} is {value} at iteration {iter_num}; the last good checkpoint in {cfg['out_dir']} was kept. "
+             f"Lower learning_rate, or use dtype=bfloat16/float32.")
+
+
+class IterationTimer:
+    """Wall time per training iteration, averaged over the iterations since the last log line."""
+
+    def __init__(self, iter_num):
+        self.restart(iter_num)
+
+    def restart(self, iter_num):
+        """Start timing at iteration iter_num (after an evaluation, which the timing leaves out)."""
+        self.start, self.first_iter = time.time(), iter_num
+
+    def seconds_per_iter(self, iter_num):
+        """The mean time of iterations first_iter..iter_num; timing then restarts at iter_num + 1."""
+        now = time.time()
+        seconds = (now - self.start) / (iter_num + 1 - self.first_iter)
+        self.start, self.first_iter = now, iter_num + 1
+        return seconds
+
+
+def log_train_step(run_log, cfg, runtime, iter_num, loss, lr, seconds, tokens_per_iter, flops_per_token):
+    """Print the training line (rank 0) and add it to the run log: loss, time, tokens/s and MFU.
+
+    MFU (model FLOPs utilisation, PaLM paper): the fraction of the GPU's 16-bit peak FLOP/s that
+    the model's own arithmetic reaches, the honest measure of how well a run uses its hardware.
+    """
+    tokens_per_sec = tokens_per_iter / seconds
+    peak = gpu_peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device_type == "cuda" else None
+    mfu = None
+    if peak is None:
+        mfu_text = "n/a (unknown peak)"
+    elif cfg["dtype"] == "float32":
+        mfu_text = "n/a (peaks are for 16-bit)"
+    else:
+        mfu = flops_per_token * tokens_per_sec / runtime.world_size / peak
+        mfu_text = f"{100 * mfu:.1f}%"
+    if runtime.rank == 0:
+        print(f"iter {iter_num}: loss {loss:.4f}, time {seconds * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+              f"mfu {mfu_text}, lr {lr:.2e}")
+    if run_log:
+        append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
+                                 "loss": loss, "lr": lr, "ms_per_iter": seconds * 1000,
+                                 "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+
+
+def log_eval(run_log, wandb, record):
+    """Add an evaluation's record (losses, the model's own metric) to the run log and to wandb."""
+    if run_log:
+        append_run_log(run_log, record)
+    if wandb:
+        wandb.log({k.replace("_loss", "/loss"): v for k, v in record.items() if k != "kind"})
+
+
+def save_checkpoint(out_dir, checkpoint):
+    """Write out_dir/ckpt.pt: to a temporary file, then renamed over the old one, so a crash
+    mid-write leaves the previous checkpoint intact."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    try:
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
+    print(f"saved checkpoint to {path}")
+
+
+def start_run_log(cfg, runtime, resumed_at, start_record):
+    """Begin out_dir/log.jsonl with start_record and return its path; None where no log is written
+    (on ranks other than 0, and for eval_only, which trains nothing).
+
+    One JSON object per line: a "start" record (the config) at the beginning of every run and
+    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
+    file afresh. A resumed run keeps every line, and marks "superseded": true on the lines past its
+    checkpoint (the evaluation at the checkpoint's own iteration, which it does not repeat, stays
+    current): the run that wrote them went on past its last checkpoint, and those iterations are
+    about to be trained and logged again. Readers (plot.py) skip superseded lines, so every
+    iteration counts once. The file is rewritten through a temporary file, so a crash here loses no
+    line of the old log.
+    """
+    if runtime.rank != 0 or cfg["eval_only"]:
+        return None
+    path = os.path.join(cfg["out_dir"], "log.jsonl")
+    lines, superseded = [], 0
+    if resumed_at is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    later = record["iter"] > resumed_at or (record["iter"] == resumed_at and record["kind"] != "eval")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash mid-write
+                if later and not record.get("superseded"):
+                    record["superseded"], superseded = True, superseded + 1
+                lines.append(json.dumps(record) + "\n")
+    if superseded:
+        print(f"note: {path}: {superseded} record(s) past iteration {resumed_at}, the checkpoint's, are kept but "
+              f"marked superseded; this run trains those iterations again")
+    lines.append(json.dumps(start_record) + "\n")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def append_run_log(path, record):
+    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def end_run(cfg, runtime, iter_num, best_val_loss):
+    """Say what a resume would continue from, and leave the process group together.
+
+    With always_save_checkpoint=False the checkpoint is the best evaluation's, which may be far
+    behind the last iteration: a later --init_from=resume continues from there, not from the end.
+    """
+    if runtime.rank == 0 and not cfg["eval_only"] and not cfg["always_save_checkpoint"]:
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        if os.path.exists(path):
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iter_num"]  # no tensor read
+            if saved != iter_num:
+                print(f"note: {path} holds iteration {saved}, the best val loss ({best_val_loss:.4f}); "
+                      f"--init_from=resume continues from there, not from iteration {iter_num}")
+    if runtime.ddp:
+        # Leave together: a process that exited while rank 0 was still writing the checkpoint would
+        # tear down the connections under it.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+# Reading Hugging Face checkpoints without extra dependencies: safetensors, shards, the hub.
 
 
 def read_safetensors(path):
@@ -648,607 +1458,6 @@ def download_hf_checkpoint(repo):
                 fetch(shard)
     open(complete_marker, "w").close()
     return directory
-
-
-# -----------------------------------------------------------------------------
-# Training configuration. Every simple value below can be overridden by config files and
-# --key=value arguments (see parse_config). The defaults train GPT-2 small (124M parameters).
-
-# I/O
-out_dir = "out"
-eval_interval = 250  # evaluate train/val loss (and maybe checkpoint) every this many iterations
-log_interval = 10  # print a training line every this many iterations
-eval_iters = 200  # batches averaged per loss estimate
-eval_only = False  # evaluate once and exit
-always_save_checkpoint = True  # save at every eval, not only when val loss improves
-init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), 'gpt2*' or a local HF directory
-# logging
-wandb_log = False
-wandb_project = "gpt"
-wandb_run_name = "gpt"
-# data
-dataset = "shakespeare"
-gradient_accumulation_steps = 40  # micro-batches summed into one optimizer step
-batch_size = 12  # sequences per micro-batch
-block_size = 1024
-# model
-n_layer = 12
-n_head = 12
-n_embd = 768
-dropout = 0.0
-bias = True
-attention = "sdpa"
-# AdamW
-learning_rate = 6e-4
-max_iters = 5000
-weight_decay = 0.1
-beta1 = 0.9
-beta2 = 0.95
-grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
-# learning-rate schedule
-decay_lr = True
-warmup_iters = 200
-lr_decay_iters = 5000  # ~ max_iters, as the Chinchilla paper suggests
-min_lr = 6e-5  # ~ learning_rate / 10
-# system
-backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
-device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
-compile = True  # torch.compile the model (falls back with a warning where it cannot)
-seed = 1337
-
-# Every simple-typed name defined above is a config key (names starting with "_" are not).
-config_keys = [k for k, v in list(globals().items())
-               if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
-
-
-def parse_config(argv, defaults):
-    """Apply config files and --key=value overrides to the defaults; return the final dict.
-
-    Each argument without "--" is a Python file whose top-level assignments override keys, in
-    order; each --key=value overrides one key, later ones winning. Values are Python literals
-    (--batch_size=32, --decay_lr=False, --dropout=0.1); anything that is not a literal is taken as
-    a string (--device=cuda). A key that does not exist, or a value of the wrong type, is an error
-    naming the key: a typo must never silently train with the default.
-    """
-    import ast
-
-    config = dict(defaults)
-
-    def assign(key, value, source):
-        if key not in config:
-            fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
-        default = config[key]
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)  # --learning_rate=1 means 1.0
-        if type(value) is not type(default):
-            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
-        config[key] = value
-
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            print(__doc__)
-            print("config keys and defaults:\n" + "\n".join(f"  {k} = {v!r}" for k, v in defaults.items()))
-            sys.exit(0)
-        if arg.startswith("--"):
-            if "=" not in arg:
-                fail(f"argument {arg!r} must look like --key=value")
-            key, text = arg[2:].split("=", 1)
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                value = text
-            assign(key, value, arg)
-        else:
-            if not os.path.isfile(arg):
-                fail(f"config file {arg!r} not found")
-            namespace = {}
-            try:
-                with open(arg) as f:
-                    exec(f.read(), namespace)
-            except Exception as e:  # a broken config file: say which, not a traceback into exec
-                fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
-            for key, value in namespace.items():
-                if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
-                    assign(key, value, arg)
-    return config
-
-
-# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU: model FLOPs per second
-# achieved divided by what the hardware could do. Matched against torch.cuda.get_device_name().
-_GPU_PEAK_FLOPS = [
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
-    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
-    ("V100", 125e12), ("T4", 65e12),
-]
-
-
-def gpu_peak_flops(device_name):
-    for key, flops in _GPU_PEAK_FLOPS:
-        if key in device_name:
-            return flops
-    return None
-
-
-def check_config(cfg):
-    """Refuse, in one line naming the key, a numeric setting that has no meaning.
-
-    The types are already right (parse_config); this checks the values. Keys a script does not have
-    are skipped, so every script shares this one function. Meanings at the edges: max_iters=0
-    evaluates once and trains nothing, grad_clip=0 disables clipping, weight_decay=0 disables decay.
-    """
-    rules = [
-        (("batch_size", "block_size", "gradient_accumulation_steps", "eval_iters", "eval_interval", "log_interval",
-          "n_layer", "n_head", "n_embd", "n_kv_head"), lambda v: v >= 1, "must be >= 1"),
-        (("max_iters", "warmup_iters", "lr_decay_iters"), lambda v: v >= 0, "must be >= 0"),
-        (("learning_rate",), lambda v: v > 0, "must be > 0"),
-        (("min_lr", "weight_decay", "grad_clip"), lambda v: v >= 0, "must be >= 0 (0 disables it)"),
-        (("dropout", "beta1", "beta2"), lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    ]
-    for keys, meaningful, requirement in rules:
-        for key in keys:
-            if key in cfg and not meaningful(cfg[key]):  # comparisons with NaN are False: refused too
-                fail(f"config key {key!r} {requirement}, got {cfg[key]!r}")
-
-
-def fail(message):
-    """Stop with the one line "error: <message>" and exit status 1.
-
-    Under torchrun every process runs the same code and meets the same failure (errors that one
-    process alone sees are first shared with all, see first_error), so only rank 0 prints: the
-    message appears once, not once per process.
-    """
-    sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
-
-
-def first_error(error, ddp):
-    """The first error message (or None) of all processes; under DDP every process must call it.
-
-    A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
-    or the others wait forever at their next collective call. Gathering every process's message,
-    None when it is fine, lets all of them take the same decision.
-    """
-    if not ddp:
-        return error
-    errors = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(errors, error)
-    return next((e for e in errors if e is not None), None)
-
-
-def local_rank0_first(step, ddp, local_rank):
-    """Run step() -> (value, error message or None) on every process, local rank 0 first; return
-    the value, or fail everywhere if any process failed.
-
-    Downloads and data preparation write files that every process then reads. One process per
-    machine (local rank 0: each machine of a multi-node run has its own disk) does the writing
-    while the others wait; after it, they find the files in place and only read them.
-    """
-    value = None
-    for leaders_turn in (True, False):
-        error = None
-        if (local_rank == 0) == leaders_turn:
-            value, error = step()
-        error = first_error(error, ddp)
-        if error is not None:
-            fail(error)
-    return value
-
-
-def main(argv):
-    cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
-    check_config(cfg)
-
-    # ---- devices, processes and precision ----
-    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
-    rank, local_rank, world_size = 0, 0, 1
-    if ddp:
-        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        if cfg["gradient_accumulation_steps"] % world_size != 0:
-            fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
-                 f"number of processes ({world_size})")
-    # Each process does its share of the micro-batches; together they make one optimizer step. (The
-    # config keeps the total the user gave: that is what a resume with another process count needs.)
-    micro_steps = cfg["gradient_accumulation_steps"] // world_size
-    master = rank == 0  # only this process logs and writes checkpoints
-    if cfg["device"] == "auto":
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
-    if device_type == "cuda" and not torch.cuda.is_available():
-        fail("device='cuda' but no CUDA GPU is available; use --device=cpu")
-    if device_type == "mps" and not torch.backends.mps.is_available():
-        fail("device='mps' but MPS is not available on this machine; use --device=cpu")
-    if cfg["dtype"] == "auto":
-        if device_type == "cuda":
-            cfg["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            cfg["dtype"] = "float32"
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if cfg["dtype"] not in dtypes:
-        fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
-    if ddp:
-        if device_type == "cuda":
-            cfg["device"] = f"cuda:{local_rank}"
-            torch.cuda.set_device(cfg["device"])
-        # NCCL is NVIDIA's fast GPU-to-GPU library; gloo works everywhere (CPUs, and Windows, which
-        # has no NCCL).
-        nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
-        backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
-        torch.distributed.init_process_group(backend=backend)
-    device = cfg["device"]
-    # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
-    torch.manual_seed(cfg["seed"] + rank)
-    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
-    torch.backends.cudnn.allow_tf32 = True
-    # Mixed precision: autocast runs matmuls in 16 bits while keeping weights and reductions in
-    # float32. bfloat16 has float32's exponent range, so it needs nothing else; float16 gradients
-    # can underflow to zero, which the GradScaler prevents by scaling the loss up before backward
-    # (and skipping a step whose gradients overflowed to inf).
-    autocast = (nullcontext() if cfg["dtype"] == "float32"
-                else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
-    scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
-
-    # ---- data ----
-    def prepare_dataset():
-        try:
-            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
-            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
-            return (prepare_data.load_meta(data_dir), loader), None
-        except prepare_data.DataError as e:
-            return None, str(e)
-
-    meta, loader = local_rank0_first(prepare_dataset, ddp, local_rank)
-    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
-
-    # ---- model ----
-    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
-    model_keys = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "attention")
-    if cfg["init_from"] == "scratch":
-        vocab_size = meta["vocab_size"]
-        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
-            vocab_size = (vocab_size + 63) // 64 * 64
-        try:
-            config = GPTConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size)
-        except ValueError as e:
-            fail(e)
-        model = GPT(config)
-        model_args = asdict(config)
-    elif cfg["init_from"] == "resume":
-        checkpoint = load_checkpoint(cfg["out_dir"], device, "gpt")
-        # The architecture comes from the checkpoint; only dropout may change between runs.
-        model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
-        model = GPT(GPTConfig(**model_args))
-        model.load_state_dict(checkpoint["model"])
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-    else:
-        # Token ids mean nothing without the tokenizer that made them: GPT-2's weights read GPT-2's
-        # tokens, and a character-level id 5 fed to them is just a wrong word.
-        if meta["tokenizer"] != "gpt2":
-            fail(f"dataset {cfg['dataset']!r} was tokenized with the {meta['tokenizer']!r} tokenizer, but GPT-2's "
-                 f"weights read GPT-2's tokens: use a dataset prepared with --tokenizer=gpt2 (e.g. dataset=shakespeare)")
-
-        def load_pretrained():
-            try:
-                return GPT.from_pretrained(cfg["init_from"], dropout=cfg["dropout"]), None
-            except (ValueError, FileNotFoundError, RuntimeError) as e:
-                return None, f"cannot load {cfg['init_from']!r}: {e}"
-
-        model = local_rank0_first(load_pretrained, ddp, local_rank)  # a hub id downloads once per machine
-        if cfg["block_size"] < model.config.block_size:
-            model.crop_block_size(cfg["block_size"])
-        model_args = asdict(model.config)
-    if cfg["block_size"] > model.config.block_size:
-        fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
-    model.to(device)
-    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
-            scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
-    raw_model = model  # the plain module: what we save, and what MFU counts
-    if cfg["compile"]:
-        model, compile_error = compile_model(model, autocast, device, lambda: loader.get_batch("train"))
-        if compile_error and master:
-            print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
-    if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
-
-    if master:
-        os.makedirs(cfg["out_dir"], exist_ok=True)
-        print("config:", json.dumps(cfg))
-        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
-              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
-    wandb = None
-    if cfg["wandb_log"] and master:
-        try:
-            import wandb
-        except ImportError:
-            fail("wandb_log=True but wandb is not installed: pip install wandb")
-        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
-
-    def lr_at(it):
-        """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
-        if not cfg["decay_lr"]:
-            return cfg["learning_rate"]
-        if it < cfg["warmup_iters"]:
-            # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
-            # wasted), and the ramp reaches the full rate just as the cosine takes over.
-            return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
-        if it > cfg["lr_decay_iters"]:
-            return cfg["min_lr"]
-        progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
-        return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
-
-    def mean_over_processes(values):
-        """Average a few floats over all processes (each has measured its own batches)."""
-        if not ddp:
-            return values
-        total = torch.tensor(values, dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(total)  # a sum: gloo has no average
-        return (total / world_size).tolist()
-
-    @torch.no_grad()
-    def estimate_loss():
-        """Mean loss over eval_iters batches of each split (on every process), with dropout off.
-
-        Averaged over the processes, so that all of them see the same numbers and take the same
-        decisions: whether to save, whether the loss has diverged.
-        """
-        model.eval()
-        losses = []
-        for split in ("train", "val"):
-            total = 0.0
-            for _ in range(cfg["eval_iters"]):
-                x, y = loader.get_batch(split)
-                with autocast:
-                    _, loss = model(x, y)
-                total += loss.item()
-            losses.append(total / cfg["eval_iters"])
-        model.train()
-        return dict(zip(("train", "val"), mean_over_processes(losses)))
-
-    def save_checkpoint(rng_states):
-        checkpoint = {
-            "model_type": "gpt",
-            "model_args": model_args,
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "iter_num": iter_num,
-            "best_val_loss": best_val_loss,
-            "config": cfg,
-            "tokenizer": meta,
-            "rng_state": rng_states,
-        }
-        path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        # Write then rename: a crash mid-write leaves the previous checkpoint intact.
-        try:
-            torch.save(checkpoint, path + ".tmp")
-            os.replace(path + ".tmp", path)
-        except OSError as e:
-            fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
-        print(f"saved checkpoint to {path}")
-
-    # ---- the training loop ----
-    # Order within an iteration: evaluate (and checkpoint) the current weights, then take one
-    # optimizer step. A checkpoint written at iteration N therefore holds the weights and RNG state
-    # from just before step N, and resuming repeats exactly what the original run did next.
-    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
-    resumed_at = iter_num if checkpoint is not None else None
-    checkpoint = None  # free the loaded copy
-    # out_dir/log.jsonl: every log and eval line as JSON, for plot.py to draw (rank 0 writes it;
-    # eval_only writes nothing). None: no log.
-    run_log = None
-    if master and not cfg["eval_only"]:
-        run_log = start_run_log(os.path.join(cfg["out_dir"], "log.jsonl"), resumed_at,
-                                {"kind": "start", "iter": iter_num, "model_type": "gpt",
-                                 "tokens_per_iter": tokens_per_iter, "config": cfg})
-    model.train()
-    # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
-    t_last, iter_timed = time.time(), iter_num
-    while True:
-        lr = lr_at(iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
-        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
-            losses = estimate_loss()
-            if master:
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                if wandb:
-                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-                if run_log:
-                    append_run_log(run_log, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
-                                             "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
-            if not math.isfinite(losses["val"]):
-                fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
-                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
-                best_val_loss = min(best_val_loss, losses["val"])
-                rng_states = every_rank_rng_state(ddp, device_type)  # collective: every process takes part
-                if master:
-                    save_checkpoint(rng_states)
-            t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
-        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
-            break
-
-        # Gradient accumulation: sum the gradients of several micro-batches (each loss divided by
-        # their number, so the sum is a mean) to train with a larger batch than fits in memory.
-        train_loss = 0.0  # the mean over this step's micro-batches, for the log
-        for micro_step in range(micro_steps):
-            x, y = loader.get_batch("train")
-            # Under DDP, gradients are averaged across processes during backward; doing it only on
-            # the last micro-step saves all the communication of the earlier ones.
-            last = micro_step == micro_steps - 1
-            with (model.no_sync() if ddp and not last else nullcontext()):
-                with autocast:
-                    _, loss = model(x, y)
-                    loss = loss / micro_steps
-                scaler.scale(loss).backward()
-            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
-        if cfg["grad_clip"] > 0:
-            # Clipping the global gradient norm bounds the size of any one update, protecting
-            # against the occasional huge gradient of a bad batch. Unscale first so the threshold
-            # applies to true gradients.
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
-
-        if iter_num % cfg["log_interval"] == 0:
-            # The mean loss over all micro-batches of this step, of every process. .item() waits
-            # for the GPU to finish, so we only ask for it when logging.
-            loss_value = mean_over_processes([train_loss.item()])[0]
-            if not math.isfinite(loss_value):
-                fail(f"training loss is {loss_value} at iteration {iter_num}; the last good checkpoint in "
-                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-            now = time.time()
-            dt = (now - t_last) / (iter_num + 1 - iter_timed)
-            t_last, iter_timed = now, iter_num + 1
-            tokens_per_sec = tokens_per_iter / dt
-            flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
-            mfu = None  # the fraction of the GPU's 16-bit peak FLOP/s the model's arithmetic reaches
-            if peak_flops is None:
-                mfu_text = "n/a (unknown peak)"
-            elif cfg["dtype"] == "float32":
-                mfu_text = "n/a (peaks are for 16-bit)"
-            else:
-                mfu = flops_per_sec / peak_flops
-                mfu_text = f"{100 * mfu:.1f}%"
-            if master:
-                print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                      f"mfu {mfu_text}, lr {lr:.2e}")
-            if run_log:
-                append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
-                                         "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
-                                         "tokens_per_sec": tokens_per_sec, "mfu": mfu})
-        iter_num += 1
-
-    if ddp:
-        # Leave together: a process that exited while rank 0 was still writing the checkpoint would
-        # tear down the connections under it.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
-def start_run_log(path, resumed_at, start_record):
-    """Begin the run log at path (out_dir/log.jsonl) with start_record; return the path.
-
-    One JSON object per line: a "start" record (the config) at the beginning of every run and
-    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
-    file afresh. A resumed run keeps the lines of the iterations before its checkpoint, and the
-    evaluation at the checkpoint's own iteration (which it does not repeat), and drops the rest:
-    the run that wrote them went on past its last checkpoint, and those iterations are about to be
-    trained and logged again. So every iteration appears once, whatever was resumed. The file is
-    rewritten through a temporary file, so a crash here loses no line of the old log.
-    """
-    kept = []
-    if resumed_at is not None and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                    keep = record["iter"] < resumed_at or (record["iter"] == resumed_at and record["kind"] == "eval")
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a crash mid-write
-                if keep:
-                    kept.append(json.dumps(record) + "\n")
-    kept.append(json.dumps(start_record) + "\n")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def append_run_log(path, record):
-    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def load_checkpoint(out_dir, device, model_type):
-    """out_dir/ckpt.pt as a dict, or a one-line error if it is missing, damaged or another script's.
-
-    The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
-    """
-    path = os.path.join(out_dir, "ckpt.pt")
-    if not os.path.exists(path):
-        fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
-    try:
-        # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-        written_by = checkpoint["model_type"]
-    except Exception as e:  # truncated, not a torch file, or not our dict
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        fail(f"{path} is not a readable checkpoint of this repository ({type(e).__name__}: {first_line}); "
-             f"restore it from a copy, or train again with init_from='scratch'")
-    if written_by != model_type:
-        fail(f"{path} was written by {written_by}.py, not {model_type}.py")
-    return checkpoint
-
-
-def every_rank_rng_state(ddp, device_type):
-    """The random-number-generator state of every process, as a list indexed by rank.
-
-    The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
-    seed + rank), so an exact resume must restore each process's own state, not rank 0's for all:
-    with one state, every process would draw the same batches after a resume, and the effective
-    batch would silently shrink by the process count. Every process must call this together.
-    """
-    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
-    if not ddp:
-        return [state]
-    states = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def restore_rng_state(states, rank, world_size, fresh_seed):
-    """Restore this process's RNG state from a checkpoint's list (see every_rank_rng_state).
-
-    With as many processes as the run that wrote it, each takes its own state and the run continues
-    exactly. With another number there is no exact continuation (the batches are split differently
-    anyway): each process then starts a fresh stream of its own, seeded from the seed, the iteration
-    and its rank, so that processes still differ and no batch sequence from the start is replayed.
-    """
-    if isinstance(states, dict):  # a checkpoint from before every process's state was saved: one state
-        states = [states]
-    if len(states) == world_size:
-        torch.set_rng_state(states[rank]["cpu"].cpu())
-        if states[rank]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(states[rank]["cuda"].cpu())
-        return
-    if rank == 0:
-        print(f"note: the checkpoint was written by {len(states)} process(es) and this run has {world_size}: "
-              f"training continues with fresh random streams, not exactly as the original run would have")
-    torch.manual_seed(fresh_seed)
-
-
-def compile_model(model, autocast, device, trial_batch, dynamic=False):
-    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails here.
-
-    Compilation is lazy: errors (no C compiler, an unsupported platform) only appear at the first
-    call. So we try one forward and backward right away, on trial_batch(): the arguments of one
-    training call, model(*trial_batch()) -> (logits, loss). It runs inside fork_rng, so that
-    drawing that batch (and any dropout) does not change the random stream of the real run.
-    dynamic=True compiles one shape-generic graph, for batches whose shape changes from step to
-    step (padded pairs in t5.py). On failure the caller warns and trains uncompiled: slower, but
-    correct.
-    """
-    compiled = torch.compile(model, dynamic=dynamic)
-    try:
-        with torch.random.fork_rng(devices=[device] if str(device).startswith("cuda") else []):
-            with autocast:
-                _, loss = compiled(*trial_batch())
-            loss.backward()
-        model.zero_grad(set_to_none=True)
-        return compiled, None
-    except Exception as e:  # any compiler failure
-        model.zero_grad(set_to_none=True)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return model, f"{type(e).__name__}: {first_line}"
 
 
 if __name__ == "__main__":

@@ -125,14 +125,16 @@ def gpt2_encoding(gpt2_bpe_files):
         pytest.skip(f"tiktoken could not load GPT-2's encoding ({e.__class__.__name__}); {GPT2_HOW_TO_PROVIDE}")
 
 
-def _read_run_log(out_dir):
+def _read_run_log(out_dir, superseded=False):
     with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+        records = [json.loads(line) for line in f]
+    return [r for r in records if superseded or not r.get("superseded")]
 
 
 @pytest.fixture
 def run_log():
-    """A function: out_dir -> the records of its log.jsonl, in order."""
+    """A function: out_dir -> the records of its log.jsonl, in order, without those a resume marked
+    superseded (superseded=True: all of them)."""
     return _read_run_log
 
 

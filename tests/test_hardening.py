@@ -110,6 +110,10 @@ def test_ddp_resume_is_exact_with_every_ranks_own_random_stream(workdir, script,
     assert straight_log[0]["config"]["gradient_accumulation_steps"] == 2 and straight_log[0]["model_type"] == script
     assert round(straight_log[-1]["val_loss"], 4) == val_losses(straight.stdout)[-1]
     assert run_log_values(workdir / f"out-{script}-straight") == run_log_values(workdir / f"out-{script}-split")
+    # The crashed run's line past the checkpoint is kept, marked superseded, and the resume says so.
+    assert [r for r in run_log(workdir / f"out-{script}-split", superseded=True) if r.get("superseded")] == [
+        {"kind": "train", "iter": 4, "tokens": 0, "loss": 9.0, "lr": 0.0, "superseded": True}]
+    assert "1 record(s) past iteration 4, the checkpoint's, are kept but marked superseded" in resumed.stdout
 
 
 def test_ddp_checkpoint_resumes_with_another_process_count(workdir, monkeypatch, capsys):

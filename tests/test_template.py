@@ -16,14 +16,23 @@ MODEL_SCRIPTS = [name for name in ("bigram.py", "gpt.py", "llama.py", "olmo.py",
                  if os.path.exists(os.path.join(REPO, name))]
 TEMPLATE = "gpt.py"
 
-# Every training script has these: the config system and the training loop's helpers.
-REQUIRED = ["parse_config", "check_config", "fail", "first_error", "local_rank0_first", "load_checkpoint",
-            "every_rank_rng_state", "restore_rng_state", "compile_model", "gpu_peak_flops", "_GPU_PEAK_FLOPS",
-            "start_run_log", "append_run_log"]
-# Scripts that need these (sampling text, attention, Hugging Face checkpoints) have them exactly as gpt.py
-# does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its own t5_attention.
+# Every training script has these: the config system and the training loop's helpers (Part 3, plumbing).
+REQUIRED = ["parse_config", "resumed_config", "check_config", "fail", "first_error", "local_rank0_first", "Runtime",
+            "start_processes", "warn_if_cpu_is_busy", "_GPU_PEAK_FLOPS", "gpu_peak_flops", "load_checkpoint",
+            "check_vocabulary_fits", "restore_training_state", "every_rank_rng_state", "restore_rng_state",
+            "compile_model", "compile_or_warn", "start_wandb", "learning_rate_at", "mean_over_processes",
+            "check_finite", "IterationTimer", "log_train_step", "log_eval", "save_checkpoint", "start_run_log",
+            "append_run_log", "end_run"]
+# Scripts that need these (sampling text, attention, Hugging Face checkpoints, a next-token loss) have them
+# exactly as gpt.py does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its
+# own t5_attention; bert.py and t5.py evaluate with their own metrics, not estimate_loss.
 OPTIONAL = ["check_sampling_options", "sample_next_token", "attention_weights", "manual_attention", "read_safetensors",
-            "load_hf_weights", "download_hf_checkpoint"]
+            "load_hf_weights", "download_hf_checkpoint", "estimate_loss"]
+# Shared definitions that are part of the lesson (attention, sampling) stay in Part 1, where the model
+# uses them; every other shared definition stands below Part 3's "Shared by convention" banner.
+LESSON = {"check_sampling_options", "sample_next_token", "attention_weights", "manual_attention"}
+BANNERS = ["# Part 1: the model", "# Part 2: training", "# Part 3: plumbing", "# Shared by convention:"]
+MAIN_MAX_LINES = 150
 
 
 def definitions(source):
@@ -80,13 +89,13 @@ def test_optional_shared_definitions_are_identical_where_present(scripts, name):
 def test_training_loops_keep_their_common_parts_in_order():
     # The loops differ on purpose (each model's own set-up), but the common parts come in gpt.py's order,
     # so that a reader who knows one loop finds the same thing in the same place in the next.
-    markers = ["check_config(cfg)", "# ---- devices, processes and precision", "init_process_group",
-               "# ---- data ----", "local_rank0_first(prepare_dataset", "# ---- model ----",
-               "configure_optimizer(", "restore_rng_state(", "compile_model(", "DistributedDataParallel(",
-               "def lr_at(", "def estimate_loss(", "def save_checkpoint(", "# ---- the training loop",
-               "start_run_log(", "losses = estimate_loss()", "append_run_log(run_log, {\"kind\": \"eval\"", "every_rank_rng_state(", "scaler.scale(loss).backward()", "clip_grad_norm_",
-               "scaler.step(optimizer)", "mean_over_processes([train_loss", "append_run_log(run_log, {\"kind\": \"train\"",
-               "destroy_process_group"]
+    markers = ["parse_config(argv", "resumed_config(", "check_config(cfg)", "# ---- devices, processes and precision",
+               "start_processes(cfg)", "# ---- data", "local_rank0_first(prepare_dataset", "# ---- model",
+               "check_vocabulary_fits(", "configure_optimizer(", "restore_training_state(", "compile_or_warn(",
+               "DistributedDataParallel(", "start_wandb(", "# ---- the training loop", "start_run_log(",
+               "IterationTimer(", "learning_rate_at(", "log_eval(", "check_finite(", "every_rank_rng_state(",
+               "save_checkpoint(", "scaler.scale(loss).backward()", "clip_grad_norm_", "scaler.step(optimizer)",
+               "mean_over_processes([train_loss", "log_train_step(", "end_run("]
     for script in MODEL_SCRIPTS:
         source = read(script)
         main = source[source.index("def main(argv):"):]
@@ -95,6 +104,41 @@ def test_training_loops_keep_their_common_parts_in_order():
             assert marker in main, f"{script}'s main() lacks {marker!r}"
             positions.append(main.index(marker))
         assert positions == sorted(positions), f"{script}'s main() has gpt.py's parts in another order"
+
+
+@pytest.mark.parametrize("script", MODEL_SCRIPTS)
+def test_layout_is_lesson_then_training_then_plumbing(script):
+    # One layout in every script (../shared/CONVENTIONS.md): Part 1, the model, straight after the imports;
+    # Part 2, the defaults and main(); Part 3, the plumbing, with every shared definition but the lesson's
+    # own (attention, sampling) below its "Shared by convention" banner. main() stays short enough to read
+    # like nanoGPT's train.py.
+    source = read(script)
+    lines = source.splitlines()
+    positions = []
+    for banner in BANNERS:
+        found = [i for i, line in enumerate(lines) if line.startswith(banner)]
+        assert len(found) == 1, f"{script} should have one line starting {banner!r}, has {len(found)}"
+        positions.append(found[0] + 1)
+    assert positions == sorted(positions), f"{script}'s banners are out of order: {BANNERS}"
+    part1, part2, part3, shared = positions
+    tree = ast.parse(source)
+    top = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    assert top[0].lineno > part1, f"{script}: {top[0].name} stands before the Part 1 banner"
+    assert isinstance(top[0], ast.ClassDef) and top[0].name.endswith("Config"), (
+        f"{script}: the lesson should open with the model's config dataclass, not {top[0].name}")
+    shared_names = set(REQUIRED) | set(OPTIONAL)
+    for node in tree.body:
+        names = [node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else [
+            t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+        for name in names:
+            if name in LESSON:
+                assert part1 < node.lineno < part2, f"{script}: {name} belongs to Part 1, the lesson"
+            elif name in shared_names:
+                assert node.lineno > shared, f"{script}: {name} is shared by convention: move it below Part 3's banner"
+            elif name == "main":
+                assert part2 < node.lineno < part3, f"{script}: main() belongs to Part 2"
+                length = node.end_lineno - node.lineno + 1
+                assert length <= MAIN_MAX_LINES, f"{script}: main() has {length} lines, more than {MAIN_MAX_LINES}"
 
 
 CONFIG_DIR = os.path.join(REPO, "config")
