@@ -6,10 +6,12 @@ rotary embeddings is a poor way to see them. This script draws two figures, each
 
   1. Runs. Every training script in this repository appends a line of JSON to <out_dir>/log.jsonl at
      each log and eval step. Given several out_dirs, plot.py draws their train loss and val loss
-     against iterations (or tokens seen) on shared axes, one colour per run, plus the model's own
-     metric (bert.py's masked-token accuracy, t5.py's exact match) on a third axis when the runs have
-     one. The legend names each run by its out_dir and by the config keys whose values differ
-     between the runs, which is usually the one thing the comparison is about.
+     against iterations (or tokens seen) on shared axes, one colour per run (on a log scale when the
+     loss spans more than a decade), then one panel for each kind of metric the runs log (bert.py's
+     masked-token accuracy, t5.py's exact match, ...) in percent, holding the runs that log it; the
+     runs left out of a panel are named. The legend names each run by its out_dir and by the config
+     keys whose values differ between the runs, which is usually the one thing the comparison is
+     about: what was trained and how (dataset, learning rate, size) before bookkeeping (eval_interval).
 
   2. Positions. A Transformer's attention is blind to order until something tells it where each
      token is. This repository shows three answers, and the figure puts them side by side:
@@ -25,6 +27,7 @@ Run it:
     python gpt.py config/shakespeare_char_cpu.py --out_dir=out-b --learning_rate=1e-3
     python plot.py out-a out-b                            # -> runs.png: loss against iterations
     python plot.py out-a out-b --x=tokens --out=cmp.png   # against tokens seen (fair across batch sizes)
+    python plot.py out-a out-b --log_scale=False          # linear loss axes (default auto; True: log)
     python plot.py --positions --checkpoint=out-a         # -> positions.png, with out-a's learned table
 
 matplotlib draws the pictures. It is an optional dependency: the model scripts never import it, and
@@ -129,6 +132,11 @@ def read_run(out_dir):
     return run
 
 
+def is_number(value):
+    """Whether a value read from JSON is a number to draw (JSON's true and false are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def parse_record(line):
     """The record on one line of log.jsonl, or None when it is not one plot.py can draw.
 
@@ -143,8 +151,7 @@ def parse_record(line):
     if not isinstance(record, dict) or record.get("kind") not in needed or not isinstance(record.get("iter"), int):
         return None
     for key in needed[record["kind"]]:
-        wanted = dict if key == "config" else (int, float)
-        if not isinstance(record.get(key), wanted):
+        if not (isinstance(record.get(key), dict) if key == "config" else is_number(record.get(key))):
             return None
     return record
 
@@ -231,10 +238,14 @@ def describe_metric(key, run):
 
 
 def metric_keys(run):
-    """The run's own metrics: the eval keys starting with "val_" other than val_loss, in logged order."""
+    """The run's own metrics: the eval keys starting with "val_" other than val_loss, in logged order.
+
+    Only keys with a number count: a null or a string is nothing to draw.
+    """
     keys = {}  # a dict: ordered and without repeats
     for record in run["eval"]:
-        keys |= {key: None for key in record if key.startswith("val_") and key != "val_loss"}
+        keys |= {key: None for key, value in record.items()
+                 if key.startswith("val_") and key != "val_loss" and is_number(value)}
     return list(keys)
 
 
@@ -248,7 +259,9 @@ def loss_scale(losses, log_scale):
     if log_scale is not None:
         return log_scale, f"loss axes: {'log' if log_scale else 'linear'} scale (--log_scale={log_scale})"
     finite = [loss for loss in losses if math.isfinite(loss)]
-    low, high = min(finite, default=1.0), max(finite, default=1.0)
+    if not finite:
+        return False, "loss axes: linear scale (no finite loss to draw)"
+    low, high = min(finite), max(finite)
     if low <= 0:  # a log axis cannot show a loss of 0
         return False, f"loss axes: linear scale (a loss of {low:g} cannot be drawn on a log scale)"
     if high / low > 10:
@@ -347,7 +360,7 @@ def runs_figure(out_dirs, x="iters", log_scale=None):
         for ax, (_, drawn) in zip(metric_axes, panels.values()):
             if i in drawn:
                 key, scale = drawn[i]
-                with_metric = [r for r in run["eval"] if r.get(key) is not None]
+                with_metric = [r for r in run["eval"] if is_number(r.get(key))]
                 ax.plot([r[x_key] for r in with_metric], [scale * r[key] for r in with_metric],
                         "o-", color=colour, markersize=3, label=label)
 

@@ -150,6 +150,7 @@ def test_runs_of_one_script_with_different_metrics(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     numbers = run_records(metric="val_exact_match", model_type="t5", config={"dataset": "numbers"})
     numbers[-1]["val_beam_exact_match"] = 0.5  # the last eval (iteration 40)
+    numbers[-1]["val_note"] = None  # not a number: no panel
     write_log("out-numbers", numbers)
     write_log("out-span", run_records(metric="val_dropped_token_accuracy", model_type="t5",
                                       config={"dataset": "shakespeare_char"}))
