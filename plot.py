@@ -6,10 +6,12 @@ rotary embeddings is a poor way to see them. This script draws two figures, each
 
   1. Runs. Every training script in this repository appends a line of JSON to <out_dir>/log.jsonl at
      each log and eval step. Given several out_dirs, plot.py draws their train loss and val loss
-     against iterations (or tokens seen) on shared axes, one colour per run, plus the model's own
-     metric (bert.py's masked-token accuracy, t5.py's exact match) on a third axis when the runs have
-     one. The legend names each run by its out_dir and by the config keys whose values differ
-     between the runs, which is usually the one thing the comparison is about.
+     against iterations (or tokens seen) on shared axes, one colour per run (on a log scale when the
+     loss spans more than a decade), then one panel for each kind of metric the runs log (bert.py's
+     masked-token accuracy, t5.py's exact match, ...) in percent, holding the runs that log it; the
+     runs left out of a panel are named. The legend names each run by its out_dir and by the config
+     keys whose values differ between the runs, which is usually the one thing the comparison is
+     about: what was trained and how (dataset, learning rate, size) before bookkeeping (eval_interval).
 
   2. Positions. A Transformer's attention is blind to order until something tells it where each
      token is. This repository shows three answers, and the figure puts them side by side:
@@ -25,6 +27,7 @@ Run it:
     python gpt.py config/shakespeare_char_cpu.py --out_dir=out-b --learning_rate=1e-3
     python plot.py out-a out-b                            # -> runs.png: loss against iterations
     python plot.py out-a out-b --x=tokens --out=cmp.png   # against tokens seen (fair across batch sizes)
+    python plot.py out-a out-b --log_scale=False          # linear loss axes (default auto; True: log)
     python plot.py --positions --checkpoint=out-a         # -> positions.png, with out-a's learned table
 
 matplotlib draws the pictures. It is an optional dependency: the model scripts never import it, and
@@ -40,7 +43,9 @@ The log format (written by the training scripts; one JSON object per line, in or
 """
 
 import argparse
+import difflib
 import json
+import math
 import os
 import sys
 
@@ -127,6 +132,11 @@ def read_run(out_dir):
     return run
 
 
+def is_number(value):
+    """Whether a value read from JSON is a number to draw (JSON's true and false are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def parse_record(line):
     """The record on one line of log.jsonl, or None when it is not one plot.py can draw.
 
@@ -141,28 +151,50 @@ def parse_record(line):
     if not isinstance(record, dict) or record.get("kind") not in needed or not isinstance(record.get("iter"), int):
         return None
     for key in needed[record["kind"]]:
-        wanted = dict if key == "config" else (int, float)
-        if not isinstance(record.get(key), wanted):
+        if not (isinstance(record.get(key), dict) if key == "config" else is_number(record.get(key))):
             return None
     return record
 
 
+# The legend has room for a few config keys per run, so the differing keys are ordered by how much
+# they say about the comparison. First the keys that define the experiment, in this order: what was
+# trained, on what, then the optimisation and the model's size. Last the bookkeeping keys, which
+# change how a run is watched, saved or executed but not what it learns; a legend that leads with
+# eval_interval hides the learning rate behind "+N more". Other keys come between, in config order.
+DEFINING_KEYS = ("model_type", "task", "dataset", "init_from", "learning_rate", "n_layer", "n_decoder_layer",
+                 "n_head", "n_kv_head", "n_embd", "batch_size", "gradient_accumulation_steps", "block_size",
+                 "max_iters")
+BOOKKEEPING_KEYS = ("eval_interval", "log_interval", "eval_iters", "eval_only", "eval_exact_match", "eval_beam_size",
+                    "always_save_checkpoint", "wandb_log", "compile", "device", "backend", "attention")
+# Keys that only name things: out_dir names the run already, and wandb_project and wandb_run_name
+# default to the script's name.
+NAME_KEYS = ("out_dir", "wandb_project", "wandb_run_name")
+
+
 def differing_keys(runs):
-    """The config keys (and the model type) whose values differ between the runs, in config order.
+    """The config keys (and the model type) whose values differ between the runs, most telling first.
 
     Only keys every run has are compared: a key only llama.py has (rope_theta) says nothing more
-    than the model type does, which is included as "model_type". Keys that only name things are left
-    out: out_dir names the run already, and wandb_project and wandb_run_name default to the script's
-    name.
+    than the model type does, which is included as "model_type". NAME_KEYS are left out.
     """
-    names = ("out_dir", "wandb_project", "wandb_run_name")
     configs = [{"model_type": run["model_type"]} | run["config"] for run in runs]
-    shared = [key for key in configs[0] if key not in names and all(key in c for c in configs)]
-    return [key for key in shared if any(c[key] != configs[0][key] for c in configs)]
+    shared = [key for key in configs[0] if key not in NAME_KEYS and all(key in c for c in configs)]
+    differing = [key for key in shared if any(c[key] != configs[0][key] for c in configs)]
+
+    def importance(key):
+        if key in DEFINING_KEYS:
+            return 0, DEFINING_KEYS.index(key)
+        return (2 if key in BOOKKEEPING_KEYS else 1), 0
+
+    return sorted(differing, key=importance)  # stable: config order within a tier
 
 
-def run_label(run, keys, max_keys=4):
-    """'out-a (learning_rate=0.001, n_layer=4)': the out_dir, then the values of the differing keys."""
+# At most this many config keys in a run's legend entry: the legend is for telling colours apart.
+LEGEND_KEYS = 4
+
+
+def run_label(run, keys, max_keys=LEGEND_KEYS):
+    """'out-a (learning_rate=0.001, n_layer=4)': the out_dir, then the values of the first max_keys keys."""
     config = {"model_type": run["model_type"]} | run["config"]
 
     def show(value):
@@ -174,22 +206,99 @@ def run_label(run, keys, max_keys=4):
     return f"{run['name']} ({', '.join(shown)})" if shown else run["name"]
 
 
-def metric_key(run):
-    """The run's own metric: the first eval key starting with "val_" other than val_loss, or None."""
+# The metrics the training scripts log beside the loss, all fractions (printed as percentages):
+# eval key -> (the quantity, for the y label; the panel's title).
+KNOWN_METRICS = {
+    "val_accuracy": ("accuracy", "val accuracy"),
+    "val_exact_match": ("exact match", "val exact match, greedy decoding"),
+    # t5.py decodes with beam search only at the last evaluation (it costs several greedy decodings).
+    "val_beam_exact_match": ("exact match", "val exact match, beam search (last eval only)"),
+    "val_dropped_token_accuracy": ("dropped-token accuracy", "val dropped-token accuracy (span corruption)"),
+}
+# bert.py logs val_accuracy for both its tasks, but the numbers measure different things: the share of
+# masked tokens guessed (near 0 at first) or of sentences classified right (near chance at first).
+BERT_ACCURACY = {"mlm": ("masked-token accuracy", "val masked-token accuracy (MLM)"),
+                 "classify": ("classification accuracy", "val classification accuracy")}
+
+
+def describe_metric(key, run):
+    """(title, y label, scale) of the run's metric `key`; scale turns a logged value into a plotted one.
+
+    The title names the kind of metric: runs are drawn in one panel exactly when their titles match.
+    A key plot.py does not know is named after itself and drawn as logged.
+    """
+    if key == "val_accuracy" and run["model_type"] == "bert":
+        quantity, title = BERT_ACCURACY.get(run["config"].get("task"), KNOWN_METRICS[key])
+    elif key in KNOWN_METRICS:
+        quantity, title = KNOWN_METRICS[key]
+    else:
+        name = key.removeprefix("val_").replace("_", " ")
+        return f"val {name}", name, 1
+    return title, f"{quantity} (%)", 100
+
+
+def metric_keys(run):
+    """The run's own metrics: the eval keys starting with "val_" other than val_loss, in logged order.
+
+    Only keys with a number count: a null or a string is nothing to draw.
+    """
+    keys = {}  # a dict: ordered and without repeats
     for record in run["eval"]:
-        for key in record:
-            if key.startswith("val_") and key != "val_loss":
-                return key
-    return None
+        keys |= {key: None for key, value in record.items()
+                 if key.startswith("val_") and key != "val_loss" and is_number(value)}
+    return list(keys)
+
+
+def loss_scale(losses, log_scale):
+    """(True for a log axis, the sentence that says which and why) for the loss values drawn.
+
+    log_scale None chooses: log when the loss spans more than a decade. Early training sits near
+    ln(vocab_size) and a well-trained small task far below 1; on a linear axis everything after the
+    first drop is then a flat line near 0, while a log axis shows equal ratios as equal heights.
+    """
+    if log_scale is not None:
+        return log_scale, f"loss axes: {'log' if log_scale else 'linear'} scale (--log_scale={log_scale})"
+    finite = [loss for loss in losses if math.isfinite(loss)]
+    if not finite:
+        return False, "loss axes: linear scale (no finite loss to draw)"
+    low, high = min(finite), max(finite)
+    if low <= 0:  # a log axis cannot show a loss of 0
+        return False, f"loss axes: linear scale (a loss of {low:g} cannot be drawn on a log scale)"
+    if high / low > 10:
+        return True, (f"loss axes: log scale (the loss spans {low:.3g} to {high:.3g}, more than a decade; "
+                      f"--log_scale=False for linear)")
+    return False, (f"loss axes: linear scale (the loss spans {low:.3g} to {high:.3g}, less than a decade; "
+                   f"--log_scale=True for log)")
+
+
+def label_log_ticks(ax):
+    """Label a log y axis with plain numbers (0.2, 0.5, 1, 2, 4), as many as its range has room for.
+
+    matplotlib writes 10^0 and 3 x 10^0, and labels no tick at all between two powers of ten: a
+    val loss from 4.2 down to 1.9 would have a single label, or none.
+    """
+    from matplotlib import ticker  # present: pyplot() has imported matplotlib
+
+    def minor_label(value, _):
+        low, high = ax.get_ylim()
+        decades = math.log10(high / low)
+        leading_digit = round(value / 10 ** math.floor(math.log10(value)))
+        # Within a decade every tick (2, 3, ..., 9) fits; over a few, 2 and 5 of each; beyond, none.
+        return f"{value:g}" if decades < 1 or (decades < 3 and leading_digit in (2, 5)) else ""
+
+    ax.yaxis.set_major_formatter(ticker.StrMethodFormatter("{x:g}"))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(minor_label))
 
 
 # -----------------------------------------------------------------------------
 # Figure 1: training runs compared
 
 
-def runs_figure(out_dirs, x="iters"):
-    """One figure of the runs in out_dirs (their log.jsonl, read with read_run): train loss | val loss
-    [| the model's metric] against iterations or tokens seen.
+def runs_figure(out_dirs, x="iters", log_scale=None):
+    """One figure of the runs in out_dirs (their log.jsonl, read with read_run): train loss | val loss,
+    then one panel per kind of metric the runs log (fig.axes in that order), against iterations or
+    tokens seen. log_scale: True or False for the loss axes, None to choose (see loss_scale). Prints
+    the scale chosen, and which runs each metric panel leaves out, to stdout.
 
     What to look at:
       - Train loss (thin line, every log_interval) is one batch's loss: noisy. The dots on it are
@@ -199,41 +308,87 @@ def runs_figure(out_dirs, x="iters"):
       - Against iterations, a run with bigger batches looks better per step simply because each step
         sees more text; --x=tokens compares runs by the data they have consumed instead.
       - A learning rate too high shows as spikes or a plateau early; too low as a slow, steady slope.
+      - The metric says what the loss means for the task: a t5.py run can lower its loss for a
+        while before a single answer comes out exactly right.
     """
-    # A wrong axis and a missing matplotlib are reported before any log is read; main() relies on it.
+    # Bad options and a missing matplotlib are reported before any log is read; main() relies on it.
     if x not in ("iters", "tokens"):
         raise PlotError(f"--x={x} must be iters or tokens")
-    plt = pyplot()  # matplotlib missing: said before reading the logs, not after
+    if log_scale not in (None, True, False):
+        raise PlotError(f"--log_scale={log_scale} must be True, False or auto")
+    plt = pyplot()
     runs = [read_run(out_dir) for out_dir in out_dirs]
     x_key = "iter" if x == "iters" else "tokens"
-    metrics = [metric_key(run) for run in runs]
-    # The first run's metric decides the axis; runs with another metric (or none) are not drawn on it.
-    metric = next((m for m in metrics if m is not None), None)
-    n_axes = 3 if metric else 2
-    fig, axes = plt.subplots(1, n_axes, figsize=(5.2 * n_axes, 4.2 + 0.2 * len(runs)), layout="constrained")
+
+    # Panels for metrics: one per kind (title), in the order the runs first log them.
+    panels = {}  # title -> (y label, {run index: (eval key, scale)})
+    for i, run in enumerate(runs):
+        for key in metric_keys(run):
+            title, y_label, scale = describe_metric(key, run)
+            panels.setdefault(title, (y_label, {}))[1][i] = (key, scale)
+
+    # Rows of at most three panels, as even as they come (four: two by two), so the figure stays
+    # legible at a README's width; cells left over at the end are removed.
+    n_panels = 2 + len(panels)
+    n_cols = math.ceil(n_panels / math.ceil(n_panels / 3))
+    n_rows = math.ceil(n_panels / n_cols)
+    fig, grid = plt.subplots(n_rows, n_cols, figsize=(5.2 * n_cols, 4.0 * n_rows + 0.2 * len(runs)),
+                             layout="constrained", squeeze=False)
+    axes = list(grid.flat)
+    for spare in axes[n_panels:]:
+        fig.delaxes(spare)
+    train_ax, val_ax, metric_axes = axes[0], axes[1], axes[2:n_panels]
+    for ax in axes[1:n_panels]:
+        # One x range for all: a metric logged only at the last eval (a single point) still sits where
+        # that eval is, not alone in the middle of an axis of its own.
+        ax.sharex(train_ax)
+
     keys = differing_keys(runs)
+    losses = []
     for i, run in enumerate(runs):
         colour = f"C{i % 10}"  # matplotlib's default cycle of ten distinguishable colours
         label = run_label(run, keys)
         # Train: every logged step as a thin line, the evals' averaged train loss as dots.
-        axes[0].plot([r[x_key] for r in run["train"]], [r["loss"] for r in run["train"]],
-                     color=colour, linewidth=0.8, alpha=0.8, label=label)
         evals = [r for r in run["eval"] if "train_loss" in r]
-        axes[0].plot([r[x_key] for r in evals], [r["train_loss"] for r in evals], "o", color=colour, markersize=3)
-        axes[1].plot([r[x_key] for r in run["eval"]], [r["val_loss"] for r in run["eval"]],
-                     "o-", color=colour, markersize=3, label=label)
-        if metric and metrics[i] == metric:
-            with_metric = [r for r in run["eval"] if r.get(metric) is not None]
-            axes[2].plot([r[x_key] for r in with_metric], [r[metric] for r in with_metric],
-                         "o-", color=colour, markersize=3, label=label)
-    titles = ["train loss (line: each logged step; dots: eval average)", "val loss", metric]
-    for ax, title in zip(axes, titles):
+        train_ax.plot([r[x_key] for r in run["train"]], [r["loss"] for r in run["train"]],
+                      color=colour, linewidth=0.8, alpha=0.8, label=label)
+        train_ax.plot([r[x_key] for r in evals], [r["train_loss"] for r in evals], "o", color=colour, markersize=3)
+        val_ax.plot([r[x_key] for r in run["eval"]], [r["val_loss"] for r in run["eval"]],
+                    "o-", color=colour, markersize=3, label=label)
+        losses += [r["loss"] for r in run["train"]] + [r["train_loss"] for r in evals]
+        losses += [r["val_loss"] for r in run["eval"]]
+        for ax, (_, drawn) in zip(metric_axes, panels.values()):
+            if i in drawn:
+                key, scale = drawn[i]
+                with_metric = [r for r in run["eval"] if is_number(r.get(key))]
+                ax.plot([r[x_key] for r in with_metric], [scale * r[key] for r in with_metric],
+                        "o-", color=colour, markersize=3, label=label)
+
+    use_log, scale_note = loss_scale(losses, log_scale)
+    print(scale_note)
+    loss_label = "loss (nats/token, log scale)" if use_log else "loss (nats/token)"
+    for ax, title in ((train_ax, "train loss (line: each logged step; dots: eval average)"), (val_ax, "val loss")):
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("iteration" if x == "iters" else "tokens seen")
+        ax.set_ylabel(loss_label)
+        ax.set_yscale("log" if use_log else "linear")
+        if use_log:
+            label_log_ticks(ax)
+    for ax, (title, (y_label, drawn)) in zip(metric_axes, panels.items()):
+        # A run without this metric is named, not silently missing: in the panel (briefly) and on stdout.
+        absent = [run["name"] for i, run in enumerate(runs) if i not in drawn]
+        if absent:
+            print(f"{title}: not logged by {', '.join(absent)} (left out of that panel)")
+            who = ", ".join(absent) if len(absent) <= 2 else f"{len(absent)} runs (listed on stdout)"
+            title += f"\nnot logged by {who}"
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(y_label)
+    for ax in axes[:n_panels]:
+        ax.set_xlabel("iterations" if x == "iters" else "tokens seen")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("cross-entropy (nats per token)")
+    if len(keys) > LEGEND_KEYS:
+        print(f"runs differ in {len(keys)} config keys, the legend shows the first {LEGEND_KEYS}: {', '.join(keys)}")
     # One legend for all the axes, below them: the labels can be long, and the colours are shared.
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", fontsize=8)
+    fig.legend(*train_ax.get_legend_handles_labels(), loc="outside lower center", fontsize=8)
     return fig
 
 
@@ -442,12 +597,24 @@ def main(argv=None):
                              allow_abbrev=False)
     parser.add_argument("out_dirs", nargs="*", metavar="OUT_DIR", help="training runs to compare")
     parser.add_argument("--out", help="the PNG to write (default runs.png, or positions.png with --positions)")
-    parser.add_argument("--x", default="iters", help="iters (default) or tokens: the horizontal axis of the runs")
+    parser.add_argument("--x", help="iters (default) or tokens: the horizontal axis of the runs")
+    parser.add_argument("--log_scale", help="True, False or auto (default): a log axis for the losses; auto "
+                                            "chooses log when they span more than a decade")
     parser.add_argument("--positions", action="store_true", help="draw learned, rotary and ALiBi positions instead")
     parser.add_argument("--checkpoint", metavar="OUT_DIR", help="with --positions: a gpt.py run whose learned "
                                                                 "position table to draw")
     try:
-        args = parser.parse_args(argv)
+        # Intermixed: options may come between the out_dirs (plot.py out-a --x=tokens out-b).
+        args, unknown = parser.parse_known_intermixed_args(argv)
+        options = [name for action in parser._actions for name in action.option_strings]
+        for arg in unknown:
+            if arg.startswith("-"):
+                name = arg.split("=")[0]
+                nearest = difflib.get_close_matches(name, options, n=1)
+                hint = f"did you mean {nearest[0]}?" if nearest else f"the options are {', '.join(options)}"
+                raise PlotError(f"unknown option {arg}: {hint} (see python plot.py --help)")
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         out = args.out or ("positions.png" if args.positions else "runs.png")
         if not out.endswith(".png"):
             raise PlotError(f"--out={out} must end in .png: plot.py writes PNG images")
@@ -456,6 +623,9 @@ def main(argv=None):
         if args.positions:
             if args.out_dirs:
                 raise PlotError("--positions draws no runs: drop the out_dirs, or drop --positions")
+            for option in ("x", "log_scale"):
+                if getattr(args, option) is not None:
+                    raise PlotError(f"--{option} goes with runs, not with --positions")
             fig = positions_figure(args.checkpoint)
         else:
             if args.checkpoint:
@@ -463,7 +633,9 @@ def main(argv=None):
             if not args.out_dirs:
                 raise PlotError("give the out_dirs of the runs to compare (python plot.py out-a out-b), "
                                 "or --positions")
-            fig = runs_figure(args.out_dirs, args.x)
+            # Spelled as the training scripts' booleans are (--decay_lr=False); auto is the default.
+            log_scale = {None: None, "auto": None, "True": True, "False": False}.get(args.log_scale, args.log_scale)
+            fig = runs_figure(args.out_dirs, args.x or "iters", log_scale)
         save(fig, out)
     except PlotError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -27,9 +27,11 @@ def write_log(out_dir, records, tail=""):
         f.write(tail)
 
 
-def run_records(learning_rate=1e-3, tokens_per_iter=100, iters=(0, 10, 20, 30, 40), metric=None, model_type="gpt"):
-    """A plausible run: a start record, a train record at each of iters, an eval record every other one."""
-    config = {"out_dir": "ignored", "learning_rate": learning_rate, "n_layer": 2, "batch_size": 4}
+def run_records(learning_rate=1e-3, tokens_per_iter=100, iters=(0, 10, 20, 30, 40), metric=None, model_type="gpt",
+                config=()):
+    """A plausible run: a start record, a train record at each of iters, an eval record every other one
+    (with `metric` at iter / 100, a fraction, when given). config: keys added to or replacing the defaults."""
+    config = {"out_dir": "ignored", "learning_rate": learning_rate, "n_layer": 2, "batch_size": 4} | dict(config)
     records = [{"kind": "start", "iter": 0, "model_type": model_type, "tokens_per_iter": tokens_per_iter,
                 "config": config}]
     for i in iters:
@@ -71,7 +73,7 @@ def test_two_runs_two_axes_legend_names_the_differing_key(tmp_path, monkeypatch,
     assert line_data(train_line) == ([0, 10, 20, 30, 40], [r["loss"] for r in run_records() if r["kind"] == "train"])
     assert line_data(train_dots) == ([0, 20, 40], [3.9, 2.9, 1.9])
     assert line_data(fig.axes[1].lines[1]) == ([0, 20, 40], [4.1, 4.1 - 20 / 25, 4.1 - 40 / 25])
-    assert fig.axes[0].get_xlabel() == "iteration"
+    assert fig.axes[0].get_xlabel() == "iterations"
 
 
 def test_keys_of_one_model_only_are_not_compared_but_the_model_type_is(tmp_path, monkeypatch, mpl):
@@ -106,21 +108,149 @@ def test_runs_figure_checks_x_before_reading_logs(tmp_path, monkeypatch):
         plot.runs_figure(["out-none"], x="epochs")
 
 
-def test_a_metric_gets_a_third_axis_for_the_runs_that_have_it(tmp_path, monkeypatch, mpl):
+def metric_panels(fig):
+    """{first line of the title: (y label, the labels of the runs drawn)} for each panel after the two losses."""
+    return {ax.get_title().splitlines()[0]: (ax.get_ylabel(), [line.get_label() for line in ax.lines])
+            for ax in fig.axes[2:]}
+
+
+def test_one_panel_per_kind_of_metric_in_percent(tmp_path, monkeypatch, capsys, mpl):
+    """t5 (exact match), bert (masked-token accuracy) and gpt (none): each metric in its own panel with the
+    runs that log it; the others are named in the panel and on stdout, not silently dropped."""
     monkeypatch.chdir(tmp_path)
-    write_log("out-bert", run_records(metric="val_accuracy"))
-    write_log("out-gpt", run_records(learning_rate=3e-3))
-    fig = plot.runs_figure(["out-bert", "out-gpt"])
-    assert len(fig.axes) == 3
-    assert fig.axes[2].get_title() == "val_accuracy"
-    assert [line_data(line) for line in fig.axes[2].lines] == [([0, 20, 40], [0.0, 0.2, 0.4])]
+    write_log("out-t5", run_records(metric="val_exact_match", model_type="t5", config={"dataset": "numbers"}))
+    write_log("out-bert", run_records(metric="val_accuracy", model_type="bert", config={"task": "mlm"}))
+    write_log("out-gpt", run_records())
+    fig = plot.runs_figure(["out-t5", "out-bert", "out-gpt"])
+    assert len(fig.axes) == 4  # two by two
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["train loss (line: each logged step; dots: eval average)",
+                                                         "val loss"]
+    assert metric_panels(fig) == {
+        "val exact match, greedy decoding": ("exact match (%)", ["out-t5 (model_type=t5)"]),
+        "val masked-token accuracy (MLM)": ("masked-token accuracy (%)", ["out-bert (model_type=bert)"]),
+    }
+    assert fig.axes[2].get_title().splitlines()[1] == "not logged by out-bert, out-gpt"
+    assert fig.axes[3].get_title().splitlines()[1] == "not logged by out-t5, out-gpt"
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "iterations" and ax.get_ylabel()
+    assert [ax.get_ylabel() for ax in fig.axes[:2]] == ["loss (nats/token)"] * 2
+    # Logged as fractions 0, 0.2, 0.4; drawn as percentages.
+    for ax in fig.axes[2:]:
+        x, y = line_data(ax.lines[0])
+        assert x == [0, 20, 40] and y == pytest.approx([0, 20, 40])
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "val exact match, greedy decoding: not logged by out-bert, out-gpt (left out of that panel)",
+        "val masked-token accuracy (MLM): not logged by out-t5, out-gpt (left out of that panel)",
+    ]
+
+
+def test_runs_of_one_script_with_different_metrics(tmp_path, monkeypatch, capsys, mpl):
+    """t5 numbers (exact match, with beam search at the last eval) beside t5 span corruption (dropped-token
+    accuracy); bert MLM beside bert classification: each kind its own panel, a run in the panels of its own."""
+    monkeypatch.chdir(tmp_path)
+    numbers = run_records(metric="val_exact_match", model_type="t5", config={"dataset": "numbers"})
+    numbers[-1]["val_beam_exact_match"] = 0.5  # the last eval (iteration 40)
+    numbers[-1]["val_note"] = None  # not a number: no panel
+    write_log("out-numbers", numbers)
+    write_log("out-span", run_records(metric="val_dropped_token_accuracy", model_type="t5",
+                                      config={"dataset": "shakespeare_char"}))
+    write_log("out-mlm", run_records(metric="val_accuracy", model_type="bert", config={"task": "mlm"}))
+    write_log("out-sst", run_records(metric="val_accuracy", model_type="bert", config={"task": "classify"}))
+    fig = plot.runs_figure(["out-numbers", "out-span", "out-mlm", "out-sst"])
+    panels = metric_panels(fig)
+    assert list(panels) == ["val exact match, greedy decoding", "val exact match, beam search (last eval only)",
+                            "val dropped-token accuracy (span corruption)", "val masked-token accuracy (MLM)",
+                            "val classification accuracy"]
+    assert [labels[0].split(" ")[0] for _, labels in panels.values()] == \
+        ["out-numbers", "out-numbers", "out-span", "out-mlm", "out-sst"]
+    assert all(len(labels) == 1 for _, labels in panels.values())
+    assert panels["val dropped-token accuracy (span corruption)"][0] == "dropped-token accuracy (%)"
+    assert panels["val classification accuracy"][0] == "classification accuracy (%)"
+    assert line_data(fig.axes[3].lines[0]) == ([40], [50.0])
+    assert fig.axes[3].get_title().splitlines()[1] == "not logged by 3 runs (listed on stdout)"
+    # Seven panels in rows of three; the two cells left over are removed.
+    assert len(fig.axes) == 7 and fig.axes[6].get_subplotspec().get_geometry()[:2] == (3, 3)
+    assert "val classification accuracy: not logged by out-numbers, out-span, out-mlm (left out of that panel)" \
+        in capsys.readouterr().out.splitlines()
+
+
+def test_a_metric_plot_py_does_not_know_is_named_after_its_key_and_drawn_as_logged(tmp_path, monkeypatch, mpl):
+    monkeypatch.chdir(tmp_path)
+    write_log("out-a", run_records(metric="val_bits_per_byte"))
+    fig = plot.runs_figure(["out-a"])
+    assert metric_panels(fig) == {"val bits per byte": ("bits per byte", ["out-a"])}
+    assert line_data(fig.axes[2].lines[0])[1] == [0.0, 0.2, 0.4]
+
+
+def write_decade_run(out_dir):
+    """A run whose loss falls from 4.1 to 0.1: more than a decade."""
+    records = run_records()
+    for record in records:
+        if record["kind"] == "train" and record["iter"] == 40:
+            record["loss"] = 0.1
+    write_log(out_dir, records)
+
+
+def test_loss_axes_log_scale_when_the_loss_spans_a_decade(tmp_path, monkeypatch, capsys, mpl):
+    monkeypatch.chdir(tmp_path)
+    write_decade_run("out-long")
+    write_log("out-short", run_records(learning_rate=3e-3))  # 1.9 to 4.1
+    fig = plot.runs_figure(["out-long", "out-short"])
+    assert [ax.get_yscale() for ax in fig.axes] == ["log", "log"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss (nats/token, log scale)"] * 2
+    fig.canvas.draw()  # tick labels are made when drawn: plain numbers, 2 and 5 between the powers of ten
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels() + fig.axes[0].get_yticklabels(minor=True)]
+    assert {"0.1", "0.2", "0.5", "1", "2"} <= set(ticks) and "3" not in ticks
+    assert capsys.readouterr().out == ("loss axes: log scale (the loss spans 0.1 to 4.1, more than a decade; "
+                                       "--log_scale=False for linear)\n")
+    fig = plot.runs_figure(["out-short"])
+    assert [ax.get_yscale() for ax in fig.axes] == ["linear", "linear"]
+    assert capsys.readouterr().out == ("loss axes: linear scale (the loss spans 1.9 to 4.1, less than a decade; "
+                                       "--log_scale=True for log)\n")
+    # Asked for on the command line, either way.
+    assert plot.main(["out-long", "--log_scale=False"]) == 0
+    assert capsys.readouterr().out == "loss axes: linear scale (--log_scale=False)\nwrote runs.png\n"
+    assert [ax.get_yscale() for ax in plot.runs_figure(["out-short"], log_scale=True).axes] == ["log", "log"]
+    assert [ax.get_yscale() for ax in plot.runs_figure(["out-long"], log_scale=False).axes] == ["linear", "linear"]
+    assert plot.main(["out-short", "--log_scale=auto"]) == 0
+
+
+def test_legend_puts_the_keys_that_matter_before_bookkeeping(tmp_path, monkeypatch, capsys, mpl):
+    """Config order puts eval_interval and log_interval first; the legend leads with dataset and learning rate."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in (("a", 1), ("b", 2)):
+        config = {"eval_interval": 100 * value, "log_interval": 10 * value, "dataset": f"data-{name}",
+                  "n_layer": 2 * value, "compile": value == 1, "dropout": 0.1 * value}
+        # Keys in config order: bookkeeping first, as in every training script.
+        records = run_records(learning_rate=1e-3 * value, config=config)
+        records[0]["config"] = {key: records[0]["config"][key] for key in
+                                ("eval_interval", "log_interval", "out_dir", "compile", "dataset", "batch_size",
+                                 "n_layer", "dropout", "learning_rate")}
+        write_log(f"out-{name}", records)
+    runs = [plot.read_run("out-a"), plot.read_run("out-b")]
+    assert plot.differing_keys(runs) == ["dataset", "learning_rate", "n_layer", "dropout",
+                                         "eval_interval", "log_interval", "compile"]
+    fig = plot.runs_figure(["out-a", "out-b"])
+    assert legend_labels(fig) == ["out-a (dataset=data-a, learning_rate=0.001, n_layer=2, dropout=0.1, +3 more)",
+                                  "out-b (dataset=data-b, learning_rate=0.002, n_layer=4, dropout=0.2, +3 more)"]
+    assert capsys.readouterr().out.splitlines()[-1] == ("runs differ in 7 config keys, the legend shows the first 4: "
+                                                        "dataset, learning_rate, n_layer, dropout, eval_interval, "
+                                                        "log_interval, compile")
+
+
+def test_options_between_the_out_dirs(tmp_path, monkeypatch, capsys, mpl):
+    monkeypatch.chdir(tmp_path)
+    write_log("out-a", run_records())
+    write_log("out-b", run_records(learning_rate=3e-3))
+    assert plot.main(["out-a", "--x=tokens", "out-b", "--out=both.png"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "wrote both.png"
 
 
 def test_command_line_writes_a_png(tmp_path, monkeypatch, capsys, mpl):
     monkeypatch.chdir(tmp_path)
     write_log("out-a", run_records())
     assert plot.main(["out-a", "--out=cmp.png", "--x=tokens"]) == 0
-    assert capsys.readouterr().out == "wrote cmp.png\n"
+    assert capsys.readouterr().out.splitlines()[-1] == "wrote cmp.png"
     with open("cmp.png", "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
     assert not os.path.exists("cmp.png.tmp")
@@ -163,7 +293,15 @@ def test_resume_and_damaged_lines(tmp_path, monkeypatch, capsys, mpl):
     (["out-a", "--positions"], "a", "error: --positions draws no runs: drop the out_dirs, or drop --positions"),
     (["--positions", "--checkpoint=out-a"], "a", "error: out-a/ckpt.pt not found: give --checkpoint an out_dir "
                                                  "that a training run wrote ckpt.pt into"),
-    (["out-a", "--colour=red"], "a", "error: unrecognized arguments: --colour=red (see python plot.py --help)"),
+    (["out-a", "--log-scale=True"], "a", "error: unknown option --log-scale=True: did you mean --log_scale? "
+                                         "(see python plot.py --help)"),
+    (["out-a", "--colour", "red"], "a", "error: unknown option --colour: did you mean --out? (see python plot.py --help)"),
+    (["out-a", "--size=2"], "a", "error: unknown option --size=2: the options are -h, --help, --out, --x, --log_scale, "
+                                 "--positions, --checkpoint (see python plot.py --help)"),
+    (["out-a", "--log_scale=maybe"], "a", "error: --log_scale=maybe must be True, False or auto"),
+    (["out-none", "--log_scale=true"], None, "error: --log_scale=true must be True, False or auto"),  # no log read
+    (["--positions", "--x=tokens"], None, "error: --x goes with runs, not with --positions"),
+    (["--positions", "--log_scale=True"], None, "error: --log_scale goes with runs, not with --positions"),
 ])
 def test_one_line_errors(tmp_path, monkeypatch, capsys, mpl, args, setup, message):
     monkeypatch.chdir(tmp_path)
