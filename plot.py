@@ -90,8 +90,9 @@ def read_run(out_dir):
     the resume were lost with the process, and are trained and logged again. So a start record at N
     drops what came before it from N on, except the evaluation at N itself (the checkpoint was saved
     right after it, and the resumed run does not repeat it): each iteration is drawn once. The
-    training scripts' start_run_log already rewrites log.jsonl this way when they resume; reading
-    it with the same rule keeps a log put together any other way (files concatenated) correct.
+    training scripts' start_run_log marks those lines "superseded": true when they resume (they
+    are kept, not deleted), and they are skipped here; the rule above keeps a log put together any
+    other way (files concatenated) correct too.
     """
     path = os.path.join(out_dir, "log.jsonl")
     if not os.path.isfile(path):
@@ -114,6 +115,8 @@ def read_run(out_dir):
             if number != len(lines):
                 unreadable.append(number)
             continue
+        if record.get("superseded"):
+            continue  # trained and logged again by a resumed run
         kind = record["kind"]
         if kind == "start":
             config = dict(record["config"])

@@ -281,6 +281,21 @@ def test_resume_and_damaged_lines(tmp_path, monkeypatch, capsys, mpl):
     assert capsys.readouterr().err == f"warning: out-r/log.jsonl: skipped 5 unreadable line(s): {bad_lines}\n"
 
 
+def test_superseded_records_are_skipped(tmp_path, monkeypatch, mpl):
+    """The training scripts keep a resumed run's lines past its checkpoint, marked "superseded": they
+    are not drawn, even where no later start record would drop them."""
+    monkeypatch.chdir(tmp_path)
+    records = run_records(iters=(0, 10, 20))
+    for r in records:
+        if r["kind"] != "start" and r["iter"] == 20:
+            r["superseded"] = True
+    os.makedirs("out-s")
+    with open("out-s/log.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    run = plot.read_run("out-s")
+    assert [r["iter"] for r in run["train"]] == [0, 10] and [r["iter"] for r in run["eval"]] == [0]
+
+
 @pytest.mark.parametrize("args, setup, message", [
     (["out-none"], None, "error: out-none/log.jsonl not found: train with gpt.py (or llama.py, olmo.py, ...) "
                          "--out_dir=out-none first; runs trained before log.jsonl existed have none"),
