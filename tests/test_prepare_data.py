@@ -133,6 +133,44 @@ def test_ensure_prepared(tmp_path, monkeypatch, capsys):
     assert pdata.is_prepared(data_dir)
 
 
+def test_a_misspelled_dataset_gets_the_nearest_name(tmp_path):
+    root = str(tmp_path / "data")
+    with pytest.raises(pdata.DataError) as err:
+        pdata.ensure_prepared("shakespear_char", data_root=root)
+    assert str(err.value) == (f"dataset 'shakespear_char' not found: {root}/shakespear_char lacks train.bin, val.bin "
+                              f"or meta.pkl (did you mean 'shakespeare_char'?)")
+    pdata.prepare("my_novel", write(tmp_path / "t.txt", TEXT), "char", data_root=root)  # prepared folders count too
+    with pytest.raises(pdata.DataError, match=r"meta.pkl \(did you mean 'my_novel'\?\)$"):
+        pdata.ensure_prepared("my_nvel", data_root=root)
+
+
+def test_datasets_of_another_kind_are_refused_naming_their_kind(tmp_path, monkeypatch):
+    monkeypatch.setattr(requests, "get", lambda *a, **k: pytest.fail("must not download or prepare"))
+    root = str(tmp_path / "data")
+    labelled = ("dataset 'shakespeare_speakers' holds labelled lines (for bert.py's classifier: --task=classify), "
+                "not a token stream for a language model")
+    with pytest.raises(pdata.DataError) as err:  # not prepared yet: refused before any download
+        pdata.ensure_prepared("shakespeare_speakers", data_root=root)
+    assert str(err.value) == labelled
+    write(tmp_path / "data" / "shakespeare_speakers" / "train.tsv", "ROMEO\tO, she doth teach the torches\n")
+    write(tmp_path / "data" / "shakespeare_speakers" / "val.tsv", "JULIET\tWhat's in a name?\n")
+    with pytest.raises(pdata.DataError) as err:  # prepared
+        pdata.ensure_prepared("shakespeare_speakers", data_root=root)
+    assert str(err.value) == labelled
+    with pytest.raises(pdata.DataError) as err:  # any labelled folder, given to a loader directly
+        pdata.BatchLoader(os.path.join(root, "shakespeare_speakers"), block_size=4, batch_size=2, device="cpu")
+    assert str(err.value) == labelled
+    # Pairs whose separators are ids past the vocabulary (prepare_sentencepiece_pairs) would index past a
+    # language model's embedding table.
+    pairs_dir = pdata.prepare("t5_pairs", write(tmp_path / "t.txt", TEXT), "char", data_root=root)
+    meta = pdata.load_meta(pairs_dir)
+    pdata._write_meta(os.path.join(pairs_dir, "meta.pkl"), meta | {"pair_separators": [meta["vocab_size"], meta["vocab_size"] + 1]})
+    with pytest.raises(pdata.DataError) as err:
+        pdata.BatchLoader(pairs_dir, block_size=4, batch_size=2, device="cpu")
+    assert str(err.value) == ("dataset 't5_pairs' holds (input, target) pairs whose separators are ids past its "
+                              "vocabulary (for t5.py), not a token stream for a language model")
+
+
 def test_batches(tmp_path):
     data_dir = pdata.prepare("mine", write(tmp_path / "t.txt", TEXT), "char", data_root=str(tmp_path))
     loader = pdata.BatchLoader(data_dir, block_size=16, batch_size=5, device="cpu")
@@ -402,7 +440,12 @@ ERROR_CASES = [
     (["mine", "--input=ok.txt", "--tokenizer=char", "--vocab_size=500"], r"only applies to the bpe tokenizer"),
     (["mine", "--input=tiny.txt", "--tokenizer=char"], r"too short to split"),
     (["mine", "--input=cjk.txt", "--tokenizer=char"], r"70000 distinct characters, more than the 65536"),
-    (["wikipedia"], r"unknown dataset 'wikipedia'; known datasets: shakespeare_char, shakespeare, shakespeare_bpe, tinystories"),
+    (["wikipedia"], r"unknown dataset 'wikipedia'; known datasets: shakespeare_char, shakespeare, shakespeare_bpe, "
+                    r"tinystories, numbers, shakespeare_speakers \(or give your own text"),
+    (["shakespear_char"], r"unknown dataset 'shakespear_char' \(did you mean 'shakespeare_char'\?\); known datasets"),
+    (["numbers", "--input=ok.txt"], r"numbers is generated and takes no --input; give your own text another name$"),
+    (["shakespeare_speakers", "--tokenizer=char"], r"shakespeare_speakers holds labelled lines of text, which the model "
+                                                   r"that reads them tokenizes; drop --tokenizer and --vocab_size$"),
     (["mine", "--vocab_size=lots"], r"invalid int value: 'lots'"),
     (["shakespeare_char", "--tokenizer=gpt2"], r"shakespeare_char uses the char tokenizer"),
     (["../mine", "--input=ok.txt", "--tokenizer=char"], r"must be a plain folder name"),
