@@ -36,6 +36,9 @@ How to run it
     python prepare_data.py mytext --input=book.txt --tokenizer=path/to/hf_model_dir   # its tokenizer.json
     python prepare_data.py mypairs --input=pairs.tsv --tokenizer=path/to/flan-t5-small   # its spiece.model
     python prepare_data.py shakespeare_speakers        # labelled passages for classification (bert.py)
+    python prepare_data.py shakespeare_char --input=tests/data/tinyshakespeare_excerpt.txt
+                                                       # offline: a Shakespeare dataset from the 40 KB excerpt
+                                                       # (warns; meta.pkl gets "excerpt": True)
     Every command takes --data_root=DIR (default: ./data). The training scripts call ensure_prepared(),
     so the ready-made datasets are prepared on first use without running this by hand.
 
