@@ -126,11 +126,16 @@ def test_ensure_prepared(tmp_path, monkeypatch, capsys):
         pdata.ensure_prepared("mine", data_root=root)
     data_dir = pdata.prepare("mine", write(tmp_path / "t.txt", TEXT), "char", data_root=root)
     assert pdata.ensure_prepared("mine", data_root=root) == data_dir
-    # A known dataset that is missing gets prepared (here from a pre-placed input.txt).
-    write(tmp_path / "data" / "shakespeare_char" / "input.txt", TEXT)
+    # A known dataset that is missing gets prepared (here from a pre-placed input.txt, which is not the
+    # text the README measured on, so it warns).
+    placed = write(tmp_path / "data" / "shakespeare_char" / "input.txt", TEXT)
     data_dir = pdata.ensure_prepared("shakespeare_char", data_root=root)
-    assert "preparing it now" in capsys.readouterr().out
-    assert pdata.is_prepared(data_dir)
+    out, err = capsys.readouterr()
+    assert "preparing it now" in out
+    assert err == (f"warning: shakespeare_char is prepared from {placed}, which is not tiny Shakespeare as "
+                   f"{pdata.SHAKESPEARE_URL} serves it: results will differ from the README's; for the full text, "
+                   f"replace {placed} with {pdata.SHAKESPEARE_URL} and prepare again\n")
+    assert pdata.is_prepared(data_dir) and "excerpt" not in pdata.load_meta(data_dir)
 
 
 def test_a_misspelled_dataset_gets_the_nearest_name(tmp_path):
