@@ -36,6 +36,9 @@ How to run it
     python prepare_data.py mytext --input=book.txt --tokenizer=path/to/hf_model_dir   # its tokenizer.json
     python prepare_data.py mypairs --input=pairs.tsv --tokenizer=path/to/flan-t5-small   # its spiece.model
     python prepare_data.py shakespeare_speakers        # labelled passages for classification (bert.py)
+    python prepare_data.py shakespeare_char --input=tests/data/tinyshakespeare_excerpt.txt
+                                                       # offline: a Shakespeare dataset from the 40 KB excerpt
+                                                       # (warns; meta.pkl gets "excerpt": True)
     Every command takes --data_root=DIR (default: ./data). The training scripts call ensure_prepared(),
     so the ready-made datasets are prepared on first use without running this by hand.
 
@@ -51,9 +54,12 @@ As a library (used by the training scripts and sample.py)
 import argparse
 import codecs
 import contextlib
+import difflib
+import hashlib
 import json
 import os
 import pickle
+import shlex
 import sys
 import time
 
@@ -61,6 +67,12 @@ import numpy as np
 import requests
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+# The file at SHAKESPEARE_URL (1,115,394 bytes), by which a copy found on disk is known to be the whole
+# text that the README's results were measured on.
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+# Its first 40 KB, committed with the tests: without internet, the text a first run can be prepared from.
+SHAKESPEARE_EXCERPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests", "data",
+                                   "tinyshakespeare_excerpt.txt")
 TINYSTORIES_URLS = {
     "train": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt",
     "val": "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-valid.txt",
@@ -82,6 +94,8 @@ DATASETS = {
 LABELLED_DATASETS = {
     "shakespeare_speakers": "tiny Shakespeare's speeches labelled with who speaks them (5 speakers)",
 }
+# The datasets made from tiny Shakespeare's one text file; each reuses a copy another one downloaded.
+SHAKESPEARE_DATASETS = tuple(name for name in (*DATASETS, *LABELLED_DATASETS) if name.startswith("shakespeare"))
 SPEAKERS_N = 5  # the most frequent speakers kept: GLOUCESTER, DUKE VINCENTIO, ROMEO, MENENIUS, PETRUCHIO
 TOKENIZERS = ("char", "gpt2", "bpe")
 DEFAULT_BPE_VOCAB_SIZE = 1024  # for --input=... --tokenizer=bpe
@@ -413,9 +427,9 @@ def _report(out_dir, meta, counts):
 # Preparing
 
 
-def prepare_text(text, out_dir, tokenizer, vocab_size=None):
+def prepare_text(text, out_dir, tokenizer, vocab_size=None, text_meta=None):
     """Split `text` 90/10, encode both parts with `tokenizer` ('char' | 'gpt2' | 'bpe' | the path of a
-    tokenizer.json), write out_dir."""
+    tokenizer.json), write out_dir. text_meta: what meta.pkl records about the text (read_shakespeare's)."""
     train_text, val_text = split_text(text)
     if tokenizer == "bpe":
         # bpe.py trains on and encodes files (so that it can stream gigabytes in parallel); the two halves
@@ -427,7 +441,8 @@ def prepare_text(text, out_dir, tokenizer, vocab_size=None):
                 split_paths.append(_temp_path_beside(os.path.join(out_dir, f"{split}.txt")))
                 with open(split_paths[-1], "w", encoding="utf-8", newline="") as f:
                     f.write(part)
-            return prepare_bpe_files(split_paths[0], split_paths[1], out_dir, vocab_size or DEFAULT_BPE_VOCAB_SIZE)
+            return prepare_bpe_files(split_paths[0], split_paths[1], out_dir, vocab_size or DEFAULT_BPE_VOCAB_SIZE,
+                                     text_meta)
         finally:
             for path in split_paths:
                 _remove_if_present(path)
@@ -443,6 +458,7 @@ def prepare_text(text, out_dir, tokenizer, vocab_size=None):
     encoder = load_tokenizer(meta)
     meta["vocab_size"] = encoder.vocab_size
     meta["dtype"] = token_dtype(encoder.vocab_size)
+    meta.update(text_meta or {})
     with _staged_outputs(out_dir) as staged:
         counts = {"train": _write_tokens(staged["train.bin"], encoder.encode(train_text), meta["dtype"]),
                   "val": _write_tokens(staged["val.bin"], encoder.encode(val_text), meta["dtype"])}
@@ -451,7 +467,7 @@ def prepare_text(text, out_dir, tokenizer, vocab_size=None):
     return out_dir
 
 
-def prepare_bpe_files(train_path, val_path, out_dir, vocab_size):
+def prepare_bpe_files(train_path, val_path, out_dir, vocab_size, text_meta=None):
     """Train bpe.py on the train text file, then encode both text files into out_dir.
 
     Everything works on files, in parallel and in bounded memory, so that the same code serves a 1 MB
@@ -464,7 +480,7 @@ def prepare_bpe_files(train_path, val_path, out_dir, vocab_size):
     print(f"training a {vocab_size}-token BPE on the train split")
     vocab, merges = bpe.train_bpe(train_path, vocab_size, special_tokens=SPECIAL_TOKENS)
     tokenizer = bpe.Tokenizer(vocab, merges, special_tokens=list(SPECIAL_TOKENS))
-    meta = {"tokenizer": "bpe", "vocab_size": tokenizer.vocab_size, "bpe": tokenizer.to_meta()}
+    meta = {"tokenizer": "bpe", "vocab_size": tokenizer.vocab_size, "bpe": tokenizer.to_meta(), **(text_meta or {})}
     with _staged_outputs(out_dir) as staged:
         counts = {}
         for split, path in (("train", train_path), ("val", val_path)):
@@ -496,19 +512,27 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
         tokenizer = path
     out_dir = os.path.join(data_root, name)
 
-    if input_path is None and name in LABELLED_DATASETS:
-        return prepare_shakespeare_speakers(data_root)
-    if input_path is None:
-        if name not in DATASETS:
-            known = ", ".join(DATASETS)
-            raise DataError(f"unknown dataset {name!r}; known datasets: {known} (or give your own text "
-                            f"with --input=FILE --tokenizer={'|'.join(TOKENIZERS)})")
+    if name in LABELLED_DATASETS:
+        if tokenizer is not None or vocab_size is not None:
+            raise DataError(f"{name} holds labelled lines of text, which the model that reads them tokenizes; "
+                            f"drop --tokenizer and --vocab_size")
+        return prepare_shakespeare_speakers(data_root, input_path=input_path)
+    if name in DATASETS:
+        # A ready-made dataset's name stands for its tokenizer too; --input only replaces its text (a
+        # Shakespeare dataset from the excerpt when offline), except for numbers, which is generated.
+        if input_path is not None and name == "numbers":
+            raise DataError("numbers is generated and takes no --input; give your own text another name")
         dataset_tokenizer, default_vocab_size, _ = DATASETS[name]
         if tokenizer not in (None, dataset_tokenizer):
             raise DataError(f"{name} uses the {dataset_tokenizer} tokenizer; to use {tokenizer}, pick the "
-                            f"matching dataset or pass --input=FILE --tokenizer={tokenizer}")
+                            f"matching dataset or give your text another name: python prepare_data.py NAME "
+                            f"--input=FILE --tokenizer={tokenizer}")
         tokenizer = dataset_tokenizer
         vocab_size = vocab_size or default_vocab_size
+    elif input_path is None:
+        known = ", ".join([*DATASETS, *LABELLED_DATASETS])
+        raise DataError(f"unknown dataset {name!r}{did_you_mean(name, [*DATASETS, *LABELLED_DATASETS])}; known "
+                        f"datasets: {known} (or give your own text with --input=FILE --tokenizer={'|'.join(TOKENIZERS)})")
     elif tokenizer is None:
         raise DataError(f"--input needs --tokenizer={'|'.join(TOKENIZERS)}")
 
@@ -518,6 +542,9 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
         vocab_size = vocab_size or DEFAULT_BPE_VOCAB_SIZE
         check_vocab_size(vocab_size)  # before any download or training, not after
 
+    if name in SHAKESPEARE_DATASETS:
+        text, text_meta = read_shakespeare(name, data_root, input_path)
+        return prepare_text(text, out_dir, tokenizer, vocab_size, text_meta)
     if input_path is not None:
         text = read_text(input_path)
         if sentencepiece_path(tokenizer) is not None and "\t" in text:
@@ -525,9 +552,13 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
         return prepare_text(text, out_dir, tokenizer, vocab_size)
     if name == "numbers":
         return prepare_numbers(out_dir)
-    if name == "tinystories":
-        return prepare_bpe_files(*download_tinystories(out_dir), out_dir, vocab_size)
-    return prepare_text(read_text(shakespeare_input(data_root, out_dir)), out_dir, tokenizer, vocab_size)
+    return prepare_bpe_files(*download_tinystories(out_dir), out_dir, vocab_size)  # tinystories, the last one
+
+
+def did_you_mean(name, names):
+    """' (did you mean 'X'?)' for the one of `names` closest to a misspelled `name`, else ''."""
+    match = difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def parse_pairs(text, path):
@@ -582,7 +613,7 @@ def prepare_sentencepiece_pairs(pairs, out_dir, tokenizer_path):
     return out_dir
 
 
-def prepare_shakespeare_speakers(data_root="data", n_speakers=SPEAKERS_N):
+def prepare_shakespeare_speakers(data_root="data", n_speakers=SPEAKERS_N, input_path=None):
     """Write data/shakespeare_speakers/{train,val}.tsv: each speech of the n most frequent speakers,
     labelled with the speaker, the "NAME:" line removed and its lines joined by spaces.
 
@@ -595,7 +626,7 @@ def prepare_shakespeare_speakers(data_root="data", n_speakers=SPEAKERS_N):
     import random
 
     out_dir = os.path.join(data_root, "shakespeare_speakers")
-    text = read_text(shakespeare_input(data_root, out_dir))
+    text, _ = read_shakespeare("shakespeare_speakers", data_root, input_path)  # no meta.pkl to record it in
     speeches = []
     for block in text.split("\n\n"):
         lines = block.strip("\n").split("\n")
@@ -619,21 +650,83 @@ def prepare_shakespeare_speakers(data_root="data", n_speakers=SPEAKERS_N):
     return out_dir
 
 
-def shakespeare_input(data_root, out_dir):
-    """Path to tiny Shakespeare's input.txt: reuse one any shakespeare* dataset has, else download it."""
-    candidates = [os.path.join(out_dir, "input.txt")]
-    candidates += [os.path.join(data_root, n, "input.txt") for n in [*DATASETS, *LABELLED_DATASETS]
-                   if n.startswith("shakespeare")]
-    for path in candidates:
-        if os.path.isfile(path):
-            return path
-    target = candidates[0]
+def shakespeare_input(name, data_root):
+    """Path to tiny Shakespeare's input.txt for dataset `name`: its own copy or any other Shakespeare
+    dataset's (a full one first), else a download into <data_root>/<name>/input.txt."""
+    target = os.path.join(data_root, name, "input.txt")
+    copies = dict.fromkeys([target, *(os.path.join(data_root, n, "input.txt") for n in SHAKESPEARE_DATASETS)])
+    copies = [path for path in copies if os.path.isfile(path)]
+    # A copy put there by hand may be the excerpt, while a full one elsewhere is what should be reused.
+    full = [path for path in copies if shakespeare_text_kind(path) == "full"]
+    if full or copies:
+        return (full or copies)[0]
     try:
         download(SHAKESPEARE_URL, target)
     except requests.RequestException as e:
-        raise DataError(f"could not download tiny Shakespeare ({e.__class__.__name__}: {e}); download "
-                        f"{SHAKESPEARE_URL} by hand and save it as {os.path.abspath(target)}") from None
+        # A failed connection's message is a paragraph of proxy and socket details that would bury the advice.
+        reason = e.__class__.__name__ if isinstance(e, requests.ConnectionError) else f"{e.__class__.__name__}: {e}"
+        raise DataError(f"could not download tiny Shakespeare ({reason}); "
+                        f"{offline_advice(name, data_root, target)}") from None
     return target
+
+
+def offline_advice(name, data_root, target):
+    """What to do without internet: prepare from the excerpt (a command to copy), or save the text by hand."""
+    by_hand = f"download {SHAKESPEARE_URL} by hand and save it as {os.path.abspath(target)}"
+    if not os.path.isfile(SHAKESPEARE_EXCERPT):  # prepare_data.py copied out of the repository
+        return by_hand
+    return (f"without internet, prepare it from the 40 KB excerpt the tests use (results will differ from the "
+            f"README's): {excerpt_command(name, data_root)} (or {by_hand})")
+
+
+def excerpt_command(name, data_root):
+    """The command that prepares dataset `name` from the committed excerpt, to be run where the user is
+    (the relative data_root, like the training scripts' data/, means the same there)."""
+    def short(path):  # relative from the repository root, as the README's commands are
+        relative = os.path.relpath(path)
+        return path if relative.startswith(os.pardir) else relative
+
+    command = ["python", short(os.path.abspath(__file__)), name, f"--input={short(SHAKESPEARE_EXCERPT)}"]
+    if os.path.normpath(data_root) != "data":
+        command.append(f"--data_root={data_root}")
+    return shlex.join(command)
+
+
+def shakespeare_text_kind(path):
+    """'full' for the whole tiny Shakespeare, 'excerpt' for the 40 KB committed with the tests, else 'other'."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() == SHAKESPEARE_SHA256:
+        return "full"
+    if os.path.isfile(SHAKESPEARE_EXCERPT):
+        with open(SHAKESPEARE_EXCERPT, "rb") as f:
+            if f.read() == data:
+                return "excerpt"
+    return "other"
+
+
+def read_shakespeare(name, data_root, input_path=None):
+    """Tiny Shakespeare's text for dataset `name` (from input_path if given, else shakespeare_input) and
+    what meta.pkl records about it: {"excerpt": True} when it is the excerpt, so that tests and scripts can
+    tell a dataset whose numbers will not match the README's. Any other text is prepared all the same
+    (it is the user's choice), with a warning, since results are then no longer comparable."""
+    path = input_path or shakespeare_input(name, data_root)
+    text = read_text(path)
+    kind = shakespeare_text_kind(path)
+    if kind == "full":
+        return text, {}
+    # A copy in a dataset folder is what a rerun would reuse again, so it has to be replaced by hand.
+    full_text_next_time = (f"once online, `python prepare_data.py {name}` prepares the full text" if input_path
+                           else f"for the full text, replace {path} with {SHAKESPEARE_URL} and prepare again")
+    if kind == "excerpt":
+        print(f"warning: {name} is prepared from the 40 KB excerpt of tiny Shakespeare ({path}), not the full "
+              f"1.1 MB text: results will differ from the README's (58 distinct characters instead of 65, only "
+              f"the speakers of Coriolanus' first scenes, and a model overfits it early); {full_text_next_time}",
+              file=sys.stderr)
+        return text, {"excerpt": True}
+    print(f"warning: {name} is prepared from {path}, which is not tiny Shakespeare as {SHAKESPEARE_URL} serves "
+          f"it: results will differ from the README's; {full_text_next_time}", file=sys.stderr)
+    return text, {}
 
 
 def download_tinystories(out_dir):
@@ -659,7 +752,6 @@ def download(url, path, timeout=30, chunk_size=1 << 20):
     """
     if os.path.exists(path):
         return path
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     part = path + ".part"
     have = os.path.getsize(part) if os.path.exists(part) else 0
     # "identity" turns off gzip transfer encoding, so that byte counts and Range offsets are those of the file.
@@ -675,6 +767,8 @@ def download(url, path, timeout=30, chunk_size=1 << 20):
             os.replace(part, path)
             return path
         response.raise_for_status()
+        # Only now: a download that fails at once (offline) must not leave an empty dataset folder behind.
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         # 206 means the server honoured the Range header; 200 means it sends the whole file again.
         if response.status_code != 206:
             have = 0
@@ -779,20 +873,47 @@ def is_prepared(data_dir):
     return all(os.path.isfile(os.path.join(data_dir, name)) for name in OUTPUT_FILES)
 
 
+def is_labelled(data_dir):
+    """Whether data_dir holds a labelled dataset (train.tsv and val.tsv, as prepare_shakespeare_speakers writes)."""
+    return os.path.isfile(os.path.join(data_dir, "train.tsv"))
+
+
+def not_a_token_stream(data_dir, kind):
+    """The error for a dataset of another kind ('labelled' or 'pairs') given to a reader of token streams."""
+    holds = {"labelled": "labelled lines (for bert.py's classifier: --task=classify)",
+             "pairs": "(input, target) pairs whose separators are ids past its vocabulary (for t5.py)"}[kind]
+    return DataError(f"dataset {os.path.basename(os.path.normpath(data_dir))!r} holds {holds}, not a token "
+                     f"stream for a language model")
+
+
 def ensure_prepared(dataset, data_root="data"):
-    """Return <data_root>/<dataset>, preparing it first if it is a known dataset that is not there yet."""
+    """Return <data_root>/<dataset>, preparing it first if it is a known dataset that is not there yet.
+
+    For the loaders of token files (BatchLoader, t5.py's): a labelled dataset is refused, not prepared."""
     data_dir = os.path.join(data_root, dataset)
     if is_prepared(data_dir):
+        if load_meta(data_dir).get("excerpt"):  # said when it was prepared, but a new user compares every run
+            print(f"warning: {data_dir} holds the 40 KB excerpt of tiny Shakespeare, so results will differ from "
+                  f"the README's; python prepare_data.py {dataset} prepares the full text", file=sys.stderr)
         return data_dir
+    if dataset in LABELLED_DATASETS or is_labelled(data_dir):
+        raise not_a_token_stream(data_dir, "labelled")
     if dataset in DATASETS:
         print(f"{data_dir} is not prepared yet; preparing it now (python prepare_data.py {dataset})")
         return prepare(dataset, data_root=data_root)
+    prepared = [n for n in sorted(os.listdir(data_root)) if is_prepared(os.path.join(data_root, n))] \
+        if os.path.isdir(data_root) else []
+    suggestion = did_you_mean(dataset, [*DATASETS, *prepared])
+    if suggestion:
+        raise DataError(f"dataset {dataset!r} not found: {data_dir} lacks train.bin, val.bin or meta.pkl{suggestion}")
     raise DataError(f"dataset {dataset!r} not found: {data_dir} lacks train.bin, val.bin or meta.pkl; prepare "
                     f"it with: python prepare_data.py {dataset} --input=path/to/text.txt --tokenizer=char")
 
 
 def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.pkl")
+    if not os.path.isfile(path) and is_labelled(data_dir):
+        raise not_a_token_stream(data_dir, "labelled")
     if not os.path.isfile(path):
         raise DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
     # pickle runs code from the file while loading: fine for meta.pkl files this script wrote.
@@ -810,7 +931,10 @@ class BatchLoader:
         self.block_size, self.batch_size = block_size, batch_size
         self.device = device
         self.paths = {split: os.path.join(data_dir, f"{split}.bin") for split in ("train", "val")}
-        self.dtype = np.dtype(load_meta(data_dir).get("dtype", "uint16"))  # uint32 for vocabularies > 65536
+        meta = load_meta(data_dir)
+        if "pair_separators" in meta:  # a language model would be fed ids that its embedding lacks
+            raise not_a_token_stream(data_dir, "pairs")
+        self.dtype = np.dtype(meta.get("dtype", "uint16"))  # uint32 for vocabularies > 65536
         for split, path in self.paths.items():
             if not os.path.isfile(path):
                 raise DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")

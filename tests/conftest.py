@@ -16,7 +16,8 @@ with a message that says what is missing and how to provide it, never failed.
     tiny_shakespeare              (session fixture) path to the full tiny Shakespeare input.txt
         Found as the scripts find it: ../shared/data/tinyshakespeare/input.txt (an offline copy
         beside the checkout), else data/shakespeare*/input.txt in the repository (what
-        prepare_data.py downloaded before), else downloaded there by prepare_data.py; else skip.
+        prepare_data.py downloaded before), else downloaded there by prepare_data.py; else skip,
+        as when the copy found is only the excerpt above (or any text but the full one).
     gpt2_bpe_files                (session fixture) (encoder.json path, vocab.bpe path) of GPT-2
         The files tiktoken's "gpt2" encoding is built from, read through tiktoken's own cache
         (TIKTOKEN_CACHE_DIR, else DATA_GYM_CACHE_DIR, else <tmp>/data-gym-cache), which downloads
@@ -78,22 +79,34 @@ def small_text():
 
 @pytest.fixture(scope="session")
 def tiny_shakespeare():
+    return find_tiny_shakespeare(SHARED_DATA, os.path.join(REPO, "data"))
+
+
+def find_tiny_shakespeare(shared_data, data_root):
+    """The fixture's search, a function so that a test can run it in a temp dir: the path of the full
+    text, or pytest.skip. A copy that is only the 40 KB excerpt (prepared from, offline) skips too: the
+    tests that ask for the full text assert what only the full text gives (65 characters, its speakers)."""
     import prepare_data
 
-    shared_copy = os.path.join(SHARED_DATA, "tinyshakespeare", "input.txt")
+    shared_copy = os.path.join(shared_data, "tinyshakespeare", "input.txt")
     if os.path.isfile(shared_copy):
-        return shared_copy
-    # prepare_data.py's own search: any data/shakespeare*/input.txt, else a download into
-    # data/shakespeare_char/input.txt (so a later `python prepare_data.py shakespeare_char` reuses it).
-    data_root = os.path.join(REPO, "data")
-    target_dir = os.path.join(data_root, "shakespeare_char")
-    try:
-        return prepare_data.shakespeare_input(data_root, target_dir)
-    except prepare_data.DataError as e:
-        cause = e.__context__.__class__.__name__ if e.__context__ else str(e)  # requests' long message aside
-        pytest.skip(f"needs tiny Shakespeare, which is neither in {shared_copy} nor in "
-                    f"{data_root}/shakespeare*/input.txt and could not be downloaded ({cause}); save "
-                    f"{prepare_data.SHAKESPEARE_URL} as {os.path.join(target_dir, 'input.txt')}")
+        path = shared_copy
+    else:
+        # prepare_data.py's own search: any data/shakespeare*/input.txt, a full one first, else a download
+        # into data/shakespeare_char/input.txt (so a later `python prepare_data.py shakespeare_char` reuses it).
+        try:
+            path = prepare_data.shakespeare_input("shakespeare_char", data_root)
+        except prepare_data.DataError as e:
+            cause = e.__context__.__class__.__name__ if e.__context__ else str(e)  # requests' long message aside
+            pytest.skip(f"needs tiny Shakespeare, which is neither in {shared_copy} nor in "
+                        f"{data_root}/shakespeare*/input.txt and could not be downloaded ({cause}); save "
+                        f"{prepare_data.SHAKESPEARE_URL} as {os.path.join(data_root, 'shakespeare_char', 'input.txt')}")
+    kind = prepare_data.shakespeare_text_kind(path)
+    if kind != "full":
+        what = "the 40 KB excerpt" if kind == "excerpt" else "another text"
+        pytest.skip(f"needs the full tiny Shakespeare (1.1 MB), but {path} is {what}; replace it with "
+                    f"{prepare_data.SHAKESPEARE_URL}")
+    return path
 
 
 @pytest.fixture(scope="session")

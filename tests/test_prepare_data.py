@@ -126,11 +126,54 @@ def test_ensure_prepared(tmp_path, monkeypatch, capsys):
         pdata.ensure_prepared("mine", data_root=root)
     data_dir = pdata.prepare("mine", write(tmp_path / "t.txt", TEXT), "char", data_root=root)
     assert pdata.ensure_prepared("mine", data_root=root) == data_dir
-    # A known dataset that is missing gets prepared (here from a pre-placed input.txt).
-    write(tmp_path / "data" / "shakespeare_char" / "input.txt", TEXT)
+    # A known dataset that is missing gets prepared (here from a pre-placed input.txt, which is not the
+    # text the README measured on, so it warns).
+    placed = write(tmp_path / "data" / "shakespeare_char" / "input.txt", TEXT)
     data_dir = pdata.ensure_prepared("shakespeare_char", data_root=root)
-    assert "preparing it now" in capsys.readouterr().out
-    assert pdata.is_prepared(data_dir)
+    out, err = capsys.readouterr()
+    assert "preparing it now" in out
+    assert err == (f"warning: shakespeare_char is prepared from {placed}, which is not tiny Shakespeare as "
+                   f"{pdata.SHAKESPEARE_URL} serves it: results will differ from the README's; for the full text, "
+                   f"replace {placed} with {pdata.SHAKESPEARE_URL} and prepare again\n")
+    assert pdata.is_prepared(data_dir) and "excerpt" not in pdata.load_meta(data_dir)
+
+
+def test_a_misspelled_dataset_gets_the_nearest_name(tmp_path):
+    root = str(tmp_path / "data")
+    with pytest.raises(pdata.DataError) as err:
+        pdata.ensure_prepared("shakespear_char", data_root=root)
+    assert str(err.value) == (f"dataset 'shakespear_char' not found: {root}/shakespear_char lacks train.bin, val.bin "
+                              f"or meta.pkl (did you mean 'shakespeare_char'?)")
+    pdata.prepare("my_novel", write(tmp_path / "t.txt", TEXT), "char", data_root=root)  # prepared folders count too
+    with pytest.raises(pdata.DataError, match=r"meta.pkl \(did you mean 'my_novel'\?\)$"):
+        pdata.ensure_prepared("my_nvel", data_root=root)
+
+
+def test_datasets_of_another_kind_are_refused_naming_their_kind(tmp_path, monkeypatch):
+    monkeypatch.setattr(requests, "get", lambda *a, **k: pytest.fail("must not download or prepare"))
+    root = str(tmp_path / "data")
+    labelled = ("dataset 'shakespeare_speakers' holds labelled lines (for bert.py's classifier: --task=classify), "
+                "not a token stream for a language model")
+    with pytest.raises(pdata.DataError) as err:  # not prepared yet: refused before any download
+        pdata.ensure_prepared("shakespeare_speakers", data_root=root)
+    assert str(err.value) == labelled
+    write(tmp_path / "data" / "shakespeare_speakers" / "train.tsv", "ROMEO\tO, she doth teach the torches\n")
+    write(tmp_path / "data" / "shakespeare_speakers" / "val.tsv", "JULIET\tWhat's in a name?\n")
+    with pytest.raises(pdata.DataError) as err:  # prepared
+        pdata.ensure_prepared("shakespeare_speakers", data_root=root)
+    assert str(err.value) == labelled
+    with pytest.raises(pdata.DataError) as err:  # any labelled folder, given to a loader directly
+        pdata.BatchLoader(os.path.join(root, "shakespeare_speakers"), block_size=4, batch_size=2, device="cpu")
+    assert str(err.value) == labelled
+    # Pairs whose separators are ids past the vocabulary (prepare_sentencepiece_pairs) would index past a
+    # language model's embedding table.
+    pairs_dir = pdata.prepare("t5_pairs", write(tmp_path / "t.txt", TEXT), "char", data_root=root)
+    meta = pdata.load_meta(pairs_dir)
+    pdata._write_meta(os.path.join(pairs_dir, "meta.pkl"), meta | {"pair_separators": [meta["vocab_size"], meta["vocab_size"] + 1]})
+    with pytest.raises(pdata.DataError) as err:
+        pdata.BatchLoader(pairs_dir, block_size=4, batch_size=2, device="cpu")
+    assert str(err.value) == ("dataset 't5_pairs' holds (input, target) pairs whose separators are ids past its "
+                              "vocabulary (for t5.py), not a token stream for a language model")
 
 
 def test_batches(tmp_path):
@@ -289,16 +332,87 @@ def test_download_restarts_when_server_ignores_range(tmp_path, server):
     assert (tmp_path / "f.txt").read_bytes() == b"0123456789"  # not 01234 + 0123456789
 
 
-def test_download_failure_says_where_to_put_input(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise requests.ConnectionError("no network")
+def offline(*args, **kwargs):
+    raise requests.ConnectionError("no network")
 
+
+def test_download_failure_says_where_to_put_input(tmp_path, monkeypatch):
     monkeypatch.setattr(requests, "get", offline)
+    monkeypatch.chdir(REPO)  # where the README's commands run, so the command is the README's
     with pytest.raises(pdata.DataError) as err:
         pdata.prepare("shakespeare_char", data_root=str(tmp_path))
-    expected = os.path.abspath(os.path.join(str(tmp_path), "shakespeare_char", "input.txt"))
-    assert f"save it as {expected}" in str(err.value) and "no network" in str(err.value)
-    assert os.listdir(tmp_path / "shakespeare_char") == []
+    target = os.path.join(str(tmp_path), "shakespeare_char", "input.txt")
+    assert str(err.value) == (
+        f"could not download tiny Shakespeare (ConnectionError); without internet, prepare it from the 40 KB "
+        f"excerpt the tests use (results will differ from the README's): python prepare_data.py shakespeare_char "
+        f"--input=tests/data/tinyshakespeare_excerpt.txt --data_root={tmp_path} (or download {pdata.SHAKESPEARE_URL} "
+        f"by hand and save it as {target})")
+    assert os.listdir(tmp_path) == []  # not even the dataset folder: the download never started
+    assert pdata.excerpt_command("shakespeare_char", "data") == \
+        "python prepare_data.py shakespeare_char --input=tests/data/tinyshakespeare_excerpt.txt"
+
+
+EXCERPT_WARNING = ("warning: {name} is prepared from the 40 KB excerpt of tiny Shakespeare ({path}), not the full "
+                   "1.1 MB text: results will differ from the README's (58 distinct characters instead of 65, only "
+                   "the speakers of Coriolanus' first scenes, and a model overfits it early); {advice}\n")
+
+
+def test_offline_first_run_is_the_command_the_error_prints(tmp_path, monkeypatch, capsys):
+    """Elsewhere than the repository root the command names both files by absolute path, and works as printed."""
+    monkeypatch.setattr(requests, "get", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(pdata.DataError) as err:
+        pdata.ensure_prepared("shakespeare_char")  # what the training scripts call, with their data/
+    command = re.search(r"prepare it from the 40 KB excerpt .*?: (python .*?) \(or download", str(err.value)).group(1)
+    excerpt = os.path.join(REPO, "tests", "data", "tinyshakespeare_excerpt.txt")
+    assert command == f"python {os.path.join(REPO, 'prepare_data.py')} shakespeare_char --input={excerpt}"
+    result = subprocess.run([sys.executable, *command.split()[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == EXCERPT_WARNING.format(
+        name="shakespeare_char", path=excerpt,
+        advice="once online, `python prepare_data.py shakespeare_char` prepares the full text")
+    meta = pdata.load_meta(str(tmp_path / "data" / "shakespeare_char"))
+    assert meta["excerpt"] is True and meta["vocab_size"] == 58
+    # The dataset is there now; every run that uses it says again that it is the excerpt.
+    capsys.readouterr()
+    assert pdata.ensure_prepared("shakespeare_char") == os.path.join("data", "shakespeare_char")
+    assert capsys.readouterr().err == (
+        "warning: data/shakespeare_char holds the 40 KB excerpt of tiny Shakespeare, so results will differ from "
+        "the README's; python prepare_data.py shakespeare_char prepares the full text\n")
+
+
+def test_a_reused_excerpt_is_warned_about(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(requests, "get", lambda *a, **k: pytest.fail("must not download"))
+    placed = write(tmp_path / "shakespeare_char" / "input.txt", open(pdata.SHAKESPEARE_EXCERPT, "rb").read())
+    pdata.prepare("shakespeare_speakers", data_root=str(tmp_path))
+    advice = f"for the full text, replace {placed} with {pdata.SHAKESPEARE_URL} and prepare again"
+    assert capsys.readouterr().err == EXCERPT_WARNING.format(name="shakespeare_speakers", path=placed, advice=advice)
+    assert pdata.load_meta(pdata.prepare("shakespeare_char", data_root=str(tmp_path)))["excerpt"] is True
+    assert capsys.readouterr().err == EXCERPT_WARNING.format(name="shakespeare_char", path=placed, advice=advice)
+
+
+def test_a_full_copy_is_reused_before_an_excerpt(tmp_path, tiny_shakespeare, capsys):
+    write(tmp_path / "shakespeare_char" / "input.txt", open(pdata.SHAKESPEARE_EXCERPT, "rb").read())
+    full = write(tmp_path / "shakespeare_bpe" / "input.txt", open(tiny_shakespeare, "rb").read())
+    assert pdata.shakespeare_input("shakespeare_char", str(tmp_path)) == full
+    meta = pdata.load_meta(pdata.prepare("shakespeare_char", data_root=str(tmp_path)))
+    assert meta["vocab_size"] == 65 and "excerpt" not in meta
+    assert capsys.readouterr().err == ""
+
+
+def test_tiny_shakespeare_fixture_skips_on_the_excerpt_and_leaves_nothing_offline(tmp_path, monkeypatch):
+    from conftest import find_tiny_shakespeare
+
+    monkeypatch.setattr(requests, "get", offline)
+    shared, data_root = str(tmp_path / "shared"), str(tmp_path / "repo" / "data")
+    with pytest.raises(pytest.skip.Exception, match=r"could not be downloaded \(ConnectionError\)"):
+        find_tiny_shakespeare(shared, data_root)
+    assert os.listdir(tmp_path) == []  # the offline test run used to leave data/shakespeare_char/ behind
+    placed = write(tmp_path / "repo" / "data" / "shakespeare_char" / "input.txt", open(pdata.SHAKESPEARE_EXCERPT, "rb").read())
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        find_tiny_shakespeare(shared, data_root)
+    assert str(skipped.value) == (f"needs the full tiny Shakespeare (1.1 MB), but {placed} is the 40 KB excerpt; "
+                                  f"replace it with {pdata.SHAKESPEARE_URL}")
 
 
 @needs_bpe
@@ -331,7 +445,12 @@ ERROR_CASES = [
     (["mine", "--input=ok.txt", "--tokenizer=char", "--vocab_size=500"], r"only applies to the bpe tokenizer"),
     (["mine", "--input=tiny.txt", "--tokenizer=char"], r"too short to split"),
     (["mine", "--input=cjk.txt", "--tokenizer=char"], r"70000 distinct characters, more than the 65536"),
-    (["wikipedia"], r"unknown dataset 'wikipedia'; known datasets: shakespeare_char, shakespeare, shakespeare_bpe, tinystories"),
+    (["wikipedia"], r"unknown dataset 'wikipedia'; known datasets: shakespeare_char, shakespeare, shakespeare_bpe, "
+                    r"tinystories, numbers, shakespeare_speakers \(or give your own text"),
+    (["shakespear_char"], r"unknown dataset 'shakespear_char' \(did you mean 'shakespeare_char'\?\); known datasets"),
+    (["numbers", "--input=ok.txt"], r"numbers is generated and takes no --input; give your own text another name$"),
+    (["shakespeare_speakers", "--tokenizer=char"], r"shakespeare_speakers holds labelled lines of text, which the model "
+                                                   r"that reads them tokenizes; drop --tokenizer and --vocab_size$"),
     (["mine", "--vocab_size=lots"], r"invalid int value: 'lots'"),
     (["shakespeare_char", "--tokenizer=gpt2"], r"shakespeare_char uses the char tokenizer"),
     (["../mine", "--input=ok.txt", "--tokenizer=char"], r"must be a plain folder name"),
