@@ -46,8 +46,16 @@ reply, up to the model's end-of-turn token, joins the conversation.
 
 An encoder (bert.py) does not generate: it prints the fill_k likeliest tokens for each [MASK] in the
 prompt, or, for a classifier, the probability of each label.
-"""
 
+Reading order. The options come first, then the plain path, a page that reads top to bottom: main()
+loads a checkpoint (or Hugging Face weights), encodes the prompt, generates, decodes and prints; its
+helpers (streaming one sample, cutting at the end-of-text token, the prompt loop) follow it, and then
+the two loaders it calls. Each special case has its own section after that, under a banner: T5
+(input -> output, beam search), encoders (fill-mask, classifiers), chat (chat templates), attention
+pictures (--attention_plot), and hub lookups. main() hands over to them in a few lines; parsing the
+command line comes last.
+"""
+import difflib
 import importlib
 import json
 import math
@@ -59,19 +67,6 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 import prepare_data
-
-# model_type in a checkpoint -> (module, model class, config class)
-MODELS = {
-    "bigram": ("bigram", "Bigram", "BigramConfig"),
-    "gpt": ("gpt", "GPT", "GPTConfig"),
-    "llama": ("llama", "Llama", "LlamaConfig"),
-    "olmo": ("olmo", "OLMo", "OLMoConfig"),
-    "bert": ("bert", "Bert", "BertConfig"),
-    "t5": ("t5", "T5", "T5Config"),
-}
-# Hugging Face config.json "model_type" -> our model_type
-HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "olmo": "olmo", "olmo2": "olmo", "olmo3": "olmo",
-                  "bert": "bert", "t5": "t5"}
 
 DEFAULTS = {
     "out_dir": "out",
@@ -100,61 +95,179 @@ DEFAULTS = {
 OPTIONAL = {"top_k": int, "top_p": float, "layer": int}
 
 
-def fail(message):
-    sys.exit(f"error: {message}")
+# -----------------------------------------------------------------------------
+# The plain path: load a model, encode the prompt, generate, decode, print
 
 
-def parse_args(argv):
-    """--key=value arguments over DEFAULTS. Strings are taken verbatim (so --start=123 is the text
-    "123"); other values are Python literals. Unknown keys and wrong types are errors."""
-    import ast
+def main(argv):
+    cfg = parse_args(argv)
+    if cfg["device"] == "auto":
+        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
+    if device_type == "cuda" and not torch.cuda.is_available():
+        fail("device='cuda' but no CUDA GPU is available; use --device=cpu")
+    if cfg["dtype"] == "auto":
+        cfg["dtype"] = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg["dtype"] not in dtypes:
+        fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
+    torch.manual_seed(cfg["seed"])
+    if cfg["chat"]:  # read the chat template first: a model without one need not be loaded at all
+        render = load_chat_template(local_directory(cfg["init_from"]))
 
-    config = dict(DEFAULTS)
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            print(__doc__)
-            sys.exit(0)
-        if not arg.startswith("--") or "=" not in arg:
-            fail(f"argument {arg!r} must look like --key=value (see python sample.py --help)")
-        key, text = arg[2:].split("=", 1)
-        if key not in config:
-            fail(f"unknown option {key!r}; valid options: {', '.join(DEFAULTS)}")
-        if isinstance(DEFAULTS[key], str):
-            config[key] = text
-            continue
+    if cfg["init_from"] == "resume":
+        model, tokenizer, eos_token_id = load_checkpoint(cfg["out_dir"])
+    else:
+        model, tokenizer, eos_token_id = load_pretrained(cfg["init_from"], dtypes[cfg["dtype"]])
+    if not cfg["stop_at_eos"]:
+        eos_token_id = None
+    model.eval().to(cfg["device"])
+    autocast = (nullcontext() if cfg["dtype"] == "float32"
+                else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
+    # The models that do not continue a prompt, and the pictures, have their own sections below.
+    if type(model).__name__ == "T5":
+        return sample_t5(cfg, model, tokenizer, autocast)
+    if cfg["attention_plot"]:
+        return plot_decoder_attention(cfg, model, tokenizer, autocast)
+    if not hasattr(model, "generate"):  # an encoder (bert.py) does not write text: it fills masks, classifies
+        return predict_with_encoder(cfg, model, tokenizer, autocast)
+    if cfg["compile"]:
+        compile_forward(cfg, model, autocast)
+
+    # A tokenizer.json's template (bpe.Tokenizer's `template`) puts a BOS token before a prompt, as
+    # the model saw before every document in training; chat templates write their own.
+    template = getattr(tokenizer, "template", None)  # (ids before, ids after) or None
+
+    def generate(prompt, chat=False):
+        """Generate from a prompt and print it; return the single sample's new text."""
         try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            fail(f"option {key!r} needs a Python literal, got {text!r}")
-        expected = OPTIONAL.get(key, type(DEFAULTS[key]))
-        if expected is float and type(value) is int:
-            value = float(value)  # --temperature=1 means 1.0
-        if not (type(value) is expected or (key in OPTIONAL and value is None)):
-            fail(f"option {key!r} must be {expected.__name__}{' or None' if key in OPTIONAL else ''}, got {text!r}")
-        config[key] = value
-    for key in ("num_samples", "max_new_tokens"):
-        if config[key] < 1:
-            fail(f"option {key!r} must be a positive integer, got {config[key]}")
-    if config["temperature"] < 0:
-        fail("temperature must be >= 0 (0 means greedy decoding)")
-    if config["top_p"] is not None and not 0 < config["top_p"] <= 1:
-        fail(f"top_p must be in (0, 1], got {config['top_p']}")
-    if config["top_k"] is not None and config["top_k"] < 1:
-        fail(f"top_k must be >= 1, got {config['top_k']}")
-    if config["repetition_penalty"] <= 0:
-        fail(f"repetition_penalty must be > 0, got {config['repetition_penalty']}")
-    if config["beam_size"] < 1:
-        fail(f"beam_size must be >= 1, got {config['beam_size']}")
-    if config["layer"] is not None and not config["attention_plot"]:
-        fail("--layer chooses the layer --attention_plot draws; give --attention_plot=FILE.png too")
-    if config["chat"]:
-        if config["init_from"] == "resume":
-            fail("--chat needs a pretrained instruct model with a chat template: pass --init_from=<its folder or "
-                 "hub id>")
-        if any(arg.startswith("--num_samples=") for arg in argv) and config["num_samples"] != 1:
-            fail("--chat generates one reply at a time; drop --num_samples")
-        config["num_samples"] = 1
-    return config
+            ids = tokenizer.encode(prompt, add_special_tokens=not chat) if template is not None else tokenizer.encode(prompt)
+        except ValueError as e:  # e.g. characters a char-level model never saw
+            fail(str(e))
+        if not ids:
+            fail("the prompt encodes to no tokens; give a non-empty --start")
+        hidden = len(template[0]) if template is not None and not chat else 0  # the BOS is not printed
+        idx = torch.tensor([ids] * cfg["num_samples"], dtype=torch.long, device=cfg["device"])
+        # One sample streams to the terminal as it is generated; a batch prints when it is done. A chat
+        # shows only the reply.
+        shown = [] if chat else ids[hidden:]
+        printer = TokenPrinter(tokenizer, shown, eos_token_id) if cfg["num_samples"] == 1 else None
+        with autocast:
+            out = model.generate(idx, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"],
+                                 top_p=cfg["top_p"], repetition_penalty=cfg["repetition_penalty"],
+                                 vocab_size=tokenizer.vocab_size, eos_token_id=eos_token_id, on_token=printer)
+        if printer is not None:
+            printer.show(final=True)
+            print("---------------")
+            return tokenizer.decode(printer.ids[len(shown):])
+        for row in out.tolist():
+            print(text_of(tokenizer, row[hidden:], len(ids) - hidden, eos_token_id))
+            print("---------------")
+
+    if cfg["chat"]:
+        return chat_loop(generate, render)
+    for_each_prompt(cfg, generate)
+
+
+class TokenPrinter:
+    """Prints a single sample as its tokens arrive (the on_token callback of generate()).
+
+    Each call decodes the whole sequence so far and prints what is new. Decoding the sequence
+    rather than each token alone matters: byte-level BPE tokens can end in the middle of a UTF-8
+    character (an emoji spans several tokens), and some tokenizers decode a token differently at
+    the start of a text. A text that ends in U+FFFD (the replacement character for an incomplete
+    character) is held back until the next token completes it.
+    """
+
+    def __init__(self, tokenizer, prompt_ids, eos_token_id):
+        self.tokenizer, self.ids, self.printed = tokenizer, list(prompt_ids), 0
+        self.stop_ids = stop_ids(eos_token_id)
+        self.show(final=False)
+
+    def __call__(self, next_token):
+        token = next_token[0, 0].item()
+        if token not in self.stop_ids:  # the end-of-sequence token is the last one generate() makes
+            self.ids.append(token)
+            self.show(final=False)
+
+    def show(self, final):
+        text = self.tokenizer.decode(self.ids)
+        if final or not text.endswith("\ufffd"):
+            print(text[self.printed:], end="\n" if final else "", flush=True)
+            self.printed = len(text)
+
+
+def stop_ids(eos_token_id):
+    """The set of ids that end a sample, from an id, a list of ids or None."""
+    return set(eos_token_id) if isinstance(eos_token_id, list) else {eos_token_id}
+
+
+def text_of(tokenizer, ids, prompt_length, eos_token_id):
+    """Decode one generated row, cut at its first new end-of-sequence token (which is not shown)."""
+    new_ids = ids[prompt_length:]
+    end = next((i for i, token in enumerate(new_ids) if token in stop_ids(eos_token_id)), len(new_ids))
+    return tokenizer.decode(ids[:prompt_length + end])
+
+
+def read_start(start):
+    """The --start text: as given, or read from a file when it is FILE:path."""
+    if not start.startswith("FILE:"):
+        return start
+    path = start[len("FILE:"):]
+    if not os.path.isfile(path):
+        fail(f"prompt file {path!r} not found")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def for_each_prompt(cfg, handle, what="a prompt"):
+    """Call handle(text) on --start, or, with --interactive=True, on every line the user types."""
+    if not cfg["interactive"]:
+        handle(read_start(cfg["start"]))
+        return
+    print(f"type {what} and press enter (an empty line or Ctrl-D quits)")
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            break
+        if not prompt:
+            break
+        handle(prompt)
+
+
+def compile_forward(cfg, model, autocast):
+    """--compile=True: replace forward (which generate() calls) by its compiled version.
+
+    Compiling is lazy, so try a short generation now and fall back to the plain forward if this
+    platform cannot compile. dynamic=True: sequence lengths and the cache position change on every
+    call, so compile one shape-generic graph instead of recompiling for each new length."""
+    model.forward = torch.compile(model.forward, dynamic=True)
+    try:
+        with autocast:
+            model.generate(torch.zeros((1, 1), dtype=torch.long, device=cfg["device"]), 2)
+    except Exception as e:  # any compiler failure: sampling uncompiled is slower but correct
+        del model.forward  # the class's forward again
+        print(f"warning: torch.compile failed ({type(e).__name__}); sampling without compile", file=sys.stderr)
+    torch.manual_seed(cfg["seed"])  # the trial must not change the samples
+
+
+# -----------------------------------------------------------------------------
+# Loading a model: a checkpoint of this repository, or Hugging Face weights
+
+# model_type in a checkpoint -> (module, model class, config class)
+MODELS = {
+    "bigram": ("bigram", "Bigram", "BigramConfig"),
+    "gpt": ("gpt", "GPT", "GPTConfig"),
+    "llama": ("llama", "Llama", "LlamaConfig"),
+    "olmo": ("olmo", "OLMo", "OLMoConfig"),
+    "bert": ("bert", "Bert", "BertConfig"),
+    "t5": ("t5", "T5", "T5Config"),
+}
+# Hugging Face config.json "model_type" -> our model_type
+HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "olmo": "olmo", "olmo2": "olmo", "olmo3": "olmo",
+                  "bert": "bert", "t5": "t5"}
+
 
 
 def import_model(model_type):
@@ -248,31 +361,121 @@ def load_pretrained(name_or_dir, dtype):
          f"SentencePiece-style (SentencePiece's own tokenizer.model files are not supported)")
 
 
-def hub_model_type(repo):
-    """The model_type in a hub repository's config.json, read before any weights are downloaded, so
-    that an architecture sample.py cannot load is refused at once, not after gigabytes."""
-    if repo.count("/") != 1:
-        fail(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
-    cached = os.path.join(hub_cache_directory(repo), "config.json")
-    if os.path.isfile(cached):
-        with open(cached) as f:
-            return json.load(f).get("model_type")
-    import requests  # only needed for downloads
+# -----------------------------------------------------------------------------
+# T5, an encoder-decoder: --start is its input, and it prints outputs for it (sampled, greedy or beam search)
 
-    url = f"https://huggingface.co/{repo}/resolve/main/config.json"
-    token = os.environ.get("HF_TOKEN")
+
+def t5_sentencepiece(path):
+    """The SentencePiece tokenizer of a Hugging Face T5 (its spiece.model, at path), through the optional
+    sentencepiece package (prepare_data's SentencePieceTokenizer, which fine-tuning datasets use too)."""
+    with open(path, "rb") as f:
+        model_bytes = f.read()
     try:
-        response = requests.get(url, timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {})
-        response.raise_for_status()
-        return response.json().get("model_type")
-    except (requests.RequestException, ValueError) as e:
-        fail(f"could not read {url} ({e}); download the checkpoint's files by hand into a folder and pass that folder")
+        return prepare_data.SentencePieceTokenizer(model_bytes)
+    except prepare_data.DataError as e:  # the sentencepiece package is not installed
+        fail(str(e))
+    except RuntimeError as e:  # sentencepiece's error for a file that is not a model
+        fail(f"{path} is not a SentencePiece model ({str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})")
 
 
-def hub_cache_directory(repo):
-    """The folder the scripts download a hub id's files into."""
-    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
-    return os.path.join(cache_root, repo.replace("/", "--"))
+def sample_t5(cfg, model, tokenizer, autocast):
+    """An encoder-decoder model: --start is the input, and we print num_samples outputs for it.
+
+    beam_size > 1 prints the num_samples best beams (beam search is deterministic); otherwise each
+    output is decoded token by token with the sampling options (temperature=0: greedy). A checkpoint
+    trained on the numbers task (its tokenizer meta says task="numbers") takes a number with or
+    without thousands separators ("123456" or "123,456") and is given it in the training format."""
+    meta = {}
+    if cfg["init_from"] == "resume":  # mmap: read the tokenizer meta without loading the weights again
+        meta = torch.load(os.path.join(cfg["out_dir"], "ckpt.pt"), map_location="cpu", weights_only=True, mmap=True)["tokenizer"]
+    if cfg["beam_size"] > 1 and cfg["num_samples"] > cfg["beam_size"]:
+        fail(f"num_samples={cfg['num_samples']} must be at most beam_size={cfg['beam_size']} (beam search returns its best beams)")
+
+    def run(prompt):
+        if meta.get("task") == "numbers":
+            digits = prompt.strip().replace(",", "").replace("_", "")
+            if not digits.isdigit():
+                fail(f"this model turns a whole number into words, like 4321 or 4,321; got {prompt!r}")
+            if int(digits) > meta["max_number"]:
+                fail(f"{int(digits):,} is outside the numbers task's range 0 to {meta['max_number']:,}")
+            prompt = f"{int(digits):,}"
+        try:
+            ids = tokenizer.encode(prompt)
+        except ValueError as e:  # characters the model's vocabulary does not have
+            fail(str(e))
+        if not ids:
+            fail("the input encodes to no tokens; give a non-empty --start")
+        ids.append(model.config.eos_token_id)  # T5 reads every input with </s> at its end
+        if len(ids) > model.config.block_size:
+            fail(f"the input has {len(ids)} tokens, more than this model's block_size={model.config.block_size}; shorten it")
+        if cfg["attention_plot"]:
+            return plot_t5_cross_attention(cfg, model, tokenizer, autocast, ids)
+        idx = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
+        with autocast:
+            if cfg["beam_size"] > 1:
+                out, _ = model.beam_search(idx, cfg["max_new_tokens"], beam_size=cfg["beam_size"],
+                                           length_penalty=cfg["length_penalty"], num_return_sequences=cfg["num_samples"])
+            else:
+                out = model.generate(idx.expand(cfg["num_samples"], -1), cfg["max_new_tokens"],
+                                     temperature=cfg["temperature"], top_k=cfg["top_k"], top_p=cfg["top_p"],
+                                     repetition_penalty=cfg["repetition_penalty"])
+        for row in out[:, 1:].tolist():  # after the decoder start token, up to </s>
+            if model.config.eos_token_id in row:
+                row = row[:row.index(model.config.eos_token_id)]
+            print(tokenizer.decode(row))
+            if hasattr(tokenizer, "fill_spans"):  # span corruption (t5.py): the input with the spans filled in
+                print("filled: " + tokenizer.fill_spans(ids[:-1], row))
+            print("---------------")
+
+    for_each_prompt(cfg, run, "an input")
+
+
+# -----------------------------------------------------------------------------
+# Encoders (bert.py): fill-mask or a classifier's labels instead of generated text
+
+
+def predict_with_encoder(cfg, model, tokenizer, autocast):
+    """bert.py models: the fill_k likeliest tokens for each [MASK] in --start (with probabilities),
+    or a sequence classifier's distribution over its labels. --start may be FILE:path."""
+    module = sys.modules[type(model).__module__]
+    head = model.config.head
+    if head not in ("mlm", "sequence"):
+        fail(f"this model has no fill-mask or classification head (head={head!r}); sample.py needs one of them")
+    start = read_start(cfg["start"])
+    try:
+        with autocast:
+            if head == "sequence":
+                for label, prob in module.classify(model, tokenizer, start):
+                    print(f"{prob:8.4f}  {label}")
+                return
+            fills = module.fill_mask(model, tokenizer, start, cfg["fill_k"])
+    except ValueError as e:  # no [MASK], too long, characters the vocabulary lacks
+        fail(str(e))
+    for n, candidates in enumerate(fills, 1):
+        print(f"[MASK] {n}: " + ", ".join(f"{token!r} {prob:.4f}" for token, prob in candidates))
+
+
+# -----------------------------------------------------------------------------
+# Chat (--chat=True): a conversation rendered with the model's own chat template
+
+
+def chat_loop(generate, render):
+    """--chat=True: each typed line joins the conversation as a user message, and the model's reply,
+    generate(rendered conversation, chat=True), joins it as the assistant's."""
+    messages = []
+    print("chat: type a message and press enter (an empty line or Ctrl-D quits)")
+    while True:
+        try:
+            message = input("> ")
+        except EOFError:
+            break
+        if not message:
+            break
+        messages.append({"role": "user", "content": message})
+        # The whole conversation is rendered and encoded again each turn (no BOS: the template
+        # writes what the model expects), so the reply sees every earlier turn.
+        reply = generate(render(messages), chat=True)
+        messages.append({"role": "assistant", "content": reply})
 
 
 def load_chat_template(directory):
@@ -335,94 +538,6 @@ def load_chat_template(directory):
         except TemplateError as e:
             fail(f"the chat template refused the conversation: {e}")
     return render
-
-
-class TokenPrinter:
-    """Prints a single sample as its tokens arrive (the on_token callback of generate()).
-
-    Each call decodes the whole sequence so far and prints what is new. Decoding the sequence
-    rather than each token alone matters: byte-level BPE tokens can end in the middle of a UTF-8
-    character (an emoji spans several tokens), and some tokenizers decode a token differently at
-    the start of a text. A text that ends in U+FFFD (the replacement character for an incomplete
-    character) is held back until the next token completes it.
-    """
-
-    def __init__(self, tokenizer, prompt_ids, eos_token_id):
-        self.tokenizer, self.ids, self.printed = tokenizer, list(prompt_ids), 0
-        self.stop_ids = stop_ids(eos_token_id)
-        self.show(final=False)
-
-    def __call__(self, next_token):
-        token = next_token[0, 0].item()
-        if token not in self.stop_ids:  # the end-of-sequence token is the last one generate() makes
-            self.ids.append(token)
-            self.show(final=False)
-
-    def show(self, final):
-        text = self.tokenizer.decode(self.ids)
-        if final or not text.endswith("\ufffd"):
-            print(text[self.printed:], end="\n" if final else "", flush=True)
-            self.printed = len(text)
-
-
-def stop_ids(eos_token_id):
-    """The set of ids that end a sample, from an id, a list of ids or None."""
-    return set(eos_token_id) if isinstance(eos_token_id, list) else {eos_token_id}
-
-
-def text_of(tokenizer, ids, prompt_length, eos_token_id):
-    """Decode one generated row, cut at its first new end-of-sequence token (which is not shown)."""
-    new_ids = ids[prompt_length:]
-    end = next((i for i, token in enumerate(new_ids) if token in stop_ids(eos_token_id)), len(new_ids))
-    return tokenizer.decode(ids[:prompt_length + end])
-
-
-def read_start(start):
-    """The --start text: as given, or read from a file when it is FILE:path."""
-    if not start.startswith("FILE:"):
-        return start
-    path = start[len("FILE:"):]
-    if not os.path.isfile(path):
-        fail(f"prompt file {path!r} not found")
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-def for_each_prompt(cfg, handle, what="a prompt"):
-    """Call handle(text) on --start, or, with --interactive=True, on every line the user types."""
-    if not cfg["interactive"]:
-        handle(read_start(cfg["start"]))
-        return
-    print(f"type {what} and press enter (an empty line or Ctrl-D quits)")
-    while True:
-        try:
-            prompt = input("> ")
-        except EOFError:
-            break
-        if not prompt:
-            break
-        handle(prompt)
-
-
-def predict_with_encoder(cfg, model, tokenizer, autocast):
-    """bert.py models: the fill_k likeliest tokens for each [MASK] in --start (with probabilities),
-    or a sequence classifier's distribution over its labels. --start may be FILE:path."""
-    module = sys.modules[type(model).__module__]
-    head = model.config.head
-    if head not in ("mlm", "sequence"):
-        fail(f"this model has no fill-mask or classification head (head={head!r}); sample.py needs one of them")
-    start = read_start(cfg["start"])
-    try:
-        with autocast:
-            if head == "sequence":
-                for label, prob in module.classify(model, tokenizer, start):
-                    print(f"{prob:8.4f}  {label}")
-                return
-            fills = module.fill_mask(model, tokenizer, start, cfg["fill_k"])
-    except ValueError as e:  # no [MASK], too long, characters the vocabulary lacks
-        fail(str(e))
-    for n, candidates in enumerate(fills, 1):
-        print(f"[MASK] {n}: " + ", ".join(f"{token!r} {prob:.4f}" for token, prob in candidates))
 
 
 # -----------------------------------------------------------------------------
@@ -593,165 +708,109 @@ def plot_t5_cross_attention(cfg, model, tokenizer, autocast, input_ids):
                    cfg["attention_plot"])
 
 
-def main(argv):
-    cfg = parse_args(argv)
-    if cfg["device"] == "auto":
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
-    if device_type == "cuda" and not torch.cuda.is_available():
-        fail("device='cuda' but no CUDA GPU is available; use --device=cpu")
-    if cfg["dtype"] == "auto":
-        cfg["dtype"] = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if cfg["dtype"] not in dtypes:
-        fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
-    torch.manual_seed(cfg["seed"])
-    if cfg["chat"]:  # read the chat template first: a model without one need not be loaded at all
-        init_from = cfg["init_from"]
-        render = load_chat_template(init_from if os.path.isdir(init_from) else hub_cache_directory(init_from))
-
-    if cfg["init_from"] == "resume":
-        model, tokenizer, eos_token_id = load_checkpoint(cfg["out_dir"])
-    else:
-        model, tokenizer, eos_token_id = load_pretrained(cfg["init_from"], dtypes[cfg["dtype"]])
-    if not cfg["stop_at_eos"]:
-        eos_token_id = None
-    model.eval().to(cfg["device"])
-    autocast = (nullcontext() if cfg["dtype"] == "float32"
-                else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
-    if type(model).__name__ == "T5":
-        return sample_t5(cfg, model, tokenizer, autocast)
-    if cfg["attention_plot"]:
-        return plot_decoder_attention(cfg, model, tokenizer, autocast)
-    if not hasattr(model, "generate"):  # an encoder (bert.py) does not write text: it fills masks, classifies
-        return predict_with_encoder(cfg, model, tokenizer, autocast)
-    if cfg["compile"]:
-        # Replace forward (which generate() calls) by its compiled version. Compiling is lazy, so try
-        # a short generation now and fall back to the plain forward if this platform cannot compile.
-        # dynamic=True: sequence lengths and the cache position change on every call, so compile one
-        # shape-generic graph instead of recompiling for each new length.
-        model.forward = torch.compile(model.forward, dynamic=True)
-        try:
-            with autocast:
-                model.generate(torch.zeros((1, 1), dtype=torch.long, device=cfg["device"]), 2)
-        except Exception as e:  # any compiler failure: sampling uncompiled is slower but correct
-            del model.forward  # the class's forward again
-            print(f"warning: torch.compile failed ({type(e).__name__}); sampling without compile", file=sys.stderr)
-        torch.manual_seed(cfg["seed"])  # the trial must not change the samples
-
-    # A tokenizer.json's template (bpe.Tokenizer's `template`) puts a BOS token before a prompt, as
-    # the model saw before every document in training; chat templates write their own.
-    template = getattr(tokenizer, "template", None)  # (ids before, ids after) or None
-
-    def generate(prompt, chat=False):
-        """Generate from a prompt and print it; return the single sample's new text."""
-        try:
-            ids = tokenizer.encode(prompt, add_special_tokens=not chat) if template is not None else tokenizer.encode(prompt)
-        except ValueError as e:  # e.g. characters a char-level model never saw
-            fail(str(e))
-        if not ids:
-            fail("the prompt encodes to no tokens; give a non-empty --start")
-        hidden = len(template[0]) if template is not None and not chat else 0  # the BOS is not printed
-        idx = torch.tensor([ids] * cfg["num_samples"], dtype=torch.long, device=cfg["device"])
-        # One sample streams to the terminal as it is generated; a batch prints when it is done. A chat
-        # shows only the reply.
-        shown = [] if chat else ids[hidden:]
-        printer = TokenPrinter(tokenizer, shown, eos_token_id) if cfg["num_samples"] == 1 else None
-        with autocast:
-            out = model.generate(idx, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"],
-                                 top_p=cfg["top_p"], repetition_penalty=cfg["repetition_penalty"],
-                                 vocab_size=tokenizer.vocab_size, eos_token_id=eos_token_id, on_token=printer)
-        if printer is not None:
-            printer.show(final=True)
-            print("---------------")
-            return tokenizer.decode(printer.ids[len(shown):])
-        for row in out.tolist():
-            print(text_of(tokenizer, row[hidden:], len(ids) - hidden, eos_token_id))
-            print("---------------")
-
-    if cfg["chat"]:
-        messages = []
-        print("chat: type a message and press enter (an empty line or Ctrl-D quits)")
-        while True:
-            try:
-                message = input("> ")
-            except EOFError:
-                break
-            if not message:
-                break
-            messages.append({"role": "user", "content": message})
-            # The whole conversation is rendered and encoded again each turn (no BOS: the template
-            # writes what the model expects), so the reply sees every earlier turn.
-            reply = generate(render(messages), chat=True)
-            messages.append({"role": "assistant", "content": reply})
-        return
-
-    for_each_prompt(cfg, generate)
+# -----------------------------------------------------------------------------
+# Hub lookups: a hub id's type before any download, and where its files are cached
 
 
-def t5_sentencepiece(path):
-    """The SentencePiece tokenizer of a Hugging Face T5 (its spiece.model, at path), through the optional
-    sentencepiece package (prepare_data's SentencePieceTokenizer, which fine-tuning datasets use too)."""
-    with open(path, "rb") as f:
-        model_bytes = f.read()
+def hub_model_type(repo):
+    """The model_type in a hub repository's config.json, read before any weights are downloaded, so
+    that an architecture sample.py cannot load is refused at once, not after gigabytes."""
+    if repo.count("/") != 1:
+        fail(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
+    cached = os.path.join(hub_cache_directory(repo), "config.json")
+    if os.path.isfile(cached):
+        with open(cached) as f:
+            return json.load(f).get("model_type")
+    import requests  # only needed for downloads
+
+    url = f"https://huggingface.co/{repo}/resolve/main/config.json"
+    token = os.environ.get("HF_TOKEN")
     try:
-        return prepare_data.SentencePieceTokenizer(model_bytes)
-    except prepare_data.DataError as e:  # the sentencepiece package is not installed
-        fail(str(e))
-    except RuntimeError as e:  # sentencepiece's error for a file that is not a model
-        fail(f"{path} is not a SentencePiece model ({str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})")
+        response = requests.get(url, timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {})
+        response.raise_for_status()
+        return response.json().get("model_type")
+    except (requests.RequestException, ValueError) as e:
+        fail(f"could not read {url} ({e}); download the checkpoint's files by hand into a folder and pass that folder")
 
 
-def sample_t5(cfg, model, tokenizer, autocast):
-    """An encoder-decoder model: --start is the input, and we print num_samples outputs for it.
+def hub_cache_directory(repo):
+    """The folder the scripts download a hub id's files into."""
+    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
+    return os.path.join(cache_root, repo.replace("/", "--"))
 
-    beam_size > 1 prints the num_samples best beams (beam search is deterministic); otherwise each
-    output is decoded token by token with the sampling options (temperature=0: greedy). A checkpoint
-    trained on the numbers task (its tokenizer meta says task="numbers") takes a number with or
-    without thousands separators ("123456" or "123,456") and is given it in the training format."""
-    meta = {}
-    if cfg["init_from"] == "resume":  # mmap: read the tokenizer meta without loading the weights again
-        meta = torch.load(os.path.join(cfg["out_dir"], "ckpt.pt"), map_location="cpu", weights_only=True, mmap=True)["tokenizer"]
-    if cfg["beam_size"] > 1 and cfg["num_samples"] > cfg["beam_size"]:
-        fail(f"num_samples={cfg['num_samples']} must be at most beam_size={cfg['beam_size']} (beam search returns its best beams)")
 
-    def run(prompt):
-        if meta.get("task") == "numbers":
-            digits = prompt.strip().replace(",", "").replace("_", "")
-            if not digits.isdigit():
-                fail(f"this model turns a whole number into words, like 4321 or 4,321; got {prompt!r}")
-            if int(digits) > meta["max_number"]:
-                fail(f"{int(digits):,} is outside the numbers task's range 0 to {meta['max_number']:,}")
-            prompt = f"{int(digits):,}"
+def local_directory(init_from):
+    """Where --init_from's files are on this machine: the directory itself, or a hub id's cache folder."""
+    return init_from if os.path.isdir(init_from) else hub_cache_directory(init_from)
+
+
+# -----------------------------------------------------------------------------
+# The command line: --key=value options over DEFAULTS, one-line errors
+
+
+def fail(message):
+    sys.exit(f"error: {message}")
+
+
+def parse_args(argv):
+    """--key=value arguments over DEFAULTS. Strings are taken verbatim (so --start=123 is the text
+    "123"); other values are Python literals. Unknown keys and wrong types are one-line errors, which
+    suggest the nearest option name for a typo and True / False / None for other spellings of them."""
+    import ast
+
+    config = dict(DEFAULTS)
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            sys.exit(0)
+        if not arg.startswith("--") or "=" not in arg:
+            fail(f"argument {arg!r} must look like --key=value (see python sample.py --help)")
+        key, text = arg[2:].split("=", 1)
+        if key not in config:
+            close = difflib.get_close_matches(key, DEFAULTS, n=1)  # a typo names the option it meant
+            hint = f" (did you mean --{close[0]}?)" if close else ""
+            fail(f"unknown option {key!r}{hint}; valid options: {', '.join(DEFAULTS)}")
+        if isinstance(DEFAULTS[key], str):
+            config[key] = text
+            continue
         try:
-            ids = tokenizer.encode(prompt)
-        except ValueError as e:  # characters the model's vocabulary does not have
-            fail(str(e))
-        if not ids:
-            fail("the input encodes to no tokens; give a non-empty --start")
-        ids.append(model.config.eos_token_id)  # T5 reads every input with </s> at its end
-        if len(ids) > model.config.block_size:
-            fail(f"the input has {len(ids)} tokens, more than this model's block_size={model.config.block_size}; shorten it")
-        if cfg["attention_plot"]:
-            return plot_t5_cross_attention(cfg, model, tokenizer, autocast, ids)
-        idx = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
-        with autocast:
-            if cfg["beam_size"] > 1:
-                out, _ = model.beam_search(idx, cfg["max_new_tokens"], beam_size=cfg["beam_size"],
-                                           length_penalty=cfg["length_penalty"], num_return_sequences=cfg["num_samples"])
-            else:
-                out = model.generate(idx.expand(cfg["num_samples"], -1), cfg["max_new_tokens"],
-                                     temperature=cfg["temperature"], top_k=cfg["top_k"], top_p=cfg["top_p"],
-                                     repetition_penalty=cfg["repetition_penalty"])
-        for row in out[:, 1:].tolist():  # after the decoder start token, up to </s>
-            if model.config.eos_token_id in row:
-                row = row[:row.index(model.config.eos_token_id)]
-            print(tokenizer.decode(row))
-            if hasattr(tokenizer, "fill_spans"):  # span corruption (t5.py): the input with the spans filled in
-                print("filled: " + tokenizer.fill_spans(ids[:-1], row))
-            print("---------------")
-
-    for_each_prompt(cfg, run, "an input")
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            # Other command lines spell True, False and None in other cases; name the Python spelling.
+            spellings = {"true": "True", "false": "False"} if type(DEFAULTS[key]) is bool else {}
+            if key in OPTIONAL:
+                spellings["none"] = "None"
+            hint = f"; use {spellings[text.lower()]}" if text.lower() in spellings else ""
+            fail(f"option {key!r} needs a Python literal, got {text!r}{hint}")
+        expected = OPTIONAL.get(key, type(DEFAULTS[key]))
+        if expected is float and type(value) is int:
+            value = float(value)  # --temperature=1 means 1.0
+        if not (type(value) is expected or (key in OPTIONAL and value is None)):
+            fail(f"option {key!r} must be {expected.__name__}{' or None' if key in OPTIONAL else ''}, got {text!r}")
+        config[key] = value
+    for key in ("num_samples", "max_new_tokens"):
+        if config[key] < 1:
+            fail(f"option {key!r} must be a positive integer, got {config[key]}")
+    if config["temperature"] < 0:
+        fail("temperature must be >= 0 (0 means greedy decoding)")
+    if config["top_p"] is not None and not 0 < config["top_p"] <= 1:
+        fail(f"top_p must be in (0, 1], got {config['top_p']}")
+    if config["top_k"] is not None and config["top_k"] < 1:
+        fail(f"top_k must be >= 1, got {config['top_k']}")
+    if config["repetition_penalty"] <= 0:
+        fail(f"repetition_penalty must be > 0, got {config['repetition_penalty']}")
+    if config["beam_size"] < 1:
+        fail(f"beam_size must be >= 1, got {config['beam_size']}")
+    if config["layer"] is not None and not config["attention_plot"]:
+        fail("--layer chooses the layer --attention_plot draws; give --attention_plot=FILE.png too")
+    if config["chat"]:
+        if config["init_from"] == "resume":
+            fail("--chat needs a pretrained instruct model with a chat template: pass --init_from=<its folder or "
+                 "hub id>")
+        if any(arg.startswith("--num_samples=") for arg in argv) and config["num_samples"] != 1:
+            fail("--chat generates one reply at a time; drop --num_samples")
+        config["num_samples"] = 1
+    return config
 
 
 if __name__ == "__main__":
