@@ -8,6 +8,7 @@ needs a different version of a shared function must give it another name.
 """
 import ast
 import os
+import re
 
 import pytest
 
@@ -15,6 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_SCRIPTS = [name for name in ("bigram.py", "gpt.py", "llama.py", "olmo.py", "bert.py", "t5.py")
                  if os.path.exists(os.path.join(REPO, name))]
 TEMPLATE = "gpt.py"
+MODEL_SCRIPTS_IN_ORDER = ["bigram.py", "gpt.py", "llama.py", "olmo.py", "bert.py", "t5.py"]
 
 # Every training script has these: the config system and the training loop's helpers (Part 3, plumbing).
 REQUIRED = ["parse_config", "resumed_config", "check_config", "fail", "first_error", "local_rank0_first", "Runtime",
@@ -164,3 +166,39 @@ def test_every_preset_is_accepted_by_its_script(config_name, monkeypatch, capsys
     module.check_config(cfg)
     with open(os.path.join(CONFIG_DIR, config_name)) as f:
         assert "out_dir" in f.read(), f"{config_name} should name its own out_dir"
+
+
+def reading_guide():
+    """The rows of the README's reading guide: (script, [names it says to read first])."""
+    readme = read("README.md")
+    start = readme.index("## How to read them")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("`") and cells[1].endswith(".py`"):
+            rows.append((cells[1].strip("`"), re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", cells[2]), section))
+    return rows
+
+
+def test_readme_reading_guide_names_what_is_there():
+    # The README's first screen says in which order to read the scripts and what to read first in each;
+    # it names definitions, never line numbers, and this test keeps every name true: each exists in its
+    # script, in Part 1 (the lesson), or in Part 2 for main.
+    rows = reading_guide()
+    assert [script for script, _, _ in rows] == MODEL_SCRIPTS_IN_ORDER + ["bpe.py"]
+    assert not re.search(r"\.py:\d|\bline \d", rows[0][2]), "the reading guide should not cite line numbers"
+    for script, names, _ in rows:
+        assert names, f"the reading guide names nothing to read in {script}"
+        source = read(script)
+        tree = ast.parse(source)
+        defined = {node.name: node.lineno for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+        lines = source.splitlines()
+        banners = [next((i + 1 for i, line in enumerate(lines) if line.startswith(b)), None) for b in BANNERS[:3]]
+        for name in names:
+            assert name in defined, f"the README's reading guide names {name}, which {script} does not define"
+            if script == "bpe.py":
+                continue
+            part1, part2, part3 = banners
+            where = (part2, part3) if name == "main" else (part1, part2)
+            assert where[0] < defined[name] < where[1], f"{script}: {name} is not in the part the reading guide says"
