@@ -963,7 +963,9 @@ class WithSentencePieceStyle(WithSpecialTokens):
         UTF-8 bytes (as byte tokens) only when the vocabulary lacks it."""
         char_ids = self._char_ids
         if char_ids is None:
-            return super()._symbols(pretoken)
+            # Named directly, not through super(), which builds a proxy object
+            # per call (Python 3.11): this runs once per pre-token not cached.
+            return ByteLevelBPE._symbols(self, pretoken)
         byte_ids = self._byte_ids
         ids = []
         for char in pretoken:
