@@ -358,7 +358,7 @@ def merge_pair(ids, left, right, merged):
 
     The one operation of BPE training: a new merge applied to every word that has the pair.
     (Encoding replays the merges one occurrence at a time, which gives the same result for
-    trained merges; see Tokenizer._encode_pretoken.) Left to right matters for repeats: with the
+    trained merges; see ByteLevelBPE._encode_pretoken.) Left to right matters for repeats: with the
     merge (a, a), "a a a" becomes "aa a", as GPT-2's encoder does.
     """
     out, i, n = [], 0, len(ids)
@@ -540,10 +540,10 @@ def train_bpe(input_path, vocab_size, special_tokens=(), num_processes=None, ver
 #   WithStreaming           encode an iterable of strings in bounded memory
 #   WithFileFormats         GPT-2's files, and a plain-data form for checkpoints
 #   Tokenizer               Hugging Face's tokenizer.json and its added-token flags
-# A layer changes the ones below it only by overriding a few small methods, which
-# its docstring names, and only per piece of text or per pre-token not yet in the
-# cache: the loop over pre-tokens stays in ByteLevelBPE._encode_ordinary, so the
-# layering costs no time per token.
+# A layer changes the earlier ones only by overriding a few small methods, which
+# its docstring names, called once per piece of text or per pre-token not yet in
+# the cache: the loop over pre-tokens stays in ByteLevelBPE._encode_ordinary, so
+# a cached pre-token costs what it would in one flat class.
 
 # Pre-tokens with more symbols than this are merged with a heap (see
 # ByteLevelBPE._merge_long_word) instead of the simple quadratic loop.
@@ -855,13 +855,14 @@ class WithSpecialTokens(ByteLevelBPE):
 
     def _encode_segment(self, text, at_start, out):
         """Append the ids of the text between two special tokens to `out`.
-        at_start: the text begins the input, which only matters to a
-        normalizer (WithSentencePieceStyle's "first")."""
+        at_start: the text begins the input, which only matters to the
+        "first" prepend scheme of WithSentencePieceStyle."""
         self._encode_ordinary(text, out)
 
 
-# Unicode normal forms a Tokenizer can apply before pre-tokenizing (None: none).
-# They have the same names in Python's unicodedata and in Hugging Face's files.
+# Unicode normal forms WithSentencePieceStyle can apply before pre-tokenizing
+# (None: none). They have the same names in Python's unicodedata and in Hugging
+# Face's files.
 UNICODE_NORMAL_FORMS = (None, "NFC", "NFD", "NFKC", "NFKD")
 # SentencePiece's spelling of a space inside tokens: U+2581 LOWER ONE EIGHTH
 # BLOCK, a visible character that is not whitespace. See "SentencePiece-style
@@ -883,7 +884,7 @@ PREPEND_SCHEMES = (None, "normalizer", "always", "first")
 class WithSentencePieceStyle(WithSpecialTokens):
     """Layer 3: a normalizer, which rewrites the text between special tokens
     before it is pre-tokenized, and SentencePiece-style BPE (Llama 2,
-    TinyLlama, Mistral), which is byte-level BPE with such a rewrite and
+    TinyLlama, Mistral), which is the same merging after such a rewrite, with
     characters, not bytes, as the units it starts from.
 
     Read first: WithSpecialTokens, and "SentencePiece-style BPE" in the module
@@ -896,7 +897,7 @@ class WithSentencePieceStyle(WithSpecialTokens):
     "prepend", where a space goes in front of the text (one of
     PREPEND_SCHEMES); "strip", how many leading spaces decode() removes. Its
     vocab spells spaces as b" ", not as "▁", so once the text's "▁" are
-    spaces too, the merges of the layers below apply unchanged.
+    spaces too, the earlier layers' merging applies unchanged.
 
     Overrides _text_token_ids and _symbols (characters first, bytes as the
     fallback), _encode_segment (normalize, then prepend a space) and decode
@@ -905,8 +906,8 @@ class WithSentencePieceStyle(WithSpecialTokens):
 
     def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
                  ignore_merges=False, normalization=None, sentencepiece=None, template=None):
-        # Set before the layers below run: they call _text_token_ids, and
-        # _special_spelling may call _normalize, which read these.
+        # Set before the earlier layers' __init__ runs: it calls _text_token_ids,
+        # and _special_spelling may call _normalize, which read these.
         if normalization not in UNICODE_NORMAL_FORMS:
             raise ValueError(f"normalization must be one of {UNICODE_NORMAL_FORMS}, got {normalization!r}")
         self.normalization = normalization
@@ -1373,8 +1374,8 @@ class Tokenizer(WithFileFormats):
     def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
                  ignore_merges=False, normalization=None, sentencepiece=None,
                  added_token_flags=None, template=None):
-        # Set before the layers below run: they call _special_spelling and
-        # _can_cut, which read it.
+        # Set before the earlier layers' __init__ runs: it calls _special_spelling
+        # and _can_cut, which read it.
         self.added_token_flags = {token: dict(flags) for token, flags in (added_token_flags or {}).items()}
         super().__init__(vocab, merges, special_tokens, pattern=pattern, ignore_merges=ignore_merges,
                          normalization=normalization, sentencepiece=sentencepiece, template=template)
@@ -1393,6 +1394,8 @@ class Tokenizer(WithFileFormats):
         self._normalized_re = _special_token_regex([t for t in self._normalized_specials if t])
 
     def _special_spelling(self, token):
+        """A "normalized" token is looked for, and decoded, as its normalized
+        spelling; every other one as itself."""
         flags = self.added_token_flags.get(token)
         if flags and flags.get("normalized"):
             return self._normalize(token).encode("utf-8")
