@@ -1447,6 +1447,7 @@ class Tokenizer(WithFileFormats):
 
     def to_meta(self):
         meta = super().to_meta()
+        # A version-2 key too: older metas lack it, meaning no flags.
         meta["added_token_flags"] = {token: dict(flags) for token, flags in self.added_token_flags.items()}
         return meta
 
