@@ -47,28 +47,40 @@ three ways:
   "▁" at the start of pieces only, so its merges stay within words anyway, but
   one merge rule meets the whole text, and runs like "▁▁▁" are tokens of their own.
 Here such a vocabulary is stored with spaces in place of "▁" and the byte
-tokens listed apart (the `sentencepiece` option of Tokenizer), so encoding and
-decoding are the byte-level code with a different first step.
+tokens listed apart (the `sentencepiece` option of WithSentencePieceStyle), so
+encoding and decoding are the byte-level code with a different first step.
 
-What you learn by reading this file
------------------------------------
-1. Training (`train_bpe`): count pre-tokens once, then run the merge loop with
+What you learn by reading this file, top to bottom
+--------------------------------------------------
+1. Where text can be cut into chunks without changing the result
+   (`_cut_patterns`), which is what makes parallel training, parallel file
+   encoding and streaming encoding exact.
+2. Training (`train_bpe`): count pre-tokens once, then run the merge loop with
    *incremental* pair counts, so each merge touches only the words that contain
    the merged pair, plus a heap with lazy invalidation to find the best pair.
    The textbook version re-counts every pair after every merge, which is
    O(merges x corpus); the incremental one is fast enough for real corpora.
-2. Encoding (`Tokenizer.encode`): apply the learned merges to each pre-token in
-   the order they were learned (lowest "rank" first), with a cache because
-   natural text repeats the same words constantly (Zipf's law).
-3. Where text can be cut into chunks without changing the result, which is what
-   makes parallel training, parallel file encoding and streaming encoding exact.
-4. The file formats of GPT-2 (encoder.json + vocab.bpe) and of Hugging Face
-   (tokenizer.json), so you can load real tokenizers (GPT-2, Llama 2 and 3,
-   Qwen, SmolLM2, TinyLlama, Mistral, OLMo) and check that this code
-   reproduces them id for id (tests/test_bpe.py and tests/test_bpe_hf.py
-   compare against tiktoken and `tokenizers`), including what their files add
-   around BPE: normalizers, several pre-tokenization steps, added tokens with
-   their options, and the template that puts a BOS token before a prompt.
+3. Encoding and decoding, in six classes, each a subclass of the one before
+   that adds one idea (and each usable alone):
+   a. `ByteLevelBPE`: apply the learned merges to each pre-token in the order
+      they were learned (lowest "rank" first), with a cache because natural
+      text repeats the same words constantly (Zipf's law); decode.
+   b. `WithSpecialTokens`: strings such as "<|endoftext|>" that are always one
+      id, and the template that puts a BOS token before a prompt.
+   c. `WithSentencePieceStyle`: a normalizer (a Unicode normal form), and
+      SentencePiece-style BPE: characters as the base units, "▁" for spaces.
+   d. `WithStreaming`: `encode_iterable`, exact streaming at the cuts of 1.
+   e. `WithFileFormats`: GPT-2's files (encoder.json + vocab.bpe) and a
+      plain-data form for checkpoints.
+   f. `Tokenizer`, the class the other files use: Hugging Face's
+      tokenizer.json, so you can load real tokenizers (GPT-2, Llama 2 and 3,
+      Qwen, SmolLM2, TinyLlama, Mistral, OLMo) and check that this code
+      reproduces them id for id (tests/test_bpe.py and tests/test_bpe_hf.py
+      compare against tiktoken and `tokenizers`), including what their files
+      add around BPE: normalizers, several pre-tokenization steps, and added
+      tokens with their options.
+4. `encode_file_to_bin`: a text file into nanoGPT's flat array of ids, encoded
+   in parallel chunks cut as in 1; then the command line.
 
 Conventions used throughout
 ---------------------------
@@ -135,82 +147,7 @@ MAX_CHUNK_BYTES = 8 << 20
 ENCODE_CHUNK_BYTES = 1 << 20
 # How much of a file is read at a time while looking for the next safe cut.
 CUT_SEARCH_BYTES = 1 << 20
-# encode_iterable accumulates this many characters before looking for a cut.
-STREAM_FLUSH_CHARS = 1 << 16
-# Unicode normal forms a Tokenizer can apply before pre-tokenizing (None: none).
-# They have the same names in Python's unicodedata and in Hugging Face's files.
-UNICODE_NORMAL_FORMS = (None, "NFC", "NFD", "NFKC", "NFKD")
-# SentencePiece's spelling of a space inside tokens: U+2581 LOWER ONE EIGHTH
-# BLOCK, a visible character that is not whitespace. See "SentencePiece-style
-# BPE" in the module docstring.
-SENTENCEPIECE_SPACE = "\u2581"
-# Where a SentencePiece-style tokenizer puts a space ("▁") in front of text, so
-# that the first word gets the same "▁word" token as words after a space:
-#   None          nowhere
-#   "normalizer"  before every non-empty stretch of text between special tokens,
-#                 even one that starts with a space (a Prepend("▁") normalizer:
-#                 Llama 2, TinyLlama, Mistral)
-#   "always"      the same, unless the stretch already starts with a space
-#                 (a Metaspace pre-tokenizer with prepend_scheme "always")
-#   "first"       only before the stretch at the very start of the input, unless
-#                 it starts with a space (Metaspace's "first", newer Llama files)
-PREPEND_SCHEMES = (None, "normalizer", "always", "first")
-# What Hugging Face's lstrip/rstrip options strip: Unicode White_Space, as
-# Rust's char::is_whitespace (Python's str.isspace also takes \x1c-\x1f).
-_WHITE_SPACE = regex.compile(r"\p{White_Space}")
-# Pre-tokens with more symbols than this are merged with a heap (see
-# Tokenizer._merge_long_word) instead of the simple quadratic loop.
-LONG_WORD_SYMBOLS = 256
-# Bound on the per-tokenizer pre-token cache (pre-token string -> ids). Natural
-# text has a heavy head, so even a cleared cache refills with the useful entries.
-ENCODE_CACHE_LIMIT = 1 << 18
 
-
-# ----------------------------------------------------------------------------
-# GPT-2's bytes <-> printable unicode mapping (used only for the file formats)
-# ----------------------------------------------------------------------------
-
-def bytes_to_unicode():
-    """Map each byte value 0..255 to a printable unicode character.
-
-    Tokens are arbitrary byte strings (a token may even be half of a UTF-8
-    character), which neither JSON nor a human can read. GPT-2's trick: bytes
-    that are already visible characters (!..~, ¡..¬, ®..ÿ) stand for themselves,
-    and the remaining 68 (control characters, space, DEL, NBSP, soft hyphen...)
-    are shifted to code points 256+n in byte order. So the space byte shows up
-    as "Ġ" (U+0120) and newline as "Ċ" (U+010A) in GPT-2's files. The mapping is
-    a bijection, so every token has exactly one printable spelling.
-    """
-    visible = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    mapping = {b: chr(b) for b in visible}
-    shifted = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + shifted)
-            shifted += 1
-    return mapping
-
-
-BYTE_TO_CHAR = bytes_to_unicode()
-CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
-
-
-def _token_to_printable(token):
-    return "".join(BYTE_TO_CHAR[b] for b in token)
-
-
-def _printable_to_token(text, where):
-    try:
-        return bytes(CHAR_TO_BYTE[c] for c in text)
-    except KeyError as exc:
-        raise ValueError(
-            f"{where}: token {text!r} contains {exc.args[0]!r}, which is not in "
-            "GPT-2's byte-to-unicode alphabet; is this a byte-level BPE file?"
-        ) from None
 
 
 # ----------------------------------------------------------------------------
@@ -421,7 +358,7 @@ def merge_pair(ids, left, right, merged):
 
     The one operation of BPE training: a new merge applied to every word that has the pair.
     (Encoding replays the merges one occurrence at a time, which gives the same result for
-    trained merges; see Tokenizer._encode_pretoken.) Left to right matters for repeats: with the
+    trained merges; see ByteLevelBPE._encode_pretoken.) Left to right matters for repeats: with the
     merge (a, a), "a a a" becomes "aa a", as GPT-2's encoder does.
     """
     out, i, n = [], 0, len(ids)
@@ -592,61 +529,64 @@ def train_bpe(input_path, vocab_size, special_tokens=(), num_processes=None, ver
 
 
 # ----------------------------------------------------------------------------
-# Tokenizer: encoding, decoding, file formats
+# Encoding and decoding, in layers
 # ----------------------------------------------------------------------------
+#
+# The tokenizer is six classes, each a subclass of the one before that adds one
+# idea, so it can be read, and tried, a layer at a time:
+#   ByteLevelBPE            pre-tokenize with a regex, merge each pre-token, decode
+#   WithSpecialTokens       strings that are always one id; a template (BOS)
+#   WithSentencePieceStyle  a normalizer; characters as base units, bytes as fallback
+#   WithStreaming           encode an iterable of strings in bounded memory
+#   WithFileFormats         GPT-2's files, and a plain-data form for checkpoints
+#   Tokenizer               Hugging Face's tokenizer.json and its added-token flags
+# A layer changes the earlier ones only by overriding a few small methods, which
+# its docstring names, called once per piece of text or per pre-token not yet in
+# the cache: the loop over pre-tokens stays in ByteLevelBPE._encode_ordinary, so
+# a cached pre-token costs what it would in one flat class.
 
-class Tokenizer:
-    """Encode/decode with a BPE vocabulary and merge list (byte-level, or
-    SentencePiece-style when `sentencepiece` is given).
+# Pre-tokens with more symbols than this are merged with a heap (see
+# ByteLevelBPE._merge_long_word) instead of the simple quadratic loop.
+LONG_WORD_SYMBOLS = 256
+# Bound on the per-tokenizer pre-token cache (pre-token string -> ids). Natural
+# text has a heavy head, so even a cleared cache refills with the useful entries.
+ENCODE_CACHE_LIMIT = 1 << 18
 
+
+def _is_known_id(value, vocab):
+    try:
+        return operator.index(value) in vocab
+    except TypeError:
+        return False
+
+
+class ByteLevelBPE:
+    """Layer 1, the algorithm: byte-level BPE as GPT-2 encodes. The text is cut
+    into pre-tokens by a regex, each pre-token starts as its UTF-8 bytes, and
+    the merges are replayed on it in the order they were learned; decoding
+    joins the tokens' bytes.
+
+    Read first: the module docstring and train_bpe, which makes the inputs.
     vocab: dict id -> bytes. merges: list of (left, right) byte pairs, in rank
     order; both halves and their concatenation must be in the vocabulary.
-    special_tokens: strings that are always encoded as one id when they appear
-    in text (like tiktoken with allowed_special="all"). Either a list, whose
-    tokens take the id already in vocab for their bytes or new ids at the end,
-    or a dict str -> id for files that fix the ids (Hugging Face).
     pattern: the pre-tokenization regex (GPT-2's by default); or a list of
     regexes applied one after another, each splitting the pieces the previous
     one made (SmolLM2 isolates every digit, then applies GPT-2's regex); or
-    None, no pre-split (SentencePiece style).
+    None, no pre-split: the whole text is one word (SentencePiece style, the
+    only place the full Tokenizer accepts it).
     ignore_merges: Llama 3's tokenizer.json option; a pre-token that is itself a
     vocabulary entry is emitted as that id without running the merges.
-    normalization: None, or a Unicode normal form ("NFC", "NFD", "NFKC",
-    "NFKD") applied to the text between special tokens before pre-tokenizing,
-    as Qwen's tokenizer.json asks for NFC. decode() cannot undo it.
-    sentencepiece: None for byte-level BPE; for SentencePiece-style BPE (see
-    "SentencePiece-style BPE" above) a dict: "byte_ids", the ids of the 256
-    byte tokens <0x00>..<0xFF> in byte order; "prepend", where a space goes in
-    front of the text (one of PREPEND_SCHEMES); "strip", how many leading spaces
-    decode() removes. Its vocab spells spaces as b" ", not as "▁".
-    added_token_flags: special token -> {"lstrip", "rstrip", "normalized"}, for
-    the tokens that set any of these Hugging Face options (see encode()).
-    template: (prefix ids, suffix ids) that encode(..., add_special_tokens=True)
-    puts around a text: ([BOS], []) for Llama, from a tokenizer.json's
-    post-processor.
+
+    With GPT-2's vocab and merges (less <|endoftext|>) this alone gives
+    tiktoken's ids for text without special tokens. Later layers override
+    _text_token_ids and _symbols (which tokens text starts from) and decode.
     """
 
-    def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
-                 ignore_merges=False, normalization=None, sentencepiece=None,
-                 added_token_flags=None, template=None):
+    def __init__(self, vocab, merges, pattern=GPT2_SPLIT_PATTERN, ignore_merges=False):
         self.vocab = dict(vocab)
         self.merges = [(bytes(left), bytes(right)) for left, right in merges]
         self.pattern = pattern
         self.ignore_merges = bool(ignore_merges)
-        if normalization not in UNICODE_NORMAL_FORMS:
-            raise ValueError(f"normalization must be one of {UNICODE_NORMAL_FORMS}, got {normalization!r}")
-        self.normalization = normalization
-        self.sentencepiece = None
-        if sentencepiece:
-            self.sentencepiece = {"byte_ids": list(sentencepiece.get("byte_ids", ())),
-                                  "prepend": sentencepiece.get("prepend"), "strip": int(sentencepiece.get("strip", 0))}
-        self.added_token_flags = {token: dict(flags) for token, flags in (added_token_flags or {}).items()}
-        prefix, suffix = template or ([], [])
-        self.template = (list(prefix), list(suffix))
-
-        if pattern is None and self.sentencepiece is None:
-            raise ValueError("byte-level BPE needs a pre-tokenization pattern (pattern=None is "
-                             "for SentencePiece-style vocabularies)")
         patterns = [pattern] if isinstance(pattern, str) else list(pattern or [])
         try:
             self._split_res = [regex.compile(p) for p in patterns]
@@ -654,50 +594,19 @@ class Tokenizer:
             raise ValueError(f"invalid pre-tokenization pattern {pattern!r}: {exc}") from None
 
         # bytes -> id. If two ids share the same bytes (possible in principle),
-        # the lower id wins, so encoding is deterministic. A SentencePiece
-        # vocabulary has both "A" and the byte token <0x41> for b"A"; only the
-        # former is a text token, the byte tokens are reached through byte_ids.
-        byte_fallback = set(self.sentencepiece["byte_ids"]) if self.sentencepiece else set()
+        # the lower id wins, so encoding is deterministic.
         self._id_of = {}
-        for token_id in sorted(self.vocab):
-            if token_id not in byte_fallback:
-                self._id_of.setdefault(self.vocab[token_id], token_id)
-        if self.sentencepiece is None:
-            # Byte-level BPE starts every pre-token from its bytes. A few real
-            # vocabularies lack some single-byte tokens: SmolLM2 has none for 21
-            # bytes, OLMo 1's GPT-NeoX files none for 0xC0, 0xC1 and 0xF5-0xFF,
-            # which never occur in valid UTF-8. Hugging Face's BPE model silently
-            # drops a symbol it has no token for (these files have no unknown
-            # token), so we drop such bytes too: they vanish from the ids (and
-            # decode cannot bring them back); the bytes around them then merge
-            # as if they were adjacent.
-            self._byte_ids = [self._id_of.get(bytes([b])) for b in range(256)]
-            self._char_ids = None
-        else:
-            byte_ids = self.sentencepiece["byte_ids"]
-            if len(byte_ids) != 256 or any(self.vocab.get(i) != bytes([b]) for b, i in enumerate(byte_ids)):
-                raise ValueError("sentencepiece['byte_ids'] must be the ids of the 256 byte tokens "
-                                 "<0x00>..<0xFF>, in byte order")
-            if self.sentencepiece["prepend"] not in PREPEND_SCHEMES:
-                raise ValueError(f"sentencepiece['prepend'] must be one of {PREPEND_SCHEMES}")
-            self._byte_ids = byte_ids
-            # SentencePiece's base units are characters: character -> its token.
-            self._char_ids = {}
-            for data, token_id in self._id_of.items():
-                text = data.decode("utf-8", errors="replace")
-                if len(text) == 1 and text != "\ufffd":
-                    self._char_ids[text] = token_id
-            if pattern is None and not ignore_merges and not any(
-                regex.search(r"[^ ] ", data.decode("utf-8", errors="replace")) for data in self._id_of
-            ):
-                # With no pre-tokenizer, Hugging Face runs BPE on the whole text
-                # between special tokens as one word. When no token has a space
-                # after another character (true of SentencePiece vocabularies,
-                # whose pieces only *start* with "▁"), no merge can join the
-                # characters either side of such a boundary, so cutting the text
-                # just before each run of spaces that follows a non-space gives
-                # the same ids, and keeps words short and cacheable.
-                self._split_res = [regex.compile(r" *[^ ]+| +")]
+        for token_id in sorted(self._text_token_ids()):
+            self._id_of.setdefault(self.vocab[token_id], token_id)
+        # Byte-level BPE starts every pre-token from its bytes. A few real
+        # vocabularies lack some single-byte tokens: SmolLM2 has none for 21
+        # bytes, OLMo 1's GPT-NeoX files none for 0xC0, 0xC1 and 0xF5-0xFF,
+        # which never occur in valid UTF-8. Hugging Face's BPE model silently
+        # drops a symbol it has no token for (these files have no unknown
+        # token), so we drop such bytes too: they vanish from the ids (and
+        # decode cannot bring them back); the bytes around them then merge
+        # as if they were adjacent.
+        self._byte_ids = [self._id_of.get(bytes([b])) for b in range(256)]
         self._drops_bytes = None in self._byte_ids
 
         # Encoding works on ids, so translate each merge (bytes, bytes) into
@@ -713,59 +622,6 @@ class Tokenizer:
                 )
             self._rank.setdefault((ids[0], ids[1]), rank)
             self._merged_id.append(ids[2])
-
-        self.special_tokens = {}
-        if isinstance(special_tokens, str):
-            raise ValueError(f"special_tokens must be a list or dict, e.g. [{special_tokens!r}]")
-        # A "normalized" special token is looked for, and decoded, as its
-        # normalized spelling (see below); every other one as itself.
-        normalized = {token for token, flags in self.added_token_flags.items() if flags.get("normalized")}
-
-        def spelling(token):
-            return (self._normalize(token) if token in normalized else token).encode("utf-8")
-        if isinstance(special_tokens, dict):
-            for token, token_id in special_tokens.items():
-                known = self.vocab.setdefault(token_id, spelling(token))
-                if known != spelling(token):
-                    raise ValueError(
-                        f"special token {token!r} has id {token_id}, but that id is "
-                        f"already the token {known!r}"
-                    )
-                self.special_tokens[token] = token_id
-        else:
-            for token in special_tokens or ():
-                token_id = self._id_of.get(token.encode("utf-8"))
-                if token_id is None:
-                    token_id = max(self.vocab) + 1
-                    self.vocab[token_id] = token.encode("utf-8")
-                self.special_tokens[token] = token_id
-        if any(not token for token in self.special_tokens):
-            raise ValueError("special tokens must be non-empty strings")
-        unknown = set(self.added_token_flags) - set(self.special_tokens)
-        if unknown:
-            raise ValueError(f"added_token_flags names {sorted(unknown)[0]!r}, which is not a special token")
-        # Special tokens are found in two passes, as Hugging Face does: those
-        # matched in the raw text first, then, in the text between them once it
-        # is normalized, the "normalized" ones, by their normalized spelling:
-        # under Llama 2's Prepend normalizer "<x>" is looked for as " <x>" (so
-        # "a <x>" has it, "a<x>" does not) and decodes as " <x>".
-        self._special_re = _special_token_regex([t for t in self.special_tokens if t not in normalized])
-        self._normalized_specials = {self._normalize(token): token for token in normalized}
-        self._normalized_re = _special_token_regex([t for t in self._normalized_specials if t])
-        self._cut_str, self._cut_bytes = _cut_patterns(pattern, list(self.special_tokens))
-        rewrites_text = self.normalization or (self.sentencepiece and self.sentencepiece["prepend"] == "normalizer")
-        if any(flags.get("lstrip") or (flags.get("normalized") and rewrites_text)
-               for flags in self.added_token_flags.values()):
-            # A token that swallows the whitespace before it, or is matched in
-            # rewritten text, can start before its spelling in the raw text, so
-            # a cut at that spelling would not be a boundary: no cuts at all.
-            self._cut_str = self._cut_bytes = None
-        self._cut_lookahead = _cut_lookahead(self.special_tokens)
-        # The streaming encoder wants the *last* cut in its buffer; the regex
-        # module can search right-to-left with the (?r) flag.
-        self._last_cut = (
-            regex.compile("(?r)" + self._cut_str.pattern) if self._cut_str else None
-        )
         self._cache = {}
 
     @property
@@ -774,7 +630,44 @@ class Tokenizer:
         Equal to len(vocab) unless a loaded file leaves holes in its ids."""
         return max(self.vocab) + 1
 
-    # -- encoding --------------------------------------------------------
+    def _text_token_ids(self):
+        """The ids that text is encoded to by their bytes: all of them here."""
+        return self.vocab
+
+    def encode(self, text):
+        """Encode a string to a list of ids."""
+        if not isinstance(text, str):
+            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        out = []
+        self._encode_ordinary(text, out)
+        return out
+
+    def _encode_ordinary(self, text, out):
+        """Append the ids of text to `out`: cut it into pre-tokens, then merge
+        each one, or find it in the cache, as natural text repeats the same
+        words constantly (Zipf's law)."""
+        splits = self._split_res
+        pretokens = splits[0].findall(text) if splits else [text] if text else []
+        for split_re in splits[1:]:
+            pretokens = [piece for pretoken in pretokens for piece in split_re.findall(pretoken)]
+        cache = self._cache
+        for pretoken in pretokens:
+            ids = cache.get(pretoken)
+            if ids is None:
+                ids = self._encode_pretoken(pretoken)
+                if len(cache) >= ENCODE_CACHE_LIMIT:
+                    cache.clear()
+                if len(pretoken) <= LONG_WORD_SYMBOLS:  # a whole book does not repeat
+                    cache[pretoken] = ids
+            out.extend(ids)
+
+    def _symbols(self, pretoken):
+        """The ids a pre-token starts from: one per UTF-8 byte."""
+        byte_ids = self._byte_ids
+        ids = [byte_ids[b] for b in pretoken.encode("utf-8")]
+        if self._drops_bytes:
+            ids = [i for i in ids if i is not None]
+        return ids
 
     def _encode_pretoken(self, pretoken):
         """Apply the merges to one pre-token, lowest rank first.
@@ -794,26 +687,11 @@ class Tokenizer:
         round scans the word, so this is quadratic in the pre-token length,
         fine for words and made rare by the cache.
         """
-        data = pretoken.encode("utf-8")
         if self.ignore_merges:
-            whole = self._id_of.get(data)
+            whole = self._id_of.get(pretoken.encode("utf-8"))
             if whole is not None:
                 return (whole,)
-        byte_ids = self._byte_ids
-        if self._char_ids is None:
-            ids = [byte_ids[b] for b in data]
-            if self._drops_bytes:
-                ids = [i for i in ids if i is not None]
-        else:
-            # SentencePiece style: one symbol per character, and the character's
-            # UTF-8 bytes (as byte tokens) only when the vocabulary lacks it.
-            ids = []
-            for char in pretoken:
-                char_id = self._char_ids.get(char)
-                if char_id is None:
-                    ids.extend(byte_ids[b] for b in char.encode("utf-8"))
-                else:
-                    ids.append(char_id)
+        ids = self._symbols(pretoken)
         if len(ids) > LONG_WORD_SYMBOLS:
             return tuple(self._merge_long_word(ids))
         rank_of = self._rank
@@ -832,14 +710,15 @@ class Tokenizer:
 
         A SentencePiece-style file with no pre-tokenizer makes the whole text
         between special tokens one word (unless the vocabulary lets us cut it,
-        see __init__), so the quadratic loop would take hours on a book. Same
-        order of merges, found differently: a heap of (rank, position) for
-        every adjacent pair, the symbols in a linked list. Popping the lowest
-        (rank, position) merges the earliest-learned pair, leftmost first, as
-        the loop does; the pairs a merge creates with its neighbours are pushed,
-        so the heap always holds every current pair, and the next pop is the
-        loop's next choice. Entries made stale by a neighbouring merge are
-        skipped when popped. Hugging Face merges every word this way.
+        see WithSentencePieceStyle), so the quadratic loop would take hours on
+        a book. Same order of merges, found differently: a heap of (rank,
+        position) for every adjacent pair, the symbols in a linked list.
+        Popping the lowest (rank, position) merges the earliest-learned pair,
+        leftmost first, as the loop does; the pairs a merge creates with its
+        neighbours are pushed, so the heap always holds every current pair, and
+        the next pop is the loop's next choice. Entries made stale by a
+        neighbouring merge are skipped when popped. Hugging Face merges every
+        word this way.
         """
         rank_of, merged_id = self._rank, self._merged_id
         n = len(ids)
@@ -870,6 +749,234 @@ class Tokenizer:
                     heapq.heappush(heap, (new_rank, before))
         return [symbol for symbol, live in zip(symbols, alive) if live]
 
+    def decode(self, ids):
+        """Decode ids to a string. A token can be part of a UTF-8 character, so
+        an arbitrary id sequence need not be valid UTF-8; such bytes become
+        U+FFFD replacement characters (as GPT-2 does) instead of raising."""
+        vocab = self.vocab
+        try:
+            # operator.index accepts ints, numpy integers and 0-d integer tensors
+            # (ids straight out of a model) but rejects floats and strings.
+            data = b"".join([vocab[operator.index(i)] for i in ids])
+        except (KeyError, TypeError):
+            bad = next(i for i in ids if not _is_known_id(i, vocab))
+            raise ValueError(f"cannot decode id {bad!r}: not in the vocabulary") from None
+        return data.decode("utf-8", errors="replace")
+
+
+class WithSpecialTokens(ByteLevelBPE):
+    """Layer 2: special tokens, strings such as "<|endoftext|>" that are always
+    one id, and the template of ids that encode() can put around a text.
+
+    Read first: ByteLevelBPE. The text is cut around the special tokens and
+    each piece between them is encoded on its own, exactly as in training and
+    in tiktoken (with allowed_special="all"): a special token is a hard
+    boundary and never takes part in merges.
+    special_tokens: a list, whose tokens take the id already in vocab for their
+    bytes or new ids at the end; or a dict str -> id for files that fix the ids
+    (Hugging Face).
+    template: (prefix ids, suffix ids) that encode(..., add_special_tokens=True)
+    puts around a text: ([BOS], []) for Llama, from a tokenizer.json's
+    post-processor.
+
+    Later layers override _encode_segment (how the text between special tokens
+    is encoded), _special_matches (where a match starts and ends) and
+    _special_spelling (the bytes a special token stands for).
+    """
+
+    def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
+                 ignore_merges=False, template=None):
+        super().__init__(vocab, merges, pattern=pattern, ignore_merges=ignore_merges)
+        prefix, suffix = template or ([], [])
+        self.template = (list(prefix), list(suffix))
+        self.special_tokens = {}
+        if isinstance(special_tokens, str):
+            raise ValueError(f"special_tokens must be a list or dict, e.g. [{special_tokens!r}]")
+        if isinstance(special_tokens, dict):
+            for token, token_id in special_tokens.items():
+                spelling = self._special_spelling(token)
+                known = self.vocab.setdefault(token_id, spelling)
+                if known != spelling:
+                    raise ValueError(
+                        f"special token {token!r} has id {token_id}, but that id is "
+                        f"already the token {known!r}"
+                    )
+                self.special_tokens[token] = token_id
+        else:
+            for token in special_tokens or ():
+                token_id = self._id_of.get(token.encode("utf-8"))
+                if token_id is None:
+                    token_id = max(self.vocab) + 1
+                    self.vocab[token_id] = token.encode("utf-8")
+                self.special_tokens[token] = token_id
+        if any(not token for token in self.special_tokens):
+            raise ValueError("special tokens must be non-empty strings")
+        self._special_re = _special_token_regex(list(self.special_tokens))
+
+    def _special_spelling(self, token):
+        """The bytes a special token of a dict stands for in the vocabulary,
+        which decode() gives back: its own UTF-8."""
+        return token.encode("utf-8")
+
+    def encode(self, text, add_special_tokens=False):
+        """Encode a string to a list of ids; special tokens are kept whole.
+
+        add_special_tokens=True also puts the tokenizer's template around the
+        text (Llama's BOS first), as Hugging Face's encode() does by default.
+        It is off here because most callers encode *parts* of a text (a
+        dataset file in chunks, a stream): a BOS belongs once before a prompt
+        or a document, not before every chunk.
+        """
+        if not isinstance(text, str):
+            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        prefix, suffix = self.template
+        out = list(prefix) if add_special_tokens else []
+        matches = self._special_matches(text) if self._special_re is not None else ()
+        self._encode_around(text, matches, True, self._encode_segment, out)
+        if add_special_tokens:
+            out.extend(suffix)
+        return out
+
+    def _special_matches(self, text):
+        """(start, end, special token) for each special token in text, left to right."""
+        for match in self._special_re.finditer(text):
+            yield match.start(), match.end(), match.group()
+
+    def _encode_around(self, text, matches, at_start, encode_piece, out):
+        """Append to `out` the ids of text with the special tokens of `matches`
+        (see _special_matches) in it: each token's id, and between them what
+        encode_piece(piece, piece_at_start, out) appends for the text."""
+        position = 0
+        for start, end, token in matches:
+            encode_piece(text[position:start], at_start and position == 0, out)
+            out.append(self.special_tokens[token])
+            position = end
+        encode_piece(text[position:], at_start and position == 0, out)
+
+    def _encode_segment(self, text, at_start, out):
+        """Append the ids of the text between two special tokens to `out`.
+        at_start: the text begins the input, which only matters to the
+        "first" prepend scheme of WithSentencePieceStyle."""
+        self._encode_ordinary(text, out)
+
+
+# Unicode normal forms WithSentencePieceStyle can apply before pre-tokenizing
+# (None: none). They have the same names in Python's unicodedata and in Hugging
+# Face's files.
+UNICODE_NORMAL_FORMS = (None, "NFC", "NFD", "NFKC", "NFKD")
+# SentencePiece's spelling of a space inside tokens: U+2581 LOWER ONE EIGHTH
+# BLOCK, a visible character that is not whitespace. See "SentencePiece-style
+# BPE" in the module docstring.
+SENTENCEPIECE_SPACE = "\u2581"
+# Where a SentencePiece-style tokenizer puts a space ("▁") in front of text, so
+# that the first word gets the same "▁word" token as words after a space:
+#   None          nowhere
+#   "normalizer"  before every non-empty stretch of text between special tokens,
+#                 even one that starts with a space (a Prepend("▁") normalizer:
+#                 Llama 2, TinyLlama, Mistral)
+#   "always"      the same, unless the stretch already starts with a space
+#                 (a Metaspace pre-tokenizer with prepend_scheme "always")
+#   "first"       only before the stretch at the very start of the input, unless
+#                 it starts with a space (Metaspace's "first", newer Llama files)
+PREPEND_SCHEMES = (None, "normalizer", "always", "first")
+
+
+class WithSentencePieceStyle(WithSpecialTokens):
+    """Layer 3: a normalizer, which rewrites the text between special tokens
+    before it is pre-tokenized, and SentencePiece-style BPE (Llama 2,
+    TinyLlama, Mistral), which is the same merging after such a rewrite, with
+    characters, not bytes, as the units it starts from.
+
+    Read first: WithSpecialTokens, and "SentencePiece-style BPE" in the module
+    docstring.
+    normalization: None, or a Unicode normal form ("NFC", "NFD", "NFKC",
+    "NFKD") applied to the text between special tokens before pre-tokenizing,
+    as Qwen's tokenizer.json asks for NFC. decode() cannot undo it.
+    sentencepiece: None for byte-level BPE; for SentencePiece-style BPE a dict:
+    "byte_ids", the ids of the 256 byte tokens <0x00>..<0xFF> in byte order;
+    "prepend", where a space goes in front of the text (one of
+    PREPEND_SCHEMES); "strip", how many leading spaces decode() removes. Its
+    vocab spells spaces as b" ", not as "▁", so once the text's "▁" are
+    spaces too, the earlier layers' merging applies unchanged.
+
+    Overrides _text_token_ids and _symbols (characters first, bytes as the
+    fallback), _encode_segment (normalize, then prepend a space) and decode
+    (strip it). The last layer overrides _encode_normalized.
+    """
+
+    def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
+                 ignore_merges=False, normalization=None, sentencepiece=None, template=None):
+        # Set before the earlier layers' __init__ runs: it calls _text_token_ids,
+        # and _special_spelling may call _normalize, which read these.
+        if normalization not in UNICODE_NORMAL_FORMS:
+            raise ValueError(f"normalization must be one of {UNICODE_NORMAL_FORMS}, got {normalization!r}")
+        self.normalization = normalization
+        self.sentencepiece = None
+        if sentencepiece:
+            self.sentencepiece = {"byte_ids": list(sentencepiece.get("byte_ids", ())),
+                                  "prepend": sentencepiece.get("prepend"), "strip": int(sentencepiece.get("strip", 0))}
+            byte_ids = self.sentencepiece["byte_ids"]
+            if len(byte_ids) != 256 or any(vocab.get(i) != bytes([b]) for b, i in enumerate(byte_ids)):
+                raise ValueError("sentencepiece['byte_ids'] must be the ids of the 256 byte tokens "
+                                 "<0x00>..<0xFF>, in byte order")
+            if self.sentencepiece["prepend"] not in PREPEND_SCHEMES:
+                raise ValueError(f"sentencepiece['prepend'] must be one of {PREPEND_SCHEMES}")
+        elif pattern is None:
+            raise ValueError("byte-level BPE needs a pre-tokenization pattern (pattern=None is "
+                             "for SentencePiece-style vocabularies)")
+        super().__init__(vocab, merges, special_tokens, pattern=pattern, ignore_merges=ignore_merges,
+                         template=template)
+        self._char_ids = None
+        if self.sentencepiece is None:
+            return
+        # The byte tokens are found by id, not by bytes (see _text_token_ids),
+        # and all 256 exist.
+        self._byte_ids, self._drops_bytes = self.sentencepiece["byte_ids"], False
+        # SentencePiece's base units are characters: character -> its token.
+        self._char_ids = {}
+        for data, token_id in self._id_of.items():
+            text = data.decode("utf-8", errors="replace")
+            if len(text) == 1 and text != "\ufffd":
+                self._char_ids[text] = token_id
+        if pattern is None and not ignore_merges and not any(
+            regex.search(r"[^ ] ", data.decode("utf-8", errors="replace")) for data in self._id_of
+        ):
+            # With no pre-tokenizer, Hugging Face runs BPE on the whole text
+            # between special tokens as one word. When no token has a space
+            # after another character (true of SentencePiece vocabularies,
+            # whose pieces only *start* with "▁"), no merge can join the
+            # characters either side of such a boundary, so cutting the text
+            # just before each run of spaces that follows a non-space gives
+            # the same ids, and keeps words short and cacheable.
+            self._split_res = [regex.compile(r" *[^ ]+| +")]
+
+    def _text_token_ids(self):
+        """A SentencePiece vocabulary has both "A" and the byte token <0x41>
+        for b"A"; only the former is a text token, the byte tokens are reached
+        through byte_ids."""
+        if self.sentencepiece is None:
+            return super()._text_token_ids()
+        byte_tokens = set(self.sentencepiece["byte_ids"])
+        return [token_id for token_id in self.vocab if token_id not in byte_tokens]
+
+    def _symbols(self, pretoken):
+        """SentencePiece style: one symbol per character, and the character's
+        UTF-8 bytes (as byte tokens) only when the vocabulary lacks it."""
+        char_ids = self._char_ids
+        if char_ids is None:
+            # Named directly, not through super(), which builds a proxy object
+            # per call (Python 3.11): this runs once per pre-token not cached.
+            return ByteLevelBPE._symbols(self, pretoken)
+        byte_ids = self._byte_ids
+        ids = []
+        for char in pretoken:
+            char_id = char_ids.get(char)
+            if char_id is None:
+                ids.extend(byte_ids[b] for b in char.encode("utf-8"))
+            else:
+                ids.append(char_id)
+        return ids
+
     def _normalize(self, text):
         """The normalizer's part: a Unicode normal form, and for SentencePiece
         style the space-for-"▁" replacement (a literal "▁" in the text is a
@@ -886,7 +993,11 @@ class Tokenizer:
                 text = " " + text
         return text
 
-    def _encode_ordinary(self, text, at_start, out):
+    def _encode_segment(self, text, at_start, out):
+        if text:
+            self._encode_normalized(self._normalize(text), at_start, out)
+
+    def _encode_normalized(self, text, at_start, out):
         """Append the ids of normalized text that contains no special tokens to
         `out`. at_start: the text begins at the start of the whole input."""
         prepend = self.sentencepiece and self.sentencepiece["prepend"]
@@ -894,83 +1005,48 @@ class Tokenizer:
             # Metaspace's prepend_scheme: a space before each stretch of text,
             # or only before the first, unless one is already there.
             text = " " + text
-        splits = self._split_res
-        pretokens = splits[0].findall(text) if splits else [text] if text else []
-        for split_re in splits[1:]:
-            pretokens = [piece for pretoken in pretokens for piece in split_re.findall(pretoken)]
-        cache = self._cache
-        for pretoken in pretokens:
-            ids = cache.get(pretoken)
-            if ids is None:
-                ids = self._encode_pretoken(pretoken)
-                if len(cache) >= ENCODE_CACHE_LIMIT:
-                    cache.clear()
-                if len(pretoken) <= LONG_WORD_SYMBOLS:  # a whole book does not repeat
-                    cache[pretoken] = ids
-            out.extend(ids)
+        self._encode_ordinary(text, out)
 
-    def _special_matches(self, special_re, text, token_of):
-        """(start, end, special token) for each special token in text, left to
-        right. A token with Hugging Face's lstrip (rstrip) flag also takes the
-        whitespace before (after) it: that whitespace is not encoded."""
-        flags_of = self.added_token_flags
-        previous_end = 0
-        for match in special_re.finditer(text):
-            start, end = match.span()
-            if start < previous_end:
-                continue  # inside whitespace an rstrip token already took
-            token = token_of(match.group())
-            flags = flags_of.get(token)
-            if flags and flags.get("lstrip"):
-                while start > previous_end and _WHITE_SPACE.match(text[start - 1]):
-                    start -= 1
-            if flags and flags.get("rstrip"):
-                while end < len(text) and _WHITE_SPACE.match(text[end]):
-                    end += 1
-            yield start, end, token
-            previous_end = end
+    def decode(self, ids):
+        text = super().decode(ids)
+        strip = self.sentencepiece["strip"] if self.sentencepiece else 0
+        if strip:
+            # A Strip decoder (or Metaspace's) removes the space that encoding
+            # put before the text, so that decode(encode(text)) == text.
+            text = text[min(strip, len(text) - len(text.lstrip(" "))):]
+        return text
 
-    def _encode_segment(self, text, at_start, out):
-        """Append the ids of raw text between two special tokens to `out`."""
-        if not text:
-            return
-        text = self._normalize(text)
-        if self._normalized_re is None:
-            self._encode_ordinary(text, at_start, out)
-            return
-        position = 0
-        for start, end, token in self._special_matches(self._normalized_re, text,
-                                                       self._normalized_specials.get):
-            self._encode_ordinary(text[position:start], at_start and position == 0, out)
-            out.append(self.special_tokens[token])
-            position = end
-        self._encode_ordinary(text[position:], at_start and position == 0, out)
 
-    def encode(self, text, add_special_tokens=False):
-        """Encode a string to a list of ids; special tokens are kept whole.
+# encode_iterable accumulates this many characters before looking for a cut.
+STREAM_FLUSH_CHARS = 1 << 16
 
-        add_special_tokens=True also puts the tokenizer's template around the
-        text (Llama's BOS first), as Hugging Face's encode() does by default.
-        It is off here because most callers encode *parts* of a text (a
-        dataset file in chunks, a stream): a BOS belongs once before a prompt
-        or a document, not before every chunk.
-        """
-        if not isinstance(text, str):
-            raise ValueError(f"encode expects a str, got {type(text).__name__}")
-        prefix, suffix = self.template
-        out = list(prefix) if add_special_tokens else []
-        # Text between special tokens is pre-tokenized on its own, exactly as in
-        # training and in tiktoken: a special token is a hard boundary.
-        position = 0
-        if self._special_re is not None:
-            for start, end, token in self._special_matches(self._special_re, text, str):
-                self._encode_segment(text[position:start], position == 0, out)
-                out.append(self.special_tokens[token])
-                position = end
-        self._encode_segment(text[position:], position == 0, out)
-        if add_special_tokens:
-            out.extend(suffix)
-        return out
+
+class WithStreaming(WithSentencePieceStyle):
+    """Layer 4: encode_iterable, which encodes a stream of strings (an open
+    file's lines) in bounded memory, with the ids encode() gives for their
+    concatenation.
+
+    Read first: WithSentencePieceStyle, and _cut_patterns (above train_bpe):
+    where text can be cut without changing its pre-tokens. This layer keeps
+    those cuts for its tokenizer (_cut_str for text; _cut_bytes and
+    _cut_lookahead, which encode_file_to_bin uses to cut a file for parallel
+    workers). The last layer overrides _can_cut.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cut_str = self._cut_bytes = self._last_cut = None
+        if self._can_cut():
+            self._cut_str, self._cut_bytes = _cut_patterns(self.pattern, list(self.special_tokens))
+        self._cut_lookahead = _cut_lookahead(self.special_tokens)
+        if self._cut_str:
+            # The streaming encoder wants the *last* cut in its buffer; the
+            # regex module can search right-to-left with the (?r) flag.
+            self._last_cut = regex.compile("(?r)" + self._cut_str.pattern)
+
+    def _can_cut(self):
+        """Whether the safe cuts of _cut_patterns apply: yes, here."""
+        return True
 
     def encode_iterable(self, iterable):
         """Lazily encode an iterable of strings (e.g. an open text file, which
@@ -1019,29 +1095,101 @@ class Tokenizer:
                 return match
         return None
 
-    # -- decoding --------------------------------------------------------
 
-    def decode(self, ids):
-        """Decode ids to a string. A token can be part of a UTF-8 character, so
-        an arbitrary id sequence need not be valid UTF-8; such bytes become
-        U+FFFD replacement characters (as GPT-2 does) instead of raising."""
-        vocab = self.vocab
+# ----------------------------------------------------------------------------
+# Helpers of the file formats (layers 5 and 6): GPT-2's bytes <-> printable
+# unicode mapping, reading JSON, writing files atomically
+# ----------------------------------------------------------------------------
+
+def bytes_to_unicode():
+    """Map each byte value 0..255 to a printable unicode character.
+
+    Tokens are arbitrary byte strings (a token may even be half of a UTF-8
+    character), which neither JSON nor a human can read. GPT-2's trick: bytes
+    that are already visible characters (!..~, ¡..¬, ®..ÿ) stand for themselves,
+    and the remaining 68 (control characters, space, DEL, NBSP, soft hyphen...)
+    are shifted to code points 256+n in byte order. So the space byte shows up
+    as "Ġ" (U+0120) and newline as "Ċ" (U+010A) in GPT-2's files. The mapping is
+    a bijection, so every token has exactly one printable spelling.
+    """
+    visible = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {b: chr(b) for b in visible}
+    shifted = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + shifted)
+            shifted += 1
+    return mapping
+
+
+BYTE_TO_CHAR = bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+
+
+def _token_to_printable(token):
+    return "".join(BYTE_TO_CHAR[b] for b in token)
+
+
+def _printable_to_token(text, where):
+    try:
+        return bytes(CHAR_TO_BYTE[c] for c in text)
+    except KeyError as exc:
+        raise ValueError(
+            f"{where}: token {text!r} contains {exc.args[0]!r}, which is not in "
+            "GPT-2's byte-to-unicode alphabet; is this a byte-level BPE file?"
+        ) from None
+
+
+def _read_json(path):
+    """A tokenizer's JSON file, with a one-line error for a missing or malformed file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
+    with open(path, encoding="utf-8") as file:
         try:
-            # operator.index accepts ints, numpy integers and 0-d integer tensors
-            # (ids straight out of a model) but rejects floats and strings.
-            data = b"".join([vocab[operator.index(i)] for i in ids])
-        except (KeyError, TypeError):
-            bad = next(i for i in ids if not _is_known_id(i, vocab))
-            raise ValueError(f"cannot decode id {bad!r}: not in the vocabulary") from None
-        text = data.decode("utf-8", errors="replace")
-        strip = self.sentencepiece["strip"] if self.sentencepiece else 0
-        if strip:
-            # A Strip decoder (or Metaspace's) removes the space that encoding
-            # put before the text, so that decode(encode(text)) == text.
-            text = text[min(strip, len(text) - len(text.lstrip(" "))):]
-        return text
+            return json.load(file)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
 
-    # -- GPT-2 style files -----------------------------------------------
+
+def _atomic_write(path, text):
+    """Write a file so that readers see either the old file or the whole new
+    one, never a half-written file: write a temp file beside it, then rename."""
+    _atomic_write_with(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def _atomic_write_with(path, write):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"output directory {directory!r} does not exist")
+    # A unique name beside the target (same filesystem, so os.replace is an
+    # atomic rename). os.open with mode 0o666 lets the umask decide permissions,
+    # as for any ordinary file; tempfile.mkstemp would force 0600.
+    tmp_path = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            result = write(file)
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+    return result
+
+
+class WithFileFormats(WithStreaming):
+    """Layer 5: saving and loading. GPT-2's two files (save, load,
+    from_gpt2_files), readable and read by tiktoken and Hugging Face too, and
+    a plain-data form (to_meta, from_meta) for meta.pkl and checkpoints.
+
+    Read first: WithStreaming, and bytes_to_unicode above. The last layer
+    overrides save, to_meta and _options_from_meta for what it adds.
+    """
 
     def save(self, prefix):
         """Write prefix.vocab.json and prefix.merges.txt in GPT-2's format.
@@ -1054,11 +1202,10 @@ class Tokenizer:
         readers have no place for (another pattern, ignore_merges, normalization) go as a
         JSON object after "#version: 0.2" on the first line, which they skip.
         """
-        if (self.sentencepiece or not isinstance(self.pattern, str) or self.added_token_flags
-                or self.template != ([], [])):
+        if self.sentencepiece or not isinstance(self.pattern, str) or self.template != ([], []):
             raise ValueError("cannot save: GPT-2's file format has no place for SentencePiece-style "
-                             "vocabularies, several pre-tokenization patterns, added-token flags or "
-                             "templates; use to_meta() instead")
+                             "vocabularies, several pre-tokenization patterns or templates; use "
+                             "to_meta() instead")
         merged_bytes = {left + right for left, right in self.merges}
         special_ids = set(self.special_tokens.values())
         # Special tokens are recognised on load as the entries that are neither
@@ -1168,8 +1315,6 @@ class Tokenizer:
             normalization=settings.get("normalization"),
         )
 
-    # -- plain-data form for checkpoints ---------------------------------
-
     def to_meta(self):
         """Everything needed to rebuild this tokenizer, as plain dict/list/str/
         int/bytes values only, so it can be pickled into meta.pkl or stored in a
@@ -1185,7 +1330,6 @@ class Tokenizer:
             "normalization": self.normalization,
             # Version 2 (older metas lack these keys, meaning none of them).
             "sentencepiece": dict(self.sentencepiece) if self.sentencepiece else None,
-            "added_token_flags": {token: dict(flags) for token, flags in self.added_token_flags.items()},
             "template": [list(self.template[0]), list(self.template[1])],
         }
 
@@ -1195,16 +1339,121 @@ class Tokenizer:
         if not isinstance(meta, dict) or meta.get("type") != "byte_level_bpe":
             raise ValueError("not a tokenizer meta dict (expected one made by Tokenizer.to_meta())")
         try:
-            return cls(
-                meta["vocab"], meta["merges"], meta["special_tokens"],
-                pattern=meta["pattern"], ignore_merges=meta["ignore_merges"],
-                normalization=meta["normalization"], sentencepiece=meta.get("sentencepiece"),
-                added_token_flags=meta.get("added_token_flags"), template=meta.get("template"),
-            )
+            return cls(meta["vocab"], meta["merges"], meta["special_tokens"], **cls._options_from_meta(meta))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed tokenizer meta dict: {exc!r}") from None
 
-    # -- Hugging Face tokenizer.json ---------------------------------------
+    @classmethod
+    def _options_from_meta(cls, meta):
+        """The constructor's keyword arguments that a meta dict holds."""
+        return {"pattern": meta["pattern"], "ignore_merges": meta["ignore_merges"],
+                "normalization": meta["normalization"], "sentencepiece": meta.get("sentencepiece"),
+                "template": meta.get("template")}
+
+
+# What Hugging Face's lstrip/rstrip options strip: Unicode White_Space, as
+# Rust's char::is_whitespace (Python's str.isspace also takes \x1c-\x1f).
+_WHITE_SPACE = regex.compile(r"\p{White_Space}")
+
+
+class Tokenizer(WithFileFormats):
+    """Layer 6, the tokenizer every other file uses: all of the above, plus
+    Hugging Face's tokenizer.json (from_hf_tokenizer_json) and the options its
+    added tokens have that change ids.
+
+    Read first: the layers above, whose arguments it takes: vocab, merges and
+    pattern, ignore_merges (ByteLevelBPE); special_tokens, template
+    (WithSpecialTokens); normalization, sentencepiece (WithSentencePieceStyle).
+    added_token_flags: special token -> {"lstrip", "rstrip", "normalized"}, for
+    the tokens that set any of these Hugging Face options. lstrip (rstrip): the
+    token also takes the whitespace before (after) it, which is then not
+    encoded. normalized: the token is looked for in the normalized text, by
+    its normalized spelling, after the others were found in the raw text.
+    """
+
+    def __init__(self, vocab, merges, special_tokens=None, pattern=GPT2_SPLIT_PATTERN,
+                 ignore_merges=False, normalization=None, sentencepiece=None,
+                 added_token_flags=None, template=None):
+        # Set before the earlier layers' __init__ runs: it calls _special_spelling
+        # and _can_cut, which read it.
+        self.added_token_flags = {token: dict(flags) for token, flags in (added_token_flags or {}).items()}
+        super().__init__(vocab, merges, special_tokens, pattern=pattern, ignore_merges=ignore_merges,
+                         normalization=normalization, sentencepiece=sentencepiece, template=template)
+        unknown = set(self.added_token_flags) - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"added_token_flags names {sorted(unknown)[0]!r}, which is not a special token")
+        # Special tokens are found in two passes, as Hugging Face does: those
+        # matched in the raw text first, then, in the text between them once it
+        # is normalized, the "normalized" ones, by their normalized spelling:
+        # under Llama 2's Prepend normalizer "<x>" is looked for as " <x>" (so
+        # "a <x>" has it, "a<x>" does not) and decodes as " <x>".
+        normalized = {token for token, flags in self.added_token_flags.items() if flags.get("normalized")}
+        if normalized:
+            self._special_re = _special_token_regex([t for t in self.special_tokens if t not in normalized])
+        self._normalized_specials = {self._normalize(token): token for token in normalized}
+        self._normalized_re = _special_token_regex([t for t in self._normalized_specials if t])
+
+    def _special_spelling(self, token):
+        """A "normalized" token is looked for, and decoded, as its normalized
+        spelling; every other one as itself."""
+        flags = self.added_token_flags.get(token)
+        if flags and flags.get("normalized"):
+            return self._normalize(token).encode("utf-8")
+        return super()._special_spelling(token)
+
+    def _can_cut(self):
+        # A token that swallows the whitespace before it, or is matched in
+        # rewritten text, can start before its spelling in the raw text, so
+        # a cut at that spelling would not be a boundary: no cuts at all.
+        rewrites_text = self.normalization or (self.sentencepiece and self.sentencepiece["prepend"] == "normalizer")
+        return not any(flags.get("lstrip") or (flags.get("normalized") and rewrites_text)
+                       for flags in self.added_token_flags.values())
+
+    def _special_matches(self, text, special_re=None, token_of=str):
+        """As WithSpecialTokens._special_matches, but a token with the lstrip
+        (rstrip) flag also takes the whitespace before (after) it. special_re
+        and token_of: another regex, and how its matches name their special
+        token (the normalized spellings, in _encode_normalized)."""
+        flags_of = self.added_token_flags
+        previous_end = 0
+        for match in (special_re or self._special_re).finditer(text):
+            start, end = match.span()
+            if start < previous_end:
+                continue  # inside whitespace an rstrip token already took
+            token = token_of(match.group())
+            flags = flags_of.get(token)
+            if flags and flags.get("lstrip"):
+                while start > previous_end and _WHITE_SPACE.match(text[start - 1]):
+                    start -= 1
+            if flags and flags.get("rstrip"):
+                while end < len(text) and _WHITE_SPACE.match(text[end]):
+                    end += 1
+            yield start, end, token
+            previous_end = end
+
+    def _encode_normalized(self, text, at_start, out):
+        """The second pass: the normalized special tokens in normalized text."""
+        if self._normalized_re is None:
+            super()._encode_normalized(text, at_start, out)
+            return
+        matches = self._special_matches(text, self._normalized_re, self._normalized_specials.get)
+        self._encode_around(text, matches, at_start, super()._encode_normalized, out)
+
+    def save(self, prefix):
+        if self.added_token_flags:
+            raise ValueError("cannot save: GPT-2's file format has no place for added-token flags; "
+                             "use to_meta() instead")
+        super().save(prefix)
+
+    def to_meta(self):
+        meta = super().to_meta()
+        # A version-2 key too: older metas lack it, meaning no flags.
+        meta["added_token_flags"] = {token: dict(flags) for token, flags in self.added_token_flags.items()}
+        return meta
+
+    @classmethod
+    def _options_from_meta(cls, meta):
+        return {**super()._options_from_meta(meta), "added_token_flags": meta.get("added_token_flags")}
 
     @classmethod
     def from_hf_tokenizer_json(cls, path):
@@ -1428,51 +1677,6 @@ class Tokenizer:
         return cls(vocab, merges, special_tokens, pattern=pattern,
                    ignore_merges=model.get("ignore_merges", False), normalization=normalization,
                    sentencepiece=sentencepiece, added_token_flags=flags, template=template)
-
-
-def _read_json(path):
-    """A tokenizer's JSON file, with a one-line error for a missing or malformed file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"tokenizer file {path!r} does not exist")
-    with open(path, encoding="utf-8") as file:
-        try:
-            return json.load(file)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
-
-
-def _is_known_id(value, vocab):
-    try:
-        return operator.index(value) in vocab
-    except TypeError:
-        return False
-
-
-def _atomic_write(path, text):
-    """Write a file so that readers see either the old file or the whole new
-    one, never a half-written file: write a temp file beside it, then rename."""
-    _atomic_write_with(path, lambda file: file.write(text.encode("utf-8")))
-
-
-def _atomic_write_with(path, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"output directory {directory!r} does not exist")
-    # A unique name beside the target (same filesystem, so os.replace is an
-    # atomic rename). os.open with mode 0o666 lets the umask decide permissions,
-    # as for any ordinary file; tempfile.mkstemp would force 0600.
-    tmp_path = os.path.join(
-        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    )
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            result = write(file)
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
-    return result
 
 
 # ----------------------------------------------------------------------------

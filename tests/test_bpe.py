@@ -200,6 +200,36 @@ def test_decode_invalid_utf8_gives_replacement_chars(gpt2_tokenizer):
     assert gpt2_tokenizer.decode(np.array([15496, 995], dtype=np.uint16)) == "Hello world"
 
 
+def test_layers_form_one_chain():
+    layers = [bpe.ByteLevelBPE, bpe.WithSpecialTokens, bpe.WithSentencePieceStyle, bpe.WithStreaming,
+              bpe.WithFileFormats, bpe.Tokenizer]
+    assert list(reversed(bpe.Tokenizer.__mro__[:-1])) == layers
+
+
+def test_each_layer_works_alone(gpt2_tokenizer, tiktoken_gpt2, tmp_path, monkeypatch):
+    # Every layer, built by itself from GPT-2's merges, encodes as tiktoken does and as the full class.
+    vocab = {i: token for i, token in gpt2_tokenizer.vocab.items() if i != gpt2_tokenizer.special_tokens[SPECIAL]}
+    core = bpe.ByteLevelBPE(vocab, gpt2_tokenizer.merges)
+    ids = core.encode(TRICKY_TEXT)
+    assert ids == tiktoken_gpt2.encode(TRICKY_TEXT) == gpt2_tokenizer.encode(TRICKY_TEXT)
+    assert core.decode(ids) == TRICKY_TEXT
+    text = f"doc one.{SPECIAL}doc two\n\n{SPECIAL}  {TRICKY_TEXT}"
+    expected = tiktoken_gpt2.encode(text, allowed_special={SPECIAL})
+    for layer in (bpe.WithSpecialTokens, bpe.WithSentencePieceStyle, bpe.WithStreaming, bpe.WithFileFormats):
+        tokenizer = layer(vocab, gpt2_tokenizer.merges, [SPECIAL])
+        assert tokenizer.special_tokens == {SPECIAL: 50256}
+        assert tokenizer.encode(text) == expected
+        assert tokenizer.decode(expected) == text
+    # The last two layers' own methods, on the last of them built alone.
+    monkeypatch.setattr(bpe, "STREAM_FLUSH_CHARS", 16)  # cut the stream often
+    long_text = text * 3
+    assert list(tokenizer.encode_iterable(io.StringIO(long_text, newline=""))) == gpt2_tokenizer.encode(long_text)
+    tokenizer.save(str(tmp_path / "layer5"))
+    for restored in (bpe.WithFileFormats.load(str(tmp_path / "layer5")),
+                     bpe.WithFileFormats.from_meta(tokenizer.to_meta())):
+        assert type(restored) is bpe.WithFileFormats and restored.encode(text) == expected
+
+
 def test_overlapping_special_tokens_longest_first():
     vocab, merges = {i: bytes([i]) for i in range(256)}, []
     tok = bpe.Tokenizer(vocab, merges, ["<s>", "<s><s>", "s>"])
