@@ -205,8 +205,10 @@ class MLP(nn.Module):
 
     Attention moves information between positions; the MLP then processes each position on its own.
     It holds two thirds of each block's parameters (8 * n_embd^2 against attention's 4 * n_embd^2);
-    over the whole of GPT-2 small, with its 38M-parameter token embedding, that is 57M of 124M, 46%. GPT-2 uses the tanh approximation of GELU
-    (what Hugging Face calls 'gelu_new'), so we must too to reproduce its logits.
+    over the whole of GPT-2 small, with its 38M-parameter token embedding, that is 57M of 124M, 46%.
+    GPT-2 uses the tanh approximation of GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), which
+    was cheaper than the exact x * Phi(x) in 2018; Hugging Face names it 'gelu_new' (it was added after
+    their exact 'gelu'). We must use it too to reproduce GPT-2's logits.
     """
 
     def __init__(self, config):
