@@ -181,6 +181,94 @@ def test_damaged_checkpoint_is_a_one_line_error_and_stays_untouched(workdir, scr
     assert path.read_bytes() == damaged
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_continues_the_checkpoints_run_and_refuses_changing_its_dataset_or_architecture(workdir, script):
+    out_dir = workdir / f"out-{script}-settings"
+    assert run_script(script, *args_for(script, "--max_iters=2", "--eval_interval=2", f"--out_dir={out_dir}"),
+                      cwd=workdir).returncode == 0
+    # Only init_from and out_dir: the run continues on the checkpoint's dataset ('tiny', not the script's
+    # default) with its settings (batch size, evaluation interval, device, ...), not the defaults.
+    resumed = run_script(script, "--init_from=resume", f"--out_dir={out_dir}", "--max_iters=4", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    checkpoint = load(out_dir / "ckpt.pt")
+    assert checkpoint["iter_num"] == 4 and checkpoint["config"] == {**checkpoint["config"], "dataset": "tiny",
+                                                                    "batch_size": 4, "eval_interval": 2}
+    # The dataset and the architecture cannot change in a resumed run: one line naming the key.
+    changes = [("dataset", "numbers")] + ([("n_layer", 6)] if script != "bigram" else [])
+    for key, value in changes:
+        result = run_script(script, "--init_from=resume", f"--out_dir={out_dir}", "--max_iters=6", f"--{key}={value}",
+                            cwd=workdir)
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"error: {key}={value!r} conflicts with the checkpoint in {out_dir}, trained "
+                                        f"with {key}="), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert load(out_dir / "ckpt.pt")["iter_num"] == 4  # untouched
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_refuses_a_dataset_whose_ids_the_model_cannot_read(workdir, script):
+    # The dataset's name is the checkpoint's, but it was prepared again from a text with more characters:
+    # its ids run past the model's table, which must be said before the first batch (not an IndexError).
+    root = workdir / f"regrown-{script}"
+    root.mkdir()
+    (root / "input.txt").write_text("the king doth speak " * 400)
+    data_root = workdir / "data"
+    prepare_data.prepare(f"regrown_{script}", input_path=str(root / "input.txt"), tokenizer="char",
+                         data_root=str(data_root))
+    out = f"--out_dir=out-{script}-regrown"
+    assert run_script(script, *args_for(script, "--max_iters=2", "--eval_interval=2", out,
+                                        f"--dataset=regrown_{script}"), cwd=workdir).returncode == 0
+    (root / "input.txt").write_text("THE QUEEN ANSWERS, MY LORD! " * 400)
+    prepare_data.prepare(f"regrown_{script}", input_path=str(root / "input.txt"), tokenizer="char",
+                         data_root=str(data_root))
+    result = run_script(script, "--init_from=resume", out, "--max_iters=4", cwd=workdir)
+    assert result.returncode == 1
+    assert re.fullmatch(rf"error: dataset 'regrown_{script}' has \d+ tokens but the .*\n", result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_best_only_checkpoint_says_what_resume_continues_from(workdir, monkeypatch, capsys, script):
+    # With always_save_checkpoint=False the checkpoint is the best evaluation's; when that is not the last
+    # iteration, the run's last words say so (a user resumed from 1250 expecting 2000).
+    module = importlib.import_module(script)
+    out_dir = workdir / f"out-{script}-bestonly"
+    out_dir.mkdir()
+    torch.save({"iter_num": 1250}, out_dir / "ckpt.pt")
+    cfg = {"out_dir": str(out_dir), "eval_only": False, "always_save_checkpoint": False}
+    runtime = module.Runtime(False, 0, 0, 1, "cpu", "cpu", None, None)
+    module.end_run(cfg, runtime, 2000, 1.4567)
+    assert capsys.readouterr().out == (f"note: {out_dir / 'ckpt.pt'} holds iteration 1250, the best val loss (1.4567); "
+                                       f"--init_from=resume continues from there, not from iteration 2000\n")
+    module.end_run(cfg, runtime, 1250, 1.4567)  # the checkpoint is the last iteration's: nothing to say
+    module.end_run(cfg | {"always_save_checkpoint": True}, runtime, 2000, 1.4567)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_busy_cpu_gets_one_warning_about_threads(script, monkeypatch, capsys):
+    module = importlib.import_module(script)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # another job keeps about one core busy
+    module.warn_if_cpu_is_busy(1)
+    assert capsys.readouterr().out == ("warning: this CPU is busy (load 1.2 on 2 cores) and torch runs 2 thread(s); "
+                                       "with OMP_NUM_THREADS=1 it may train several times faster\n")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    module.warn_if_cpu_is_busy(1)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("argument, message", [
+    ("--max_iter=10", "unknown config key 'max_iter' (from --max_iter=10); did you mean 'max_iters'?"),
+    ("--compile=false", "config key 'compile' must be bool, got 'false' (from --compile=false); use False"),
+    ("--eval_only=true", "config key 'eval_only' must be bool, got 'true' (from --eval_only=true); use True"),
+])
+def test_config_mistakes_suggest_what_was_meant(script, argument, message):
+    result = run_script(script, argument, cwd=REPO)
+    assert result.returncode == 1 and result.stderr == f"error: {message}\n", result.stderr
+
+
 # -----------------------------------------------------------------------------
 # Numeric settings
 
