@@ -72,21 +72,33 @@ import torch.nn.functional as F
 
 import prepare_data
 
+# =============================================================================
+# Part 1: the model, the lesson. Read this first: the configuration, the building blocks in the
+# order data meets them, the model with generation, and how generation picks each next token.
+# =============================================================================
+
 # -----------------------------------------------------------------------------
 # Model configuration
-
-FULL, SLIDING = "full_attention", "sliding_attention"  # Hugging Face's names for the two layer types
 
 
 @dataclass
 class OLMoConfig:
+    # The defaults are the training defaults of Part 2 (a GPT-2-small-sized OLMo 2); the comments give
+    # the released models' values. An option that can be off (clip_qkv, sliding_window) is off at 0,
+    # here as in the training keys: a config key needs a value of one type for parse_config to check,
+    # which None is not, and neither a clip nor a window of 0 would mean anything else.
     # Longest context the model is used with; no weight depends on it (RoPE and ALiBi have no
     # table). OLMo 1: 2048, OLMo 2: 4096, OLMo 3: 65536 after its long-context stage.
     block_size: int = 1024
-    vocab_size: int = 100352  # OLMo 2 and 3: the cl100k-based "dolma2" tokenizer, padded to a multiple of 128
+    # OLMo 2 and 3's tokenizer, "dolma2" (named after Dolma, OLMo's training data), is OpenAI's
+    # cl100k_base (the ~100K-token byte-level BPE of GPT-3.5 and GPT-4, in tiktoken) with a few
+    # special tokens added: 100278 tokens, padded to 100352, a multiple of 128.
+    vocab_size: int = 100352
     n_layer: int = 12
     n_head: int = 12
-    n_kv_head: int = 12  # grouped-query attention as in llama.py; OLMo 2 32B uses 8 kv heads for 40 query heads
+    # Grouped-query attention as in llama.py. OLMo 1 and OLMo 2 up to 13B use n_kv_head = n_head
+    # (multi-head attention); OLMo 2 32B uses 8 kv heads for 40 query heads.
+    n_kv_head: int = 4
     n_embd: int = 768
     hidden_dim: int | None = None  # SwiGLU width; None derives it as llama.py does
     multiple_of: int = 256
@@ -94,18 +106,19 @@ class OLMoConfig:
     # RMSNorm on the output of each sub-layer, and QK-norm.
     block_type: str = "olmo2"
     norm_eps: float = 1e-6  # OLMo 2 and 3 use 1e-6 (1e-5 is Hugging Face's fixed value for OLMo 1's LayerNorm)
-    clip_qkv: float | None = None  # clamp q, k and v to [-clip_qkv, clip_qkv]; OLMo 1.7 7B used 8.0
+    clip_qkv: float = 0.0  # clamp q, k and v to [-clip_qkv, clip_qkv]; 0 disables (OLMo 1.7 7B used 8.0)
     pos_emb: str = "rope"  # 'rope' (every released OLMo) or 'alibi'
-    rope_theta: float = 500000.0  # OLMo 2 and 3; OLMo 1 used 10000
+    # OLMo 2 and 3 use 500000 for their 4K-65K contexts; OLMo 1 used 10000, which suits short blocks.
+    rope_theta: float = 10000.0
     # None, or YaRN in Hugging Face's format, applied to the full-attention layers only (OLMo 3):
     # {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
     #  "beta_fast": 32, "beta_slow": 1, "attention_factor": ...}. See yarn_inverse_frequencies.
     rope_scaling: dict | None = None
-    # Attention span of the sliding layers (OLMo 3: 4096); None means every layer attends fully.
-    sliding_window: int | None = None
-    # Per layer, FULL or SLIDING. None derives OLMo 3's pattern when sliding_window is set (three
+    # Attention span of the sliding layers (OLMo 3: 4096); 0 means every layer attends fully.
+    sliding_window: int = 0
+    # Per layer, "full" or "sliding". None derives OLMo 3's pattern when sliding_window is set (three
     # sliding layers, then one full layer, repeated; the last layer of a multiple of 4 is full),
-    # and all-FULL otherwise.
+    # and all "full" otherwise.
     layer_types: list | None = None
     tie_embeddings: bool = False  # OLMo 1 1B ties; OLMo 2 and 3 do not
     dropout: float = 0.0  # AI2 trains without dropout; small data sets want some
@@ -126,21 +139,21 @@ class OLMoConfig:
             raise ValueError(f"block_type={self.block_type!r} must be 'olmo1' or 'olmo2'")
         if self.attention not in ("sdpa", "manual"):
             raise ValueError(f"attention={self.attention!r} must be 'sdpa' or 'manual'")
-        if self.clip_qkv is not None and self.clip_qkv <= 0:
-            raise ValueError(f"clip_qkv={self.clip_qkv} must be positive (or None for no clipping)")
-        if self.sliding_window is not None and self.sliding_window < 1:
-            raise ValueError(f"sliding_window={self.sliding_window} must be at least 1 (or None for none)")
+        if self.clip_qkv < 0:
+            raise ValueError(f"clip_qkv={self.clip_qkv} must be positive (or 0 for no clipping)")
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window={self.sliding_window} must be at least 1 (or 0 for none)")
         if self.layer_types is None:
-            if self.sliding_window is None:
-                self.layer_types = [FULL] * self.n_layer
+            if not self.sliding_window:
+                self.layer_types = ["full"] * self.n_layer
             else:
-                self.layer_types = [FULL if (i + 1) % 4 == 0 else SLIDING for i in range(self.n_layer)]
+                self.layer_types = ["full" if (i + 1) % 4 == 0 else "sliding" for i in range(self.n_layer)]
         self.layer_types = list(self.layer_types)
-        if len(self.layer_types) != self.n_layer or not set(self.layer_types) <= {FULL, SLIDING}:
-            raise ValueError(f"layer_types must list {self.n_layer} entries, each {FULL!r} or {SLIDING!r}; "
+        if len(self.layer_types) != self.n_layer or not set(self.layer_types) <= {"full", "sliding"}:
+            raise ValueError(f"layer_types must list {self.n_layer} entries, each 'full' or 'sliding'; "
                              f"got {self.layer_types}")
-        if SLIDING in self.layer_types and self.sliding_window is None:
-            raise ValueError("layer_types has sliding_attention layers but sliding_window is None")
+        if "sliding" in self.layer_types and not self.sliding_window:
+            raise ValueError("layer_types has sliding layers but sliding_window is 0")
         if self.rope_scaling is not None:
             rope_type = self.rope_scaling.get("rope_type")
             if rope_type != "yarn":
@@ -157,7 +170,7 @@ class OLMoConfig:
 
     def layer_windows(self):
         """Per layer, how far back its queries may look: sliding_window, or None for the whole context."""
-        return [self.sliding_window if kind == SLIDING else None for kind in self.layer_types]
+        return [self.sliding_window if kind == "sliding" else None for kind in self.layer_types]
 
 
 # -----------------------------------------------------------------------------
@@ -402,7 +415,9 @@ class Attention(nn.Module):
     dot products of q and k, so their size is bounded once q and k are; without it OLMo 2's authors
     saw logits grow until the softmax saturated and the loss spiked (Dehghani et al. 2023 and
     Wortsman et al. 2023 made the same diagnosis). Later models (Qwen3, Gemma 3) normalise each head
-    separately, which is cheaper under tensor parallelism; OLMo 2 and 3 normalise across heads.
+    separately, which is cheaper under tensor parallelism (each layer's heads split across several
+    GPUs, each computing its own heads: a norm over all heads would need their channels gathered
+    from every GPU); OLMo 2 and 3 normalise across heads.
     """
 
     def __init__(self, config):
@@ -426,7 +441,7 @@ class Attention(nn.Module):
         """x (B, T, C); rope: (cos, sin) or None (ALiBi); mask: see OLMo.attention_mask."""
         B, T, C = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, heads * head_dim)
-        if self.clip_qkv is not None:
+        if self.clip_qkv:  # 0: no clipping
             q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)  # over all heads' channels together
@@ -446,6 +461,7 @@ class Attention(nn.Module):
             else:
                 y = manual_biased_attention(q, k, v, mask.to(q.dtype), dropout_p)
         elif T == 1 and mask is None:
+            # Speed path: skip on first reading. It computes what the branch below does, faster.
             # One new token that may see the whole cache (RoPE, no window cutting it): llama.py's
             # folding of each query group into the query axis, (B, n_head, 1, d) -> (B, n_kv_head,
             # group, d), which reads each cached key once per group, not once per query head.
@@ -552,9 +568,13 @@ class OLMo(nn.Module):
         self.register_position_buffers()
         # OLMo 2's initialisation: every matrix (embeddings included) from N(0, 0.02), and no
         # 1/sqrt(2 * n_layer) shrink of o_proj and down_proj as gpt.py and llama.py do. OLMo 1 used
-        # a scaled "mitchell" init; the OLMo 2 paper reports the plain one kept the growth of
-        # activations and gradient norms in check better (with the norm now on each sub-layer's
-        # output, the depth-dependent shrink is no longer needed to keep the residual stream small).
+        # the "mitchell" init, named after Mitchell Wortsman, who suggested it to AI2: each matrix
+        # from a normal truncated at 3 standard deviations, with std 1/sqrt(fan-in) (so every output
+        # channel starts with about unit variance, whatever the width), and the projections that write
+        # into the residual stream shrunk further by 1/sqrt(2 * (layer index + 1)), more with depth.
+        # The OLMo 2 paper reports the plain N(0, 0.02) kept the growth of activations and gradient
+        # norms in check better (with the norm now on each sub-layer's output, the depth-dependent
+        # shrink is no longer needed to keep the residual stream small).
         for param in self.parameters():
             if param.dim() == 2:
                 nn.init.normal_(param, mean=0.0, std=0.02)
@@ -620,21 +640,25 @@ class OLMo(nn.Module):
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of length {past + T} is longer than block_size={self.config.block_size}")
         x = self.model.drop(self.model.embed_tokens(idx))  # (B, T, C): no position added here
-        # Positions, computed once and shared by the layers of each kind: float32 angles, with their
-        # cos and sin rounded to the activations' dtype once here, as in llama.py.
-        rope = {FULL: None, SLIDING: None}
+        # Positions, computed once and shared by the layers of each kind: float32 angles (see
+        # llama.py's rope_cos_sin); with YaRN the full layers have their own, scaled ones.
+        rope = {"full": None, "sliding": None}
         if self.config.pos_emb == "rope":
-            rope[SLIDING] = rope[FULL] = rope_cos_sin(self.inv_freq, past, T)
+            rope["sliding"] = rope["full"] = rope_cos_sin(self.inv_freq, past, T)
             if self.config.rope_scaling is not None:
                 cos, sin = rope_cos_sin(self.scaled_inv_freq, past, T)
-                rope[FULL] = (cos * self.rope_attention_factor, sin * self.rope_attention_factor)
+                rope["full"] = (cos * self.rope_attention_factor, sin * self.rope_attention_factor)
+            # Speed path: skip on first reading. Round cos and sin to the activations' dtype once
+            # here, as in llama.py, rather than in each of the 2 * n_layer apply_rope calls. (Under
+            # autocast x is float32, so this keeps them float32 and apply_rope still rounds them to
+            # the 16-bit queries in every call.)
             rope = {kind: tuple(t.to(x.dtype) for t in cos_sin) for kind, cos_sin in rope.items()}
         masks = {}
         for window in set(self.layer_windows):
             masks[window] = self.attention_mask(past, T, window, idx.device)
         for layer, block in enumerate(self.model.layers):
             window = self.layer_windows[layer]
-            x = block(x, rope[SLIDING if window else FULL], masks[window], cache, layer)
+            x = block(x, rope["sliding" if window else "full"], masks[window], cache, layer)
         if cache is not None:
             cache.length += T
         if last_only:
@@ -715,59 +739,13 @@ class OLMo(nn.Module):
 
         dtype: of the weights, float32 by default; bfloat16 halves the memory. As in llama.py the
         model is built on the meta device and takes the memory-mapped checkpoint tensors as its
-        parameters; RoPE's frequencies are then computed for real, in float32.
+        parameters; RoPE's frequencies are then computed for real, in float32. Reading HF's config
+        and matching its tensors is bookkeeping, in Part 3 (hf_olmo_config, hf_olmo_state_dict).
         """
-        directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
-        config_path = os.path.join(directory, "config.json")
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
-        with open(config_path) as f:
-            hf = json.load(f)
-        model_type = hf.get("model_type")
-        if model_type not in ("olmo", "olmo2", "olmo3"):
-            raise ValueError(f"{directory} holds a {model_type!r} model; olmo.py loads 'olmo', 'olmo2' and 'olmo3' "
-                             f"checkpoints (the original, non-'-hf' OLMo 1 repositories need converting first)")
-        for key, expected in [("hidden_act", "silu"), ("attention_bias", False)]:
-            if hf.get(key, expected) != expected:
-                raise ValueError(f"unsupported OLMo option {key}={hf[key]!r} in {config_path} (olmo.py expects {expected!r})")
-        n_head, n_embd = hf["num_attention_heads"], hf["hidden_size"]
-        head_dim = hf.get("head_dim") or n_embd // n_head
-        if head_dim * n_head != n_embd:
-            raise ValueError(f"head_dim={head_dim} in {config_path} differs from hidden_size / num_attention_heads "
-                             f"= {n_embd} / {n_head}; olmo.py assumes they are equal")
-        n_layer = hf["num_hidden_layers"]
-        layer_types = hf.get("layer_types") if model_type == "olmo3" else None
-        sliding_window = hf.get("sliding_window") if layer_types and SLIDING in layer_types else None
-        rope_theta, rope_scaling = hf_rope_settings(hf, config_path)
-        config = OLMoConfig(
-            block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"], n_layer=n_layer,
-            n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head, n_embd=n_embd,
-            hidden_dim=hf["intermediate_size"], block_type="olmo1" if model_type == "olmo" else "olmo2",
-            # Hugging Face's OLMo 1 LayerNorm has a fixed eps of 1e-5; OLMo 2 and 3 read rms_norm_eps.
-            norm_eps=1e-5 if model_type == "olmo" else hf.get("rms_norm_eps", 1e-5),
-            clip_qkv=hf.get("clip_qkv") if model_type == "olmo" else None, pos_emb="rope",
-            rope_theta=rope_theta, rope_scaling=rope_scaling, sliding_window=sliding_window,
-            layer_types=layer_types if sliding_window else None,
-            tie_embeddings=hf.get("tie_word_embeddings", False), dropout=dropout,
-        )
+        directory, config = hf_olmo_config(name_or_dir, dropout)
         with torch.device("meta"):
             model = cls(config)
-
-        ours = model.state_dict()  # meta tensors: names and shapes only
-        state = {}
-        for name, tensor in load_hf_weights(directory).items():
-            if name.endswith("rotary_emb.inv_freq"):
-                continue  # older checkpoints saved RoPE's fixed frequencies; we compute them
-            if name == "lm_head.weight" and config.tie_embeddings:
-                continue  # the same matrix as the token embedding
-            if name not in ours:
-                raise ValueError(f"unexpected tensor {name!r} in the checkpoint at {directory}")
-            if tensor.shape != ours[name].shape:
-                raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[name].shape)}")
-            state[name] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
-        missing = set(ours) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
-        if missing:
-            raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+        state = hf_olmo_state_dict(load_hf_weights(directory), model.state_dict(), config, dtype, directory)
         model.load_state_dict(state, strict=False, assign=True)
         if config.tie_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight  # assign=True replaced the tied matrix
@@ -803,28 +781,6 @@ class OLMo(nn.Module):
         lookup = 0 if cfg.tie_embeddings else self.model.embed_tokens.weight.numel()
         attention = sum(12 * min(cfg.block_size, window or cfg.block_size) * cfg.n_embd for window in self.layer_windows)
         return 6 * (self.num_params() - lookup) + attention
-
-
-def hf_rope_settings(hf, config_path):
-    """(rope_theta, rope_scaling or None) from a Hugging Face OLMo config.json.
-
-    Three layouts exist, by the transformers version that wrote the file: rope_theta and
-    rope_scaling at the top level (older files, and the released OLMo 3 checkpoints); one
-    rope_parameters dict (transformers 5); or, for OLMo 3 in transformers 5, rope_parameters
-    holding one dict per layer type, the scaling under full_attention only.
-    """
-    params = hf.get("rope_parameters") or {}
-    if FULL in params or SLIDING in params:
-        full, sliding = dict(params.get(FULL) or {}), dict(params.get(SLIDING) or {})
-        if sliding.get("rope_type", "default") != "default":
-            raise ValueError(f"{config_path}: rope scaling in sliding-window layers is not supported")
-        if "rope_theta" in sliding and full.get("rope_theta", sliding["rope_theta"]) != sliding["rope_theta"]:
-            raise ValueError(f"{config_path}: different rope_theta per layer type is not supported")
-    else:
-        full = dict(params or hf.get("rope_scaling") or {})
-    theta = full.pop("rope_theta", hf.get("rope_theta", 10000.0))
-    rope_type = full.pop("rope_type", full.pop("type", "default"))
-    return float(theta), None if rope_type == "default" else {"rope_type": rope_type} | full
 
 
 def check_sampling_options(temperature, top_k, top_p, repetition_penalty):
@@ -874,128 +830,15 @@ def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, 
     return torch.multinomial(probs, num_samples=1)
 
 
-# -----------------------------------------------------------------------------
-# Reading Hugging Face checkpoints without extra dependencies
-
-
-def read_safetensors(path):
-    """Read a .safetensors file into a dict of tensors (the format is explained in gpt.py).
-
-    OLMo checkpoints are usually float32 or bfloat16 ("BF16"); numpy cannot represent bfloat16, but
-    reading the raw bytes with torch.frombuffer handles it like any other dtype.
-    """
-    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-              "U8": torch.uint8, "BOOL": torch.bool}
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file closes
-    start = 8 + header_len  # the offsets count from the end of the header
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in dtypes:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        dtype = dtypes[info["dtype"]]
-        begin, end = info["data_offsets"]
-        if begin == end:  # a shape with a 0 in it holds no bytes (and frombuffer refuses a count of 0)
-            tensors[name] = torch.empty(info["shape"], dtype=dtype)
-            continue
-        flat = torch.frombuffer(data, dtype=dtype, offset=start + begin, count=(end - begin) // dtype.itemsize)
-        tensors[name] = flat.reshape(info["shape"])
-    return tensors
-
-
-def load_hf_weights(directory):
-    """The state dict of a Hugging Face checkpoint: one model.safetensors, or a sharded one.
-
-    Checkpoints above a few GB are split into shards (model-00001-of-00004.safetensors, ...) with
-    model.safetensors.index.json mapping every tensor name to the shard that holds it.
-    """
-    single = os.path.join(directory, "model.safetensors")
-    if os.path.exists(single):
-        return read_safetensors(single)
-    index_path = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.exists(index_path):
-        with open(index_path) as f:
-            weight_map = json.load(f)["weight_map"]
-        state = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(read_safetensors(os.path.join(directory, shard)))
-        return state
-    bin_path = os.path.join(directory, "pytorch_model.bin")
-    if os.path.exists(bin_path):
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-
-
-def download_hf_checkpoint(repo):
-    """Download a checkpoint from the Hugging Face hub into a cache directory; return it (gpt.py).
-
-    The same cache as gpt.py ($NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name).
-    Fetches config.json, the tokenizer's files (tokenizer.json, or T5's spiece.model) and generation's
-    (for sample.py and fine-tuning, when the repository has them) and either model.safetensors or the
-    shard index and every shard it names.
-    """
-    if repo.count("/") != 1:
-        raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
-    import requests  # only needed for downloads
-
-    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
-    directory = os.path.join(cache_root, repo.replace("/", "--"))
-    os.makedirs(directory, exist_ok=True)
-    token = os.environ.get("HF_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def fetch(filename, required=True):
-        """Download one file unless present; return False if the hub has no such file (404)."""
-        target = os.path.join(directory, filename)
-        if os.path.exists(target):
-            return True
-        url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
-        print(f"downloading {url}")
-        try:
-            with requests.get(url, stream=True, timeout=30, headers=headers) as response:
-                if response.status_code == 404 and not required:
-                    return False
-                response.raise_for_status()
-                with open(target + ".part", "wb") as f:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        f.write(chunk)
-        except requests.RequestException as e:
-            hint = " (a gated model: accept its licence on huggingface.co and set HF_TOKEN)" if "401" in str(e) or "403" in str(e) else ""
-            raise RuntimeError(f"could not download {url} ({e}){hint}; download the checkpoint's files by hand "
-                               f"into a folder and pass that folder instead") from None
-        os.replace(target + ".part", target)  # only a complete file ever gets the real name
-        return True
-
-    # Written once every file is in place, so that later loads (offline ones too) ask the hub nothing,
-    # not even whether the optional files it lacked have appeared.
-    complete_marker = os.path.join(directory, ".complete")
-    if os.path.exists(complete_marker):
-        return directory
-    fetch("config.json")
-    # For sample.py and fine-tuning: the tokenizer (tokenizer.json, or T5's SentencePiece spiece.model),
-    # its settings and chat template, and the authors' generation settings (end-of-sequence ids),
-    # where the repository has them.
-    for optional in ("tokenizer.json", "spiece.model", "tokenizer_config.json", "chat_template.jinja",
-                     "generation_config.json"):
-        fetch(optional, required=False)
-    if not fetch("model.safetensors", required=False):
-        if not fetch("model.safetensors.index.json", required=False):
-            raise RuntimeError(f"{repo} has neither model.safetensors nor model.safetensors.index.json")
-        with open(os.path.join(directory, "model.safetensors.index.json")) as f:
-            for shard in sorted(set(json.load(f)["weight_map"].values())):
-                fetch(shard)
-    open(complete_marker, "w").close()
-    return directory
-
+# =============================================================================
+# Part 2: training. The defaults (every one a config key), then main(): gpt.py's loop, step for
+# step. Helpers it shares with every script are in Part 3; read main() first.
+# =============================================================================
 
 # -----------------------------------------------------------------------------
 # Training configuration, as in llama.py (config files and --key=value override these). The defaults
-# train a GPT-2-small-sized OLMo 2 (12 layers, 768 wide) with 3 query heads per key/value head.
+# train a GPT-2-small-sized OLMo 2 (12 layers, 768 wide) with 3 query heads per key/value head, and
+# are OLMoConfig's defaults; as there, 0 switches clip_qkv and sliding_window off.
 
 # I/O
 out_dir = "out-olmo"
@@ -1052,26 +895,304 @@ seed = 1337
 config_keys = [k for k, v in list(globals().items())
                if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
 
+def load_pretrained_olmo(cfg, meta, runtime):
+    """init_from=<a hub id or HF directory>: a pretrained OLMo, to fine-tune; llama.py's
+    load_pretrained_llama (what differs from gpt.py's load_openai_gpt2: the tokenizer is the
+    checkpoint's own tokenizer.json, and the dataset is checked against that file)."""
+
+    def load():
+        try:
+            directory = cfg["init_from"]
+            if not os.path.isdir(directory):
+                directory = download_hf_checkpoint(directory)
+            return (OLMo.from_pretrained(directory, dropout=cfg["dropout"]), directory), None
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            return None, f"cannot load {cfg['init_from']!r}: {e}"
+
+    model, directory = local_rank0_first(load, runtime)  # a hub id downloads once per machine
+    # Token ids mean nothing without the tokenizer that made them: the dataset must have been
+    # tokenized with the model's own tokenizer.json, or every id is a wrong word.
+    if not prepare_data.same_tokenizer(meta, directory):
+        fail(f"dataset {cfg['dataset']!r} was not tokenized with {cfg['init_from']}'s tokenizer; prepare your text "
+             f"with it: python prepare_data.py NAME --input=FILE --tokenizer={directory}")
+    if cfg["block_size"] < model.config.block_size:
+        model.crop_block_size(cfg["block_size"])  # no table to cut with RoPE or ALiBi: only the limit changes
+    return model
+
+
+def main(argv):
+    # ---- the config: defaults, then config files and --key=value (a resume takes the checkpoint's) ----
+    defaults = {k: globals()[k] for k in config_keys}
+    cfg = parse_config(argv, defaults)
+    checkpoint = None
+    if cfg["init_from"] == "resume":
+        checkpoint = load_checkpoint(cfg["out_dir"], "olmo")
+        # The architecture and the dataset are the checkpoint's: an override of them is an error.
+        cfg = resumed_config(argv, defaults, checkpoint, fixed=(
+            "dataset", "n_layer", "n_head", "n_kv_head", "n_embd", "multiple_of", "block_type", "norm_eps", "clip_qkv",
+            "pos_emb", "rope_theta", "sliding_window", "tie_embeddings"))
+    check_config(cfg)
+
+    # ---- devices, processes and precision ----
+    # As in gpt.py; under autocast the norms and the RoPE angles stay float32 by construction (Part 1),
+    # and ALiBi's bias is cast to the queries' 16-bit dtype, like the scores it is added to.
+    runtime = start_processes(cfg)  # torchrun's rank, the device, autocast and the GradScaler (Part 3)
+    device, master = runtime.device, runtime.rank == 0  # only rank 0 prints and writes files
+    # Each process does its share of the micro-batches; together they make one optimizer step. (The
+    # config keeps the total the user gave: that is what a resume with another process count needs.)
+    micro_steps = cfg["gradient_accumulation_steps"] // runtime.world_size
+
+    # ---- data ----
+    def prepare_dataset():
+        try:
+            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads, tokenizes if needed
+            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+            return (prepare_data.load_meta(data_dir), loader), None
+        except prepare_data.DataError as e:
+            return None, str(e)
+
+    meta, loader = local_rank0_first(prepare_dataset, runtime)
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
+
+    # ---- model: from scratch, from a checkpoint, or a pretrained Hugging Face OLMo ----
+    model_keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "multiple_of", "block_type", "norm_eps",
+                  "clip_qkv", "pos_emb", "rope_theta", "sliding_window", "tie_embeddings", "dropout", "attention")
+    if cfg["init_from"] == "scratch":
+        vocab_size = meta["vocab_size"]
+        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
+            vocab_size = (vocab_size + 63) // 64 * 64
+        try:
+            model = OLMo(OLMoConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size))
+        except ValueError as e:
+            fail(e)
+    elif cfg["init_from"] == "resume":
+        # Only dropout may change between runs (the other keys were checked against the checkpoint);
+        # model_args also holds what no key sets: hidden_dim, layer_types and any rope_scaling.
+        model = OLMo(OLMoConfig(**checkpoint["model_args"] | {"dropout": cfg["dropout"]}))
+        model.load_state_dict(checkpoint["model"])
+    else:
+        model = load_pretrained_olmo(cfg, meta, runtime)  # Part 2, above
+    if cfg["block_size"] > model.config.block_size:
+        fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
+    check_vocabulary_fits(meta, model.config.vocab_size, cfg["dataset"])
+    model_args = asdict(model.config)  # includes the derived hidden_dim
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
+                                          runtime.device_type)
+    iter_num, best_val_loss = 0, float("inf")
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iter_num, best_val_loss = restore_training_state(checkpoint, runtime, cfg["seed"])
+        checkpoint = None  # free the loaded copy
+    raw_model = model  # the plain module: what we save, and what MFU counts
+    if cfg["compile"]:
+        model = compile_or_warn(model, runtime, lambda: loader.get_batch("train"))
+    if runtime.ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=runtime.device_ids)
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print("config:", json.dumps(cfg))
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
+              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
+    wandb = start_wandb(cfg, master)
+
+    # ---- the training loop, as in gpt.py ----
+    # Evaluate (and checkpoint) the current weights, then take one optimizer step; a checkpoint
+    # written at iteration N holds the state from just before step N, so resuming is exact.
+    resumed_at = iter_num if cfg["init_from"] == "resume" else None
+    run_log = start_run_log(cfg, runtime, resumed_at, {"kind": "start", "iter": iter_num, "model_type": "olmo",
+                                                       "tokens_per_iter": tokens_per_iter, "config": cfg})
+    model.train()
+    timer = IterationTimer(iter_num)
+    while True:
+        lr = learning_rate_at(iter_num, cfg)  # linear warmup, then cosine decay (Part 3)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
+        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
+            losses = estimate_loss(model, loader, cfg, runtime)  # train and val loss (Part 3)
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            log_eval(run_log, wandb, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
+                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+            check_finite("val loss", losses["val"], iter_num, cfg)
+            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng_states = every_rank_rng_state(runtime)  # collective: every process takes part
+                if master:
+                    save_checkpoint(cfg["out_dir"], {
+                        "model_type": "olmo", "model_args": model_args, "model": raw_model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scaler": runtime.scaler.state_dict(),
+                        "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg, "tokenizer": meta,
+                        "rng_state": rng_states})
+            timer.restart(iter_num)  # keep evaluation out of the timing
+        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+            break
+
+        # Gradient accumulation, as in gpt.py: micro-batch losses divided by their number sum to a mean.
+        train_loss = 0.0  # the mean over this step's micro-batches, for the log
+        for micro_step in range(micro_steps):
+            x, y = loader.get_batch("train")
+            last = micro_step == micro_steps - 1
+            with (model.no_sync() if runtime.ddp and not last else nullcontext()):  # DDP: sync grads once
+                with runtime.autocast:
+                    _, loss = model(x, y)
+                    loss = loss / micro_steps
+                runtime.scaler.scale(loss).backward()
+            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
+        if cfg["grad_clip"] > 0:
+            runtime.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        runtime.scaler.step(optimizer)
+        runtime.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        if iter_num % cfg["log_interval"] == 0:
+            # The mean loss over all micro-batches of this step, of every process. .item() waits
+            # for the GPU to finish, so we only ask for it when logging.
+            loss_value = mean_over_processes([train_loss.item()], runtime)[0]
+            check_finite("training loss", loss_value, iter_num, cfg)
+            log_train_step(run_log, cfg, runtime, iter_num, loss_value, lr, timer.seconds_per_iter(iter_num),
+                           tokens_per_iter, raw_model.flops_per_token())
+        iter_num += 1
+
+    end_run(cfg, runtime, iter_num, best_val_loss)
+
+
+# =============================================================================
+# Part 3: plumbing. Nothing here is needed to understand the model or the loop: this script's own
+# reading of Hugging Face checkpoints, then the functions every model script shares by convention.
+# =============================================================================
+
+# -----------------------------------------------------------------------------
+# Hugging Face OLMo checkpoints: their config.json mapped to OLMoConfig, their tensors checked
+
+# Hugging Face's names for the two kinds of layer in an OLMo 3 config.json (layer_types, and the
+# per-kind rope_parameters); ours are "full" and "sliding".
+HF_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
+
+
+def hf_olmo_config(name_or_dir, dropout):
+    """(directory, OLMoConfig) of a Hugging Face checkpoint with model_type "olmo", "olmo2" or
+    "olmo3", downloading a hub id first."""
+    directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
+    with open(config_path) as f:
+        hf = json.load(f)
+    model_type = hf.get("model_type")
+    if model_type not in ("olmo", "olmo2", "olmo3"):
+        raise ValueError(f"{directory} holds a {model_type!r} model; olmo.py loads 'olmo', 'olmo2' and 'olmo3' "
+                         f"checkpoints (the original, non-'-hf' OLMo 1 repositories need converting first)")
+    for key, expected in [("hidden_act", "silu"), ("attention_bias", False)]:
+        if hf.get(key, expected) != expected:
+            raise ValueError(f"unsupported OLMo option {key}={hf[key]!r} in {config_path} (olmo.py expects {expected!r})")
+    n_head, n_embd = hf["num_attention_heads"], hf["hidden_size"]
+    head_dim = hf.get("head_dim") or n_embd // n_head
+    if head_dim * n_head != n_embd:
+        raise ValueError(f"head_dim={head_dim} in {config_path} differs from hidden_size / num_attention_heads "
+                         f"= {n_embd} / {n_head}; olmo.py assumes they are equal")
+    hf_layer_types = (hf.get("layer_types") if model_type == "olmo3" else None) or []
+    unknown = set(hf_layer_types) - set(HF_LAYER_TYPES)
+    if unknown:
+        raise ValueError(f"unsupported layer_types {sorted(unknown)} in {config_path}")
+    layer_types = [HF_LAYER_TYPES[kind] for kind in hf_layer_types]
+    sliding_window = (hf.get("sliding_window") or 0) if "sliding" in layer_types else 0
+    rope_theta, rope_scaling = hf_rope_settings(hf, config_path)
+    return directory, OLMoConfig(
+        block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"], n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head,
+        n_embd=n_embd, hidden_dim=hf["intermediate_size"], block_type="olmo1" if model_type == "olmo" else "olmo2",
+        # Hugging Face's OLMo 1 LayerNorm has a fixed eps of 1e-5; OLMo 2 and 3 read rms_norm_eps.
+        norm_eps=1e-5 if model_type == "olmo" else hf.get("rms_norm_eps", 1e-5),
+        clip_qkv=(hf.get("clip_qkv") or 0.0) if model_type == "olmo" else 0.0, pos_emb="rope",
+        rope_theta=rope_theta, rope_scaling=rope_scaling, sliding_window=sliding_window,
+        layer_types=layer_types if sliding_window else None,
+        tie_embeddings=hf.get("tie_word_embeddings", False), dropout=dropout,
+    )
+
+
+def hf_rope_settings(hf, config_path):
+    """(rope_theta, rope_scaling or None) from a Hugging Face OLMo config.json.
+
+    Three layouts exist, by the transformers version that wrote the file: rope_theta and
+    rope_scaling at the top level (older files, and the released OLMo 3 checkpoints); one
+    rope_parameters dict (transformers 5); or, for OLMo 3 in transformers 5, rope_parameters
+    holding one dict per layer type, the scaling under full_attention only.
+    """
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params or "sliding_attention" in params:
+        full, sliding = dict(params.get("full_attention") or {}), dict(params.get("sliding_attention") or {})
+        if sliding.get("rope_type", "default") != "default":
+            raise ValueError(f"{config_path}: rope scaling in sliding-window layers is not supported")
+        if "rope_theta" in sliding and full.get("rope_theta", sliding["rope_theta"]) != sliding["rope_theta"]:
+            raise ValueError(f"{config_path}: different rope_theta per layer type is not supported")
+    else:
+        full = dict(params or hf.get("rope_scaling") or {})
+    theta = full.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = full.pop("rope_type", full.pop("type", "default"))
+    return float(theta), None if rope_type == "default" else {"rope_type": rope_type} | full
+
+
+def hf_olmo_state_dict(hf_state, ours, config, dtype, directory):
+    """The checkpoint's tensors, checked against ours (the model's state dict: names and shapes).
+
+    Our modules carry Hugging Face's names (as in llama.py), so nothing is renamed: this only drops
+    what is not a weight of ours and refuses a tensor that is unexpected, missing or misshapen.
+    """
+    state = {}
+    for name, tensor in hf_state.items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue  # older checkpoints saved RoPE's fixed frequencies; we compute them
+        if name == "lm_head.weight" and config.tie_embeddings:
+            continue  # the same matrix as the token embedding
+        if name not in ours:
+            raise ValueError(f"unexpected tensor {name!r} in the checkpoint at {directory}")
+        if tensor.shape != ours[name].shape:
+            raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[name].shape)}")
+        state[name] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
+    missing = set(ours) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
+    if missing:
+        raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+    return state
+
+
+# -----------------------------------------------------------------------------
+# Shared by convention: every function below is identical in every model script (bigram.py,
+# gpt.py, llama.py, olmo.py, bert.py, t5.py; tests/test_template.py keeps them so). Read them once,
+# in gpt.py: a fix to one is made in all.
+
 
 def parse_config(argv, defaults):
     """Apply config files and --key=value overrides to the defaults; return the final dict.
 
-    Exactly gpt.py's rules: each argument without "--" is a Python file whose top-level assignments
-    override keys, in order; each --key=value (a Python literal, else a string) overrides one key.
-    An unknown key or a value of the wrong type is an error naming the key.
+    Each argument without "--" is a Python file whose top-level assignments override keys, in
+    order; each --key=value overrides one key, later ones winning. Values are Python literals
+    (--batch_size=32, --decay_lr=False, --dropout=0.1); anything that is not a literal is taken as
+    a string (--device=cuda). A key that does not exist, or a value of the wrong type, is an error
+    naming the key and, where one is close, the key or value that was probably meant: a typo must
+    never silently train with the default.
     """
     import ast
+    import difflib
 
     config = dict(defaults)
 
     def assign(key, value, source):
         if key not in config:
-            fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
+            close = difflib.get_close_matches(key, config, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(config))}"
+            fail(f"unknown config key {key!r} (from {source}){hint}")
         default = config[key]
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # --learning_rate=1 means 1.0
         if type(value) is not type(default):
-            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
+            # --compile=false is the string "false" (Python's literals are True and False).
+            hint = (f"; use {value.capitalize()}" if isinstance(default, bool) and isinstance(value, str)
+                    and value.lower() in ("true", "false") else "")
+            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source}){hint}")
         config[key] = value
 
     for arg in argv:
@@ -1103,19 +1224,23 @@ def parse_config(argv, defaults):
     return config
 
 
-# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU (as in gpt.py).
-_GPU_PEAK_FLOPS = [
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
-    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
-    ("V100", 125e12), ("T4", 65e12),
-]
+def resumed_config(argv, defaults, checkpoint, fixed):
+    """The config of a resumed run: the checkpoint's, with the command line's settings on top.
 
-
-def gpu_peak_flops(device_name):
-    for key, flops in _GPU_PEAK_FLOPS:
-        if key in device_name:
-            return flops
-    return None
+    A resume continues a run, so every key the user does not set comes from the run being resumed,
+    not from the script's defaults: `--init_from=resume --out_dir=X` alone trains on X's dataset
+    with X's settings. The keys in `fixed` (the dataset and the architecture) cannot change in a
+    resumed run, so setting one to another value than the checkpoint's is an error naming it,
+    rather than a setting that is silently ignored or a crash at the first batch.
+    """
+    saved = {k: v for k, v in checkpoint["config"].items() if k in defaults and type(v) is type(defaults[k])}
+    cfg = parse_config(argv, defaults | saved)
+    for key in fixed:
+        if key in saved and cfg[key] != saved[key]:
+            fail(f"{key}={cfg[key]!r} conflicts with the checkpoint in {cfg['out_dir']}, trained with {key}="
+                 f"{saved[key]!r}: a resumed run keeps its dataset and architecture. Drop the {key} setting, or "
+                 f"start a new run (init_from='scratch') in another out_dir")
+    return cfg
 
 
 def check_config(cfg):
@@ -1146,24 +1271,28 @@ def fail(message):
     process alone sees are first shared with all, see first_error), so only rank 0 prints: the
     message appears once, not once per process.
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Leave the process group before exiting: gloo's threads still running while the
+        # interpreter shuts down can abort the process (SIGABRT) instead of exiting with our error.
+        torch.distributed.destroy_process_group()
     sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
 
 
-def first_error(error, ddp):
+def first_error(error, runtime):
     """The first error message (or None) of all processes; under DDP every process must call it.
 
     A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
     or the others wait forever at their next collective call. Gathering every process's message,
     None when it is fine, lets all of them take the same decision.
     """
-    if not ddp:
+    if not runtime.ddp:
         return error
-    errors = [None] * torch.distributed.get_world_size()
+    errors = [None] * runtime.world_size
     torch.distributed.all_gather_object(errors, error)
     return next((e for e in errors if e is not None), None)
 
 
-def local_rank0_first(step, ddp, local_rank):
+def local_rank0_first(step, runtime):
     """Run step() -> (value, error message or None) on every process, local rank 0 first; return
     the value, or fail everywhere if any process failed.
 
@@ -1174,30 +1303,45 @@ def local_rank0_first(step, ddp, local_rank):
     value = None
     for leaders_turn in (True, False):
         error = None
-        if (local_rank == 0) == leaders_turn:
+        if (runtime.local_rank == 0) == leaders_turn:
             value, error = step()
-        error = first_error(error, ddp)
+        error = first_error(error, runtime)
         if error is not None:
             fail(error)
     return value
 
 
-def main(argv):
-    cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
-    check_config(cfg)
+@dataclass
+class Runtime:
+    """Where this process computes and how: what start_processes decided from the config."""
+    ddp: bool  # launched by torchrun: one of world_size processes, each with its own data
+    rank: int  # this process's number among all processes (0 logs and writes files)
+    local_rank: int  # its number on this machine (its GPU, on a multi-GPU machine)
+    world_size: int
+    device: str  # 'cpu', 'cuda:1', 'mps'
+    device_type: str  # 'cpu', 'cuda' or 'mps'
+    autocast: object  # the context in which forward passes run (16-bit matmuls, or nothing)
+    scaler: object  # torch.amp.GradScaler, enabled for float16 only
 
-    # ---- devices, processes and precision (as in gpt.py) ----
-    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+    @property
+    def device_ids(self):
+        """DistributedDataParallel's device_ids: this process's GPU, or None on a CPU."""
+        return [self.local_rank] if self.device_type == "cuda" else None
+
+
+def start_processes(cfg):
+    """Settle the device, dtype and processes from the config (resolving 'auto'); return a Runtime.
+
+    Under torchrun (RANK in the environment), join the process group: NCCL, NVIDIA's fast
+    GPU-to-GPU library, on GPUs; gloo everywhere else (CPUs, and Windows, which has no NCCL).
+    """
+    ddp = int(os.environ.get("RANK", -1)) != -1
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
         if cfg["gradient_accumulation_steps"] % world_size != 0:
             fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
                  f"number of processes ({world_size})")
-    # Each process does its share of the micro-batches; together they make one optimizer step. (The
-    # config keeps the total the user gave: that is what a resume with another process count needs.)
-    micro_steps = cfg["gradient_accumulation_steps"] // world_size
-    master = rank == 0  # only this process logs and writes checkpoints
     if cfg["device"] == "auto":
         cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
@@ -1217,311 +1361,73 @@ def main(argv):
         if device_type == "cuda":
             cfg["device"] = f"cuda:{local_rank}"
             torch.cuda.set_device(cfg["device"])
-        # NCCL is NVIDIA's fast GPU-to-GPU library; gloo works everywhere (CPUs, and Windows, which
-        # has no NCCL).
         nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
         backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
         torch.distributed.init_process_group(backend=backend)
-    device = cfg["device"]
+    if device_type == "cpu" and rank == 0:
+        warn_if_cpu_is_busy(world_size)
     # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
     torch.manual_seed(cfg["seed"] + rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
     torch.backends.cudnn.allow_tf32 = True
-    # Mixed precision as in gpt.py: autocast for 16-bit matmuls, a GradScaler only for float16.
-    # The norms and the RoPE angles stay in float32 inside autocast by construction (see above);
-    # ALiBi's bias is cast to the queries' 16-bit dtype, like the scores it is added to.
+    # Mixed precision: autocast runs matmuls in 16 bits while keeping weights and reductions in
+    # float32. bfloat16 has float32's exponent range, so it needs nothing else; float16 gradients
+    # can underflow to zero, which the GradScaler prevents by scaling the loss up before backward
+    # (and skipping a step whose gradients overflowed to inf).
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
-
-    # ---- data ----
-    def prepare_dataset():
-        try:
-            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
-            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
-            return (prepare_data.load_meta(data_dir), loader), None
-        except prepare_data.DataError as e:
-            return None, str(e)
-
-    meta, loader = local_rank0_first(prepare_dataset, ddp, local_rank)
-    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
-
-    # ---- model ----
-    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
-    model_keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "multiple_of", "block_type", "norm_eps",
-                  "pos_emb", "rope_theta", "tie_embeddings", "dropout", "attention")
-    if cfg["init_from"] == "scratch":
-        vocab_size = meta["vocab_size"]
-        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
-            vocab_size = (vocab_size + 63) // 64 * 64
-        try:
-            config = OLMoConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size,
-                                clip_qkv=cfg["clip_qkv"] or None, sliding_window=cfg["sliding_window"] or None)
-        except ValueError as e:
-            fail(e)
-        model = OLMo(config)
-        model_args = asdict(config)  # includes the derived hidden_dim
-    elif cfg["init_from"] == "resume":
-        checkpoint = load_checkpoint(cfg["out_dir"], device, "olmo")
-        # The architecture comes from the checkpoint; only dropout may change between runs.
-        model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
-        model = OLMo(OLMoConfig(**model_args))
-        model.load_state_dict(checkpoint["model"])
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-    else:
-        def load_pretrained():
-            try:
-                directory = cfg["init_from"]
-                if not os.path.isdir(directory):
-                    directory = download_hf_checkpoint(directory)
-                return (OLMo.from_pretrained(directory, dropout=cfg["dropout"]), directory), None
-            except (ValueError, FileNotFoundError, RuntimeError) as e:
-                return None, f"cannot load {cfg['init_from']!r}: {e}"
-
-        model, directory = local_rank0_first(load_pretrained, ddp, local_rank)  # downloads once per machine
-        # Token ids mean nothing without the tokenizer that made them: the dataset must have been
-        # tokenized with the model's own tokenizer.json, or every id is a wrong word.
-        if not prepare_data.same_tokenizer(meta, directory):
-            fail(f"dataset {cfg['dataset']!r} was not tokenized with {cfg['init_from']}'s tokenizer; prepare your text "
-                 f"with it: python prepare_data.py NAME --input=FILE --tokenizer={directory}")
-        if cfg["block_size"] < model.config.block_size:
-            model.crop_block_size(cfg["block_size"])
-        model_args = asdict(model.config)
-    if cfg["block_size"] > model.config.block_size:
-        fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
-    model.to(device)
-    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
-            scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
-    raw_model = model  # the plain module: what we save, and what MFU counts
-    if cfg["compile"]:
-        model, compile_error = compile_model(model, autocast, device, lambda: loader.get_batch("train"))
-        if compile_error and master:
-            print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
-    if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
-
-    if master:
-        os.makedirs(cfg["out_dir"], exist_ok=True)
-        print("config:", json.dumps(cfg))
-        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
-              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
-    wandb = None
-    if cfg["wandb_log"] and master:
-        try:
-            import wandb
-        except ImportError:
-            fail("wandb_log=True but wandb is not installed: pip install wandb")
-        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
-
-    def lr_at(it):
-        """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
-        if not cfg["decay_lr"]:
-            return cfg["learning_rate"]
-        if it < cfg["warmup_iters"]:
-            # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
-            # wasted), and the ramp reaches the full rate just as the cosine takes over.
-            return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
-        if it > cfg["lr_decay_iters"]:
-            return cfg["min_lr"]
-        progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
-        return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
-
-    def mean_over_processes(values):
-        """Average a few floats over all processes (each has measured its own batches)."""
-        if not ddp:
-            return values
-        total = torch.tensor(values, dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(total)  # a sum: gloo has no average
-        return (total / world_size).tolist()
-
-    @torch.no_grad()
-    def estimate_loss():
-        """Mean loss over eval_iters batches of each split (on every process), with dropout off.
-
-        Averaged over the processes, so that all of them see the same numbers and take the same
-        decisions: whether to save, whether the loss has diverged.
-        """
-        model.eval()
-        losses = []
-        for split in ("train", "val"):
-            total = 0.0
-            for _ in range(cfg["eval_iters"]):
-                x, y = loader.get_batch(split)
-                with autocast:
-                    _, loss = model(x, y)
-                total += loss.item()
-            losses.append(total / cfg["eval_iters"])
-        model.train()
-        return dict(zip(("train", "val"), mean_over_processes(losses)))
-
-    def save_checkpoint(rng_states):
-        checkpoint = {
-            "model_type": "olmo",
-            "model_args": model_args,
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "iter_num": iter_num,
-            "best_val_loss": best_val_loss,
-            "config": cfg,
-            "tokenizer": meta,
-            "rng_state": rng_states,
-        }
-        path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        # Write then rename: a crash mid-write leaves the previous checkpoint intact.
-        try:
-            torch.save(checkpoint, path + ".tmp")
-            os.replace(path + ".tmp", path)
-        except OSError as e:
-            fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
-        print(f"saved checkpoint to {path}")
-
-    # ---- the training loop, as in gpt.py ----
-    # Evaluate (and checkpoint) the current weights, then take one optimizer step; a checkpoint
-    # written at iteration N holds the state from just before step N, so resuming is exact.
-    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
-    resumed_at = iter_num if checkpoint is not None else None
-    checkpoint = None  # free the loaded copy
-    # out_dir/log.jsonl: every log and eval line as JSON, for plot.py to draw (rank 0 writes it;
-    # eval_only writes nothing). None: no log.
-    run_log = None
-    if master and not cfg["eval_only"]:
-        run_log = start_run_log(os.path.join(cfg["out_dir"], "log.jsonl"), resumed_at,
-                                {"kind": "start", "iter": iter_num, "model_type": "olmo",
-                                 "tokens_per_iter": tokens_per_iter, "config": cfg})
-    model.train()
-    # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
-    t_last, iter_timed = time.time(), iter_num
-    while True:
-        lr = lr_at(iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
-        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
-            losses = estimate_loss()
-            if master:
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                if wandb:
-                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-                if run_log:
-                    append_run_log(run_log, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
-                                             "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
-            if not math.isfinite(losses["val"]):
-                fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
-                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
-                best_val_loss = min(best_val_loss, losses["val"])
-                rng_states = every_rank_rng_state(ddp, device_type)  # collective: every process takes part
-                if master:
-                    save_checkpoint(rng_states)
-            t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
-        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
-            break
-
-        train_loss = 0.0  # the mean over this step's micro-batches, for the log
-        for micro_step in range(micro_steps):
-            x, y = loader.get_batch("train")
-            last = micro_step == micro_steps - 1
-            with (model.no_sync() if ddp and not last else nullcontext()):  # DDP: sync grads once
-                with autocast:
-                    _, loss = model(x, y)
-                    loss = loss / micro_steps
-                scaler.scale(loss).backward()
-            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
-        if cfg["grad_clip"] > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-
-        if iter_num % cfg["log_interval"] == 0:
-            # The mean loss over all micro-batches of this step, of every process. .item() waits
-            # for the GPU to finish, so we only ask for it when logging.
-            loss_value = mean_over_processes([train_loss.item()])[0]
-            if not math.isfinite(loss_value):
-                fail(f"training loss is {loss_value} at iteration {iter_num}; the last good checkpoint in "
-                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-            now = time.time()
-            dt = (now - t_last) / (iter_num + 1 - iter_timed)
-            t_last, iter_timed = now, iter_num + 1
-            tokens_per_sec = tokens_per_iter / dt
-            flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
-            mfu = None  # the fraction of the GPU's 16-bit peak FLOP/s the model's arithmetic reaches
-            if peak_flops is None:
-                mfu_text = "n/a (unknown peak)"
-            elif cfg["dtype"] == "float32":
-                mfu_text = "n/a (peaks are for 16-bit)"
-            else:
-                mfu = flops_per_sec / peak_flops
-                mfu_text = f"{100 * mfu:.1f}%"
-            if master:
-                print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                      f"mfu {mfu_text}, lr {lr:.2e}")
-            if run_log:
-                append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
-                                         "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
-                                         "tokens_per_sec": tokens_per_sec, "mfu": mfu})
-        iter_num += 1
-
-    if ddp:
-        # Leave together: a process that exited while rank 0 was still writing the checkpoint would
-        # tear down the connections under it.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    return Runtime(ddp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler)
 
 
-def start_run_log(path, resumed_at, start_record):
-    """Begin the run log at path (out_dir/log.jsonl) with start_record; return the path.
+def warn_if_cpu_is_busy(world_size):
+    """Warn once when torch's threads outnumber the cores that other programs leave free.
 
-    One JSON object per line: a "start" record (the config) at the beginning of every run and
-    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
-    file afresh. A resumed run keeps the lines of the iterations before its checkpoint, and the
-    evaluation at the checkpoint's own iteration (which it does not repeat), and drops the rest:
-    the run that wrote them went on past its last checkpoint, and those iterations are about to be
-    trained and logged again. So every iteration appears once, whatever was resumed. The file is
-    rewritten through a temporary file, so a crash here loses no line of the old log.
+    PyTorch starts one thread per core. When another program already keeps cores busy, its
+    threads wait for each other at every operation (each op splits its work evenly, so the slowest
+    thread sets the pace), and training can run ten times slower than with fewer threads. The
+    1-minute load average (Unix only) estimates the busy cores.
     """
-    kept = []
-    if resumed_at is not None and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                    keep = record["iter"] < resumed_at or (record["iter"] == resumed_at and record["kind"] == "eval")
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a crash mid-write
-                if keep:
-                    kept.append(json.dumps(record) + "\n")
-    kept.append(json.dumps(start_record) + "\n")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
-    return path
+    if not hasattr(os, "getloadavg"):
+        return
+    cores = os.cpu_count() or 1
+    free = max(1, round(cores - os.getloadavg()[0]))
+    threads = torch.get_num_threads() * world_size
+    if threads > free:
+        per_process = max(1, free // world_size)
+        print(f"warning: this CPU is busy (load {os.getloadavg()[0]:.1f} on {cores} cores) and torch runs {threads} "
+              f"thread(s); with OMP_NUM_THREADS={per_process} it may train several times faster")
 
 
-def append_run_log(path, record):
-    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU: model FLOPs per second
+# achieved divided by what the hardware could do. Matched against torch.cuda.get_device_name().
+_GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
 
 
-def load_checkpoint(out_dir, device, model_type):
-    """out_dir/ckpt.pt as a dict, or a one-line error if it is missing, damaged or another script's.
+def gpu_peak_flops(device_name):
+    for key, flops in _GPU_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def load_checkpoint(out_dir, model_type):
+    """out_dir/ckpt.pt as a dict (tensors on the CPU), or a one-line error if it is missing,
+    damaged or another script's.
 
     The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
+    The tensors go to the model's device when the model and optimizer take them.
     """
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.exists(path):
         fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
     try:
         # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         written_by = checkpoint["model_type"]
     except Exception as e:  # truncated, not a torch file, or not our dict
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -1532,7 +1438,29 @@ def load_checkpoint(out_dir, device, model_type):
     return checkpoint
 
 
-def every_rank_rng_state(ddp, device_type):
+def check_vocabulary_fits(meta, vocab_size, dataset):
+    """Refuse, before the first batch, a dataset whose token ids the model has no row for.
+
+    An id past the embedding table is an IndexError deep inside the first forward pass (or, on a
+    GPU, a device-side assert); here it is one line naming both sizes.
+    """
+    if meta["vocab_size"] > vocab_size:
+        fail(f"dataset {dataset!r} has {meta['vocab_size']} tokens but the model knows {vocab_size}: use a "
+             f"dataset made with the model's tokenizer (a resumed run: the dataset it was trained on)")
+
+
+def restore_training_state(checkpoint, runtime, seed):
+    """Put a resumed run where the checkpoint left it: the GradScaler, this process's random stream;
+    return (iter_num, best_val_loss). (The model and optimizer are loaded by the caller.)"""
+    if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
+        runtime.scaler.load_state_dict(checkpoint["scaler"])
+    iter_num = checkpoint["iter_num"]
+    restore_rng_state(checkpoint["rng_state"], runtime.rank, runtime.world_size,
+                      seed + runtime.world_size * iter_num + runtime.rank)
+    return iter_num, checkpoint["best_val_loss"]
+
+
+def every_rank_rng_state(runtime):
     """The random-number-generator state of every process, as a list indexed by rank.
 
     The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
@@ -1540,10 +1468,11 @@ def every_rank_rng_state(ddp, device_type):
     with one state, every process would draw the same batches after a resume, and the effective
     batch would silently shrink by the process count. Every process must call this together.
     """
-    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
-    if not ddp:
+    state = {"cpu": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state() if runtime.device_type == "cuda" else None}
+    if not runtime.ddp:
         return [state]
-    states = [None] * torch.distributed.get_world_size()
+    states = [None] * runtime.world_size
     torch.distributed.all_gather_object(states, state)
     return states
 
@@ -1570,11 +1499,15 @@ def restore_rng_state(states, rank, world_size, fresh_seed):
 
 
 def compile_model(model, autocast, device, trial_batch, dynamic=False):
-    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails.
+    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails here.
 
-    One trial forward and backward right away on trial_batch() (the arguments of one training
-    call), inside fork_rng so the real run's random stream is untouched, because compile errors only
-    surface at the first call (gpt.py explains).
+    Compilation is lazy: errors (no C compiler, an unsupported platform) only appear at the first
+    call. So we try one forward and backward right away, on trial_batch(): the arguments of one
+    training call, model(*trial_batch()) -> (logits, loss). It runs inside fork_rng, so that
+    drawing that batch (and any dropout) does not change the random stream of the real run.
+    dynamic=True compiles one shape-generic graph, for batches whose shape changes from step to
+    step (padded pairs in t5.py). On failure the caller warns and trains uncompiled: slower, but
+    correct.
     """
     compiled = torch.compile(model, dynamic=dynamic)
     try:
@@ -1588,6 +1521,340 @@ def compile_model(model, autocast, device, trial_batch, dynamic=False):
         model.zero_grad(set_to_none=True)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return model, f"{type(e).__name__}: {first_line}"
+
+
+def compile_or_warn(model, runtime, trial_batch, dynamic=False):
+    """compile_model for training: the compiled model, or the model itself after a warning."""
+    compiled, compile_error = compile_model(model, runtime.autocast, runtime.device, trial_batch, dynamic)
+    if compile_error and runtime.rank == 0:
+        print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
+    return compiled
+
+
+def start_wandb(cfg, master):
+    """The wandb module, logging this run, when wandb_log is set (on rank 0); else None."""
+    if not (cfg["wandb_log"] and master):
+        return None
+    try:
+        import wandb
+    except ImportError:
+        fail("wandb_log=True but wandb is not installed: pip install wandb")
+    wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+    return wandb
+
+
+@torch.no_grad()
+def estimate_loss(model, loader, cfg, runtime):
+    """Mean loss over eval_iters batches of each split (on every process), with dropout off.
+
+    Averaged over the processes, so that all of them see the same numbers and take the same
+    decisions: whether to save, whether the loss has diverged.
+    """
+    model.eval()
+    losses = []
+    for split in ("train", "val"):
+        total = 0.0
+        for _ in range(cfg["eval_iters"]):
+            x, y = loader.get_batch(split)
+            with runtime.autocast:
+                _, loss = model(x, y)
+            total += loss.item()
+        losses.append(total / cfg["eval_iters"])
+    model.train()
+    return dict(zip(("train", "val"), mean_over_processes(losses, runtime)))
+
+
+def learning_rate_at(it, cfg):
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr.
+
+    Warmup: at the start, Adam's moment estimates are built from a handful of gradients and the
+    weights are random, so full-size steps can throw the model somewhere it never recovers from.
+    The cosine then spends most of the run at a high rate and anneals smoothly at the end, where
+    small steps let the weights settle instead of jittering with each batch's noise.
+    """
+    if not cfg["decay_lr"]:
+        return cfg["learning_rate"]
+    if it < cfg["warmup_iters"]:
+        # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
+        # wasted), and the ramp reaches the full rate just as the cosine takes over.
+        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+    if it > cfg["lr_decay_iters"]:
+        return cfg["min_lr"]
+    progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+    return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+
+def mean_over_processes(values, runtime):
+    """Average a few floats over all processes (each has measured its own batches)."""
+    if not runtime.ddp:
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=runtime.device)
+    torch.distributed.all_reduce(total)  # a sum: gloo has no average
+    return (total / runtime.world_size).tolist()
+
+
+def check_finite(what, value, iter_num, cfg):
+    """Stop at a loss that is inf or NaN: every step after it would only spread the damage."""
+    if not math.isfinite(value):
+        fail(f"{what} is {value} at iteration {iter_num}; the last good checkpoint in {cfg['out_dir']} was kept. "
+             f"Lower learning_rate, or use dtype=bfloat16/float32.")
+
+
+class IterationTimer:
+    """Wall time per training iteration, averaged over the iterations since the last log line."""
+
+    def __init__(self, iter_num):
+        self.restart(iter_num)
+
+    def restart(self, iter_num):
+        """Start timing at iteration iter_num (after an evaluation, which the timing leaves out)."""
+        self.start, self.first_iter = time.time(), iter_num
+
+    def seconds_per_iter(self, iter_num):
+        """The mean time of iterations first_iter..iter_num; timing then restarts at iter_num + 1."""
+        now = time.time()
+        seconds = (now - self.start) / (iter_num + 1 - self.first_iter)
+        self.start, self.first_iter = now, iter_num + 1
+        return seconds
+
+
+def log_train_step(run_log, cfg, runtime, iter_num, loss, lr, seconds, tokens_per_iter, flops_per_token):
+    """Print the training line (rank 0) and add it to the run log: loss, time, tokens/s and MFU.
+
+    MFU (model FLOPs utilisation, PaLM paper): the fraction of the GPU's 16-bit peak FLOP/s that
+    the model's own arithmetic reaches, the honest measure of how well a run uses its hardware.
+    """
+    tokens_per_sec = tokens_per_iter / seconds
+    peak = gpu_peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device_type == "cuda" else None
+    mfu = None
+    if peak is None:
+        mfu_text = "n/a (unknown peak)"
+    elif cfg["dtype"] == "float32":
+        mfu_text = "n/a (peaks are for 16-bit)"
+    else:
+        mfu = flops_per_token * tokens_per_sec / runtime.world_size / peak
+        mfu_text = f"{100 * mfu:.1f}%"
+    if runtime.rank == 0:
+        print(f"iter {iter_num}: loss {loss:.4f}, time {seconds * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+              f"mfu {mfu_text}, lr {lr:.2e}")
+    if run_log:
+        append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
+                                 "loss": loss, "lr": lr, "ms_per_iter": seconds * 1000,
+                                 "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+
+
+def log_eval(run_log, wandb, record):
+    """Add an evaluation's record (losses, the model's own metric) to the run log and to wandb."""
+    if run_log:
+        append_run_log(run_log, record)
+    if wandb:
+        wandb.log({k.replace("_loss", "/loss"): v for k, v in record.items() if k != "kind"})
+
+
+def save_checkpoint(out_dir, checkpoint):
+    """Write out_dir/ckpt.pt: to a temporary file, then renamed over the old one, so a crash
+    mid-write leaves the previous checkpoint intact."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    try:
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
+    print(f"saved checkpoint to {path}")
+
+
+def start_run_log(cfg, runtime, resumed_at, start_record):
+    """Begin out_dir/log.jsonl with start_record and return its path; None where no log is written
+    (on ranks other than 0, and for eval_only, which trains nothing).
+
+    One JSON object per line: a "start" record (the config) at the beginning of every run and
+    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
+    file afresh. A resumed run keeps every line, and marks "superseded": true on the lines past its
+    checkpoint (the evaluation at the checkpoint's own iteration, which it does not repeat, stays
+    current): the run that wrote them went on past its last checkpoint, and those iterations are
+    about to be trained and logged again. Readers (plot.py) skip superseded lines, so every
+    iteration counts once. The file is rewritten through a temporary file, so a crash here loses no
+    line of the old log.
+    """
+    if runtime.rank != 0 or cfg["eval_only"]:
+        return None
+    path = os.path.join(cfg["out_dir"], "log.jsonl")
+    lines, superseded = [], 0
+    if resumed_at is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    later = record["iter"] > resumed_at or (record["iter"] == resumed_at and record["kind"] != "eval")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash mid-write
+                if later and not record.get("superseded"):
+                    record["superseded"], superseded = True, superseded + 1
+                lines.append(json.dumps(record) + "\n")
+    if superseded:
+        print(f"note: {path}: {superseded} record(s) past iteration {resumed_at}, the checkpoint's, are kept but "
+              f"marked superseded; this run trains those iterations again")
+    lines.append(json.dumps(start_record) + "\n")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def append_run_log(path, record):
+    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def end_run(cfg, runtime, iter_num, best_val_loss):
+    """Say what a resume would continue from, and leave the process group together.
+
+    With always_save_checkpoint=False the checkpoint is the best evaluation's, which may be far
+    behind the last iteration: a later --init_from=resume continues from there, not from the end.
+    """
+    if runtime.rank == 0 and not cfg["eval_only"] and not cfg["always_save_checkpoint"]:
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        if os.path.exists(path):
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iter_num"]  # no tensor read
+            if saved != iter_num:
+                print(f"note: {path} holds iteration {saved}, the best val loss ({best_val_loss:.4f}); "
+                      f"--init_from=resume continues from there, not from iteration {iter_num}")
+    if runtime.ddp:
+        # Leave together: a process that exited while rank 0 was still writing the checkpoint would
+        # tear down the connections under it.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+# Reading Hugging Face checkpoints without extra dependencies: safetensors, shards, the hub.
+
+
+def read_safetensors(path):
+    """Read a .safetensors file into a dict of tensors.
+
+    The format is deliberately simple: 8 bytes holding N (little-endian uint64), then N bytes of
+    JSON mapping each tensor name to its dtype, shape and [begin, end) byte offsets, then the raw
+    little-endian tensor bytes. Unlike a pickle, nothing in it can execute code.
+
+    The file is memory-mapped, not read: every tensor is a view of the mapping, and the operating
+    system reads a page from disk only when something touches it. Loading a model therefore never
+    holds a second copy of the weights in memory, and tensors a loader assigns as they are (same
+    dtype) cost nothing until used. The mapping is copy-on-write (ACCESS_COPY), so training such a
+    tensor in place changes memory, never the file.
+    """
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file closes
+    start = 8 + header_len  # the offsets count from the end of the header
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in dtypes:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        dtype = dtypes[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if begin == end:  # a shape with a 0 in it holds no bytes (and frombuffer refuses a count of 0)
+            tensors[name] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(data, dtype=dtype, offset=start + begin, count=(end - begin) // dtype.itemsize)
+        tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def load_hf_weights(directory):
+    """The state dict of a Hugging Face checkpoint directory.
+
+    Three layouts exist: one model.safetensors; a sharded one, where checkpoints above a few GB are
+    split into model-00001-of-00004.safetensors, ... and model.safetensors.index.json maps every
+    tensor name to the shard holding it; and older pickled pytorch_model.bin files (GPT-2's repos
+    have both), which weights_only=True loads without running any code they might contain.
+    """
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.exists(single):
+        return read_safetensors(single)
+    index_path = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+        state = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(read_safetensors(os.path.join(directory, shard)))
+        return state
+    bin_path = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def download_hf_checkpoint(repo):
+    """Download a checkpoint from the Hugging Face hub into a cache directory; return the directory.
+
+    The cache is $NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name. Fetches
+    config.json, the tokenizer's files (tokenizer.json, or T5's spiece.model) and generation's (for
+    sample.py and fine-tuning, those the repository has) and either model.safetensors or the shard
+    index and every shard it names. One function serves every script, so the list holds every
+    script's tokenizer files; those a repository lacks answer 404 and are skipped. Each file is
+    written as name.part and renamed when complete, so an interrupted download never looks finished. Under
+    torchrun the training scripts call this on one process per machine while the others wait.
+    """
+    if repo.count("/") != 1:
+        raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
+    import requests  # only needed for downloads
+
+    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
+    directory = os.path.join(cache_root, repo.replace("/", "--"))
+    os.makedirs(directory, exist_ok=True)
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def fetch(filename, required=True):
+        """Download one file unless present; return False if the hub has no such file (404)."""
+        target = os.path.join(directory, filename)
+        if os.path.exists(target):
+            return True
+        url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+        print(f"downloading {url}")
+        try:
+            with requests.get(url, stream=True, timeout=30, headers=headers) as response:
+                if response.status_code == 404 and not required:
+                    return False
+                response.raise_for_status()
+                with open(target + ".part", "wb") as f:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+        except requests.RequestException as e:
+            hint = " (a gated model: accept its licence on huggingface.co and set HF_TOKEN)" if "401" in str(e) or "403" in str(e) else ""
+            raise RuntimeError(f"could not download {url} ({e}){hint}; download the checkpoint's files by hand "
+                               f"into a folder and pass that folder instead") from None
+        os.replace(target + ".part", target)  # only a complete file ever gets the real name
+        return True
+
+    # Written once every file is in place, so that later loads (offline ones too) ask the hub nothing,
+    # not even whether the optional files it lacked have appeared.
+    complete_marker = os.path.join(directory, ".complete")
+    if os.path.exists(complete_marker):
+        return directory
+    fetch("config.json")
+    # For sample.py and fine-tuning: the tokenizer (tokenizer.json, or T5's SentencePiece spiece.model),
+    # its settings and chat template, and the authors' generation settings (end-of-sequence ids),
+    # where the repository has them.
+    for optional in ("tokenizer.json", "spiece.model", "tokenizer_config.json", "chat_template.jinja",
+                     "generation_config.json"):
+        fetch(optional, required=False)
+    if not fetch("model.safetensors", required=False):
+        if not fetch("model.safetensors.index.json", required=False):
+            raise RuntimeError(f"{repo} has neither model.safetensors nor model.safetensors.index.json")
+        with open(os.path.join(directory, "model.safetensors.index.json")) as f:
+            for shard in sorted(set(json.load(f)["weight_map"].values())):
+                fetch(shard)
+    open(complete_marker, "w").close()
+    return directory
 
 
 if __name__ == "__main__":

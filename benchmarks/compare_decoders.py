@@ -165,8 +165,7 @@ def step_times(rounds=3, steps=20):
         model_class = next(v for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, torch.nn.Module)
                            and k.lower() == script.removesuffix(".py"))
         fields = {f.name for f in dataclasses.fields(config_class)}
-        # olmo.py's training keys use 0 for "off" where its config class uses None.
-        args = {k: (v or None) if k in ("clip_qkv", "sliding_window") else v for k, v in cfg.items() if k in fields}
+        args = {k: v for k, v in cfg.items() if k in fields}
         model = model_class(config_class(**(args | {"vocab_size": 65})))
         optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), "cpu")
         built[name] = (model, optimizer, [])

@@ -98,14 +98,14 @@ def test_logits_match_transformers(tmp_path, case):
     assert logits.shape == (2, 60, 97)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
     # Each feature under test must matter, or the agreement above would prove nothing about it.
-    for feature, off in [("clip_qkv", dict(clip_qkv=None)), ("sliding_window", dict(sliding_window=None, layer_types=None)),
+    for feature, off in [("clip_qkv", dict(clip_qkv=0.0)), ("sliding_window", dict(sliding_window=0, layer_types=None)),
                          ("rope_scaling", dict(rope_scaling=None))]:
         if feature in extra:
             plain = olmo.OLMo(dataclasses.replace(config, **off)).eval()
             plain.load_state_dict(model.state_dict())
             assert (logits_of(plain, idx) - expected).abs().max() > 1e-2, feature
     if version == 3:  # OLMo 3's pattern: three sliding layers, then a full one
-        assert config.layer_types == ["sliding_attention"] * 3 + ["full_attention"] and config.sliding_window == 7
+        assert config.layer_types == ["sliding"] * 3 + ["full"] and config.sliding_window == 7
         assert config.sliding_window < 60
 
 
@@ -188,7 +188,7 @@ def naive_attention(attn, x, slopes=None, window=None, cos_sin=None):
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "manual"])
-@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize("window", [0, 4])
 def test_alibi_attention_equals_naive_loops(attention, window):
     model = random_model(pos_emb="alibi", attention=attention, sliding_window=window)
     attn = model.model.layers[0].self_attn
@@ -203,7 +203,7 @@ def test_alibi_attention_equals_naive_loops(attention, window):
 def test_alibi_sees_only_relative_positions():
     # No position signal besides distance: shifting where a text starts does not change what a single
     # sliding layer computes for it once the earlier tokens are out of its window.
-    model = random_model(pos_emb="alibi", n_layer=1, sliding_window=3, layer_types=["sliding_attention"])
+    model = random_model(pos_emb="alibi", n_layer=1, sliding_window=3, layer_types=["sliding"])
     assert not hasattr(model, "inv_freq") and set(model.state_dict()) == set(olmo.OLMo(small_config(n_layer=1)).state_dict())
     text = torch.randint(0, 71, (1, 6))
     with torch.no_grad():
@@ -221,7 +221,7 @@ VARIANTS = {
     "olmo3-sliding-yarn": dict(sliding_window=5, rope_scaling=YARN),
     "alibi": dict(pos_emb="alibi"),
     "alibi-sliding": dict(pos_emb="alibi", sliding_window=5),
-    "all-sliding-window-1": dict(sliding_window=1, layer_types=["sliding_attention"] * 4),
+    "all-sliding-window-1": dict(sliding_window=1, layer_types=["sliding"] * 4),
 }
 
 
@@ -248,12 +248,12 @@ def test_cached_forward_equals_full_forward(variant, attention):
         pieces += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(13, 30)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
     window = model.config.sliding_window
-    if window is not None:  # sliding layers keep window - 1 positions, full layers everything
+    if window:  # sliding layers keep window - 1 positions, full layers everything
         assert isinstance(cache, olmo.SlidingWindowKVCache)
         for layer, kind in enumerate(model.config.layer_types):
-            if kind == "sliding_attention":
+            if kind == "sliding":
                 assert cache.recent[layer][0].shape == (2, 2, window - 1, 8)
-        assert cache.full.n_layer == model.config.layer_types.count("full_attention")
+        assert cache.full.n_layer == model.config.layer_types.count("full")
     else:
         assert isinstance(cache, olmo.KVCache) and cache.keys.shape == (4, 2, 2, 48, 8)  # GQA: 2 kv heads
 
@@ -272,7 +272,7 @@ def test_generate_same_with_and_without_cache_past_block_size(variant):
 
 def test_sliding_window_limits_what_a_layer_sees():
     # One sliding layer with window 4: changing token 10 changes outputs 10..13 and nothing else.
-    model = random_model(n_layer=1, sliding_window=4, layer_types=["sliding_attention"])
+    model = random_model(n_layer=1, sliding_window=4, layer_types=["sliding"])
     idx = torch.randint(0, 71, (1, 20))
     changed = idx.clone()
     changed[0, 10] = (idx[0, 10] + 1) % 71
@@ -304,7 +304,7 @@ def test_blocks_are_the_three_generations():
     x = torch.randn(2, 5, 32) * 3 + 1
     norm = olmo.ParameterFreeLayerNorm(1e-5)
     torch.testing.assert_close(norm(x), torch.nn.functional.layer_norm(x, (32,), eps=1e-5))
-    assert olmo.OLMoConfig(n_layer=8, sliding_window=16).layer_types == (["sliding_attention"] * 3 + ["full_attention"]) * 2
+    assert olmo.OLMoConfig(n_layer=8, sliding_window=16).layer_types == (["sliding"] * 3 + ["full"]) * 2
 
 
 def test_embedding_is_not_weight_decayed():
@@ -335,10 +335,11 @@ def test_loss_is_cross_entropy():
     (dict(pos_emb="learned"), "'learned'"),
     (dict(block_type="olmo4"), "'olmo4'"),
     (dict(attention="flash"), "'flash'"),
-    (dict(clip_qkv=0.0), "clip_qkv=0.0"),
-    (dict(sliding_window=0), "sliding_window=0"),
-    (dict(layer_types=["full_attention"] * 3), "layer_types must list 4"),
-    (dict(layer_types=["sliding_attention"] * 4), "sliding_window is None"),
+    (dict(clip_qkv=-0.5), "clip_qkv=-0.5"),
+    (dict(sliding_window=-1), "sliding_window=-1"),
+    (dict(layer_types=["full"] * 3), "layer_types must list 4"),
+    (dict(layer_types=["full_attention"] * 4), "each 'full' or 'sliding'"),
+    (dict(layer_types=["sliding"] * 4), "sliding_window is 0"),
     (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "'llama3'"),
     (dict(rope_scaling={"rope_type": "yarn", "factor": 8.0}), "original_max_position_embeddings"),
 ])
@@ -458,7 +459,7 @@ def test_training_reduces_loss_and_checkpoint_loads(workdir, monkeypatch, capsys
     assert args["n_kv_head"] == 2 and args["hidden_dim"] == 96 and checkpoint["config"]["n_kv_head"] == 2
     if variant:
         assert (args["pos_emb"], args["sliding_window"], args["block_type"], args["clip_qkv"]) == ("alibi", 8, "olmo1", 2.0)
-        assert args["layer_types"] == ["sliding_attention", "sliding_attention"]  # (the 4th layer would be full)
+        assert args["layer_types"] == ["sliding", "sliding"]  # (the 4th layer would be full)
     # sample.py rebuilds the model from the checkpoint alone; greedy, it equals the model's own generate
     model = olmo.OLMo(olmo.OLMoConfig(**args))
     model.load_state_dict(checkpoint["model"])
