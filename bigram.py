@@ -402,14 +402,14 @@ def main(argv):
     model.train()
     timer = IterationTimer(iter_num)
     while True:
-        # Large steps early carry the rows from uniform to the counts; small ones late stop their jitter.
+        # Large steps early carry the rows from uniform to the counts; small late ones let them settle.
         lr = learning_rate_at(iter_num, cfg)  # linear warmup, then cosine decay (Part 3)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
         if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
-            # val: text the table was never fitted to, the honest score (too small to memorise, train ~ val).
+            # The val loss, on text the table never saw, is the honest score; a bigram is too small to overfit.
             losses = estimate_loss(model, loader, cfg, runtime)  # train and val loss (Part 3)
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
