@@ -18,8 +18,13 @@ What you will learn here, top to bottom:
   3. sampling: temperature, top-k, top-p and a repetition penalty, exactly as gpt.py does them;
   4. the training loop every script in this repository shares: AdamW, warmup + cosine schedule,
      gradient accumulation and clipping, mixed precision, torch.compile, multi-GPU with DDP,
-     checkpoints that resume exactly, and logging. It is the loop of gpt.py line for line, so that
-     here you can read it without a Transformer in the way.
+     checkpoints that resume exactly, and logging. main() is gpt.py's step for step, so that here
+     you can read it without a Transformer in the way.
+
+How to read it: three parts, as in every script of the series. Part 1 is the model, the lesson;
+Part 2 holds the training defaults and main(), the loop in named steps; Part 3 is plumbing, the
+helpers main() calls (config parsing, processes, checkpoints, logging), identical in every script.
+Read Part 1, then main(); open Part 3 for the detail of one step.
 
 Run it:
     python bigram.py config/bigram_shakespeare_char.py   # seconds on a laptop CPU; val loss ~2.49
@@ -37,13 +42,19 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import prepare_data
+
+
+# =============================================================================
+# Part 1: the model, the lesson. Read this first: the configuration, the table that is the whole
+# model, generation, and how generation picks each next token.
+# =============================================================================
 
 # -----------------------------------------------------------------------------
 # Model configuration
@@ -238,6 +249,12 @@ def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, 
     return torch.multinomial(probs, num_samples=1)
 
 
+# =============================================================================
+# Part 2: training. The defaults (every one a config key), then main(): nanoGPT's train.py in
+# named steps, the same steps as in every other script. Helpers it shares with every script are in
+# Part 3; read main() first.
+# =============================================================================
+
 # -----------------------------------------------------------------------------
 # Training configuration. Every simple value below can be overridden by config files and
 # --key=value arguments (see parse_config). The defaults are config/bigram_shakespeare_char.py's,
@@ -288,27 +305,206 @@ config_keys = [k for k, v in list(globals().items())
 _MAX_VOCAB_SIZE = 16384
 
 
+def check_table_size(vocab_size, dataset):
+    """Refuse, before any weight exists, a vocabulary too large for a table (what differs from
+    gpt.py, whose embedding grows with vocab_size, not with its square)."""
+    if vocab_size > _MAX_VOCAB_SIZE:
+        fail(f"dataset {dataset!r} has {vocab_size} tokens: a bigram table would hold {vocab_size ** 2:,} weights. "
+             f"Use a vocabulary of at most {_MAX_VOCAB_SIZE} tokens (shakespeare_char, shakespeare_bpe)")
+
+
+def main(argv):
+    # ---- the config: defaults, then config files and --key=value (a resume takes the checkpoint's) ----
+    # cfg, a plain dict: the defaults above, then each config file and --key=value in the order given.
+    defaults = {k: globals()[k] for k in config_keys}
+    cfg = parse_config(argv, defaults)
+    if cfg["init_from"] not in ("scratch", "resume"):  # what differs from gpt.py: no pretrained bigrams
+        fail(f"init_from={cfg['init_from']!r} is not supported by bigram.py: use 'scratch' or 'resume' (there "
+             f"are no pretrained bigram models)")
+    checkpoint = None
+    if cfg["init_from"] == "resume":
+        checkpoint = load_checkpoint(cfg["out_dir"], "bigram")
+        # A resume continues the saved run with its settings. Only the dataset is fixed: the table
+        # has one row and one column per token of its vocabulary (gpt.py also fixes its layers).
+        cfg = resumed_config(argv, defaults, checkpoint, fixed=("dataset",))
+    check_config(cfg)
+
+    # ---- devices, processes and precision ----
+    # Under torchrun, one copy of this script runs per GPU, each on its own batches; DDP averages their
+    # gradients. start_processes (Part 3) places this process, picks the device and mixed precision (a
+    # bigram has no matmul, so autocast changes little here; it stays so that this loop is gpt.py's).
+    runtime = start_processes(cfg)
+    device, master = runtime.device, runtime.rank == 0  # only rank 0 prints and writes files
+    # Each process does its share of the micro-batches; together they make one optimizer step. (The
+    # config keeps the total the user gave: that is what a resume with another process count needs.)
+    micro_steps = cfg["gradient_accumulation_steps"] // runtime.world_size
+
+    # ---- data ----
+    # prepare_data.py turns the text into token ids once; get_batch draws batch_size random windows:
+    # x (batch_size, block_size) and y, the same window shifted by one, so y[b, t] follows x[b, t].
+    def prepare_dataset():
+        try:
+            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads, tokenizes if needed
+            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
+            return (prepare_data.load_meta(data_dir), loader), None
+        except prepare_data.DataError as e:
+            return None, str(e)
+
+    meta, loader = local_rank0_first(prepare_dataset, runtime)
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
+
+    # ---- model: from scratch or from a checkpoint (no pretrained weights, unlike gpt.py) ----
+    if cfg["init_from"] == "scratch":
+        # No padding of the vocabulary to a multiple of 64 as gpt.py does: it would grow the table
+        # quadratically, and a lookup gains nothing from aligned shapes.
+        model_args = {"vocab_size": meta["vocab_size"], "block_size": cfg["block_size"]}
+    else:
+        # The table's size comes from the checkpoint. block_size is not part of the model (what
+        # differs from gpt.py), so the resumed run's value, the data's sequence length, is kept.
+        model_args = checkpoint["model_args"] | {"block_size": cfg["block_size"]}
+    check_vocabulary_fits(meta, model_args["vocab_size"], cfg["dataset"])
+    check_table_size(model_args["vocab_size"], cfg["dataset"])  # what differs from gpt.py (Part 2, above)
+    model = Bigram(BigramConfig(**model_args))
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
+                                          runtime.device_type)
+    iter_num, best_val_loss = 0, float("inf")
+    if checkpoint is not None:
+        # Adam's running averages, the GradScaler, this process's random stream: an exact continuation.
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iter_num, best_val_loss = restore_training_state(checkpoint, runtime, cfg["seed"])
+        checkpoint = None  # free the loaded copy
+    raw_model = model  # the plain module: what we save, and what MFU counts
+    if cfg["compile"]:
+        model = compile_or_warn(model, runtime, lambda: loader.get_batch("train"))
+    if runtime.ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=runtime.device_ids)
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print("config:", json.dumps(cfg))
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
+              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
+        # What differs from gpt.py: a uniform guess's loss, what the first evaluation shows, the bar to beat.
+        print(f"loss of a uniform guess over {meta['vocab_size']} tokens: ln({meta['vocab_size']}) = "
+              f"{math.log(meta['vocab_size']):.4f}")
+    wandb = start_wandb(cfg, master)
+
+    # ---- the training loop ----
+    # Order within an iteration: evaluate (and checkpoint) the current weights, then take one
+    # optimizer step. A checkpoint written at iteration N therefore holds the weights and RNG state
+    # from just before step N, and resuming repeats exactly what the original run did next.
+    resumed_at = iter_num if cfg["init_from"] == "resume" else None
+    # out_dir/log.jsonl: every log and eval line as JSON, for plot.py to draw (rank 0 writes it).
+    run_log = start_run_log(cfg, runtime, resumed_at, {"kind": "start", "iter": iter_num, "model_type": "bigram",
+                                                       "tokens_per_iter": tokens_per_iter, "config": cfg})
+    model.train()
+    timer = IterationTimer(iter_num)
+    while True:
+        # Large steps early carry the rows from uniform to the counts; small late ones let them settle.
+        lr = learning_rate_at(iter_num, cfg)  # linear warmup, then cosine decay (Part 3)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
+        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
+            # The val loss, on text the table never saw, is the honest score; a bigram is too small to overfit.
+            losses = estimate_loss(model, loader, cfg, runtime)  # train and val loss (Part 3)
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            log_eval(run_log, wandb, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
+                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+            check_finite("val loss", losses["val"], iter_num, cfg)
+            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng_states = every_rank_rng_state(runtime)  # collective: every process takes part
+                if master:
+                    save_checkpoint(cfg["out_dir"], {
+                        "model_type": "bigram", "model_args": model_args, "model": raw_model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scaler": runtime.scaler.state_dict(),
+                        "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg, "tokenizer": meta,
+                        "rng_state": rng_states})
+            timer.restart(iter_num)  # keep evaluation out of the timing
+        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+            break
+
+        # Gradient accumulation: sum the gradients of several micro-batches (each loss divided by
+        # their number, so the sum is a mean) to train with a larger batch than fits in memory.
+        train_loss = 0.0  # the mean over this step's micro-batches, for the log
+        for micro_step in range(micro_steps):
+            x, y = loader.get_batch("train")
+            # Under DDP, gradients are averaged across processes during backward; doing it only on
+            # the last micro-step saves all the communication of the earlier ones.
+            last = micro_step == micro_steps - 1
+            with (model.no_sync() if runtime.ddp and not last else nullcontext()):
+                with runtime.autocast:
+                    _, loss = model(x, y)
+                    loss = loss / micro_steps
+                runtime.scaler.scale(loss).backward()
+            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
+        if cfg["grad_clip"] > 0:
+            # Clipping the global gradient norm bounds the size of any one update, protecting
+            # against the occasional huge gradient of a bad batch. Unscale first so the threshold
+            # applies to true gradients.
+            runtime.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        runtime.scaler.step(optimizer)  # AdamW moves the looked-up rows along their gradients
+        runtime.scaler.update()
+        optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
+
+        if iter_num % cfg["log_interval"] == 0:
+            # The mean loss over all micro-batches of this step, of every process. .item() waits
+            # for the GPU to finish, so we only ask for it when logging.
+            loss_value = mean_over_processes([train_loss.item()], runtime)[0]
+            check_finite("training loss", loss_value, iter_num, cfg)
+            log_train_step(run_log, cfg, runtime, iter_num, loss_value, lr, timer.seconds_per_iter(iter_num),
+                           tokens_per_iter, raw_model.flops_per_token())
+        iter_num += 1
+
+    end_run(cfg, runtime, iter_num, best_val_loss)
+
+
+# =============================================================================
+# Part 3: plumbing. Nothing here is needed to understand the model or the loop. gpt.py begins this
+# part with its reading of Hugging Face checkpoints; bigram.py has none (there are no pretrained
+# bigrams), so it holds only the functions every model script shares by convention.
+# =============================================================================
+
+# -----------------------------------------------------------------------------
+# Shared by convention: every function below is identical in every model script (bigram.py,
+# gpt.py, llama.py, olmo.py, bert.py, t5.py; tests/test_template.py keeps them so). Read them once,
+# here or in gpt.py: a fix to one is made in all.
+
+
 def parse_config(argv, defaults):
     """Apply config files and --key=value overrides to the defaults; return the final dict.
 
     Each argument without "--" is a Python file whose top-level assignments override keys, in
     order; each --key=value overrides one key, later ones winning. Values are Python literals
-    (--batch_size=32, --decay_lr=False, --learning_rate=3e-2); anything that is not a literal is taken
-    as a string (--device=cuda). A key that does not exist, or a value of the wrong type, is an error
-    naming the key: a typo must never silently train with the default.
+    (--batch_size=32, --decay_lr=False, --dropout=0.1); anything that is not a literal is taken as
+    a string (--device=cuda). A key that does not exist, or a value of the wrong type, is an error
+    naming the key and, where one is close, the key or value that was probably meant: a typo must
+    never silently train with the default.
     """
     import ast
+    import difflib
 
     config = dict(defaults)
 
     def assign(key, value, source):
         if key not in config:
-            fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
+            close = difflib.get_close_matches(key, config, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(config))}"
+            fail(f"unknown config key {key!r} (from {source}){hint}")
         default = config[key]
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # --learning_rate=1 means 1.0
         if type(value) is not type(default):
-            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
+            # --compile=false is the string "false" (Python's literals are True and False).
+            hint = (f"; use {value.capitalize()}" if isinstance(default, bool) and isinstance(value, str)
+                    and value.lower() in ("true", "false") else "")
+            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source}){hint}")
         config[key] = value
 
     for arg in argv:
@@ -340,20 +536,23 @@ def parse_config(argv, defaults):
     return config
 
 
-# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU: model FLOPs per second
-# achieved divided by what the hardware could do. Matched against torch.cuda.get_device_name().
-_GPU_PEAK_FLOPS = [
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
-    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
-    ("V100", 125e12), ("T4", 65e12),
-]
+def resumed_config(argv, defaults, checkpoint, fixed):
+    """The config of a resumed run: the checkpoint's, with the command line's settings on top.
 
-
-def gpu_peak_flops(device_name):
-    for key, flops in _GPU_PEAK_FLOPS:
-        if key in device_name:
-            return flops
-    return None
+    A resume continues a run, so every key the user does not set comes from the run being resumed,
+    not from the script's defaults: `--init_from=resume --out_dir=X` alone trains on X's dataset
+    with X's settings. The keys in `fixed` (the dataset and the architecture) cannot change in a
+    resumed run, so setting one to another value than the checkpoint's is an error naming it,
+    rather than a setting that is silently ignored or a crash at the first batch.
+    """
+    saved = {k: v for k, v in checkpoint["config"].items() if k in defaults and type(v) is type(defaults[k])}
+    cfg = parse_config(argv, defaults | saved)
+    for key in fixed:
+        if key in saved and cfg[key] != saved[key]:
+            fail(f"{key}={cfg[key]!r} conflicts with the checkpoint in {cfg['out_dir']}, trained with {key}="
+                 f"{saved[key]!r}: a resumed run keeps its dataset and architecture. Drop the {key} setting, or "
+                 f"start a new run (init_from='scratch') in another out_dir")
+    return cfg
 
 
 def check_config(cfg):
@@ -384,24 +583,28 @@ def fail(message):
     process alone sees are first shared with all, see first_error), so only rank 0 prints: the
     message appears once, not once per process.
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Leave the process group before exiting: gloo's threads still running while the
+        # interpreter shuts down can abort the process (SIGABRT) instead of exiting with our error.
+        torch.distributed.destroy_process_group()
     sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
 
 
-def first_error(error, ddp):
+def first_error(error, runtime):
     """The first error message (or None) of all processes; under DDP every process must call it.
 
     A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
     or the others wait forever at their next collective call. Gathering every process's message,
     None when it is fine, lets all of them take the same decision.
     """
-    if not ddp:
+    if not runtime.ddp:
         return error
-    errors = [None] * torch.distributed.get_world_size()
+    errors = [None] * runtime.world_size
     torch.distributed.all_gather_object(errors, error)
     return next((e for e in errors if e is not None), None)
 
 
-def local_rank0_first(step, ddp, local_rank):
+def local_rank0_first(step, runtime):
     """Run step() -> (value, error message or None) on every process, local rank 0 first; return
     the value, or fail everywhere if any process failed.
 
@@ -412,34 +615,45 @@ def local_rank0_first(step, ddp, local_rank):
     value = None
     for leaders_turn in (True, False):
         error = None
-        if (local_rank == 0) == leaders_turn:
+        if (runtime.local_rank == 0) == leaders_turn:
             value, error = step()
-        error = first_error(error, ddp)
+        error = first_error(error, runtime)
         if error is not None:
             fail(error)
     return value
 
 
-def main(argv):
-    cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
-    check_config(cfg)
-    # Checked before any work: gpt.py would load a pretrained model here, a bigram has none.
-    if cfg["init_from"] not in ("scratch", "resume"):
-        fail(f"init_from={cfg['init_from']!r} is not supported by bigram.py: use 'scratch' or 'resume' (there "
-             f"are no pretrained bigram models)")
+@dataclass
+class Runtime:
+    """Where this process computes and how: what start_processes decided from the config."""
+    ddp: bool  # launched by torchrun: one of world_size processes, each with its own data
+    rank: int  # this process's number among all processes (0 logs and writes files)
+    local_rank: int  # its number on this machine (its GPU, on a multi-GPU machine)
+    world_size: int
+    device: str  # 'cpu', 'cuda:1', 'mps'
+    device_type: str  # 'cpu', 'cuda' or 'mps'
+    autocast: object  # the context in which forward passes run (16-bit matmuls, or nothing)
+    scaler: object  # torch.amp.GradScaler, enabled for float16 only
 
-    # ---- devices, processes and precision ----
-    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+    @property
+    def device_ids(self):
+        """DistributedDataParallel's device_ids: this process's GPU, or None on a CPU."""
+        return [self.local_rank] if self.device_type == "cuda" else None
+
+
+def start_processes(cfg):
+    """Settle the device, dtype and processes from the config (resolving 'auto'); return a Runtime.
+
+    Under torchrun (RANK in the environment), join the process group: NCCL, NVIDIA's fast
+    GPU-to-GPU library, on GPUs; gloo everywhere else (CPUs, and Windows, which has no NCCL).
+    """
+    ddp = int(os.environ.get("RANK", -1)) != -1
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
         if cfg["gradient_accumulation_steps"] % world_size != 0:
             fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
                  f"number of processes ({world_size})")
-    # Each process does its share of the micro-batches; together they make one optimizer step. (The
-    # config keeps the total the user gave: that is what a resume with another process count needs.)
-    micro_steps = cfg["gradient_accumulation_steps"] // world_size
-    master = rank == 0  # only this process logs and writes checkpoints
     if cfg["device"] == "auto":
         cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
@@ -459,308 +673,73 @@ def main(argv):
         if device_type == "cuda":
             cfg["device"] = f"cuda:{local_rank}"
             torch.cuda.set_device(cfg["device"])
-        # NCCL is NVIDIA's fast GPU-to-GPU library; gloo works everywhere (CPUs, and Windows, which
-        # has no NCCL).
         nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
         backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
         torch.distributed.init_process_group(backend=backend)
-    device = cfg["device"]
-    # Each process seeds differently, so DDP ranks draw different batches.
+    if device_type == "cpu" and rank == 0:
+        warn_if_cpu_is_busy(world_size)
+    # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
     torch.manual_seed(cfg["seed"] + rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
     torch.backends.cudnn.allow_tf32 = True
     # Mixed precision: autocast runs matmuls in 16 bits while keeping weights and reductions in
     # float32. bfloat16 has float32's exponent range, so it needs nothing else; float16 gradients
     # can underflow to zero, which the GradScaler prevents by scaling the loss up before backward
-    # (and skipping a step whose gradients overflowed to inf). A bigram has no matmul, so autocast
-    # changes little here; it stays so that this loop is gpt.py's.
+    # (and skipping a step whose gradients overflowed to inf).
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
-
-    # ---- data ----
-    def prepare_dataset():
-        try:
-            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
-            loader = prepare_data.BatchLoader(data_dir, cfg["block_size"], cfg["batch_size"], device)
-            return (prepare_data.load_meta(data_dir), loader), None
-        except prepare_data.DataError as e:
-            return None, str(e)
-
-    meta, loader = local_rank0_first(prepare_dataset, ddp, local_rank)
-    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
-
-    # ---- model ----
-    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
-    if cfg["init_from"] == "scratch":
-        # No padding of the vocabulary to a multiple of 64 as gpt.py does: it would grow the table
-        # quadratically, and a lookup gains nothing from aligned shapes.
-        model_args = {"vocab_size": meta["vocab_size"], "block_size": cfg["block_size"]}
-    else:
-        checkpoint = load_checkpoint(cfg["out_dir"], device, "bigram")
-        # The table's size comes from the checkpoint. block_size is not part of the model, so the
-        # resumed run's value (the data's sequence length) is the one to keep.
-        model_args = checkpoint["model_args"] | {"block_size": cfg["block_size"]}
-    if model_args["vocab_size"] < meta["vocab_size"]:
-        fail(f"dataset {cfg['dataset']!r} has {meta['vocab_size']} tokens but the checkpoint's table knows "
-             f"{model_args['vocab_size']}; resume on the dataset it was trained on")
-    if model_args["vocab_size"] > _MAX_VOCAB_SIZE:
-        fail(f"dataset {cfg['dataset']!r} has {model_args['vocab_size']} tokens: a bigram table would hold "
-             f"{model_args['vocab_size'] ** 2:,} weights. Use a vocabulary of at most {_MAX_VOCAB_SIZE} tokens "
-             f"(shakespeare_char, shakespeare_bpe)")
-    model = Bigram(BigramConfig(**model_args))
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-    model.to(device)
-    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
-            scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
-    raw_model = model  # the plain module: what we save, and what MFU counts
-    if cfg["compile"]:
-        model, compile_error = compile_model(model, autocast, device, lambda: loader.get_batch("train"))
-        if compile_error and master:
-            print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
-    if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
-
-    if master:
-        os.makedirs(cfg["out_dir"], exist_ok=True)
-        print("config:", json.dumps(cfg))
-        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
-              f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
-        # The loss of a uniform guess: what the first evaluation should show, and the bar to beat.
-        print(f"loss of a uniform guess over {meta['vocab_size']} tokens: ln({meta['vocab_size']}) = "
-              f"{math.log(meta['vocab_size']):.4f}")
-    wandb = None
-    if cfg["wandb_log"] and master:
-        try:
-            import wandb
-        except ImportError:
-            fail("wandb_log=True but wandb is not installed: pip install wandb")
-        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
-
-    def lr_at(it):
-        """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr.
-
-        Large steps early cover the distance from uniform to the counts fast; small steps late stop
-        the rows from jittering around the optimum with the noise of each random batch.
-        """
-        if not cfg["decay_lr"]:
-            return cfg["learning_rate"]
-        if it < cfg["warmup_iters"]:
-            # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
-            # wasted), and the ramp reaches the full rate just as the cosine takes over.
-            return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
-        if it > cfg["lr_decay_iters"]:
-            return cfg["min_lr"]
-        progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
-        return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
-
-    def mean_over_processes(values):
-        """Average a few floats over all processes (each has measured its own batches)."""
-        if not ddp:
-            return values
-        total = torch.tensor(values, dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(total)  # a sum: gloo has no average
-        return (total / world_size).tolist()
-
-    @torch.no_grad()
-    def estimate_loss():
-        """Mean loss over eval_iters batches of each split (on every process), in eval mode.
-
-        The val loss is the honest score: text the table was never fitted to. A bigram has too few
-        parameters to memorise much, so train and val losses stay close. Averaged over the
-        processes, so that all of them see the same numbers and take the same decisions.
-        """
-        model.eval()
-        losses = []
-        for split in ("train", "val"):
-            total = 0.0
-            for _ in range(cfg["eval_iters"]):
-                x, y = loader.get_batch(split)
-                with autocast:
-                    _, loss = model(x, y)
-                total += loss.item()
-            losses.append(total / cfg["eval_iters"])
-        model.train()
-        return dict(zip(("train", "val"), mean_over_processes(losses)))
-
-    def save_checkpoint(rng_states):
-        checkpoint = {
-            "model_type": "bigram",
-            "model_args": asdict(raw_model.config),
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "iter_num": iter_num,
-            "best_val_loss": best_val_loss,
-            "config": cfg,
-            "tokenizer": meta,
-            "rng_state": rng_states,
-        }
-        path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        # Write then rename: a crash mid-write leaves the previous checkpoint intact.
-        try:
-            torch.save(checkpoint, path + ".tmp")
-            os.replace(path + ".tmp", path)
-        except OSError as e:
-            fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
-        print(f"saved checkpoint to {path}")
-
-    # ---- the training loop ----
-    # Order within an iteration: evaluate (and checkpoint) the current weights, then take one
-    # optimizer step. A checkpoint written at iteration N therefore holds the weights and RNG state
-    # from just before step N, and resuming repeats exactly what the original run did next.
-    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
-    resumed_at = iter_num if checkpoint is not None else None
-    checkpoint = None  # free the loaded copy
-    # out_dir/log.jsonl: every log and eval line as JSON, for plot.py to draw (rank 0 writes it;
-    # eval_only writes nothing). None: no log.
-    run_log = None
-    if master and not cfg["eval_only"]:
-        run_log = start_run_log(os.path.join(cfg["out_dir"], "log.jsonl"), resumed_at,
-                                {"kind": "start", "iter": iter_num, "model_type": "bigram",
-                                 "tokens_per_iter": tokens_per_iter, "config": cfg})
-    model.train()
-    # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
-    t_last, iter_timed = time.time(), iter_num
-    while True:
-        lr = lr_at(iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
-        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
-            losses = estimate_loss()
-            if master:
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                if wandb:
-                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-                if run_log:
-                    append_run_log(run_log, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
-                                             "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
-            if not math.isfinite(losses["val"]):
-                fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
-                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
-                best_val_loss = min(best_val_loss, losses["val"])
-                rng_states = every_rank_rng_state(ddp, device_type)  # collective: every process takes part
-                if master:
-                    save_checkpoint(rng_states)
-            t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
-        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
-            break
-
-        # Gradient accumulation: sum the gradients of several micro-batches (each loss divided by
-        # their number, so the sum is a mean) to train with a larger batch than fits in memory.
-        train_loss = 0.0  # the mean over this step's micro-batches, for the log
-        for micro_step in range(micro_steps):
-            x, y = loader.get_batch("train")
-            # Under DDP, gradients are averaged across processes during backward; doing it only on
-            # the last micro-step saves all the communication of the earlier ones.
-            last = micro_step == micro_steps - 1
-            with (model.no_sync() if ddp and not last else nullcontext()):
-                with autocast:
-                    _, loss = model(x, y)
-                    loss = loss / micro_steps
-                scaler.scale(loss).backward()
-            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
-        if cfg["grad_clip"] > 0:
-            # Clipping the global gradient norm bounds the size of any one update, protecting
-            # against the occasional huge gradient of a bad batch. Unscale first so the threshold
-            # applies to true gradients.
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
-
-        if iter_num % cfg["log_interval"] == 0:
-            # The mean loss over all micro-batches of this step, of every process. .item() waits
-            # for the GPU to finish, so we only ask for it when logging.
-            loss_value = mean_over_processes([train_loss.item()])[0]
-            if not math.isfinite(loss_value):
-                fail(f"training loss is {loss_value} at iteration {iter_num}; the last good checkpoint in "
-                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-            now = time.time()
-            dt = (now - t_last) / (iter_num + 1 - iter_timed)
-            t_last, iter_timed = now, iter_num + 1
-            tokens_per_sec = tokens_per_iter / dt
-            flops_per_sec = raw_model.flops_per_token() * tokens_per_sec / world_size
-            mfu = None  # the fraction of the GPU's 16-bit peak FLOP/s the model's arithmetic reaches
-            if peak_flops is None:
-                mfu_text = "n/a (unknown peak)"
-            elif cfg["dtype"] == "float32":
-                mfu_text = "n/a (peaks are for 16-bit)"
-            else:
-                mfu = flops_per_sec / peak_flops
-                mfu_text = f"{100 * mfu:.1f}%"
-            if master:
-                print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                      f"mfu {mfu_text}, lr {lr:.2e}")
-            if run_log:
-                append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
-                                         "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
-                                         "tokens_per_sec": tokens_per_sec, "mfu": mfu})
-        iter_num += 1
-
-    if ddp:
-        # Leave together: a process that exited while rank 0 was still writing the checkpoint would
-        # tear down the connections under it.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    return Runtime(ddp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler)
 
 
-def start_run_log(path, resumed_at, start_record):
-    """Begin the run log at path (out_dir/log.jsonl) with start_record; return the path.
+def warn_if_cpu_is_busy(world_size):
+    """Warn once when torch's threads outnumber the cores that other programs leave free.
 
-    One JSON object per line: a "start" record (the config) at the beginning of every run and
-    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
-    file afresh. A resumed run keeps the lines of the iterations before its checkpoint, and the
-    evaluation at the checkpoint's own iteration (which it does not repeat), and drops the rest:
-    the run that wrote them went on past its last checkpoint, and those iterations are about to be
-    trained and logged again. So every iteration appears once, whatever was resumed. The file is
-    rewritten through a temporary file, so a crash here loses no line of the old log.
+    PyTorch starts one thread per core. When another program already keeps cores busy, its
+    threads wait for each other at every operation (each op splits its work evenly, so the slowest
+    thread sets the pace), and training can run ten times slower than with fewer threads. The
+    1-minute load average (Unix only) estimates the busy cores.
     """
-    kept = []
-    if resumed_at is not None and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                    keep = record["iter"] < resumed_at or (record["iter"] == resumed_at and record["kind"] == "eval")
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a crash mid-write
-                if keep:
-                    kept.append(json.dumps(record) + "\n")
-    kept.append(json.dumps(start_record) + "\n")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
-    return path
+    if not hasattr(os, "getloadavg"):
+        return
+    cores = os.cpu_count() or 1
+    free = max(1, round(cores - os.getloadavg()[0]))
+    threads = torch.get_num_threads() * world_size
+    if threads > free:
+        per_process = max(1, free // world_size)
+        print(f"warning: this CPU is busy (load {os.getloadavg()[0]:.1f} on {cores} cores) and torch runs {threads} "
+              f"thread(s); with OMP_NUM_THREADS={per_process} it may train several times faster")
 
 
-def append_run_log(path, record):
-    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU: model FLOPs per second
+# achieved divided by what the hardware could do. Matched against torch.cuda.get_device_name().
+_GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
 
 
-def load_checkpoint(out_dir, device, model_type):
-    """out_dir/ckpt.pt as a dict, or a one-line error if it is missing, damaged or another script's.
+def gpu_peak_flops(device_name):
+    for key, flops in _GPU_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def load_checkpoint(out_dir, model_type):
+    """out_dir/ckpt.pt as a dict (tensors on the CPU), or a one-line error if it is missing,
+    damaged or another script's.
 
     The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
+    The tensors go to the model's device when the model and optimizer take them.
     """
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.exists(path):
         fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
     try:
         # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         written_by = checkpoint["model_type"]
     except Exception as e:  # truncated, not a torch file, or not our dict
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -771,7 +750,29 @@ def load_checkpoint(out_dir, device, model_type):
     return checkpoint
 
 
-def every_rank_rng_state(ddp, device_type):
+def check_vocabulary_fits(meta, vocab_size, dataset):
+    """Refuse, before the first batch, a dataset whose token ids the model has no row for.
+
+    An id past the embedding table is an IndexError deep inside the first forward pass (or, on a
+    GPU, a device-side assert); here it is one line naming both sizes.
+    """
+    if meta["vocab_size"] > vocab_size:
+        fail(f"dataset {dataset!r} has {meta['vocab_size']} tokens but the model knows {vocab_size}: use a "
+             f"dataset made with the model's tokenizer (a resumed run: the dataset it was trained on)")
+
+
+def restore_training_state(checkpoint, runtime, seed):
+    """Put a resumed run where the checkpoint left it: the GradScaler, this process's random stream;
+    return (iter_num, best_val_loss). (The model and optimizer are loaded by the caller.)"""
+    if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
+        runtime.scaler.load_state_dict(checkpoint["scaler"])
+    iter_num = checkpoint["iter_num"]
+    restore_rng_state(checkpoint["rng_state"], runtime.rank, runtime.world_size,
+                      seed + runtime.world_size * iter_num + runtime.rank)
+    return iter_num, checkpoint["best_val_loss"]
+
+
+def every_rank_rng_state(runtime):
     """The random-number-generator state of every process, as a list indexed by rank.
 
     The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
@@ -779,10 +780,11 @@ def every_rank_rng_state(ddp, device_type):
     with one state, every process would draw the same batches after a resume, and the effective
     batch would silently shrink by the process count. Every process must call this together.
     """
-    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
-    if not ddp:
+    state = {"cpu": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state() if runtime.device_type == "cuda" else None}
+    if not runtime.ddp:
         return [state]
-    states = [None] * torch.distributed.get_world_size()
+    states = [None] * runtime.world_size
     torch.distributed.all_gather_object(states, state)
     return states
 
@@ -809,11 +811,15 @@ def restore_rng_state(states, rank, world_size, fresh_seed):
 
 
 def compile_model(model, autocast, device, trial_batch, dynamic=False):
-    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails.
+    """torch.compile the model; return (compiled model, None), or (model, why) if compiling fails here.
 
-    One trial forward and backward right away on trial_batch() (the arguments of one training
-    call), inside fork_rng so the real run's random stream is untouched, because compile errors only
-    surface at the first call (gpt.py explains).
+    Compilation is lazy: errors (no C compiler, an unsupported platform) only appear at the first
+    call. So we try one forward and backward right away, on trial_batch(): the arguments of one
+    training call, model(*trial_batch()) -> (logits, loss). It runs inside fork_rng, so that
+    drawing that batch (and any dropout) does not change the random stream of the real run.
+    dynamic=True compiles one shape-generic graph, for batches whose shape changes from step to
+    step (padded pairs in t5.py). On failure the caller warns and trains uncompiled: slower, but
+    correct.
     """
     compiled = torch.compile(model, dynamic=dynamic)
     try:
@@ -827,6 +833,210 @@ def compile_model(model, autocast, device, trial_batch, dynamic=False):
         model.zero_grad(set_to_none=True)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return model, f"{type(e).__name__}: {first_line}"
+
+
+def compile_or_warn(model, runtime, trial_batch, dynamic=False):
+    """compile_model for training: the compiled model, or the model itself after a warning."""
+    compiled, compile_error = compile_model(model, runtime.autocast, runtime.device, trial_batch, dynamic)
+    if compile_error and runtime.rank == 0:
+        print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
+    return compiled
+
+
+def start_wandb(cfg, master):
+    """The wandb module, logging this run, when wandb_log is set (on rank 0); else None."""
+    if not (cfg["wandb_log"] and master):
+        return None
+    try:
+        import wandb
+    except ImportError:
+        fail("wandb_log=True but wandb is not installed: pip install wandb")
+    wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+    return wandb
+
+
+@torch.no_grad()
+def estimate_loss(model, loader, cfg, runtime):
+    """Mean loss over eval_iters batches of each split (on every process), with dropout off.
+
+    Averaged over the processes, so that all of them see the same numbers and take the same
+    decisions: whether to save, whether the loss has diverged.
+    """
+    model.eval()
+    losses = []
+    for split in ("train", "val"):
+        total = 0.0
+        for _ in range(cfg["eval_iters"]):
+            x, y = loader.get_batch(split)
+            with runtime.autocast:
+                _, loss = model(x, y)
+            total += loss.item()
+        losses.append(total / cfg["eval_iters"])
+    model.train()
+    return dict(zip(("train", "val"), mean_over_processes(losses, runtime)))
+
+
+def learning_rate_at(it, cfg):
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr.
+
+    Warmup: at the start, Adam's moment estimates are built from a handful of gradients and the
+    weights are random, so full-size steps can throw the model somewhere it never recovers from.
+    The cosine then spends most of the run at a high rate and anneals smoothly at the end, where
+    small steps let the weights settle instead of jittering with each batch's noise.
+    """
+    if not cfg["decay_lr"]:
+        return cfg["learning_rate"]
+    if it < cfg["warmup_iters"]:
+        # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
+        # wasted), and the ramp reaches the full rate just as the cosine takes over.
+        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+    if it > cfg["lr_decay_iters"]:
+        return cfg["min_lr"]
+    progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+    return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+
+def mean_over_processes(values, runtime):
+    """Average a few floats over all processes (each has measured its own batches)."""
+    if not runtime.ddp:
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=runtime.device)
+    torch.distributed.all_reduce(total)  # a sum: gloo has no average
+    return (total / runtime.world_size).tolist()
+
+
+def check_finite(what, value, iter_num, cfg):
+    """Stop at a loss that is inf or NaN: every step after it would only spread the damage."""
+    if not math.isfinite(value):
+        fail(f"{what} is {value} at iteration {iter_num}; the last good checkpoint in {cfg['out_dir']} was kept. "
+             f"Lower learning_rate, or use dtype=bfloat16/float32.")
+
+
+class IterationTimer:
+    """Wall time per training iteration, averaged over the iterations since the last log line."""
+
+    def __init__(self, iter_num):
+        self.restart(iter_num)
+
+    def restart(self, iter_num):
+        """Start timing at iteration iter_num (after an evaluation, which the timing leaves out)."""
+        self.start, self.first_iter = time.time(), iter_num
+
+    def seconds_per_iter(self, iter_num):
+        """The mean time of iterations first_iter..iter_num; timing then restarts at iter_num + 1."""
+        now = time.time()
+        seconds = (now - self.start) / (iter_num + 1 - self.first_iter)
+        self.start, self.first_iter = now, iter_num + 1
+        return seconds
+
+
+def log_train_step(run_log, cfg, runtime, iter_num, loss, lr, seconds, tokens_per_iter, flops_per_token):
+    """Print the training line (rank 0) and add it to the run log: loss, time, tokens/s and MFU.
+
+    MFU (model FLOPs utilisation, PaLM paper): the fraction of the GPU's 16-bit peak FLOP/s that
+    the model's own arithmetic reaches, the honest measure of how well a run uses its hardware.
+    """
+    tokens_per_sec = tokens_per_iter / seconds
+    peak = gpu_peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device_type == "cuda" else None
+    mfu = None
+    if peak is None:
+        mfu_text = "n/a (unknown peak)"
+    elif cfg["dtype"] == "float32":
+        mfu_text = "n/a (peaks are for 16-bit)"
+    else:
+        mfu = flops_per_token * tokens_per_sec / runtime.world_size / peak
+        mfu_text = f"{100 * mfu:.1f}%"
+    if runtime.rank == 0:
+        print(f"iter {iter_num}: loss {loss:.4f}, time {seconds * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+              f"mfu {mfu_text}, lr {lr:.2e}")
+    if run_log:
+        append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
+                                 "loss": loss, "lr": lr, "ms_per_iter": seconds * 1000,
+                                 "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+
+
+def log_eval(run_log, wandb, record):
+    """Add an evaluation's record (losses, the model's own metric) to the run log and to wandb."""
+    if run_log:
+        append_run_log(run_log, record)
+    if wandb:
+        wandb.log({k.replace("_loss", "/loss"): v for k, v in record.items() if k != "kind"})
+
+
+def save_checkpoint(out_dir, checkpoint):
+    """Write out_dir/ckpt.pt: to a temporary file, then renamed over the old one, so a crash
+    mid-write leaves the previous checkpoint intact."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    try:
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
+    print(f"saved checkpoint to {path}")
+
+
+def start_run_log(cfg, runtime, resumed_at, start_record):
+    """Begin out_dir/log.jsonl with start_record and return its path; None where no log is written
+    (on ranks other than 0, and for eval_only, which trains nothing).
+
+    One JSON object per line: a "start" record (the config) at the beginning of every run and
+    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
+    file afresh. A resumed run keeps every line, and marks "superseded": true on the lines past its
+    checkpoint (the evaluation at the checkpoint's own iteration, which it does not repeat, stays
+    current): the run that wrote them went on past its last checkpoint, and those iterations are
+    about to be trained and logged again. Readers (plot.py) skip superseded lines, so every
+    iteration counts once. The file is rewritten through a temporary file, so a crash here loses no
+    line of the old log.
+    """
+    if runtime.rank != 0 or cfg["eval_only"]:
+        return None
+    path = os.path.join(cfg["out_dir"], "log.jsonl")
+    lines, superseded = [], 0
+    if resumed_at is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    later = record["iter"] > resumed_at or (record["iter"] == resumed_at and record["kind"] != "eval")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash mid-write
+                if later and not record.get("superseded"):
+                    record["superseded"], superseded = True, superseded + 1
+                lines.append(json.dumps(record) + "\n")
+    if superseded:
+        print(f"note: {path}: {superseded} record(s) past iteration {resumed_at}, the checkpoint's, are kept but "
+              f"marked superseded; this run trains those iterations again")
+    lines.append(json.dumps(start_record) + "\n")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def append_run_log(path, record):
+    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def end_run(cfg, runtime, iter_num, best_val_loss):
+    """Say what a resume would continue from, and leave the process group together.
+
+    With always_save_checkpoint=False the checkpoint is the best evaluation's, which may be far
+    behind the last iteration: a later --init_from=resume continues from there, not from the end.
+    """
+    if runtime.rank == 0 and not cfg["eval_only"] and not cfg["always_save_checkpoint"]:
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        if os.path.exists(path):
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iter_num"]  # no tensor read
+            if saved != iter_num:
+                print(f"note: {path} holds iteration {saved}, the best val loss ({best_val_loss:.4f}); "
+                      f"--init_from=resume continues from there, not from iteration {iter_num}")
+    if runtime.ddp:
+        # Leave together: a process that exited while rank 0 was still writing the checkpoint would
+        # tear down the connections under it.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
