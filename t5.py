@@ -523,16 +523,15 @@ class T5(nn.Module):
         and predicts the target itself at every position at once: decoder_input_ids =
         [start, y0, y1, ...] and targets = [y0, y1, ..., </s>]. Feeding the true previous tokens
         (not the model's own guesses) is what makes training parallel over positions, like a GPT.
-        targets of -100 (Hugging Face's convention) or -1 (this repository's) are ignored: the
-        padding of shorter targets in a batch. The loss is the mean over the remaining target
-        tokens, so every real token counts the same however the batch was padded.
+        targets of -1 are ignored (the repository's convention; Hugging Face uses -100): the padding
+        of shorter targets in a batch. The loss is the mean over the remaining target tokens, so
+        every real token counts the same however the batch was padded.
         """
         encoder_out = self.encode(input_ids, attention_mask)
         logits = self.decode(decoder_input_ids, encoder_out, attention_mask)
         loss = None
         if targets is not None:
-            targets = targets.masked_fill(targets == -1, -100)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     # -------------------------------------------------------------------------
@@ -897,7 +896,7 @@ class PairLoader:
         input_ids (B, S)            the inputs and their </s>, right-padded with <pad>
         attention_mask (B, S)       1 on real input tokens, 0 on padding
         decoder_input_ids (B, T)    <start> y_0 .. y_{n-1}   (teacher forcing: the target shifted right)
-        targets (B, T)              y_0 .. y_{n-1} </s>      (-100 on padding: ignored by the loss)
+        targets (B, T)              y_0 .. y_{n-1} </s>      (-1 on padding: ignored by the loss)
     """
 
     def __init__(self, data_dir, meta, batch_size, device, block_size, target_block_size):
@@ -941,7 +940,7 @@ class PairLoader:
         input_ids = torch.full((B, S), self.pad, dtype=torch.long)
         attention_mask = torch.zeros((B, S), dtype=torch.long)
         decoder_input_ids = torch.full((B, T), self.pad, dtype=torch.long)  # <pad> is also the start token
-        targets = torch.full((B, T), -100, dtype=torch.long)
+        targets = torch.full((B, T), -1, dtype=torch.long)
         for i, (source, target) in enumerate(pairs):
             input_ids[i, :len(source)] = torch.as_tensor(source)
             input_ids[i, len(source)] = self.eos

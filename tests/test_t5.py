@@ -74,7 +74,8 @@ def test_logits_match_hf_t5_with_padding(tmp_path, version, safe):
     labels[1, 20:] = -100
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, labels=labels)
-        logits, loss = ours(ids, dec, attention_mask=mask, targets=labels)
+        # The repository ignores targets of -1 where Hugging Face ignores -100.
+        logits, loss = ours(ids, dec, attention_mask=mask, targets=labels.masked_fill(labels == -100, -1))
     torch.testing.assert_close(logits, expected.logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss, expected.loss, rtol=1e-4, atol=1e-4)
 
@@ -317,7 +318,7 @@ def test_numbers_dataset_pairs_and_held_out(numbers_dir):
     x, mask, decoder_x, y = loader.get_batch("train")
     # Teacher forcing: the decoder input is the target shifted right behind the start token <pad>.
     for row in range(4):
-        n_target = int((y[row] != -100).sum())
+        n_target = int((y[row] != -1).sum())
         assert y[row, n_target - 1] == meta["stoi"]["</s>"]
         assert torch.equal(decoder_x[row, 1:n_target], y[row, :n_target - 1])
         assert decoder_x[row, 0] == 0 and (decoder_x[row, n_target:] == 0).all()
