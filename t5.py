@@ -101,7 +101,9 @@ class T5Config:
     head_dim: int = 64
     n_ff: int = 2048  # hidden width of the feed-forward layers (d_ff)
     num_buckets: int = 32  # relative position buckets per direction pair (see relative_position_bucket)
-    max_distance: int = 128  # distances beyond this share the last bucket
+    # Where the log-spaced buckets would run out: the last bucket holds every larger distance too, and
+    # it starts below max_distance (at 91 for T5's encoder; see relative_position_bucket).
+    max_distance: int = 128
     feed_forward: str = "relu"  # 'relu' (T5 v1.0) or 'gated-gelu' (T5 v1.1, Flan-T5)
     # v1.0 ties the output layer to the token embedding (and rescales by n_embd**-0.5, see T5.forward);
     # v1.1 gives the output layer its own matrix.
@@ -148,10 +150,15 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets, max_
         for keys at or to the left; the causal decoder never sees the right, so it uses all
         buckets for offsets <= 0;
       - within a direction of n buckets, distances 0 .. n/2 - 1 get one bucket each; distances
-        from n/2 to max_distance are spread over the other n/2 buckets by log(distance), and
-        everything farther shares the last bucket.
-    With T5's 32 buckets and max distance 128: the encoder has 16 per side, exact up to 7, then
-    buckets covering ~8-9, 10-11, ..., 91-127, 128+.
+        from n/2 on are spread over the other n/2 buckets by log(distance), so that max_distance
+        would be the first distance of a bucket one past the last. Truncating to whole buckets
+        makes the last bucket start well before max_distance, and the clamp adds everything
+        farther to it: there is no bucket of its own for "max_distance and beyond".
+    With T5's 32 buckets and max_distance 128 (tests/test_t5.py checks these against Hugging Face's):
+      - the encoder, 16 buckets per direction: distances 0..7 exact, then 8-11, 12-15, 16-22, 23-31,
+        32-45, 46-63, 64-90, and 91 and beyond;
+      - the decoder, all 32 for the left: 0..15 exact, then 16-18, 19-20, 21-23, 24-26, 27-30,
+        31-34, 35-39, 40-45, 46-51, 52-58, 59-66, 67-76, 77-86, 87-98, 99-112, and 113 and beyond.
     """
     bucket = torch.zeros_like(relative_position)
     if bidirectional:
@@ -229,7 +236,8 @@ def t5_attention(q, k, v, bias, dropout_p=0.0):
     q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim); bias: additive, broadcastable
     to (B, n_head, T_q, T_k): the relative position bias plus the masks (a very negative number where
     a query must not look). gpt.py's manual_attention divides by sqrt(head_dim) to keep the scores
-    near unit variance; T5 (following Mesh TensorFlow) leaves the scores unscaled and instead
+    near unit variance; T5 (following Mesh TensorFlow, Google's library for splitting models across
+    many TPU cores, which T5 was trained with) leaves the scores unscaled and instead
     initialises the query projection sqrt(head_dim) times smaller (see T5._init_weights), which gives
     the same scores at initialisation and one operation less at every step. A checkpoint trained
     this way must be run this way: adding the scaling would flatten its attention. The softmax runs
@@ -395,9 +403,14 @@ class DecoderBlock(nn.Module):
 def padding_bias(attention_mask, dtype):
     """(B, T_k) with 1 for real tokens and 0 for padding -> additive bias (B, 1, 1, T_k).
 
-    0 where a key is real, the most negative finite number where it is padding: after the softmax a
-    padded key gets exactly zero weight. A finite value rather than -inf, so that a row with nothing
-    to attend to yields a uniform average instead of NaN (0/0)."""
+    0 where a key is real, float32's most negative finite number where it is padding: after the
+    softmax a padded key gets exactly zero weight. Finite, not -inf, so that adding the position
+    bias to it cannot make -inf - (-inf) = NaN, and a float32 softmax over a row with nothing to
+    attend to gives a uniform average rather than 0/0. The guarantee stops at float32: the fused path
+    under autocast converts the bias to 16 bits (bias.to(q.dtype) in Attention), where this number
+    is beyond the largest finite bfloat16 or float16 and becomes -inf. No row of T5 is ever fully
+    masked, though (every input ends with a real </s>, every causal query sees itself), so every
+    softmax has a finite score to normalise by and the -inf keys still get exactly zero weight."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
@@ -551,8 +564,10 @@ class T5(nn.Module):
 
         The encoder runs once. With use_cache, the cross-attention keys/values of every decoder
         layer are computed once from its output, and the decoder's self-attention keys/values go
-        into a KVCache, so each step feeds only the newest token. T5's relative positions depend
-        only on offsets, so unlike gpt.py there is never a sliding window to recompute.
+        into a KVCache, so each step feeds only the newest token. T5 never slides a window over
+        the cache only because decoding stops at target_block_size, the length the cache holds.
+        Relative positions alone would not make sliding exact (llama.py explains: every layer above
+        the first computed its cached keys while attending to the tokens a window would drop).
         """
         check_sampling_options(temperature, top_k, top_p, repetition_penalty)
         cfg = self.config
@@ -568,6 +583,8 @@ class T5(nn.Module):
             else:
                 logits = self.decode(out, encoder_out, attention_mask)
             next_token = sample_next_token(logits[:, -1, :], out, temperature, top_k, top_p, repetition_penalty)
+            # A finished row gets <pad> (as Hugging Face's generate); the decoder-only scripts, which
+            # have no pad token, repeat the end-of-sequence token instead.
             next_token = next_token.masked_fill(finished[:, None], cfg.pad_token_id)
             out = torch.cat((out, next_token), dim=1)
             finished |= next_token[:, 0] == cfg.eos_token_id
@@ -642,6 +659,10 @@ class T5(nn.Module):
         flops += 12 * width * (cfg.n_layer * source_len * source_len
                                + cfg.n_decoder_layer * target_len * (target_len + source_len))
         return flops / target_len
+
+
+# -----------------------------------------------------------------------------
+# Beam search: T5.beam_search's search and bookkeeping
 
 
 @torch.no_grad()
@@ -1034,10 +1055,11 @@ def exact_match(model, loader, n_pairs, beam_size=1, batch_size=250):
 # dropping independent tokens, with shorter targets, since a span of 3 needs one sentinel, not 3).
 # Both numbers are config keys (noise_density, mean_noise_span_length), defaulting to T5's.
 #
-# Sentinels are T5's "extra ids": <extra_id_0> is the LAST id of the vocabulary, <extra_id_1> the one
-# below, and so on, so a pretrained T5's 100 sentinels are ids 32099 down to 32000. We follow that
-# numbering above a dataset's own vocabulary (see SpanCorruptionLoader), so our checkpoints read
-# like T5's.
+# Sentinels are T5's "extra ids": <extra_id_0> is the last id of its SentencePiece vocabulary (32000
+# pieces and 100 extra ids: 32099), <extra_id_1> the one below, and so on down to 32000. The model's
+# embedding has 32128 rows (padded to a multiple of 128), so the top 28 ids are never used. We follow
+# that numbering above a dataset's own vocabulary (see SpanCorruptionLoader), without the padding:
+# there <extra_id_0> is the model's last id, and our checkpoints read like T5's.
 
 
 def noise_span_counts(length, noise_density, mean_noise_span_length):
