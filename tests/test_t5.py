@@ -142,6 +142,24 @@ def test_gradient_accumulation_weighs_every_target_token_equally():
     assert not torch.allclose(mean_of_means["shared.weight"], reference["shared.weight"], rtol=1e-2)
 
 
+def _weights_on_rank(rank, init_file, results):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    targets = [torch.tensor([[5, 6, 1, -1]]), torch.tensor([[5, 1, -1, -1]])] if rank == 0 else [
+        torch.tensor([[5, 6, 7, 1]]), torch.tensor([[5, 6, 7, 8], [5, 6, 1, -1]])]
+    results[rank] = t5.target_token_weights(targets, SimpleNamespace(ddp=True, world_size=2)).tolist()
+    torch.distributed.destroy_process_group()
+
+
+def test_gradient_accumulation_weights_count_every_process_tokens(tmp_path):
+    # Under DDP the total is over every process's micro-batches (3 + 2 + 4 + 7 = 16 real tokens), and
+    # each weight is doubled, since DDP averages the two processes' gradients.
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_weights_on_rank, args=(str(tmp_path / "init"), results), nprocs=2)
+    assert results[0] == pytest.approx([2 * 3 / 16, 2 * 2 / 16]) and results[1] == pytest.approx([2 * 4 / 16, 2 * 7 / 16])
+
+
 def varied_hf(tmp_path):
     """A random HF T5 v1.1 whose greedy outputs vary and end at different lengths.
 
