@@ -403,12 +403,14 @@ class DecoderBlock(nn.Module):
 def padding_bias(attention_mask, dtype):
     """(B, T_k) with 1 for real tokens and 0 for padding -> additive bias (B, 1, 1, T_k).
 
-    0 where a key is real, float32's most negative finite number where it is padding: after the
-    softmax a padded key gets exactly zero weight. Finite, not -inf, so that adding the position
-    bias to it cannot make -inf - (-inf) = NaN, and a float32 softmax over a row with nothing to
-    attend to gives a uniform average rather than 0/0. The guarantee stops at float32: the fused path
-    under autocast converts the bias to 16 bits (bias.to(q.dtype) in Attention), where this number
-    is beyond the largest finite bfloat16 or float16 and becomes -inf. No row of T5 is ever fully
+    0 where a key is real, the most negative finite number of dtype (the bias's: float32 unless the
+    weights are 16-bit) where it is padding: after the softmax a padded key gets exactly zero
+    weight. Finite, not -inf, so that a softmax over a row with nothing to attend to gives a
+    uniform average rather than NaN (the softmax subtracts the row's maximum: -inf - (-inf)). The
+    guarantee does not survive autocast on the fused path: it converts a float32 bias to 16 bits
+    (bias.to(q.dtype) in Attention), where this number is beyond the largest finite bfloat16 or
+    float16 and becomes -inf. (The manual path adds the bias to the scores in float32 and keeps
+    it finite.) No row of T5 is ever fully
     masked, though (every input ends with a real </s>, every causal query sees itself), so every
     softmax has a finite score to normalise by and the -inf keys still get exactly zero weight."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
@@ -538,7 +540,8 @@ class T5(nn.Module):
         (not the model's own guesses) is what makes training parallel over positions, like a GPT.
         targets of -1 are ignored (the repository's convention; Hugging Face uses -100): the padding
         of shorter targets in a batch. The loss is the mean over the remaining target tokens, so
-        every real token counts the same however the batch was padded.
+        every real token counts the same however the batch was padded (and across a step's
+        micro-batches too: the training loop weighs each mean by its token count, target_token_weights).
         """
         encoder_out = self.encode(input_ids, attention_mask)
         logits = self.decode(decoder_input_ids, encoder_out, attention_mask)
@@ -826,8 +829,10 @@ def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, 
 
 
 # =============================================================================
-# Part 2: training. The defaults (every one a config key), then main(): nanoGPT's train.py in
-# named steps. Helpers it shares with every script are in Part 3; read main() first.
+# Part 2: training. The defaults (every one a config key); then what differs from gpt.py's
+# training, each marked so: (input, target) pairs, T5's span corruption, exact match, fine-tuning a
+# pretrained T5; then main(): nanoGPT's train.py in named steps. Helpers it shares with every script
+# are in Part 3; read main() first.
 # =============================================================================
 
 # -----------------------------------------------------------------------------
@@ -895,7 +900,8 @@ config_keys = [k for k, v in list(globals().items())
 
 
 # -----------------------------------------------------------------------------
-# Sequence-to-sequence data: (input, target) pairs, padded per batch
+# Sequence-to-sequence data: (input, target) pairs, padded per batch (what differs from gpt.py's
+# windows of one long text)
 
 
 class PairLoader:
@@ -1028,7 +1034,8 @@ def exact_match(model, loader, n_pairs, beam_size=1, batch_size=250):
 
 
 # -----------------------------------------------------------------------------
-# T5's own objective: span corruption, on any prepared text dataset
+# T5's own objective: span corruption, on any prepared text dataset (what differs from gpt.py's
+# next-token prediction)
 #
 # A language model learns from raw text by predicting the next token; BERT by reconstructing 15%
 # of the tokens it hid behind [MASK]. T5 wanted an unsupervised objective in its text-to-text form
@@ -1566,6 +1573,7 @@ def main(argv):
         iter_num += 1
 
     end_run(cfg, runtime, iter_num, best_val_loss)
+
 
 # =============================================================================
 # Part 3: plumbing. Nothing here is needed to understand the model or the loop: this script's own
