@@ -410,9 +410,9 @@ def padding_bias(attention_mask, dtype):
     guarantee does not survive autocast on the fused path: it converts a float32 bias to 16 bits
     (bias.to(q.dtype) in Attention), where this number is beyond the largest finite bfloat16 or
     float16 and becomes -inf. (The manual path adds the bias to the scores in float32 and keeps
-    it finite.) No row of T5 is ever fully
-    masked, though (every input ends with a real </s>, every causal query sees itself), so every
-    softmax has a finite score to normalise by and the -inf keys still get exactly zero weight."""
+    it finite.) No row of T5 is ever fully masked, though (every input ends with a real </s>, every
+    causal query sees itself), so every softmax has a finite score to normalise by and the -inf
+    keys still get exactly zero weight."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
