@@ -65,7 +65,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -73,6 +73,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import prepare_data
+
+# =============================================================================
+# Part 1: the model, the lesson. Read this first: the configuration, the building blocks in the
+# order data meets them, the model with generation, and how generation picks each next token.
+# =============================================================================
 
 # -----------------------------------------------------------------------------
 # Model configuration
@@ -96,7 +101,9 @@ class T5Config:
     head_dim: int = 64
     n_ff: int = 2048  # hidden width of the feed-forward layers (d_ff)
     num_buckets: int = 32  # relative position buckets per direction pair (see relative_position_bucket)
-    max_distance: int = 128  # distances beyond this share the last bucket
+    # Where the log-spaced buckets would run out: the last bucket holds every larger distance too, and
+    # it starts below max_distance (at 91 for T5's encoder; see relative_position_bucket).
+    max_distance: int = 128
     feed_forward: str = "relu"  # 'relu' (T5 v1.0) or 'gated-gelu' (T5 v1.1, Flan-T5)
     # v1.0 ties the output layer to the token embedding (and rescales by n_embd**-0.5, see T5.forward);
     # v1.1 gives the output layer its own matrix.
@@ -143,10 +150,15 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets, max_
         for keys at or to the left; the causal decoder never sees the right, so it uses all
         buckets for offsets <= 0;
       - within a direction of n buckets, distances 0 .. n/2 - 1 get one bucket each; distances
-        from n/2 to max_distance are spread over the other n/2 buckets by log(distance), and
-        everything farther shares the last bucket.
-    With T5's 32 buckets and max distance 128: the encoder has 16 per side, exact up to 7, then
-    buckets covering ~8-9, 10-11, ..., 91-127, 128+.
+        from n/2 on are spread over the other n/2 buckets by log(distance), so that max_distance
+        would be the first distance of a bucket one past the last. Truncating to whole buckets
+        makes the last bucket start well before max_distance, and the clamp adds everything
+        farther to it: there is no bucket of its own for "max_distance and beyond".
+    With T5's 32 buckets and max_distance 128 (tests/test_t5.py checks these against Hugging Face's):
+      - the encoder, 16 buckets per direction: distances 0..7 exact, then 8-11, 12-15, 16-22, 23-31,
+        32-45, 46-63, 64-90, and 91 and beyond;
+      - the decoder, all 32 for the left: 0..15 exact, then 16-18, 19-20, 21-23, 24-26, 27-30,
+        31-34, 35-39, 40-45, 46-51, 52-58, 59-66, 67-76, 77-86, 87-98, 99-112, and 113 and beyond.
     """
     bucket = torch.zeros_like(relative_position)
     if bidirectional:
@@ -224,7 +236,8 @@ def t5_attention(q, k, v, bias, dropout_p=0.0):
     q: (B, n_head, T_q, head_dim); k, v: (B, n_head, T_k, head_dim); bias: additive, broadcastable
     to (B, n_head, T_q, T_k): the relative position bias plus the masks (a very negative number where
     a query must not look). gpt.py's manual_attention divides by sqrt(head_dim) to keep the scores
-    near unit variance; T5 (following Mesh TensorFlow) leaves the scores unscaled and instead
+    near unit variance; T5 (following Mesh TensorFlow, Google's library for splitting models across
+    many TPU cores, which T5 was trained with) leaves the scores unscaled and instead
     initialises the query projection sqrt(head_dim) times smaller (see T5._init_weights), which gives
     the same scores at initialisation and one operation less at every step. A checkpoint trained
     this way must be run this way: adding the scaling would flatten its attention. The softmax runs
@@ -390,9 +403,16 @@ class DecoderBlock(nn.Module):
 def padding_bias(attention_mask, dtype):
     """(B, T_k) with 1 for real tokens and 0 for padding -> additive bias (B, 1, 1, T_k).
 
-    0 where a key is real, the most negative finite number where it is padding: after the softmax a
-    padded key gets exactly zero weight. A finite value rather than -inf, so that a row with nothing
-    to attend to yields a uniform average instead of NaN (0/0)."""
+    0 where a key is real, the most negative finite number of dtype (the bias's: float32 unless the
+    weights are 16-bit) where it is padding: after the softmax a padded key gets exactly zero
+    weight. Finite, not -inf, so that a softmax over a row with nothing to attend to gives a
+    uniform average rather than NaN (the softmax subtracts the row's maximum: -inf - (-inf)). The
+    guarantee does not survive autocast on the fused path: it converts a float32 bias to 16 bits
+    (bias.to(q.dtype) in Attention), where this number is beyond the largest finite bfloat16 or
+    float16 and becomes -inf. (The manual path adds the bias to the scores in float32 and keeps
+    it finite.) No row of T5 is ever fully masked, though (every input ends with a real </s>, every
+    causal query sees itself), so every softmax has a finite score to normalise by and the -inf
+    keys still get exactly zero weight."""
     return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
@@ -518,16 +538,16 @@ class T5(nn.Module):
         and predicts the target itself at every position at once: decoder_input_ids =
         [start, y0, y1, ...] and targets = [y0, y1, ..., </s>]. Feeding the true previous tokens
         (not the model's own guesses) is what makes training parallel over positions, like a GPT.
-        targets of -100 (Hugging Face's convention) or -1 (this repository's) are ignored: the
-        padding of shorter targets in a batch. The loss is the mean over the remaining target
-        tokens, so every real token counts the same however the batch was padded.
+        targets of -1 are ignored (the repository's convention; Hugging Face uses -100): the padding
+        of shorter targets in a batch. The loss is the mean over the remaining target tokens, so
+        every real token counts the same however the batch was padded (and across a step's
+        micro-batches too: the training loop weighs each mean by its token count, target_token_weights).
         """
         encoder_out = self.encode(input_ids, attention_mask)
         logits = self.decode(decoder_input_ids, encoder_out, attention_mask)
         loss = None
         if targets is not None:
-            targets = targets.masked_fill(targets == -1, -100)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     # -------------------------------------------------------------------------
@@ -547,8 +567,10 @@ class T5(nn.Module):
 
         The encoder runs once. With use_cache, the cross-attention keys/values of every decoder
         layer are computed once from its output, and the decoder's self-attention keys/values go
-        into a KVCache, so each step feeds only the newest token. T5's relative positions depend
-        only on offsets, so unlike gpt.py there is never a sliding window to recompute.
+        into a KVCache, so each step feeds only the newest token. T5 never slides a window over
+        the cache only because decoding stops at target_block_size, the length the cache holds.
+        Relative positions alone would not make sliding exact (llama.py explains: every layer above
+        the first computed its cached keys while attending to the tokens a window would drop).
         """
         check_sampling_options(temperature, top_k, top_p, repetition_penalty)
         cfg = self.config
@@ -564,6 +586,8 @@ class T5(nn.Module):
             else:
                 logits = self.decode(out, encoder_out, attention_mask)
             next_token = sample_next_token(logits[:, -1, :], out, temperature, top_k, top_p, repetition_penalty)
+            # A finished row gets <pad> (as Hugging Face's generate); the decoder-only scripts, which
+            # have no pad token, repeat the end-of-sequence token instead.
             next_token = next_token.masked_fill(finished[:, None], cfg.pad_token_id)
             out = torch.cat((out, next_token), dim=1)
             finished |= next_token[:, 0] == cfg.eos_token_id
@@ -571,188 +595,37 @@ class T5(nn.Module):
                 break
         return out
 
-    @torch.no_grad()
     def beam_search(self, input_ids, max_new_tokens, attention_mask=None, beam_size=4, length_penalty=1.0,
                     early_stopping=False, num_return_sequences=1):
-        """Beam search: keep the beam_size most likely partial outputs per input instead of one.
-
-        Greedy decoding commits to the best token at every step and can walk into a sequence whose
-        later tokens are all unlikely. Beam search keeps beam_size candidates ("beams"), extends each
-        by every token, and keeps the beam_size best of the beam_size * vocab_size extensions by
-        total log-probability. A beam that ends with </s> becomes a finished hypothesis, scored
-        sum(log p) / length ** length_penalty (length: generated tokens, </s> included): log-probs
-        only add up negatives, so without the division shorter outputs always win; length_penalty
-        1.0 ranks by mean log-prob, > 1 favours longer, 0 ranks by plain total (Wu et al. 2016 use a
-        similar normalisation). We look at the 2 * beam_size best extensions at each step so that,
-        even if up to beam_size of them end with </s>, beam_size live beams remain.
-
-        Search for an input ends when it has beam_size finished hypotheses and either
-        early_stopping (stop right there) or no live beam can still beat the worst finished one
-        (its current score, length-normalised, is below it: the heuristic Hugging Face uses), or at
-        max_new_tokens / target_block_size, where the live beams join the hypotheses. The default
-        is the heuristic: early_stopping=True can end the search while the best beam is still
-        running (on the numbers task, beam_size short wrong outputs of log-prob -9 finished before
-        the right one, of log-prob -0.005, and exact match fell from 99.9% to 97.2%).
-
-        Returns (sequences, scores): sequences (B * num_return_sequences, L), the best
-        num_return_sequences hypotheses of each input in order, each starting with the start token
-        and padded with <pad> after </s>; scores (B * num_return_sequences,) their length-normalised
-        log-probabilities.
-        """
-        cfg = self.config
-        if not 1 <= num_return_sequences <= beam_size:
-            raise ValueError(f"num_return_sequences={num_return_sequences} must be between 1 and beam_size={beam_size}")
-        B, device = input_ids.size(0), input_ids.device
-        K = beam_size
-        # Every input becomes K rows, one per beam: (B * K, ...), the beams of input b at rows b*K .. b*K+K-1.
-        encoder_out = self.encode(input_ids, attention_mask).repeat_interleave(K, dim=0)
-        if attention_mask is not None:
-            attention_mask = attention_mask.repeat_interleave(K, dim=0)
-        cross_kv = self.cross_keys_values(encoder_out)
-        cache = KVCache(cfg.n_decoder_layer, cfg.target_block_size)
-        beams = self._start(B * K, device)
-        # All beams start identical; giving all but the first -inf keeps the first step from filling
-        # the beam with K copies of the same extension.
-        beam_scores = torch.full((B, K), float("-inf"), device=device)
-        beam_scores[:, 0] = 0.0
-        beam_scores = beam_scores.view(-1)
-        hypotheses = [[] for _ in range(B)]  # per input: (score, token list)
-        done = [False] * B
-        for step in range(min(max_new_tokens, cfg.target_block_size - 1)):
-            logits = self.decode(beams[:, -1:], encoder_out, attention_mask, cross_kv, cache)
-            log_probs = F.log_softmax(logits[:, -1, :].float(), dim=-1)  # (B * K, vocab)
-            vocab = log_probs.size(-1)
-            candidates = (beam_scores[:, None] + log_probs).view(B, K * vocab)
-            top_scores, top_ids = candidates.topk(2 * K, dim=1)  # (B, 2K), best first
-            # Python lists: the bookkeeping below reads them element by element.
-            top_scores, source_beam, token = top_scores.tolist(), (top_ids // vocab).tolist(), (top_ids % vocab).tolist()
-            length = step + 1  # generated tokens, this one included
-            next_rows, next_tokens, next_scores = [], [], []
-            for b in range(B):
-                chosen = []
-                if not done[b]:
-                    for rank in range(2 * K):
-                        row, score = b * K + source_beam[b][rank], top_scores[b][rank]
-                        if token[b][rank] == cfg.eos_token_id:
-                            # A finished beam counts only if it would have been among the K best.
-                            if rank < K:
-                                sequence = beams[row].tolist() + [cfg.eos_token_id]
-                                hypotheses[b].append((score / length ** length_penalty, sequence))
-                        else:
-                            chosen.append((row, token[b][rank], score))
-                        if len(chosen) == K:
-                            break
-                    hypotheses[b] = sorted(hypotheses[b], key=lambda h: -h[0])[:K]
-                    if len(hypotheses[b]) == K:
-                        best_live = max(score for _, _, score in chosen) / length ** length_penalty
-                        done[b] = early_stopping or hypotheses[b][-1][0] >= best_live
-                if done[b]:  # a finished input keeps K dummy beams so that tensors stay (B * K, ...)
-                    chosen = [(b * K, cfg.pad_token_id, float("-inf"))] * K
-                for row, tok, score in chosen:
-                    next_rows.append(row)
-                    next_tokens.append(tok)
-                    next_scores.append(score)
-            if all(done):
-                break
-            rows = torch.tensor(next_rows, device=device)
-            beams = torch.cat((beams[rows], torch.tensor(next_tokens, device=device)[:, None]), dim=1)
-            beam_scores = torch.tensor(next_scores, device=device)
-            # Each new beam continues some old beam: its cached keys/values (the filled part) must follow it.
-            filled = cache.length
-            cache.keys[:, :, :, :filled] = cache.keys[:, rows, :, :filled]
-            cache.values[:, :, :, :filled] = cache.values[:, rows, :, :filled]
-        for b in range(B):
-            if not done[b]:  # ran out of length: the live beams compete with the finished ones
-                length = beams.size(1) - 1
-                for k in range(K):
-                    hypotheses[b].append((beam_scores[b * K + k].item() / length ** length_penalty,
-                                          beams[b * K + k].tolist()))
-                hypotheses[b] = sorted(hypotheses[b], key=lambda h: -h[0])[:K]
-        best = [h for b in range(B) for h in hypotheses[b][:num_return_sequences]]
-        width = max(len(sequence) for _, sequence in best)
-        sequences = torch.full((len(best), width), cfg.pad_token_id, dtype=torch.long, device=device)
-        for i, (_, sequence) in enumerate(best):
-            sequences[i, :len(sequence)] = torch.tensor(sequence, device=device)
-        return sequences, torch.tensor([score for score, _ in best], device=device)
+        """Decode with beam search: the beam_size most likely outputs per input, not one greedy path.
+        Returns (sequences, scores); the search and its bookkeeping are beam_search, after the model."""
+        return beam_search(self, input_ids, max_new_tokens, attention_mask, beam_size, length_penalty,
+                           early_stopping, num_return_sequences)
 
     # -------------------------------------------------------------------------
     # Loading Hugging Face T5ForConditionalGeneration checkpoints
 
     @classmethod
-    def from_pretrained(cls, name_or_dir, dropout=0.0, dtype=torch.float32):
+    def from_pretrained(cls, name_or_dir, dropout=0.0, dtype=torch.float32, **config_overrides):
         """Build a T5 from a Hugging Face T5ForConditionalGeneration checkpoint: a local directory
         (config.json plus model.safetensors or pytorch_model.bin) or a hub id such as
         "google-t5/t5-small" (v1.0), "google/t5-v1_1-small" or "google/flan-t5-small" (v1.1),
-        downloaded once into a cache directory (download_hf_checkpoint; hub repositories that hold
-        only pytorch_model.bin must be downloaded by hand). dtype: of the weights (float32 for
-        training; bfloat16 halves the memory for generation)."""
-        directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
-        config_path = os.path.join(directory, "config.json")
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
-        with open(config_path) as f:
-            hf = json.load(f)
-        if hf.get("model_type") != "t5":
-            raise ValueError(f"{directory} holds a {hf.get('model_type')!r} model; t5.py loads only 't5' checkpoints")
-        feed_forward = hf.get("feed_forward_proj", "relu")
-        if feed_forward not in ("relu", "gated-gelu"):
-            raise ValueError(f"unsupported feed_forward_proj={feed_forward!r} in {config_path} (relu or gated-gelu)")
-        # Real checkpoints come in two kinds: v1.0 ties the output layer to the embedding and rescales
-        # by n_embd**-0.5; v1.1 stores its own lm_head.weight and does not rescale (config.json:
-        # tie_word_embeddings=false). transformers 5 writes the rescaling as scale_decoder_outputs and
-        # may share the matrix even without it; that is the same maths as an untied head that holds a
-        # copy of the embedding, which is how we load it (tie_embeddings means tied *and* rescaled).
-        tie = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
-        n_layer = hf["num_layers"]
-        config = T5Config(
-            vocab_size=hf["vocab_size"], n_embd=hf["d_model"], head_dim=hf["d_kv"], n_ff=hf["d_ff"],
-            n_layer=n_layer, n_decoder_layer=hf.get("num_decoder_layers") or n_layer, n_head=hf["num_heads"],
-            num_buckets=hf.get("relative_attention_num_buckets", 32),
-            max_distance=hf.get("relative_attention_max_distance", 128), feed_forward=feed_forward,
-            tie_embeddings=tie, dropout=dropout, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-6),
-            pad_token_id=hf.get("pad_token_id", 0), eos_token_id=hf.get("eos_token_id", 1),
-            decoder_start_token_id=hf.get("decoder_start_token_id", 0))
-        model = cls(config)
-        ours = model.state_dict()
-        # Hugging Face's names spell out the sub-layer index: encoder block layer.0 is self-attention,
-        # layer.1 the feed-forward; decoder layer.0 self-attention, layer.1 cross-attention
-        # ("EncDecAttention"), layer.2 feed-forward. Each layer.N holds its own layer_norm.
-        sublayers = {"encoder": {"0": ("attn", "ln_attn"), "1": ("ff", "ln_ff")},
-                     "decoder": {"0": ("self_attn", "ln_self"), "1": ("cross_attn", "ln_cross"), "2": ("ff", "ln_ff")}}
-        loaded = set()
-        hf_state = load_hf_weights(directory)
-        for hf_name, tensor in hf_state.items():
-            parts = hf_name.split(".")
-            if hf_name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") or (
-                    hf_name == "lm_head.weight" and tie):
-                continue  # copies of (tied to) shared.weight
-            if hf_name == "shared.weight" and not tie and "lm_head.weight" not in hf_state:
-                with torch.no_grad():
-                    ours["lm_head.weight"].copy_(tensor.to(ours["lm_head.weight"].dtype))  # see above
-                loaded.add("lm_head.weight")
-            if parts[0] in sublayers and parts[1] == "block":
-                module, norm = sublayers[parts[0]][parts[4]]
-                if parts[6] == "relative_attention_bias":
-                    key = f"{parts[0]}.relative_bias.embedding.weight"
-                elif parts[5] == "layer_norm":
-                    key = f"{parts[0]}.blocks.{parts[2]}.{norm}.weight"
-                else:  # SelfAttention/EncDecAttention.{q,k,v,o} or DenseReluDense.{wi,wi_0,wi_1,wo}
-                    key = f"{parts[0]}.blocks.{parts[2]}.{module}.{parts[6]}.weight"
-            elif parts[0] in sublayers and parts[1] == "final_layer_norm":
-                key = f"{parts[0]}.ln_f.weight"
-            else:
-                key = hf_name  # shared.weight, lm_head.weight
-            if key not in ours:
-                raise ValueError(f"unexpected tensor {hf_name!r} in the checkpoint at {directory}")
-            if tensor.shape != ours[key].shape:
-                raise ValueError(f"shape mismatch for {hf_name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[key].shape)}")
-            with torch.no_grad():
-                ours[key].copy_(tensor.to(ours[key].dtype))
-            loaded.add(key)
-        missing = set(ours) - loaded
-        if missing:
-            raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
-        return model.to(dtype)
+        downloaded once into a cache directory (hub repositories that hold only pytorch_model.bin
+        must be downloaded by hand).
+
+        dtype: of the weights (float32 for training; bfloat16 halves the memory for generation).
+        config_overrides: T5Config fields the caller sets instead of the checkpoint's (fine-tuning
+        sets its own length limits and attention path). As gpt.py's, the model is built on the "meta"
+        device (no memory, no random init) and takes the checkpoint's tensors as its parameters;
+        reading HF's config and renaming its tensors is in Part 3 (hf_t5_config, hf_t5_state_dict).
+        """
+        directory, config = hf_t5_config(name_or_dir, dropout)
+        config = replace(config, **config_overrides)
+        with torch.device("meta"):
+            model = cls(config)
+        state = hf_t5_state_dict(load_hf_weights(directory), model.state_dict(), config.tie_embeddings, dtype, directory)
+        model.load_state_dict(state, assign=True)
+        return model
 
     # -------------------------------------------------------------------------
     # Optimizer
@@ -773,7 +646,8 @@ class T5(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def flops_per_token(self, source_len, target_len):
-        """Training FLOPs per token of a (source_len, target_len) pair, counting both sides' tokens.
+        """Training FLOPs per target token of a (source_len, target_len) pair: the whole pair's
+        FLOPs divided by its target tokens, the tokens the training loop counts.
 
         6 per parameter per token that passes through it (PaLM appendix B: forward 2, backward 4):
         the encoder's parameters see source tokens, the decoder's and the output layer's see target
@@ -787,7 +661,117 @@ class T5(nn.Module):
         flops = 6 * (enc * source_len + (dec + head) * target_len)
         flops += 12 * width * (cfg.n_layer * source_len * source_len
                                + cfg.n_decoder_layer * target_len * (target_len + source_len))
-        return flops / (source_len + target_len)
+        return flops / target_len
+
+
+# -----------------------------------------------------------------------------
+# Beam search: T5.beam_search's search and bookkeeping
+
+
+@torch.no_grad()
+def beam_search(model, input_ids, max_new_tokens, attention_mask=None, beam_size=4, length_penalty=1.0,
+                early_stopping=False, num_return_sequences=1):
+    """Beam search: keep the beam_size most likely partial outputs per input instead of one.
+
+    Greedy decoding commits to the best token at every step and can walk into a sequence whose
+    later tokens are all unlikely. Beam search keeps beam_size candidates ("beams"), extends each
+    by every token, and keeps the beam_size best of the beam_size * vocab_size extensions by
+    total log-probability. A beam that ends with </s> becomes a finished hypothesis, scored
+    sum(log p) / length ** length_penalty (length: generated tokens, </s> included): log-probs
+    only add up negatives, so without the division shorter outputs always win; length_penalty
+    1.0 ranks by mean log-prob, > 1 favours longer, 0 ranks by plain total (Wu et al. 2016 use a
+    similar normalisation). We look at the 2 * beam_size best extensions at each step so that,
+    even if up to beam_size of them end with </s>, beam_size live beams remain.
+
+    Search for an input ends when it has beam_size finished hypotheses and either
+    early_stopping (stop right there) or no live beam can still beat the worst finished one
+    (its current score, length-normalised, is below it: the heuristic Hugging Face uses), or at
+    max_new_tokens / target_block_size, where the live beams join the hypotheses. The default
+    is the heuristic: early_stopping=True can end the search while the best beam is still
+    running (on the numbers task, beam_size short wrong outputs of log-prob -9 finished before
+    the right one, of log-prob -0.005, and exact match fell from 99.9% to 97.2%).
+
+    Returns (sequences, scores): sequences (B * num_return_sequences, L), the best
+    num_return_sequences hypotheses of each input in order, each starting with the start token
+    and padded with <pad> after </s>; scores (B * num_return_sequences,) their length-normalised
+    log-probabilities.
+    """
+    cfg = model.config
+    if not 1 <= num_return_sequences <= beam_size:
+        raise ValueError(f"num_return_sequences={num_return_sequences} must be between 1 and beam_size={beam_size}")
+    B, device = input_ids.size(0), input_ids.device
+    K = beam_size
+    # Every input becomes K rows, one per beam: (B * K, ...), the beams of input b at rows b*K .. b*K+K-1.
+    encoder_out = model.encode(input_ids, attention_mask).repeat_interleave(K, dim=0)
+    if attention_mask is not None:
+        attention_mask = attention_mask.repeat_interleave(K, dim=0)
+    cross_kv = model.cross_keys_values(encoder_out)
+    cache = KVCache(cfg.n_decoder_layer, cfg.target_block_size)
+    beams = model._start(B * K, device)
+    # All beams start identical; giving all but the first -inf keeps the first step from filling
+    # the beam with K copies of the same extension.
+    beam_scores = torch.full((B, K), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0
+    beam_scores = beam_scores.view(-1)
+    hypotheses = [[] for _ in range(B)]  # per input: (score, token list)
+    done = [False] * B
+    for step in range(min(max_new_tokens, cfg.target_block_size - 1)):
+        logits = model.decode(beams[:, -1:], encoder_out, attention_mask, cross_kv, cache)
+        log_probs = F.log_softmax(logits[:, -1, :].float(), dim=-1)  # (B * K, vocab)
+        vocab = log_probs.size(-1)
+        candidates = (beam_scores[:, None] + log_probs).view(B, K * vocab)
+        top_scores, top_ids = candidates.topk(2 * K, dim=1)  # (B, 2K), best first
+        # Python lists: the bookkeeping below reads them element by element.
+        top_scores, source_beam, token = top_scores.tolist(), (top_ids // vocab).tolist(), (top_ids % vocab).tolist()
+        length = step + 1  # generated tokens, this one included
+        next_rows, next_tokens, next_scores = [], [], []
+        for b in range(B):
+            chosen = []
+            if not done[b]:
+                for rank in range(2 * K):
+                    row, score = b * K + source_beam[b][rank], top_scores[b][rank]
+                    if token[b][rank] == cfg.eos_token_id:
+                        # A finished beam counts only if it would have been among the K best.
+                        if rank < K:
+                            sequence = beams[row].tolist() + [cfg.eos_token_id]
+                            hypotheses[b].append((score / length ** length_penalty, sequence))
+                    else:
+                        chosen.append((row, token[b][rank], score))
+                    if len(chosen) == K:
+                        break
+                hypotheses[b] = sorted(hypotheses[b], key=lambda h: -h[0])[:K]
+                if len(hypotheses[b]) == K:
+                    best_live = max(score for _, _, score in chosen) / length ** length_penalty
+                    done[b] = early_stopping or hypotheses[b][-1][0] >= best_live
+            if done[b]:  # a finished input keeps K dummy beams so that tensors stay (B * K, ...)
+                chosen = [(b * K, cfg.pad_token_id, float("-inf"))] * K
+            for row, tok, score in chosen:
+                next_rows.append(row)
+                next_tokens.append(tok)
+                next_scores.append(score)
+        if all(done):
+            break
+        rows = torch.tensor(next_rows, device=device)
+        beams = torch.cat((beams[rows], torch.tensor(next_tokens, device=device)[:, None]), dim=1)
+        beam_scores = torch.tensor(next_scores, device=device)
+        # Each new beam continues some old beam: its cached keys/values (the filled part) must follow it.
+        filled = cache.length
+        cache.keys[:, :, :, :filled] = cache.keys[:, rows, :, :filled]
+        cache.values[:, :, :, :filled] = cache.values[:, rows, :, :filled]
+    for b in range(B):
+        if not done[b]:  # ran out of length: the live beams compete with the finished ones
+            length = beams.size(1) - 1
+            for k in range(K):
+                hypotheses[b].append((beam_scores[b * K + k].item() / length ** length_penalty,
+                                      beams[b * K + k].tolist()))
+            hypotheses[b] = sorted(hypotheses[b], key=lambda h: -h[0])[:K]
+    best = [h for b in range(B) for h in hypotheses[b][:num_return_sequences]]
+    width = max(len(sequence) for _, sequence in best)
+    sequences = torch.full((len(best), width), cfg.pad_token_id, dtype=torch.long, device=device)
+    for i, (_, sequence) in enumerate(best):
+        sequences[i, :len(sequence)] = torch.tensor(sequence, device=device)
+    return sequences, torch.tensor([score for score, _ in best], device=device)
+
 
 
 def check_sampling_options(temperature, top_k, top_p, repetition_penalty):
@@ -844,155 +828,80 @@ def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, 
     return torch.multinomial(probs, num_samples=1)
 
 
+# =============================================================================
+# Part 2: training. The defaults (every one a config key); then what differs from gpt.py's
+# training, each marked so: (input, target) pairs, T5's span corruption, exact match, fine-tuning a
+# pretrained T5; then main(): nanoGPT's train.py in named steps. Helpers it shares with every script
+# are in Part 3; read main() first.
+# =============================================================================
+
 # -----------------------------------------------------------------------------
-# Reading Hugging Face checkpoints without extra dependencies
+# Training configuration. Every simple value below can be overridden by config files and
+# --key=value arguments (see parse_config). The defaults are t5-small's shape on the numbers task.
 
+# I/O
+out_dir = "out-t5"
+eval_interval = 250  # evaluate losses and exact match (and maybe checkpoint) every this many iterations
+log_interval = 10  # print a training line every this many iterations
+eval_iters = 50  # batches averaged per loss estimate
+eval_exact_match = 500  # pairs datasets: val pairs decoded greedily for exact match at each evaluation; 0 disables
+eval_beam_size = 0  # > 1: at the last evaluation, also report beam-search exact match with this many beams
+eval_only = False  # evaluate once and exit
+always_save_checkpoint = True  # save at every eval, not only when val loss improves
+init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), or a HF T5 directory / hub id to fine-tune
+# logging
+wandb_log = False
+wandb_project = "t5"
+wandb_run_name = "t5"
+# data
+dataset = "numbers"
+gradient_accumulation_steps = 1  # micro-batches summed into one optimizer step
+batch_size = 64  # pairs per micro-batch
+block_size = 64  # longest input (tokens), with </s>; for span corruption, every input's length
+target_block_size = 128  # longest target, with </s>
+# span corruption (text datasets; see SpanCorruptionLoader): T5's values, from its section 3.3.4
+noise_density = 0.15  # the fraction of each window's tokens dropped
+mean_noise_span_length = 3.0  # the mean length of a dropped span
+# model
+n_layer = 6
+n_decoder_layer = 6
+n_head = 8
+n_embd = 512
+head_dim = 64
+n_ff = 2048
+num_buckets = 32
+max_distance = 128
+feed_forward = "relu"
+tie_embeddings = True
+dropout = 0.1
+attention = "sdpa"
+# AdamW
+learning_rate = 1e-3
+max_iters = 5000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
+# learning-rate schedule
+decay_lr = True
+warmup_iters = 200
+lr_decay_iters = 5000  # ~ max_iters
+min_lr = 1e-4  # ~ learning_rate / 10
+# system
+backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
+compile = True  # torch.compile the model (falls back with a warning where it cannot)
+seed = 1337
 
-def read_safetensors(path):
-    """Read a .safetensors file into a dict of tensors.
-
-    The format is deliberately simple: 8 bytes holding N (little-endian uint64), then N bytes of
-    JSON mapping each tensor name to its dtype, shape and [begin, end) byte offsets, then the raw
-    little-endian tensor bytes. Unlike a pickle, nothing in it can execute code.
-
-    The file is memory-mapped, not read: every tensor is a view of the mapping, and the operating
-    system reads a page from disk only when something touches it. Loading a model therefore never
-    holds a second copy of the weights in memory, and tensors a loader assigns as they are (same
-    dtype) cost nothing until used. The mapping is copy-on-write (ACCESS_COPY), so training such a
-    tensor in place changes memory, never the file.
-    """
-    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-              "U8": torch.uint8, "BOOL": torch.bool}
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file closes
-    start = 8 + header_len  # the offsets count from the end of the header
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in dtypes:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        dtype = dtypes[info["dtype"]]
-        begin, end = info["data_offsets"]
-        if begin == end:  # a shape with a 0 in it holds no bytes (and frombuffer refuses a count of 0)
-            tensors[name] = torch.empty(info["shape"], dtype=dtype)
-            continue
-        flat = torch.frombuffer(data, dtype=dtype, offset=start + begin, count=(end - begin) // dtype.itemsize)
-        tensors[name] = flat.reshape(info["shape"])
-    return tensors
-
-
-def load_hf_weights(directory):
-    """The state dict of a Hugging Face checkpoint directory.
-
-    Three layouts exist: one model.safetensors; a sharded one, where checkpoints above a few GB are
-    split into model-00001-of-00004.safetensors, ... and model.safetensors.index.json maps every
-    tensor name to the shard holding it; and older pickled pytorch_model.bin files (GPT-2's repos
-    have both), which weights_only=True loads without running any code they might contain.
-    """
-    single = os.path.join(directory, "model.safetensors")
-    if os.path.exists(single):
-        return read_safetensors(single)
-    index_path = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.exists(index_path):
-        with open(index_path) as f:
-            weight_map = json.load(f)["weight_map"]
-        state = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(read_safetensors(os.path.join(directory, shard)))
-        return state
-    bin_path = os.path.join(directory, "pytorch_model.bin")
-    if os.path.exists(bin_path):
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-
-
-def download_hf_checkpoint(repo):
-    """Download a checkpoint from the Hugging Face hub into a cache directory; return it (gpt.py's).
-
-    The same cache as gpt.py ($NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name).
-    Fetches config.json, the tokenizer's files (tokenizer.json, or T5's spiece.model) and generation's
-    (for sample.py and fine-tuning, when the repository has them) and either model.safetensors or the
-    shard index and every shard it names.
-    """
-    if repo.count("/") != 1:
-        raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
-    import requests  # only needed for downloads
-
-    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
-    directory = os.path.join(cache_root, repo.replace("/", "--"))
-    os.makedirs(directory, exist_ok=True)
-    token = os.environ.get("HF_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def fetch(filename, required=True):
-        """Download one file unless present; return False if the hub has no such file (404)."""
-        target = os.path.join(directory, filename)
-        if os.path.exists(target):
-            return True
-        url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
-        print(f"downloading {url}")
-        try:
-            with requests.get(url, stream=True, timeout=30, headers=headers) as response:
-                if response.status_code == 404 and not required:
-                    return False
-                response.raise_for_status()
-                with open(target + ".part", "wb") as f:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        f.write(chunk)
-        except requests.RequestException as e:
-            hint = " (a gated model: accept its licence on huggingface.co and set HF_TOKEN)" if "401" in str(e) or "403" in str(e) else ""
-            raise RuntimeError(f"could not download {url} ({e}){hint}; download the checkpoint's files by hand "
-                               f"into a folder and pass that folder instead") from None
-        os.replace(target + ".part", target)  # only a complete file ever gets the real name
-        return True
-
-    # Written once every file is in place, so that later loads (offline ones too) ask the hub nothing,
-    # not even whether the optional files it lacked have appeared.
-    complete_marker = os.path.join(directory, ".complete")
-    if os.path.exists(complete_marker):
-        return directory
-    fetch("config.json")
-    # For sample.py and fine-tuning: the tokenizer (tokenizer.json, or T5's SentencePiece spiece.model),
-    # its settings and chat template, and the authors' generation settings (end-of-sequence ids),
-    # where the repository has them.
-    for optional in ("tokenizer.json", "spiece.model", "tokenizer_config.json", "chat_template.jinja",
-                     "generation_config.json"):
-        fetch(optional, required=False)
-    if not fetch("model.safetensors", required=False):
-        if not fetch("model.safetensors.index.json", required=False):
-            raise RuntimeError(f"{repo} has neither model.safetensors nor model.safetensors.index.json")
-        with open(os.path.join(directory, "model.safetensors.index.json")) as f:
-            for shard in sorted(set(json.load(f)["weight_map"].values())):
-                fetch(shard)
-    open(complete_marker, "w").close()
-    return directory
-
-
-def spiece_model_path(name_or_dir, directory):
-    """The path of a pretrained T5's SentencePiece model, spiece.model, in directory: name_or_dir
-    itself, or the cache download_hf_checkpoint filled for that hub id. sample.py reads it to encode
-    and decode T5's text (its tokenizer.json holds a Unigram model, which bpe.py does not read), and
-    fine-tuning checks the dataset against it. A FileNotFoundError that says what to do if missing."""
-    path = os.path.join(directory, "spiece.model")
-    if os.path.isfile(path):
-        return path
-    if directory == name_or_dir:
-        raise FileNotFoundError(f"{directory} has no spiece.model, T5's SentencePiece tokenizer; copy it there "
-                                f"from the model's repository")
-    # A cache marked complete is never asked about again, and versions before spiece.model joined
-    # download_hf_checkpoint's files left it out: deleting the cache makes the next run fetch everything.
-    raise FileNotFoundError(f"the download cache {directory} has no spiece.model, T5's SentencePiece tokenizer "
-                            f"(an older version did not fetch it, or {name_or_dir} lacks it); delete {directory} "
-                            f"to download {name_or_dir} again")
-
+# Every simple-typed name defined above is a config key (names starting with "_" are not).
+config_keys = [k for k, v in list(globals().items())
+               if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
 
 
 # -----------------------------------------------------------------------------
-# Sequence-to-sequence data: (input, target) pairs, padded per batch
+# Sequence-to-sequence data: (input, target) pairs, padded per batch (what differs from gpt.py's
+# windows of one long text)
 
 
 class PairLoader:
@@ -1014,7 +923,7 @@ class PairLoader:
         input_ids (B, S)            the inputs and their </s>, right-padded with <pad>
         attention_mask (B, S)       1 on real input tokens, 0 on padding
         decoder_input_ids (B, T)    <start> y_0 .. y_{n-1}   (teacher forcing: the target shifted right)
-        targets (B, T)              y_0 .. y_{n-1} </s>      (-100 on padding: ignored by the loss)
+        targets (B, T)              y_0 .. y_{n-1} </s>      (-1 on padding: ignored by the loss)
     """
 
     def __init__(self, data_dir, meta, batch_size, device, block_size, target_block_size):
@@ -1058,7 +967,7 @@ class PairLoader:
         input_ids = torch.full((B, S), self.pad, dtype=torch.long)
         attention_mask = torch.zeros((B, S), dtype=torch.long)
         decoder_input_ids = torch.full((B, T), self.pad, dtype=torch.long)  # <pad> is also the start token
-        targets = torch.full((B, T), -100, dtype=torch.long)
+        targets = torch.full((B, T), -1, dtype=torch.long)
         for i, (source, target) in enumerate(pairs):
             input_ids[i, :len(source)] = torch.as_tensor(source)
             input_ids[i, len(source)] = self.eos
@@ -1125,7 +1034,8 @@ def exact_match(model, loader, n_pairs, beam_size=1, batch_size=250):
 
 
 # -----------------------------------------------------------------------------
-# T5's own objective: span corruption, on any prepared text dataset
+# T5's own objective: span corruption, on any prepared text dataset (what differs from gpt.py's
+# next-token prediction)
 #
 # A language model learns from raw text by predicting the next token; BERT by reconstructing 15%
 # of the tokens it hid behind [MASK]. T5 wanted an unsupervised objective in its text-to-text form
@@ -1152,10 +1062,11 @@ def exact_match(model, loader, n_pairs, beam_size=1, batch_size=250):
 # dropping independent tokens, with shorter targets, since a span of 3 needs one sentinel, not 3).
 # Both numbers are config keys (noise_density, mean_noise_span_length), defaulting to T5's.
 #
-# Sentinels are T5's "extra ids": <extra_id_0> is the LAST id of the vocabulary, <extra_id_1> the one
-# below, and so on, so a pretrained T5's 100 sentinels are ids 32099 down to 32000. We follow that
-# numbering above a dataset's own vocabulary (see SpanCorruptionLoader), so our checkpoints read
-# like T5's.
+# Sentinels are T5's "extra ids": <extra_id_0> is the last id of its SentencePiece vocabulary (32000
+# pieces and 100 extra ids: 32099), <extra_id_1> the one below, and so on down to 32000. The model's
+# embedding has 32128 rows (padded to a multiple of 128), so the top 28 ids are never used. We follow
+# that numbering above a dataset's own vocabulary (see SpanCorruptionLoader), without the padding:
+# there <extra_id_0> is the model's last id, and our checkpoints read like T5's.
 
 
 def noise_span_counts(length, noise_density, mean_noise_span_length):
@@ -1377,67 +1288,396 @@ def load_tokenizer(meta):
 
 
 # -----------------------------------------------------------------------------
-# Training configuration. Every simple value below can be overridden by config files and
-# --key=value arguments (see parse_config). The defaults are t5-small's shape on the numbers task.
+# The training loop's own steps: what differs from gpt.py's, one function each
 
-# I/O
-out_dir = "out-t5"
-eval_interval = 250  # evaluate losses and exact match (and maybe checkpoint) every this many iterations
-log_interval = 10  # print a training line every this many iterations
-eval_iters = 50  # batches averaged per loss estimate
-eval_exact_match = 500  # pairs datasets: val pairs decoded greedily for exact match at each evaluation; 0 disables
-eval_beam_size = 0  # > 1: at the last evaluation, also report beam-search exact match with this many beams
-eval_only = False  # evaluate once and exit
-always_save_checkpoint = True  # save at every eval, not only when val loss improves
-init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), or a HF T5 directory / hub id to fine-tune
-# logging
-wandb_log = False
-wandb_project = "t5"
-wandb_run_name = "t5"
-# data
-dataset = "numbers"
-gradient_accumulation_steps = 1  # micro-batches summed into one optimizer step
-batch_size = 64  # pairs per micro-batch
-block_size = 64  # longest input (tokens), with </s>; for span corruption, every input's length
-target_block_size = 128  # longest target, with </s>
-# span corruption (text datasets; see SpanCorruptionLoader): T5's values, from its section 3.3.4
-noise_density = 0.15  # the fraction of each window's tokens dropped
-mean_noise_span_length = 3.0  # the mean length of a dropped span
-# model
-n_layer = 6
-n_decoder_layer = 6
-n_head = 8
-n_embd = 512
-head_dim = 64
-n_ff = 2048
-num_buckets = 32
-max_distance = 128
-feed_forward = "relu"
-tie_embeddings = True
-dropout = 0.1
-attention = "sdpa"
-# AdamW
-learning_rate = 1e-3
-max_iters = 5000
-weight_decay = 0.1
-beta1 = 0.9
-beta2 = 0.99
-grad_clip = 1.0  # clip the global gradient norm to this; 0 disables
-# learning-rate schedule
-decay_lr = True
-warmup_iters = 200
-lr_decay_iters = 5000  # ~ max_iters
-min_lr = 1e-4  # ~ learning_rate / 10
-# system
-backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
-device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
-compile = True  # torch.compile the model (falls back with a warning where it cannot)
-seed = 1337
 
-# Every simple-typed name defined above is a config key (names starting with "_" are not).
-config_keys = [k for k, v in list(globals().items())
-               if not k.startswith("_") and isinstance(v, (bool, int, float, str))]
+def make_loader(data_dir, meta, cfg, device):
+    """The batches of a prepared dataset (what differs from gpt.py's BatchLoader): the dataset decides
+    the objective. A pairs dataset (numbers, or SentencePiece pairs) trains translation, any other
+    text T5's span corruption; no config key chooses, since the other objective would not fit the data."""
+    sizes = (cfg["batch_size"], device, cfg["block_size"], cfg["target_block_size"])
+    if is_pairs_dataset(meta):
+        return PairLoader(data_dir, meta, *sizes)
+    return SpanCorruptionLoader(data_dir, meta, *sizes, cfg["noise_density"], cfg["mean_noise_span_length"])
+
+
+def model_inputs(batch):
+    """A loader's (input_ids, attention_mask, decoder_input_ids, targets) in T5.forward's order."""
+    input_ids, attention_mask, decoder_input_ids, targets = batch
+    return input_ids, decoder_input_ids, attention_mask, targets
+
+
+def resumed_t5(checkpoint, cfg, loader):
+    """init_from='resume': the checkpoint's model. What differs from gpt.py: the dataset's vocabulary
+    (special tokens included) is checked against the checkpoint's, and the run may set its own
+    length limits and attention path (relative positions tie no weight to a length)."""
+    # A span-corruption vocabulary must match exactly (a block_size with more spans needs more
+    # sentinels); a fine-tuned T5's may be larger than its dataset's (32128 ids for 32000 pieces).
+    vocab_size = checkpoint["model_args"]["vocab_size"]
+    if vocab_size < loader.vocab_size or (isinstance(loader, SpanCorruptionLoader) and vocab_size != loader.vocab_size):
+        fail(f"the checkpoint's vocabulary has {vocab_size} ids and this dataset and block_size "
+             f"need {loader.vocab_size}; resume with the dataset and block_size it was trained with")
+    if checkpoint["tokenizer"].get("sentencepiece_model") != loader.meta.get("sentencepiece_model"):
+        fail(f"dataset {cfg['dataset']!r} was tokenized with another SentencePiece model than the checkpoint's "
+             f"dataset; resume with the dataset it was trained on")
+    run_keys = ("dropout", "attention", "block_size", "target_block_size")
+    model = T5(T5Config(**checkpoint["model_args"] | {k: cfg[k] for k in run_keys}))
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def pretrained_t5(cfg, loader, runtime):
+    """init_from=<a Hugging Face T5 directory or hub id>: its weights, to fine-tune on pairs. What
+    differs from gpt.py's load_openai_gpt2: the dataset must have been tokenized with the model's own
+    SentencePiece file, and T5's special ids must be the dataset's."""
+    def load():
+        try:
+            directory = cfg["init_from"]
+            if not os.path.isdir(directory):
+                directory = download_hf_checkpoint(directory)  # T5's spiece.model with it
+            spiece_model_path(cfg["init_from"], directory)  # the dataset is checked against it below
+            # The weights are the pretrained ones; the run's length limits and attention path are ours.
+            model = T5.from_pretrained(directory, dropout=cfg["dropout"], block_size=cfg["block_size"],
+                                       target_block_size=cfg["target_block_size"], attention=cfg["attention"])
+            return (model, directory), None
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            return None, f"cannot load {cfg['init_from']!r}: {e}"
+
+    model, directory = local_rank0_first(load, runtime)  # a hub id downloads once per machine
+    # Token ids mean nothing without the tokenizer that made them: the pretrained embedding row 37
+    # is whatever piece 37 of ITS spiece.model is, so the dataset must have been tokenized with
+    # exactly that file (the same serialized bytes), or every id is a wrong word.
+    command = f"python prepare_data.py NAME --input=PAIRS.tsv --tokenizer={directory}"
+    if not prepare_data.same_tokenizer(loader.meta, directory):
+        fail(f"dataset {cfg['dataset']!r} was not tokenized with {cfg['init_from']}'s spiece.model; prepare "
+             f"'input<TAB>target' lines with it: {command}")
+    if isinstance(loader, SpanCorruptionLoader):  # its sentinels would have to be T5's own <extra_id_N>: not done here
+        fail(f"dataset {cfg['dataset']!r} is plain text; fine-tuning a pretrained T5 needs 'input<TAB>target' "
+             f"pairs: {command}")
+    # T5's convention, which the loader's batches follow: <pad> (0) is also the decoder's start
+    # token, and </s> (1) ends inputs and targets. The dataset's ids come from the same
+    # spiece.model, so they agree unless config.json says otherwise.
+    pretrained_ids = (model.config.pad_token_id, model.config.decoder_start_token_id, model.config.eos_token_id)
+    if pretrained_ids != (loader.pad, loader.pad, loader.eos):
+        fail(f"{cfg['init_from']} has pad, decoder start and eos ids {pretrained_ids}, but its spiece.model "
+             f"has <pad> {loader.pad} and </s> {loader.eos}; t5.py trains with T5's (pad = start)")
+    return model
+
+
+def target_token_weights(targets, runtime):
+    """The factor each micro-batch's mean loss is multiplied by before backward, one per micro-batch.
+
+    targets: the step's micro-batches' targets, -1 on padding. T5.forward returns the mean over a
+    micro-batch's real target tokens, and micro-batches of padded pairs hold different numbers of
+    them. gpt.py divides every micro-batch's mean by their number, a mean of means that gives each
+    token of a short micro-batch more weight than one of a long micro-batch. The step's loss should
+    be the mean over every real target token of every micro-batch on every process: each mean is
+    weighted by its micro-batch's token count over the total. DDP averages gradients over the
+    processes, so the weights are multiplied by world_size to make that average a sum, and the
+    total is summed over processes with an all_reduce. (bert.py weighs its masked tokens the same way.)
+    """
+    counts = torch.stack([(t != -1).sum() for t in targets]).float()  # (micro_batches,)
+    total = counts.sum()
+    if runtime.ddp:
+        torch.distributed.all_reduce(total)
+    return counts * runtime.world_size / total
+
+
+@torch.no_grad()
+def evaluate(model, raw_model, loader, cfg, runtime, final):
+    """t5.py's evaluation, in place of gpt.py's estimate_loss: the mean loss over eval_iters batches of
+    each split with dropout off (averaged over the processes, so that all take the same decisions),
+    then the task's metric.
+
+    Span corruption: the val accuracy on the dropped tokens (the target's text tokens, not its
+    sentinels or </s>): how often the likeliest next token is the one that was dropped, given the
+    true ones before it. Pairs (rank 0 only): exact match of eval_exact_match decoded val pairs,
+    greedy at every evaluation; beam search (several greedy decodings' cost) at the final one.
+    Decoding draws no random numbers, so the training batches after it are the same without it.
+    """
+    span_corruption = isinstance(loader, SpanCorruptionLoader)
+    model.eval()
+    losses = []
+    for split in ("train", "val"):
+        total, correct, count = 0.0, 0, 0
+        for _ in range(cfg["eval_iters"]):
+            x, mask, decoder_x, y = loader.get_batch(split)
+            with runtime.autocast:
+                logits, loss = model(x, decoder_x, mask, y)
+            total += loss.item()
+            if span_corruption:
+                dropped = (y >= 0) & (y < loader.text_vocab_size)
+                correct += int((logits.argmax(dim=-1) == y)[dropped].sum())
+                count += int(dropped.sum())
+        losses.append(total / cfg["eval_iters"])
+    names = ["train", "val"]
+    if span_corruption:  # the last split's: val
+        names.append("dropped_token_accuracy")
+        losses.append(correct / count)
+    model.train()
+    results = dict(zip(names, mean_over_processes(losses, runtime)))
+    if runtime.rank == 0 and cfg["eval_exact_match"] > 0 and not span_corruption:
+        with runtime.autocast:
+            results["exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"])
+            if cfg["eval_beam_size"] > 1 and final:
+                results["beam_exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"],
+                                                          cfg["eval_beam_size"])
+    return results
+
+def main(argv):
+    # ---- the config: defaults, then config files and --key=value (a resume takes the checkpoint's) ----
+    defaults = {k: globals()[k] for k in config_keys}
+    cfg = parse_config(argv, defaults)
+    architecture = ("n_layer", "n_decoder_layer", "n_head", "n_embd", "head_dim", "n_ff", "num_buckets", "max_distance",
+                    "feed_forward", "tie_embeddings")
+    checkpoint = None
+    if cfg["init_from"] == "resume":
+        checkpoint = load_checkpoint(cfg["out_dir"], "t5")
+        # The architecture and the dataset are the checkpoint's: an override of them is an error.
+        cfg = resumed_config(argv, defaults, checkpoint, fixed=("dataset",) + architecture)
+    check_config(cfg)
+
+    # ---- devices, processes and precision ----
+    runtime = start_processes(cfg)  # torchrun's rank, the device, autocast and the GradScaler (Part 3)
+    device, master = runtime.device, runtime.rank == 0  # only rank 0 prints and writes files
+    # Each process does its share of the micro-batches; together they make one optimizer step. (The
+    # config keeps the total the user gave: that is what a resume with another process count needs.)
+    micro_steps = cfg["gradient_accumulation_steps"] // runtime.world_size
+
+    # ---- data: (input, target) pairs, or span corruption of any text (make_loader, Part 2) ----
+    def prepare_dataset():
+        try:
+            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads, tokenizes if needed
+            return make_loader(data_dir, prepare_data.load_meta(data_dir), cfg, device), None
+        except prepare_data.DataError as e:
+            return None, str(e)
+
+    loader = local_rank0_first(prepare_dataset, runtime)
+    meta = loader.meta  # the tokenizer, with span corruption's special tokens
+    # Batches are padded to their own longest pair; tokens per iteration count the real target
+    # tokens (padding excluded), the tokens the loss is a mean over (bert.py counts its own the same way).
+    mean_source, mean_target = loader.mean_lengths()
+    pairs_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"]
+    tokens_per_iter = pairs_per_iter * mean_target
+
+    # ---- model: from scratch, from a checkpoint, or a pretrained T5 to fine-tune ----
+    if cfg["init_from"] == "scratch":
+        model_keys = architecture + ("dropout", "attention", "block_size", "target_block_size")
+        try:
+            # T5's conventions: <pad> is also the decoder start token; </s> ends inputs and targets.
+            model = T5(T5Config(**{k: cfg[k] for k in model_keys}, vocab_size=loader.vocab_size,
+                                pad_token_id=loader.pad, eos_token_id=loader.eos, decoder_start_token_id=loader.pad))
+        except ValueError as e:
+            fail(e)
+    elif cfg["init_from"] == "resume":
+        model = resumed_t5(checkpoint, cfg, loader)  # Part 2, above
+    else:
+        model = pretrained_t5(cfg, loader, runtime)  # Part 2, above
+    # Every id the loader makes (its special tokens too) must have a row in the model's embedding.
+    check_vocabulary_fits({"vocab_size": loader.vocab_size}, model.config.vocab_size, cfg["dataset"])
+    model_args = asdict(model.config)
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
+                                          runtime.device_type)
+    iter_num, best_val_loss = 0, float("inf")
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        iter_num, best_val_loss = restore_training_state(checkpoint, runtime, cfg["seed"])
+        checkpoint = None  # free the loaded copy
+    raw_model = model  # the plain module: what we save, and what MFU counts
+    if cfg["compile"]:
+        # Batches change shape with their longest pair: one shape-generic graph, not one per length.
+        model = compile_or_warn(model, runtime, lambda: model_inputs(loader.get_batch("train")), dynamic=True)
+    if runtime.ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=runtime.device_ids)
+    if master:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        print("config:", json.dumps(cfg))
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: ~{tokens_per_iter:,.0f} target "
+              f"tokens ({pairs_per_iter} pairs x {mean_target:.1f}; inputs {mean_source:.1f} tokens)")
+    wandb = start_wandb(cfg, master)
+
+    # ---- the training loop ----
+    # Order within an iteration: evaluate (and checkpoint) the current weights, then take one
+    # optimizer step. A checkpoint written at iteration N therefore holds the weights and RNG state
+    # from just before step N, and resuming repeats exactly what the original run did next.
+    resumed_at = iter_num if cfg["init_from"] == "resume" else None
+    run_log = start_run_log(cfg, runtime, resumed_at, {"kind": "start", "iter": iter_num, "model_type": "t5",
+                                                       "tokens_per_iter": tokens_per_iter, "config": cfg})
+    model.train()
+    timer = IterationTimer(iter_num)
+    t_start = time.time()  # wall time since training began, evaluations included: what "trains in N minutes" means
+    while True:
+        lr = learning_rate_at(iter_num, cfg)  # linear warmup, then cosine decay (Part 3)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
+        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
+            final = cfg["eval_only"] or iter_num >= cfg["max_iters"]
+            losses = evaluate(model, raw_model, loader, cfg, runtime, final)  # losses and the task's metric (Part 2)
+            metrics = {name: value for name, value in losses.items() if name not in ("train", "val")}
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                      + "".join(f", {name.replace('_', ' ')} {100 * value:.1f}%" for name, value in metrics.items())
+                      + f" (time {time.time() - t_start:.0f}s)")
+            log_eval(run_log, wandb, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
+                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
+                     | {f"val_{name}": value for name, value in metrics.items()})
+            check_finite("val loss", losses["val"], iter_num, cfg)
+            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng_states = every_rank_rng_state(runtime)  # collective: every process takes part
+                if master:
+                    save_checkpoint(cfg["out_dir"], {
+                        "model_type": "t5", "model_args": model_args, "model": raw_model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scaler": runtime.scaler.state_dict(),
+                        "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg, "tokenizer": meta,
+                        "rng_state": rng_states})
+            timer.restart(iter_num)  # keep evaluation out of the timing
+        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
+            break
+
+        # Gradient accumulation, weighted by real target tokens (what differs from gpt.py): the step's
+        # micro-batches are drawn first, since each one's weight depends on all of them.
+        batches = [loader.get_batch("train") for _ in range(micro_steps)]
+        weights = target_token_weights([targets for *_, targets in batches], runtime)  # Part 2
+        train_loss = 0.0  # the step's mean loss per target token, for the log (summed over processes)
+        for micro_step, batch in enumerate(batches):
+            # Under DDP, gradients are averaged across processes during backward; doing it only on
+            # the last micro-step saves all the communication of the earlier ones.
+            last = micro_step == micro_steps - 1
+            with (model.no_sync() if runtime.ddp and not last else nullcontext()):
+                with runtime.autocast:
+                    _, loss = model(*model_inputs(batch))
+                    loss = loss * weights[micro_step]
+                runtime.scaler.scale(loss).backward()
+            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
+        if cfg["grad_clip"] > 0:
+            # Clipping the global gradient norm bounds the size of any one update, protecting
+            # against the occasional huge gradient of a bad batch. Unscale first so the threshold
+            # applies to true gradients.
+            runtime.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        runtime.scaler.step(optimizer)
+        runtime.scaler.update()
+        optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
+
+        if iter_num % cfg["log_interval"] == 0:
+            # The mean loss over every target token of this step, of every process. .item() waits
+            # for the GPU to finish, so we only ask for it when logging.
+            loss_value = mean_over_processes([train_loss.item()], runtime)[0]
+            check_finite("training loss", loss_value, iter_num, cfg)
+            log_train_step(run_log, cfg, runtime, iter_num, loss_value, lr, timer.seconds_per_iter(iter_num),
+                           tokens_per_iter, raw_model.flops_per_token(mean_source, mean_target))
+        iter_num += 1
+
+    end_run(cfg, runtime, iter_num, best_val_loss)
+
+
+# =============================================================================
+# Part 3: plumbing. Nothing here is needed to understand the model or the loop: this script's own
+# reading of Hugging Face checkpoints, then the functions every model script shares by convention.
+# =============================================================================
+
+# -----------------------------------------------------------------------------
+# Hugging Face T5 checkpoints: their config.json and tensor names, mapped to ours
+
+
+def hf_t5_config(name_or_dir, dropout):
+    """(directory, T5Config) of a Hugging Face T5ForConditionalGeneration checkpoint, downloading a hub id first."""
+    directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
+    with open(config_path) as f:
+        hf = json.load(f)
+    if hf.get("model_type") != "t5":
+        raise ValueError(f"{directory} holds a {hf.get('model_type')!r} model; t5.py loads only 't5' checkpoints")
+    feed_forward = hf.get("feed_forward_proj", "relu")
+    if feed_forward not in ("relu", "gated-gelu"):
+        raise ValueError(f"unsupported feed_forward_proj={feed_forward!r} in {config_path} (relu or gated-gelu)")
+    # Real checkpoints come in two kinds: v1.0 ties the output layer to the embedding and rescales
+    # by n_embd**-0.5; v1.1 stores its own lm_head.weight and does not rescale (config.json:
+    # tie_word_embeddings=false). transformers 5 writes the rescaling as scale_decoder_outputs and
+    # may share the matrix even without it; that is the same maths as an untied head that holds a
+    # copy of the embedding, which is how we load it (tie_embeddings means tied *and* rescaled).
+    tie = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
+    n_layer = hf["num_layers"]
+    return directory, T5Config(
+        vocab_size=hf["vocab_size"], n_embd=hf["d_model"], head_dim=hf["d_kv"], n_ff=hf["d_ff"],
+        n_layer=n_layer, n_decoder_layer=hf.get("num_decoder_layers") or n_layer, n_head=hf["num_heads"],
+        num_buckets=hf.get("relative_attention_num_buckets", 32),
+        max_distance=hf.get("relative_attention_max_distance", 128), feed_forward=feed_forward,
+        tie_embeddings=tie, dropout=dropout, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+        pad_token_id=hf.get("pad_token_id", 0), eos_token_id=hf.get("eos_token_id", 1),
+        decoder_start_token_id=hf.get("decoder_start_token_id", 0))
+
+
+def hf_t5_state_dict(hf_state, ours, tie, dtype, directory):
+    """HF T5's tensors under our names; ours: the model's state dict (names, shapes); tie: the
+    config's tie_embeddings."""
+    # Hugging Face's names spell out the sub-layer index: encoder block layer.0 is self-attention,
+    # layer.1 the feed-forward; decoder layer.0 self-attention, layer.1 cross-attention
+    # ("EncDecAttention"), layer.2 feed-forward. Each layer.N holds its own layer_norm.
+    sublayers = {"encoder": {"0": ("attn", "ln_attn"), "1": ("ff", "ln_ff")},
+                 "decoder": {"0": ("self_attn", "ln_self"), "1": ("cross_attn", "ln_cross"), "2": ("ff", "ln_ff")}}
+    state = {}
+    for hf_name, tensor in hf_state.items():
+        parts = hf_name.split(".")
+        if hf_name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") or (
+                hf_name == "lm_head.weight" and tie):
+            continue  # copies of (tied to) shared.weight
+        if hf_name == "shared.weight" and not tie and "lm_head.weight" not in hf_state:
+            # An untied head stored as the shared matrix (see hf_t5_config): a copy of its own, so
+            # that training one does not move the other.
+            state["lm_head.weight"] = tensor.to(dtype, copy=True)
+        if parts[0] in sublayers and parts[1] == "block":
+            module, norm = sublayers[parts[0]][parts[4]]
+            if parts[6] == "relative_attention_bias":  # block 0's table, shared by the stack
+                key = f"{parts[0]}.relative_bias.embedding.weight"
+            elif parts[5] == "layer_norm":
+                key = f"{parts[0]}.blocks.{parts[2]}.{norm}.weight"
+            else:  # SelfAttention/EncDecAttention.{q,k,v,o} or DenseReluDense.{wi,wi_0,wi_1,wo}
+                key = f"{parts[0]}.blocks.{parts[2]}.{module}.{parts[6]}.weight"
+        elif parts[0] in sublayers and parts[1] == "final_layer_norm":
+            key = f"{parts[0]}.ln_f.weight"
+        else:
+            key = hf_name  # shared.weight, lm_head.weight
+        if key not in ours:
+            raise ValueError(f"unexpected tensor {hf_name!r} in the checkpoint at {directory}")
+        if tensor.shape != ours[key].shape:
+            raise ValueError(f"shape mismatch for {hf_name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[key].shape)}")
+        state[key] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
+    missing = set(ours) - set(state)
+    if missing:
+        raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+    return state
+
+
+def spiece_model_path(name_or_dir, directory):
+    """The path of a pretrained T5's SentencePiece model, spiece.model, in directory: name_or_dir
+    itself, or the cache download_hf_checkpoint filled for that hub id. sample.py reads it to encode
+    and decode T5's text (its tokenizer.json holds a Unigram model, which bpe.py does not read), and
+    fine-tuning checks the dataset against it. A FileNotFoundError that says what to do if missing."""
+    path = os.path.join(directory, "spiece.model")
+    if os.path.isfile(path):
+        return path
+    if directory == name_or_dir:
+        raise FileNotFoundError(f"{directory} has no spiece.model, T5's SentencePiece tokenizer; copy it there "
+                                f"from the model's repository")
+    # A cache marked complete is never asked about again, and versions before spiece.model joined
+    # download_hf_checkpoint's files left it out: deleting the cache makes the next run fetch everything.
+    raise FileNotFoundError(f"the download cache {directory} has no spiece.model, T5's SentencePiece tokenizer "
+                            f"(an older version did not fetch it, or {name_or_dir} lacks it); delete {directory} "
+                            f"to download {name_or_dir} again")
+
+
+
+# -----------------------------------------------------------------------------
+# Shared by convention: every function below is identical in every model script (bigram.py,
+# gpt.py, llama.py, olmo.py, bert.py, t5.py; tests/test_template.py keeps them so). Read them once,
+# here in gpt.py: a fix to one is made in all.
 
 
 def parse_config(argv, defaults):
@@ -1447,20 +1687,27 @@ def parse_config(argv, defaults):
     order; each --key=value overrides one key, later ones winning. Values are Python literals
     (--batch_size=32, --decay_lr=False, --dropout=0.1); anything that is not a literal is taken as
     a string (--device=cuda). A key that does not exist, or a value of the wrong type, is an error
-    naming the key: a typo must never silently train with the default.
+    naming the key and, where one is close, the key or value that was probably meant: a typo must
+    never silently train with the default.
     """
     import ast
+    import difflib
 
     config = dict(defaults)
 
     def assign(key, value, source):
         if key not in config:
-            fail(f"unknown config key {key!r} (from {source}); valid keys: {', '.join(sorted(config))}")
+            close = difflib.get_close_matches(key, config, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(config))}"
+            fail(f"unknown config key {key!r} (from {source}){hint}")
         default = config[key]
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # --learning_rate=1 means 1.0
         if type(value) is not type(default):
-            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source})")
+            # --compile=false is the string "false" (Python's literals are True and False).
+            hint = (f"; use {value.capitalize()}" if isinstance(default, bool) and isinstance(value, str)
+                    and value.lower() in ("true", "false") else "")
+            fail(f"config key {key!r} must be {type(default).__name__}, got {value!r} (from {source}){hint}")
         config[key] = value
 
     for arg in argv:
@@ -1492,22 +1739,23 @@ def parse_config(argv, defaults):
     return config
 
 
-# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU: model FLOPs per second
-# achieved divided by what the hardware could do. Matched against torch.cuda.get_device_name().
-_GPU_PEAK_FLOPS = [
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
-    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
-    ("V100", 125e12), ("T4", 65e12),
-]
+def resumed_config(argv, defaults, checkpoint, fixed):
+    """The config of a resumed run: the checkpoint's, with the command line's settings on top.
 
-
-
-def gpu_peak_flops(device_name):
-    for key, flops in _GPU_PEAK_FLOPS:
-        if key in device_name:
-            return flops
-    return None
-
+    A resume continues a run, so every key the user does not set comes from the run being resumed,
+    not from the script's defaults: `--init_from=resume --out_dir=X` alone trains on X's dataset
+    with X's settings. The keys in `fixed` (the dataset and the architecture) cannot change in a
+    resumed run, so setting one to another value than the checkpoint's is an error naming it,
+    rather than a setting that is silently ignored or a crash at the first batch.
+    """
+    saved = {k: v for k, v in checkpoint["config"].items() if k in defaults and type(v) is type(defaults[k])}
+    cfg = parse_config(argv, defaults | saved)
+    for key in fixed:
+        if key in saved and cfg[key] != saved[key]:
+            fail(f"{key}={cfg[key]!r} conflicts with the checkpoint in {cfg['out_dir']}, trained with {key}="
+                 f"{saved[key]!r}: a resumed run keeps its dataset and architecture. Drop the {key} setting, or "
+                 f"start a new run (init_from='scratch') in another out_dir")
+    return cfg
 
 
 def check_config(cfg):
@@ -1531,7 +1779,6 @@ def check_config(cfg):
                 fail(f"config key {key!r} {requirement}, got {cfg[key]!r}")
 
 
-
 def fail(message):
     """Stop with the one line "error: <message>" and exit status 1.
 
@@ -1539,26 +1786,28 @@ def fail(message):
     process alone sees are first shared with all, see first_error), so only rank 0 prints: the
     message appears once, not once per process.
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Leave the process group before exiting: gloo's threads still running while the
+        # interpreter shuts down can abort the process (SIGABRT) instead of exiting with our error.
+        torch.distributed.destroy_process_group()
     sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
 
 
-
-def first_error(error, ddp):
+def first_error(error, runtime):
     """The first error message (or None) of all processes; under DDP every process must call it.
 
     A failure seen by one process alone (rank 0 could not prepare the data) must stop all of them,
     or the others wait forever at their next collective call. Gathering every process's message,
     None when it is fine, lets all of them take the same decision.
     """
-    if not ddp:
+    if not runtime.ddp:
         return error
-    errors = [None] * torch.distributed.get_world_size()
+    errors = [None] * runtime.world_size
     torch.distributed.all_gather_object(errors, error)
     return next((e for e in errors if e is not None), None)
 
 
-
-def local_rank0_first(step, ddp, local_rank):
+def local_rank0_first(step, runtime):
     """Run step() -> (value, error message or None) on every process, local rank 0 first; return
     the value, or fail everywhere if any process failed.
 
@@ -1569,31 +1818,45 @@ def local_rank0_first(step, ddp, local_rank):
     value = None
     for leaders_turn in (True, False):
         error = None
-        if (local_rank == 0) == leaders_turn:
+        if (runtime.local_rank == 0) == leaders_turn:
             value, error = step()
-        error = first_error(error, ddp)
+        error = first_error(error, runtime)
         if error is not None:
             fail(error)
     return value
 
 
+@dataclass
+class Runtime:
+    """Where this process computes and how: what start_processes decided from the config."""
+    ddp: bool  # launched by torchrun: one of world_size processes, each with its own data
+    rank: int  # this process's number among all processes (0 logs and writes files)
+    local_rank: int  # its number on this machine (its GPU, on a multi-GPU machine)
+    world_size: int
+    device: str  # 'cpu', 'cuda:1', 'mps'
+    device_type: str  # 'cpu', 'cuda' or 'mps'
+    autocast: object  # the context in which forward passes run (16-bit matmuls, or nothing)
+    scaler: object  # torch.amp.GradScaler, enabled for float16 only
 
-def main(argv):
-    cfg = parse_config(argv, {k: globals()[k] for k in config_keys})
-    check_config(cfg)
+    @property
+    def device_ids(self):
+        """DistributedDataParallel's device_ids: this process's GPU, or None on a CPU."""
+        return [self.local_rank] if self.device_type == "cuda" else None
 
-    # ---- devices, processes and precision ----
-    ddp = int(os.environ.get("RANK", -1)) != -1  # launched by torchrun?
+
+def start_processes(cfg):
+    """Settle the device, dtype and processes from the config (resolving 'auto'); return a Runtime.
+
+    Under torchrun (RANK in the environment), join the process group: NCCL, NVIDIA's fast
+    GPU-to-GPU library, on GPUs; gloo everywhere else (CPUs, and Windows, which has no NCCL).
+    """
+    ddp = int(os.environ.get("RANK", -1)) != -1
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
         if cfg["gradient_accumulation_steps"] % world_size != 0:
             fail(f"gradient_accumulation_steps={cfg['gradient_accumulation_steps']} must be divisible by the "
                  f"number of processes ({world_size})")
-    # Each process does its share of the micro-batches; together they make one optimizer step. (The
-    # config keeps the total the user gave: that is what a resume with another process count needs.)
-    micro_steps = cfg["gradient_accumulation_steps"] // world_size
-    master = rank == 0  # only this process logs and writes checkpoints
     if cfg["device"] == "auto":
         cfg["device"] = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device_type = "cuda" if cfg["device"].startswith("cuda") else cfg["device"].split(":")[0]
@@ -1613,12 +1876,11 @@ def main(argv):
         if device_type == "cuda":
             cfg["device"] = f"cuda:{local_rank}"
             torch.cuda.set_device(cfg["device"])
-        # NCCL is NVIDIA's fast GPU-to-GPU library; gloo works everywhere (CPUs, and Windows, which
-        # has no NCCL).
         nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
         backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
         torch.distributed.init_process_group(backend=backend)
-    device = cfg["device"]
+    if device_type == "cpu" and rank == 0:
+        warn_if_cpu_is_busy(world_size)
     # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
     torch.manual_seed(cfg["seed"] + rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: float32 range, much faster on Ampere+
@@ -1630,374 +1892,57 @@ def main(argv):
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
-
-    # ---- data ----
-    def prepare_dataset():
-        try:
-            data_dir = prepare_data.ensure_prepared(cfg["dataset"])  # downloads and tokenizes if needed
-            meta = prepare_data.load_meta(data_dir)
-            # The dataset decides the objective: a pairs dataset (numbers) trains translation, any other
-            # text T5's span corruption. No config key: the other objective would not fit the data.
-            sizes = (cfg["batch_size"], device, cfg["block_size"], cfg["target_block_size"])
-            if is_pairs_dataset(meta):
-                loader = PairLoader(data_dir, meta, *sizes)
-            else:
-                loader = SpanCorruptionLoader(data_dir, meta, *sizes, cfg["noise_density"],
-                                              cfg["mean_noise_span_length"])
-            return (loader.meta, loader), None  # loader.meta: the tokenizer, with span corruption's special tokens
-        except prepare_data.DataError as e:
-            return None, str(e)
-
-    meta, loader = local_rank0_first(prepare_dataset, ddp, local_rank)
-    span_corruption = isinstance(loader, SpanCorruptionLoader)
-    # Pair batches are padded to their own longest pair, so tokens per iteration vary; we count the
-    # real (unpadded) input and target tokens, which is what the model learns from.
-    mean_source, mean_target = loader.mean_lengths()
-    pairs_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"]
-    tokens_per_iter = pairs_per_iter * (mean_source + mean_target)
-
-    # ---- model ----
-    iter_num, best_val_loss, checkpoint = 0, float("inf"), None
-    model_keys = ("n_layer", "n_decoder_layer", "n_head", "n_embd", "head_dim", "n_ff", "num_buckets", "max_distance",
-                  "feed_forward", "tie_embeddings", "dropout", "attention", "block_size", "target_block_size")
-    if cfg["init_from"] == "scratch":
-        try:
-            # T5's conventions: <pad> is also the decoder start token; </s> ends inputs and targets.
-            config = T5Config(**{k: cfg[k] for k in model_keys}, vocab_size=loader.vocab_size,
-                              pad_token_id=loader.pad, eos_token_id=loader.eos, decoder_start_token_id=loader.pad)
-        except ValueError as e:
-            fail(e)
-        model = T5(config)
-        model_args = asdict(config)
-    elif cfg["init_from"] == "resume":
-        checkpoint = load_checkpoint(cfg["out_dir"], device, "t5")
-        # The architecture comes from the checkpoint; only dropout may change between runs.
-        model_args = checkpoint["model_args"] | {"dropout": cfg["dropout"]}
-        # A span-corruption vocabulary must match exactly (a block_size with more spans needs more
-        # sentinels); a fine-tuned T5's may be larger than its dataset's (32128 ids for 32000 pieces).
-        vocab_size = model_args["vocab_size"]
-        if vocab_size < loader.vocab_size or (span_corruption and vocab_size != loader.vocab_size):
-            fail(f"the checkpoint's vocabulary has {vocab_size} ids and this dataset and block_size "
-                 f"need {loader.vocab_size}; resume with the dataset and block_size it was trained with")
-        if checkpoint["tokenizer"].get("sentencepiece_model") != meta.get("sentencepiece_model"):
-            fail(f"dataset {cfg['dataset']!r} was tokenized with another SentencePiece model than the checkpoint's "
-                 f"dataset; resume with the dataset it was trained on")
-        model = T5(T5Config(**model_args))
-        model.load_state_dict(checkpoint["model"])
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-    else:
-        # Fine-tuning a pretrained T5 (a Hugging Face directory or hub id) on a pairs dataset. A hub id
-        # is downloaded once per machine, T5's SentencePiece file with it, before the other processes load it.
-        def load_pretrained():
-            try:
-                directory = cfg["init_from"]
-                if not os.path.isdir(directory):
-                    directory = download_hf_checkpoint(directory)
-                spiece_model_path(cfg["init_from"], directory)  # the dataset is checked against it below
-                return (T5.from_pretrained(directory, dropout=cfg["dropout"]), directory), None
-            except (ValueError, FileNotFoundError, RuntimeError) as e:
-                return None, f"cannot load {cfg['init_from']!r}: {e}"
-
-        pretrained, directory = local_rank0_first(load_pretrained, ddp, local_rank)
-        # Token ids mean nothing without the tokenizer that made them: the pretrained embedding row 37
-        # is whatever piece 37 of ITS spiece.model is, so the dataset must have been tokenized with
-        # exactly that file (the same serialized bytes), or every id is a wrong word.
-        command = f"python prepare_data.py NAME --input=PAIRS.tsv --tokenizer={directory}"
-        if not prepare_data.same_tokenizer(meta, directory):
-            fail(f"dataset {cfg['dataset']!r} was not tokenized with {cfg['init_from']}'s spiece.model; prepare "
-                 f"'input<TAB>target' lines with it: {command}")
-        if span_corruption:  # its sentinels would have to be T5's own <extra_id_N>: not done here
-            fail(f"dataset {cfg['dataset']!r} is plain text; fine-tuning a pretrained T5 needs 'input<TAB>target' "
-                 f"pairs: {command}")
-        # T5's convention, which the loader's batches follow: <pad> (0) is also the decoder's start
-        # token, and </s> (1) ends inputs and targets. The dataset's ids come from the same
-        # spiece.model, so they agree unless config.json says otherwise.
-        pretrained_ids = (pretrained.config.pad_token_id, pretrained.config.decoder_start_token_id,
-                          pretrained.config.eos_token_id)
-        if pretrained_ids != (loader.pad, loader.pad, loader.eos):
-            fail(f"{cfg['init_from']} has pad, decoder start and eos ids {pretrained_ids}, but its spiece.model "
-                 f"has <pad> {loader.pad} and </s> {loader.eos}; t5.py trains with T5's (pad = start)")
-        # The weights are the pretrained ones; the run's length limits and attention path are ours.
-        keys = ("block_size", "target_block_size", "attention")
-        config = T5Config(**asdict(pretrained.config) | {k: cfg[k] for k in keys})
-        model = T5(config)
-        model.load_state_dict(pretrained.state_dict())
-        model_args = asdict(config)
-    model.to(device)
-    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
-    if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
-            scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng_state(checkpoint["rng_state"], rank, world_size, cfg["seed"] + world_size * iter_num + rank)
-    raw_model = model  # the plain module: what we save, and what MFU counts
-    if cfg["compile"]:
-        def trial_batch():  # the loader gives (input, its mask, decoder input, targets): reorder for forward
-            x, mask, decoder_x, y = loader.get_batch("train")
-            return x, decoder_x, mask, y
-
-        # Batches change shape with their longest pair: one shape-generic graph, not one per length.
-        model, compile_error = compile_model(model, autocast, device, trial_batch, dynamic=True)
-        if compile_error and master:
-            print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
-    if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
-
-    if master:
-        os.makedirs(cfg["out_dir"], exist_ok=True)
-        print("config:", json.dumps(cfg))
-        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: ~{tokens_per_iter:,.0f} "
-              f"({pairs_per_iter} pairs x ({mean_source:.1f} input + {mean_target:.1f} target tokens))")
-    wandb = None
-    if cfg["wandb_log"] and master:
-        try:
-            import wandb
-        except ImportError:
-            fail("wandb_log=True but wandb is not installed: pip install wandb")
-        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
-
-    def lr_at(it):
-        """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
-        if not cfg["decay_lr"]:
-            return cfg["learning_rate"]
-        if it < cfg["warmup_iters"]:
-            # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
-            # wasted), and the ramp reaches the full rate just as the cosine takes over.
-            return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
-        if it > cfg["lr_decay_iters"]:
-            return cfg["min_lr"]
-        progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
-        return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
-
-    def mean_over_processes(values):
-        """Average a few floats over all processes (each has measured its own batches)."""
-        if not ddp:
-            return values
-        total = torch.tensor(values, dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(total)  # a sum: gloo has no average
-        return (total / world_size).tolist()
-
-    @torch.no_grad()
-    def estimate_loss():
-        """Mean loss over eval_iters batches of each split (on every process), with dropout off; for
-        span corruption also the val accuracy on the dropped tokens (the target's text tokens, not its
-        sentinels or </s>): how often the model's likeliest next token is the one that was dropped,
-        given the true ones before it.
-
-        Averaged over the processes, so that all of them see the same numbers and take the same
-        decisions: whether to save, whether the loss has diverged.
-        """
-        model.eval()
-        losses = []
-        for split in ("train", "val"):
-            total, correct, count = 0.0, 0, 0
-            for _ in range(cfg["eval_iters"]):
-                x, mask, decoder_x, y = loader.get_batch(split)
-                with autocast:
-                    logits, loss = model(x, decoder_x, mask, y)
-                total += loss.item()
-                if span_corruption:
-                    dropped = (y >= 0) & (y < loader.text_vocab_size)
-                    correct += int((logits.argmax(dim=-1) == y)[dropped].sum())
-                    count += int(dropped.sum())
-            losses.append(total / cfg["eval_iters"])
-        names = ["train", "val"]
-        if span_corruption:  # the last split's: val
-            names.append("dropped_token_accuracy")
-            losses.append(correct / count)
-        model.train()
-        return dict(zip(names, mean_over_processes(losses)))
-
-    def save_checkpoint(rng_states):
-        checkpoint = {
-            "model_type": "t5",
-            "model_args": model_args,
-            "model": raw_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "iter_num": iter_num,
-            "best_val_loss": best_val_loss,
-            "config": cfg,
-            "tokenizer": meta,
-            "rng_state": rng_states,
-        }
-        path = os.path.join(cfg["out_dir"], "ckpt.pt")
-        # Write then rename: a crash mid-write leaves the previous checkpoint intact.
-        try:
-            torch.save(checkpoint, path + ".tmp")
-            os.replace(path + ".tmp", path)
-        except OSError as e:
-            fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
-        print(f"saved checkpoint to {path}")
-
-    # ---- the training loop ----
-    # Order within an iteration: evaluate (and checkpoint) the current weights, then take one
-    # optimizer step. A checkpoint written at iteration N therefore holds the weights and RNG state
-    # from just before step N, and resuming repeats exactly what the original run did next.
-    peak_flops = gpu_peak_flops(torch.cuda.get_device_name(device)) if device_type == "cuda" else None
-    flops_per_token = raw_model.flops_per_token(mean_source, mean_target)
-    resumed_at = iter_num if checkpoint is not None else None
-    checkpoint = None  # free the loaded copy
-    # out_dir/log.jsonl: every log and eval line as JSON, for plot.py to draw (rank 0 writes it;
-    # eval_only writes nothing). None: no log.
-    run_log = None
-    if master and not cfg["eval_only"]:
-        run_log = start_run_log(os.path.join(cfg["out_dir"], "log.jsonl"), resumed_at,
-                                {"kind": "start", "iter": iter_num, "model_type": "t5",
-                                 "tokens_per_iter": tokens_per_iter, "config": cfg})
-    model.train()
-    # Timing: t_last is when iteration iter_timed began; a log line averages over the iterations since.
-    t_last, iter_timed = time.time(), iter_num
-    t_start = t_last  # wall time since training began, evaluations included: what "trains in N minutes" means
-    while True:
-        lr = lr_at(iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        # A resumed run evaluated this iteration before saving it; eval_only evaluates it again.
-        if iter_num % cfg["eval_interval"] == 0 and (iter_num != resumed_at or cfg["eval_only"]):
-            losses = estimate_loss()
-            if master and cfg["eval_exact_match"] > 0 and not span_corruption:
-                # The metric of a translation task: is the decoded output right, every token? Greedy at
-                # every evaluation; beam search (several greedy decodings' cost) at the last one. Decoding
-                # draws no random numbers, so the training batches after it are the same without it.
-                with autocast:
-                    losses["exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"])
-                    if cfg["eval_beam_size"] > 1 and (cfg["eval_only"] or iter_num >= cfg["max_iters"]):
-                        losses["beam_exact_match"] = exact_match(raw_model, loader, cfg["eval_exact_match"],
-                                                                 cfg["eval_beam_size"])
-            if master:
-                metrics = {name: losses[name] for name in ("exact_match", "beam_exact_match", "dropped_token_accuracy")
-                           if name in losses}
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                      + "".join(f", {name.replace('_', ' ')} {100 * value:.1f}%" for name, value in metrics.items())
-                      + f" (time {time.time() - t_start:.0f}s)")
-                if wandb:
-                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}
-                              | {f"val/{name}": value for name, value in metrics.items()})
-                if run_log:
-                    append_run_log(run_log, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
-                                             "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
-                                   | {f"val_{name}": value for name, value in metrics.items()})
-            if not math.isfinite(losses["val"]):
-                fail(f"val loss is {losses['val']} at iteration {iter_num}; the last good checkpoint in "
-                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-            if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
-                best_val_loss = min(best_val_loss, losses["val"])
-                rng_states = every_rank_rng_state(ddp, device_type)  # collective: every process takes part
-                if master:
-                    save_checkpoint(rng_states)
-            t_last, iter_timed = time.time(), iter_num  # keep evaluation out of the timing
-        if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
-            break
-
-        # Gradient accumulation: sum the gradients of several micro-batches (each loss divided by
-        # their number, so the sum is a mean) to train with a larger batch than fits in memory. Each
-        # micro-batch's loss is already the mean over its target tokens (T5.forward).
-        train_loss = 0.0  # the mean over this step's micro-batches, for the log
-        for micro_step in range(micro_steps):
-            x, mask, decoder_x, y = loader.get_batch("train")
-            # Under DDP, gradients are averaged across processes during backward; doing it only on
-            # the last micro-step saves all the communication of the earlier ones.
-            last = micro_step == micro_steps - 1
-            with (model.no_sync() if ddp and not last else nullcontext()):
-                with autocast:
-                    _, loss = model(x, decoder_x, mask, y)
-                    loss = loss / micro_steps
-                scaler.scale(loss).backward()
-            train_loss += loss.detach()  # a tensor: no waiting for the GPU here
-        if cfg["grad_clip"] > 0:
-            # Clipping the global gradient norm bounds the size of any one update, protecting
-            # against the occasional huge gradient of a bad batch. Unscale first so the threshold
-            # applies to true gradients.
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
-
-        if iter_num % cfg["log_interval"] == 0:
-            # The mean loss over all micro-batches of this step, of every process. .item() waits
-            # for the GPU to finish, so we only ask for it when logging.
-            loss_value = mean_over_processes([train_loss.item()])[0]
-            if not math.isfinite(loss_value):
-                fail(f"training loss is {loss_value} at iteration {iter_num}; the last good checkpoint in "
-                     f"{cfg['out_dir']} was kept. Lower learning_rate, or use dtype=bfloat16/float32.")
-            now = time.time()
-            dt = (now - t_last) / (iter_num + 1 - iter_timed)
-            t_last, iter_timed = now, iter_num + 1
-            tokens_per_sec = tokens_per_iter / dt
-            flops_per_sec = flops_per_token * tokens_per_sec / world_size
-            mfu = None  # the fraction of the GPU's 16-bit peak FLOP/s the model's arithmetic reaches
-            if peak_flops is None:
-                mfu_text = "n/a (unknown peak)"
-            elif cfg["dtype"] == "float32":
-                mfu_text = "n/a (peaks are for 16-bit)"
-            else:
-                mfu = flops_per_sec / peak_flops
-                mfu_text = f"{100 * mfu:.1f}%"
-            if master:
-                print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-                      f"mfu {mfu_text}, lr {lr:.2e}")
-            if run_log:
-                append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
-                                         "loss": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
-                                         "tokens_per_sec": tokens_per_sec, "mfu": mfu})
-        iter_num += 1
-
-    if ddp:
-        # Leave together: a process that exited while rank 0 was still writing the checkpoint would
-        # tear down the connections under it.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    return Runtime(ddp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler)
 
 
-def start_run_log(path, resumed_at, start_record):
-    """Begin the run log at path (out_dir/log.jsonl) with start_record; return the path.
+def warn_if_cpu_is_busy(world_size):
+    """Warn once when torch's threads outnumber the cores that other programs leave free.
 
-    One JSON object per line: a "start" record (the config) at the beginning of every run and
-    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
-    file afresh. A resumed run keeps the lines of the iterations before its checkpoint, and the
-    evaluation at the checkpoint's own iteration (which it does not repeat), and drops the rest:
-    the run that wrote them went on past its last checkpoint, and those iterations are about to be
-    trained and logged again. So every iteration appears once, whatever was resumed. The file is
-    rewritten through a temporary file, so a crash here loses no line of the old log.
+    PyTorch starts one thread per core. When another program already keeps cores busy, its
+    threads wait for each other at every operation (each op splits its work evenly, so the slowest
+    thread sets the pace), and training can run ten times slower than with fewer threads. The
+    1-minute load average (Unix only) estimates the busy cores.
     """
-    kept = []
-    if resumed_at is not None and os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                    keep = record["iter"] < resumed_at or (record["iter"] == resumed_at and record["kind"] == "eval")
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a crash mid-write
-                if keep:
-                    kept.append(json.dumps(record) + "\n")
-    kept.append(json.dumps(start_record) + "\n")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
-    return path
+    if not hasattr(os, "getloadavg"):
+        return
+    cores = os.cpu_count() or 1
+    free = max(1, round(cores - os.getloadavg()[0]))
+    threads = torch.get_num_threads() * world_size
+    if threads > free:
+        per_process = max(1, free // world_size)
+        print(f"warning: this CPU is busy (load {os.getloadavg()[0]:.1f} on {cores} cores) and torch runs {threads} "
+              f"thread(s); with OMP_NUM_THREADS={per_process} it may train several times faster")
 
 
-def append_run_log(path, record):
-    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+# Peak dense 16-bit tensor-core throughput (FLOP/s) of common GPUs, for MFU: model FLOPs per second
+# achieved divided by what the hardware could do. Matched against torch.cuda.get_device_name().
+_GPU_PEAK_FLOPS = [
+    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("A10G", 70e12),
+    ("A10", 125e12), ("L40S", 362e12), ("L4", 121e12), ("4090", 165e12), ("3090", 71e12),
+    ("V100", 125e12), ("T4", 65e12),
+]
 
 
-def load_checkpoint(out_dir, device, model_type):
-    """out_dir/ckpt.pt as a dict, or a one-line error if it is missing, damaged or another script's.
+def gpu_peak_flops(device_name):
+    for key, flops in _GPU_PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def load_checkpoint(out_dir, model_type):
+    """out_dir/ckpt.pt as a dict (tensors on the CPU), or a one-line error if it is missing,
+    damaged or another script's.
 
     The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
+    The tensors go to the model's device when the model and optimizer take them.
     """
     path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.exists(path):
         fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
     try:
         # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         written_by = checkpoint["model_type"]
     except Exception as e:  # truncated, not a torch file, or not our dict
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -2008,8 +1953,29 @@ def load_checkpoint(out_dir, device, model_type):
     return checkpoint
 
 
+def check_vocabulary_fits(meta, vocab_size, dataset):
+    """Refuse, before the first batch, a dataset whose token ids the model has no row for.
 
-def every_rank_rng_state(ddp, device_type):
+    An id past the embedding table is an IndexError deep inside the first forward pass (or, on a
+    GPU, a device-side assert); here it is one line naming both sizes.
+    """
+    if meta["vocab_size"] > vocab_size:
+        fail(f"dataset {dataset!r} has {meta['vocab_size']} tokens but the model knows {vocab_size}: use a "
+             f"dataset made with the model's tokenizer (a resumed run: the dataset it was trained on)")
+
+
+def restore_training_state(checkpoint, runtime, seed):
+    """Put a resumed run where the checkpoint left it: the GradScaler, this process's random stream;
+    return (iter_num, best_val_loss). (The model and optimizer are loaded by the caller.)"""
+    if checkpoint["scaler"]:  # empty when the run that wrote it used no float16 (and so no scaler)
+        runtime.scaler.load_state_dict(checkpoint["scaler"])
+    iter_num = checkpoint["iter_num"]
+    restore_rng_state(checkpoint["rng_state"], runtime.rank, runtime.world_size,
+                      seed + runtime.world_size * iter_num + runtime.rank)
+    return iter_num, checkpoint["best_val_loss"]
+
+
+def every_rank_rng_state(runtime):
     """The random-number-generator state of every process, as a list indexed by rank.
 
     The RNG decides the batches and the dropout masks. Each process has its own stream (seeded with
@@ -2017,13 +1983,13 @@ def every_rank_rng_state(ddp, device_type):
     with one state, every process would draw the same batches after a resume, and the effective
     batch would silently shrink by the process count. Every process must call this together.
     """
-    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
-    if not ddp:
+    state = {"cpu": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state() if runtime.device_type == "cuda" else None}
+    if not runtime.ddp:
         return [state]
-    states = [None] * torch.distributed.get_world_size()
+    states = [None] * runtime.world_size
     torch.distributed.all_gather_object(states, state)
     return states
-
 
 
 def restore_rng_state(states, rank, world_size, fresh_seed):
@@ -2045,7 +2011,6 @@ def restore_rng_state(states, rank, world_size, fresh_seed):
         print(f"note: the checkpoint was written by {len(states)} process(es) and this run has {world_size}: "
               f"training continues with fresh random streams, not exactly as the original run would have")
     torch.manual_seed(fresh_seed)
-
 
 
 def compile_model(model, autocast, device, trial_batch, dynamic=False):
@@ -2071,6 +2036,319 @@ def compile_model(model, autocast, device, trial_batch, dynamic=False):
         model.zero_grad(set_to_none=True)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         return model, f"{type(e).__name__}: {first_line}"
+
+
+def compile_or_warn(model, runtime, trial_batch, dynamic=False):
+    """compile_model for training: the compiled model, or the model itself after a warning."""
+    compiled, compile_error = compile_model(model, runtime.autocast, runtime.device, trial_batch, dynamic)
+    if compile_error and runtime.rank == 0:
+        print(f"warning: torch.compile failed ({compile_error}); continuing without compile")
+    return compiled
+
+
+def start_wandb(cfg, master):
+    """The wandb module, logging this run, when wandb_log is set (on rank 0); else None."""
+    if not (cfg["wandb_log"] and master):
+        return None
+    try:
+        import wandb
+    except ImportError:
+        fail("wandb_log=True but wandb is not installed: pip install wandb")
+    wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"], config=cfg)
+    return wandb
+
+
+def learning_rate_at(it, cfg):
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr.
+
+    Warmup: at the start, Adam's moment estimates are built from a handful of gradients and the
+    weights are random, so full-size steps can throw the model somewhere it never recovers from.
+    The cosine then spends most of the run at a high rate and anneals smoothly at the end, where
+    small steps let the weights settle instead of jittering with each batch's noise.
+    """
+    if not cfg["decay_lr"]:
+        return cfg["learning_rate"]
+    if it < cfg["warmup_iters"]:
+        # (it + 1) / (warmup_iters + 1): the first step already moves (a step at lr 0 would be
+        # wasted), and the ramp reaches the full rate just as the cosine takes over.
+        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+    if it > cfg["lr_decay_iters"]:
+        return cfg["min_lr"]
+    progress = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+    return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+
+def mean_over_processes(values, runtime):
+    """Average a few floats over all processes (each has measured its own batches)."""
+    if not runtime.ddp:
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=runtime.device)
+    torch.distributed.all_reduce(total)  # a sum: gloo has no average
+    return (total / runtime.world_size).tolist()
+
+
+def check_finite(what, value, iter_num, cfg):
+    """Stop at a loss that is inf or NaN: every step after it would only spread the damage."""
+    if not math.isfinite(value):
+        fail(f"{what} is {value} at iteration {iter_num}; the last good checkpoint in {cfg['out_dir']} was kept. "
+             f"Lower learning_rate, or use dtype=bfloat16/float32.")
+
+
+class IterationTimer:
+    """Wall time per training iteration, averaged over the iterations since the last log line."""
+
+    def __init__(self, iter_num):
+        self.restart(iter_num)
+
+    def restart(self, iter_num):
+        """Start timing at iteration iter_num (after an evaluation, which the timing leaves out)."""
+        self.start, self.first_iter = time.time(), iter_num
+
+    def seconds_per_iter(self, iter_num):
+        """The mean time of iterations first_iter..iter_num; timing then restarts at iter_num + 1."""
+        now = time.time()
+        seconds = (now - self.start) / (iter_num + 1 - self.first_iter)
+        self.start, self.first_iter = now, iter_num + 1
+        return seconds
+
+
+def log_train_step(run_log, cfg, runtime, iter_num, loss, lr, seconds, tokens_per_iter, flops_per_token):
+    """Print the training line (rank 0) and add it to the run log: loss, time, tokens/s and MFU.
+
+    MFU (model FLOPs utilisation, PaLM paper): the fraction of the GPU's 16-bit peak FLOP/s that
+    the model's own arithmetic reaches, the honest measure of how well a run uses its hardware.
+    """
+    tokens_per_sec = tokens_per_iter / seconds
+    peak = gpu_peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device_type == "cuda" else None
+    mfu = None
+    if peak is None:
+        mfu_text = "n/a (unknown peak)"
+    elif cfg["dtype"] == "float32":
+        mfu_text = "n/a (peaks are for 16-bit)"
+    else:
+        mfu = flops_per_token * tokens_per_sec / runtime.world_size / peak
+        mfu_text = f"{100 * mfu:.1f}%"
+    if runtime.rank == 0:
+        print(f"iter {iter_num}: loss {loss:.4f}, time {seconds * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
+              f"mfu {mfu_text}, lr {lr:.2e}")
+    if run_log:
+        append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
+                                 "loss": loss, "lr": lr, "ms_per_iter": seconds * 1000,
+                                 "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+
+
+def log_eval(run_log, wandb, record):
+    """Add an evaluation's record (losses, the model's own metric) to the run log and to wandb."""
+    if run_log:
+        append_run_log(run_log, record)
+    if wandb:
+        wandb.log({k.replace("_loss", "/loss"): v for k, v in record.items() if k != "kind"})
+
+
+def save_checkpoint(out_dir, checkpoint):
+    """Write out_dir/ckpt.pt: to a temporary file, then renamed over the old one, so a crash
+    mid-write leaves the previous checkpoint intact."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    try:
+        torch.save(checkpoint, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
+    print(f"saved checkpoint to {path}")
+
+
+def start_run_log(cfg, runtime, resumed_at, start_record):
+    """Begin out_dir/log.jsonl with start_record and return its path; None where no log is written
+    (on ranks other than 0, and for eval_only, which trains nothing).
+
+    One JSON object per line: a "start" record (the config) at the beginning of every run and
+    resume, an "eval" record per evaluation, a "train" record per log line. A new run starts the
+    file afresh. A resumed run keeps every line, and marks "superseded": true on the lines past its
+    checkpoint (the evaluation at the checkpoint's own iteration, which it does not repeat, stays
+    current): the run that wrote them went on past its last checkpoint, and those iterations are
+    about to be trained and logged again. Readers (plot.py) skip superseded lines, so every
+    iteration counts once. The file is rewritten through a temporary file, so a crash here loses no
+    line of the old log.
+    """
+    if runtime.rank != 0 or cfg["eval_only"]:
+        return None
+    path = os.path.join(cfg["out_dir"], "log.jsonl")
+    lines, superseded = [], 0
+    if resumed_at is not None and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    later = record["iter"] > resumed_at or (record["iter"] == resumed_at and record["kind"] != "eval")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a crash mid-write
+                if later and not record.get("superseded"):
+                    record["superseded"], superseded = True, superseded + 1
+                lines.append(json.dumps(record) + "\n")
+    if superseded:
+        print(f"note: {path}: {superseded} record(s) past iteration {resumed_at}, the checkpoint's, are kept but "
+              f"marked superseded; this run trains those iterations again")
+    lines.append(json.dumps(start_record) + "\n")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def append_run_log(path, record):
+    """Add one record to the run log as a line of JSON (opened per line: a crash loses at most it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def end_run(cfg, runtime, iter_num, best_val_loss):
+    """Say what a resume would continue from, and leave the process group together.
+
+    With always_save_checkpoint=False the checkpoint is the best evaluation's, which may be far
+    behind the last iteration: a later --init_from=resume continues from there, not from the end.
+    """
+    if runtime.rank == 0 and not cfg["eval_only"] and not cfg["always_save_checkpoint"]:
+        path = os.path.join(cfg["out_dir"], "ckpt.pt")
+        if os.path.exists(path):
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iter_num"]  # no tensor read
+            if saved != iter_num:
+                print(f"note: {path} holds iteration {saved}, the best val loss ({best_val_loss:.4f}); "
+                      f"--init_from=resume continues from there, not from iteration {iter_num}")
+    if runtime.ddp:
+        # Leave together: a process that exited while rank 0 was still writing the checkpoint would
+        # tear down the connections under it.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+# Reading Hugging Face checkpoints without extra dependencies: safetensors, shards, the hub.
+
+
+def read_safetensors(path):
+    """Read a .safetensors file into a dict of tensors.
+
+    The format is deliberately simple: 8 bytes holding N (little-endian uint64), then N bytes of
+    JSON mapping each tensor name to its dtype, shape and [begin, end) byte offsets, then the raw
+    little-endian tensor bytes. Unlike a pickle, nothing in it can execute code.
+
+    The file is memory-mapped, not read: every tensor is a view of the mapping, and the operating
+    system reads a page from disk only when something touches it. Loading a model therefore never
+    holds a second copy of the weights in memory, and tensors a loader assigns as they are (same
+    dtype) cost nothing until used. The mapping is copy-on-write (ACCESS_COPY), so training such a
+    tensor in place changes memory, never the file.
+    """
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool}
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays valid after the file closes
+    start = 8 + header_len  # the offsets count from the end of the header
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in dtypes:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        dtype = dtypes[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if begin == end:  # a shape with a 0 in it holds no bytes (and frombuffer refuses a count of 0)
+            tensors[name] = torch.empty(info["shape"], dtype=dtype)
+            continue
+        flat = torch.frombuffer(data, dtype=dtype, offset=start + begin, count=(end - begin) // dtype.itemsize)
+        tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def load_hf_weights(directory):
+    """The state dict of a Hugging Face checkpoint directory.
+
+    Three layouts exist: one model.safetensors; a sharded one, where checkpoints above a few GB are
+    split into model-00001-of-00004.safetensors, ... and model.safetensors.index.json maps every
+    tensor name to the shard holding it; and older pickled pytorch_model.bin files (GPT-2's repos
+    have both), which weights_only=True loads without running any code they might contain.
+    """
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.exists(single):
+        return read_safetensors(single)
+    index_path = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            weight_map = json.load(f)["weight_map"]
+        state = {}
+        for shard in sorted(set(weight_map.values())):
+            state.update(read_safetensors(os.path.join(directory, shard)))
+        return state
+    bin_path = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def download_hf_checkpoint(repo):
+    """Download a checkpoint from the Hugging Face hub into a cache directory; return the directory.
+
+    The cache is $NANO_MODELS_CACHE, default ~/.cache/single-file-lms/owner--name. Fetches
+    config.json, the tokenizer's files (tokenizer.json, or T5's spiece.model) and generation's (for
+    sample.py and fine-tuning, those the repository has) and either model.safetensors or the shard
+    index and every shard it names. One function serves every script, so the list holds every
+    script's tokenizer files; those a repository lacks answer 404 and are skipped. Each file is
+    written as name.part and renamed when complete, so an interrupted download never looks finished. Under
+    torchrun the training scripts call this on one process per machine while the others wait.
+    """
+    if repo.count("/") != 1:
+        raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
+    import requests  # only needed for downloads
+
+    cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
+    directory = os.path.join(cache_root, repo.replace("/", "--"))
+    os.makedirs(directory, exist_ok=True)
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def fetch(filename, required=True):
+        """Download one file unless present; return False if the hub has no such file (404)."""
+        target = os.path.join(directory, filename)
+        if os.path.exists(target):
+            return True
+        url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+        print(f"downloading {url}")
+        try:
+            with requests.get(url, stream=True, timeout=30, headers=headers) as response:
+                if response.status_code == 404 and not required:
+                    return False
+                response.raise_for_status()
+                with open(target + ".part", "wb") as f:
+                    for chunk in response.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+        except requests.RequestException as e:
+            hint = " (a gated model: accept its licence on huggingface.co and set HF_TOKEN)" if "401" in str(e) or "403" in str(e) else ""
+            raise RuntimeError(f"could not download {url} ({e}){hint}; download the checkpoint's files by hand "
+                               f"into a folder and pass that folder instead") from None
+        os.replace(target + ".part", target)  # only a complete file ever gets the real name
+        return True
+
+    # Written once every file is in place, so that later loads (offline ones too) ask the hub nothing,
+    # not even whether the optional files it lacked have appeared.
+    complete_marker = os.path.join(directory, ".complete")
+    if os.path.exists(complete_marker):
+        return directory
+    fetch("config.json")
+    # For sample.py and fine-tuning: the tokenizer (tokenizer.json, or T5's SentencePiece spiece.model),
+    # its settings and chat template, and the authors' generation settings (end-of-sequence ids),
+    # where the repository has them.
+    for optional in ("tokenizer.json", "spiece.model", "tokenizer_config.json", "chat_template.jinja",
+                     "generation_config.json"):
+        fetch(optional, required=False)
+    if not fetch("model.safetensors", required=False):
+        if not fetch("model.safetensors.index.json", required=False):
+            raise RuntimeError(f"{repo} has neither model.safetensors nor model.safetensors.index.json")
+        with open(os.path.join(directory, "model.safetensors.index.json")) as f:
+            for shard in sorted(set(json.load(f)["weight_map"].values())):
+                fetch(shard)
+    open(complete_marker, "w").close()
+    return directory
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -74,7 +75,8 @@ def test_logits_match_hf_t5_with_padding(tmp_path, version, safe):
     labels[1, 20:] = -100
     with torch.no_grad():
         expected = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, labels=labels)
-        logits, loss = ours(ids, dec, attention_mask=mask, targets=labels)
+        # The repository ignores targets of -1 where Hugging Face ignores -100.
+        logits, loss = ours(ids, dec, attention_mask=mask, targets=labels.masked_fill(labels == -100, -1))
     torch.testing.assert_close(logits, expected.logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss, expected.loss, rtol=1e-4, atol=1e-4)
 
@@ -87,6 +89,75 @@ def test_relative_position_buckets_match_hf():
         for num_buckets, max_distance in ((32, 128), (8, 20)):
             expected = bucket_fn(offsets, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
             assert torch.equal(t5.relative_position_bucket(offsets, bidirectional, num_buckets, max_distance), expected)
+
+
+def test_relative_position_bucket_boundaries():
+    # The ranges relative_position_bucket's docstring states for T5's 32 buckets and max_distance 128:
+    # the first distance of every bucket, for keys to one side. The last bucket starts at 91 (encoder)
+    # and 113 (decoder), and holds every larger distance too: there is no separate bucket from 128 on.
+    transformers = pytest.importorskip("transformers")
+    bucket_fn = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket
+    encoder = list(range(8)) + [8, 12, 16, 23, 32, 46, 64, 91]
+    decoder = list(range(16)) + [16, 19, 21, 24, 27, 31, 35, 40, 46, 52, 59, 67, 77, 87, 99, 113]
+    distances = torch.arange(1000)
+    for bidirectional, starts in ((True, encoder), (False, decoder)):
+        offsets = distances if bidirectional else -distances  # the encoder's keys to the right; the decoder's to the left
+        for buckets in (t5.relative_position_bucket(offsets, bidirectional, 32, 128),
+                        bucket_fn(offsets, bidirectional=bidirectional, num_buckets=32, max_distance=128)):
+            first = [int(d) for d in distances if d == 0 or buckets[d] != buckets[d - 1]]
+            assert first == starts
+            assert (buckets[starts[-1]:] == buckets[starts[-1]]).all()  # the last bucket never ends
+
+
+def accumulated_gradients(model, batches, weights):
+    """The gradients of sum_i weights[i] * (mean loss of batches[i]), as the training loop sums them."""
+    model.zero_grad()
+    for (x, mask, decoder_x, y), weight in zip(batches, weights):
+        (model(x, decoder_x, mask, y)[1] * weight).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_gradient_accumulation_weighs_every_target_token_equally():
+    # Two micro-batches whose targets hold 8 and 21 real tokens: the step's gradient must be that of
+    # one batch holding all four pairs, the mean over all 29 tokens. The mean of the two micro-batch
+    # means (each divided by 2, gpt.py's rule) gives the short micro-batch's tokens 21/8 times the weight.
+    torch.manual_seed(0)
+    model = t5.T5(tiny_config()).train()
+    g = torch.Generator().manual_seed(1)
+
+    def pair(source_len, target_len):
+        return torch.randint(2, 53, (source_len,), generator=g), torch.randint(2, 53, (target_len,), generator=g)
+
+    pairs = [pair(5, 2), pair(9, 4), pair(7, 11), pair(12, 8)]  # targets with </s>: 3 + 5, then 12 + 9
+    collate = lambda chunk: t5.PairLoader.collate(SimpleNamespace(pad=0, eos=1, device="cpu"), chunk)
+    batches = [collate(pairs[:2]), collate(pairs[2:])]
+    runtime = SimpleNamespace(ddp=False, world_size=1)
+    weights = t5.target_token_weights([y for *_, y in batches], runtime)
+    assert weights.tolist() == pytest.approx([8 / 29, 21 / 29])
+    accumulated = accumulated_gradients(model, batches, weights)
+    reference = accumulated_gradients(model, [collate(pairs)], [1.0])
+    mean_of_means = accumulated_gradients(model, batches, [0.5, 0.5])
+    for name, grad in reference.items():
+        torch.testing.assert_close(accumulated[name], grad, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(mean_of_means["shared.weight"], reference["shared.weight"], rtol=1e-2)
+
+
+def _weights_on_rank(rank, init_file, results):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    targets = [torch.tensor([[5, 6, 1, -1]]), torch.tensor([[5, 1, -1, -1]])] if rank == 0 else [
+        torch.tensor([[5, 6, 7, 1]]), torch.tensor([[5, 6, 7, 8], [5, 6, 1, -1]])]
+    results[rank] = t5.target_token_weights(targets, SimpleNamespace(ddp=True, world_size=2)).tolist()
+    torch.distributed.destroy_process_group()
+
+
+def test_gradient_accumulation_weights_count_every_process_tokens(tmp_path):
+    # Under DDP the total is over every process's micro-batches (3 + 2 + 4 + 7 = 16 real tokens), and
+    # each weight is doubled, since DDP averages the two processes' gradients.
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_weights_on_rank, args=(str(tmp_path / "init"), results), nprocs=2)
+    assert results[0] == pytest.approx([2 * 3 / 16, 2 * 2 / 16]) and results[1] == pytest.approx([2 * 4 / 16, 2 * 7 / 16])
 
 
 def varied_hf(tmp_path):
@@ -317,7 +388,7 @@ def test_numbers_dataset_pairs_and_held_out(numbers_dir):
     x, mask, decoder_x, y = loader.get_batch("train")
     # Teacher forcing: the decoder input is the target shifted right behind the start token <pad>.
     for row in range(4):
-        n_target = int((y[row] != -100).sum())
+        n_target = int((y[row] != -1).sum())
         assert y[row, n_target - 1] == meta["stoi"]["</s>"]
         assert torch.equal(decoder_x[row, 1:n_target], y[row, :n_target - 1])
         assert decoder_x[row, 0] == 0 and (decoder_x[row, n_target:] == 0).all()

@@ -134,10 +134,9 @@ def test_finetuning_starts_from_the_pretrained_weights(root, monkeypatch, capsys
     out = finetune(root, monkeypatch, capsys, f"--init_from={root / 'pretrained'}", "--out_dir=out-eval",
                    "--eval_only=True", "--eval_exact_match=0", "--attention=manual", "--seed=7")
     printed = re.search(r"step 0: train loss ([0-9.]+), val loss ([0-9.]+)", out).groups()
-    # Replay estimate_loss's batches: the same seed, after the same draws (t5.main builds two T5s,
-    # from_pretrained's and the one with the run's block sizes, each drawing a random init first).
+    # Replay the evaluation's batches: the same seed, and no draw before them (from_pretrained builds
+    # the model on the meta device, which runs no random init).
     torch.manual_seed(7)
-    t5.T5(t5.T5.from_pretrained(str(root / "pretrained")).config)
     loader = t5.PairLoader(str(root / "data" / "pairs"), prepare_data.load_meta(str(root / "data" / "pairs")),
                            16, "cpu", 16, 24)
     expected = []
@@ -146,7 +145,8 @@ def test_finetuning_starts_from_the_pretrained_weights(root, monkeypatch, capsys
         for _ in range(2):
             x, mask, decoder_x, y = loader.get_batch(split)
             with torch.no_grad():
-                losses.append(hf(input_ids=x, attention_mask=mask, decoder_input_ids=decoder_x, labels=y).loss.item())
+                labels = y.masked_fill(y == -1, -100)  # the padding HF's loss ignores
+                losses.append(hf(input_ids=x, attention_mask=mask, decoder_input_ids=decoder_x, labels=labels).loss.item())
         expected.append(f"{sum(losses) / 2:.4f}")
     assert list(printed) == expected
 
@@ -193,8 +193,16 @@ def test_a_dataset_of_another_tokenizer_is_refused(root, finetuned, monkeypatch)
     assert prepare_data.load_meta(os.path.join(data, "plain"))["tokenizer"] == "sentencepiece"
     text = one_line_error(t5.main, TINY + [f"--init_from={pretrained}", "--dataset=plain", "--out_dir=o"])
     assert "dataset 'plain' is plain text; fine-tuning a pretrained T5 needs 'input<TAB>target' pairs" in text
-    # Nor may a fine-tuned checkpoint resume on another SentencePiece dataset.
+    # Nor may a fine-tuned checkpoint resume on another dataset (a resume keeps the checkpoint's).
     text = one_line_error(t5.main, TINY + ["--init_from=resume", f"--out_dir={finetuned[1]}", "--dataset=other"])
+    assert "dataset='other' conflicts with the checkpoint" in text
+    # A checkpoint whose own dataset was tokenized with another SentencePiece model is refused too.
+    checkpoint = torch.load(finetuned[1] / "ckpt.pt", weights_only=True)
+    checkpoint["config"]["dataset"] = "other"
+    (root / "out-other").mkdir(exist_ok=True)
+    torch.save(checkpoint, root / "out-other" / "ckpt.pt")
+    args = [arg for arg in TINY if not arg.startswith("--dataset=")]  # the checkpoint's dataset, 'other'
+    text = one_line_error(t5.main, args + ["--init_from=resume", f"--out_dir={root / 'out-other'}"])
     assert "was tokenized with another SentencePiece model than the checkpoint's dataset" in text
 
 
