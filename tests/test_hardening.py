@@ -206,6 +206,18 @@ def test_resume_continues_the_checkpoints_run_and_refuses_changing_its_dataset_o
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_resolves_the_machine_settings_again(script):
+    # A checkpoint written on a GPU holds device='cuda' and dtype='bfloat16' ('auto' resolved there); a
+    # resume on another machine must resolve 'auto' again, not inherit them, while the run's own settings
+    # (here the batch size) come from the checkpoint.
+    module = importlib.import_module(script)
+    defaults = {k: getattr(module, k) for k in module.config_keys}
+    saved = defaults | {"device": "cuda", "dtype": "bfloat16", "backend": "nccl", "batch_size": 7}
+    cfg = module.resumed_config(["--init_from=resume"], defaults, {"config": saved}, fixed=("dataset",))
+    assert (cfg["device"], cfg["dtype"], cfg["backend"], cfg["batch_size"]) == ("auto", "auto", "auto", 7)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_resume_refuses_a_dataset_whose_ids_the_model_cannot_read(workdir, script):
     # The dataset's name is the checkpoint's, but it was prepared again from a text with more characters:
     # its ids run past the model's table, which must be said before the first batch (not an IndexError).
