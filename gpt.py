@@ -19,6 +19,12 @@ What you will learn here, top to bottom:
      accumulation and clipping, mixed precision, torch.compile, multi-GPU with DDP, checkpoints
      that resume exactly, and throughput / MFU logging.
 
+How to read it: the file has three parts, each under a banner. Part 1 is the model, items 1-5
+above (the lesson: start here). Part 2 holds the training defaults and main(), item 6 in named steps
+as in nanoGPT's train.py. Part 3 is plumbing: how Hugging Face's GPT-2 files map onto our names, then
+the helpers main() calls (config parsing, processes, checkpoints, logging), which every script in
+this repository shares word for word; this is the one place to read them.
+
 Run it:
     python gpt.py config/shakespeare_char.py            # train a small character-level GPT (GPU)
     python gpt.py config/shakespeare_char_cpu.py        # the same, shrunk to run on a laptop CPU
