@@ -31,6 +31,11 @@ What you will learn here: each of those blocks written out, the two memory layou
 confuse everyone who ports Llama weights, Llama 3.1's frequency rescaling, a KV cache holding only
 n_kv_head heads, and loading sharded Hugging Face safetensors checkpoints.
 
+How to read it: Part 1 (the model) first, read against gpt.py's: RMSNorm, the RoPE functions,
+Attention with its grouped key/value heads, FeedForward, Block, Llama. Part 2's main() is gpt.py's
+step for step; only the pretrained path differs (load_pretrained_llama, above it). Part 3 maps Hugging
+Face's tensor names onto ours, then holds the helpers every script shares (read once, in gpt.py).
+
 Run it:
     python llama.py config/llama_shakespeare_char.py        # a small character-level Llama (GPU)
     python llama.py config/llama_shakespeare_char_cpu.py    # the same, shrunk for a laptop CPU

@@ -46,6 +46,12 @@ What you will learn here: the three OLMo blocks side by side and the stability r
 each change, the sliding-window mask and its small cache, YaRN's frequency interpolation, and
 ALiBi's slopes (including AI2's and BLOOM's trick for head counts that are not powers of two).
 
+How to read it: Part 1 (the model) first, read against llama.py's: the two norms, the position
+schemes (RoPE with YaRN, ALiBi), the sliding-window cache, Attention, the OLMo 1 and OLMo 2 blocks,
+OLMo. Part 2's main() is gpt.py's step for step; only the pretrained path differs (load_pretrained_olmo).
+Part 3 maps Hugging Face's configs and tensor names onto ours, then holds the helpers every script
+shares (read once, in gpt.py).
+
 Run it:
     python olmo.py config/olmo_shakespeare_char.py          # a small character-level OLMo 2 (GPU)
     python olmo.py config/olmo_shakespeare_char_cpu.py      # the same, shrunk for a laptop CPU

@@ -34,6 +34,12 @@ What you will learn here, top to bottom:
      input are each replaced by one sentinel token (<extra_id_0>, <extra_id_1>, ...), and the target
      lists the sentinels with the tokens they hid: BERT's denoising, but generative and cheap.
 
+How to read it: Part 1 (the model) first: relative position buckets, the unscaled attention,
+the encoder and decoder blocks, T5 with generation, then beam search. Part 2 has the training
+defaults, what differs from gpt.py's loop (pairs, span corruption, exact match, evaluation weighted
+by real target tokens) as named helpers, then main(), which is gpt.py's step for step. Part 3 maps
+Hugging Face's T5 files onto ours, then holds the helpers every script shares (read once, in gpt.py).
+
 Run it:
     python prepare_data.py numbers                     # "4,321" -> "four thousand three hundred twenty-one"
     python t5.py config/t5_numbers_cpu.py              # a small T5 on a laptop CPU
