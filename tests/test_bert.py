@@ -61,7 +61,7 @@ def test_logits_and_hidden_states_match_hf(tmp_path, architecture, safe):
         expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids,
                       output_hidden_states=True)
         logits, _ = ours(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        hidden = ours.encode(idx, attention_mask, token_type_ids)
+        hidden = ours.hidden_states(idx, attention_mask, token_type_ids)
     torch.testing.assert_close(hidden, expected.hidden_states[-1], rtol=0, atol=1e-4)
     if architecture == "BertModel":
         assert ours.config.head == "none"
@@ -168,7 +168,7 @@ def test_new_head_on_a_pretrained_encoder(tmp_path):
         expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids,
                       output_hidden_states=True).hidden_states[-1]
         logits, _ = model(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
-    torch.testing.assert_close(model.encode(idx, attention_mask, token_type_ids), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(model.hidden_states(idx, attention_mask, token_type_ids), expected, rtol=0, atol=1e-4)
     assert logits.shape == (3, 2)
 
 
