@@ -56,7 +56,8 @@ and in Python (a hub id, downloaded once into a cache, or a local Hugging Face d
     vectors = sentence_embeddings(model, tokenizer, ["A sentence.", "Another one."])
 
 Read Part 1 first (the model, then its WordPiece tokenizer, then what a trained encoder is used
-for), then main() in Part 2; Part 3 is plumbing, shared with every script.
+for), then main() in Part 2. Part 3 is plumbing: reading Hugging Face checkpoints, then the functions
+every script shares.
 """
 
 import functools
@@ -83,7 +84,6 @@ import prepare_data
 # order data meets them, the model and its heads; then BERT's WordPiece tokenizer (a second lesson)
 # and what a trained encoder is for: sentence embeddings, fill-mask, classification.
 # =============================================================================
-
 
 # -----------------------------------------------------------------------------
 # Model configuration
@@ -425,7 +425,7 @@ def is_whitespace(char):
     return char in "\t\n\r" or char.isspace()
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 16)  # speed only: each distinct character is classified once
 def is_punctuation(char):
     # Every ASCII non-letter, non-digit printable (so "$", "+", "^", "`" too, which Unicode calls
     # symbols), and every Unicode punctuation category (P*).
@@ -507,6 +507,7 @@ class WordPieceTokenizer(BertInput):
         self.cls_id, self.sep_id = self.token_to_id["[CLS]"], self.token_to_id["[SEP]"]
         self.unk_id = self.token_to_id["[UNK]"]
         self.mask_id, self.pad_id = self.token_to_id.get("[MASK]"), self.token_to_id.get("[PAD]", 0)
+        # Speed path: skip on first reading.
         # Memos: a text uses few distinct characters, and words repeat (Zipf's law), so each distinct
         # character is classified and each distinct word split only once.
         self._clean_char = functools.lru_cache(maxsize=1 << 16)(self._clean_one_char)
