@@ -1,8 +1,10 @@
 """bert.py: parity with Hugging Face BERT (models and tokenizer), masks, heads, embeddings, training, errors."""
+import json
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,7 +63,7 @@ def test_logits_and_hidden_states_match_hf(tmp_path, architecture, safe):
         expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids,
                       output_hidden_states=True)
         logits, _ = ours(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        hidden = ours.encode(idx, attention_mask, token_type_ids)
+        hidden = ours.hidden_states(idx, attention_mask, token_type_ids)
     torch.testing.assert_close(hidden, expected.hidden_states[-1], rtol=0, atol=1e-4)
     if architecture == "BertModel":
         assert ours.config.head == "none"
@@ -168,9 +170,72 @@ def test_new_head_on_a_pretrained_encoder(tmp_path):
         expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids,
                       output_hidden_states=True).hidden_states[-1]
         logits, _ = model(idx, attention_mask=attention_mask, token_type_ids=token_type_ids)
-    torch.testing.assert_close(model.encode(idx, attention_mask, token_type_ids), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(model.hidden_states(idx, attention_mask, token_type_ids), expected, rtol=0, atol=1e-4)
     assert logits.shape == (3, 2)
 
+
+def test_from_pretrained_builds_on_meta_and_takes_the_files_tensors(tmp_path):
+    # As gpt.py's: no random init, no second copy. A float32 file loaded as float32 gives parameters
+    # that are views of one mapping of the file (address - offset is the mapping's start for all),
+    # except c_attn, which concatenates HF's query, key and value into new memory.
+    save_random_hf_bert(tmp_path, "BertForMaskedLM")
+    model = bert.Bert.from_pretrained(str(tmp_path))
+    with open(tmp_path / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    params = dict(model.named_parameters())
+    ours = {"bert.embeddings.word_embeddings.weight": "embeddings.wte.weight",
+            "bert.encoder.layer.0.attention.output.dense.weight": "h.0.attn.c_proj.weight",
+            "bert.encoder.layer.2.output.LayerNorm.bias": "h.2.ln_2.bias", "cls.predictions.bias": "mlm_bias"}
+    bases = {params[name].data_ptr() - header[hf_name]["data_offsets"][0] for hf_name, name in ours.items()}
+    assert len(bases) == 1
+    assert not any(p.is_meta for p in model.parameters())
+
+
+def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch):
+    """A hub id goes through download_hf_checkpoint into the cache, served here by a local HTTP server
+    standing in for huggingface.co. The download has tokenizer.json but no vocab.txt: the WordPiece
+    vocabulary is read from tokenizer.json."""
+    import functools
+    import http.server
+    import threading
+
+    requests = pytest.importorskip("requests")
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    hub = tmp_path / "hub" / "someone" / "tiny-bert" / "resolve" / "main"
+    hf = save_hf_dir_with_vocab(hub, "BertModel")
+    tokenizers.BertWordPieceTokenizer(str(hub / "vocab.txt")).save(str(hub / "tokenizer.json"))
+    hf_tokenizer = transformers.BertTokenizer.from_pretrained(str(hub))
+    (hub / "vocab.txt").unlink()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    real_get, requested = requests.get, []
+
+    def local_get(url, **kwargs):
+        requested.append(url)
+        return real_get(url.replace("https://huggingface.co", f"http://127.0.0.1:{server.server_address[1]}"), **kwargs)
+
+    monkeypatch.setattr(requests, "get", local_get)
+    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path / "cache"))
+    try:
+        model, tokenizer = bert.load_for_inference("someone/tiny-bert")
+        cache = tmp_path / "cache" / "someone--tiny-bert"
+        assert (cache / "model.safetensors").read_bytes() == (hub / "model.safetensors").read_bytes()
+        assert not (cache / "vocab.txt").exists()
+        idx, attention_mask, token_type_ids = padded_pair_batch()
+        with torch.no_grad():
+            expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+            torch.testing.assert_close(model(idx, None, attention_mask, token_type_ids)[0], expected, atol=1e-4, rtol=0)
+        text = "a rose by any other name would smell as sweet, my lord!"
+        assert tokenizer.encode(text) == hf_tokenizer(text)["input_ids"]
+        requested.clear()
+        bert.Bert.from_pretrained("someone/tiny-bert")  # cached: the hub is not asked again
+        assert requested == []
+    finally:
+        server.shutdown()
+        server.server_close()
 
 # -----------------------------------------------------------------------------
 # WordPiece tokenizer: ids equal HF's BertTokenizer
@@ -224,6 +289,24 @@ def test_wordpiece_ids_equal_hf(vocab_dir, shakespeare_lines):
     assert ids == pair["input_ids"] and ours.token_types(ids) == pair["token_type_ids"]
     for ids in got[:2000] + got[-len(STRESS) - len(UNSEEN):]:
         assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+
+
+def test_decode_with_clean_up_equals_hf(vocab_dir, shakespeare_lines, tmp_path):
+    """A tokenizer_config.json with clean_up_tokenization_spaces (bert-base-uncased has one) makes HF's
+    decode rejoin contractions: "don ' t!" -> "don't!". Ours follows the same setting."""
+    transformers = pytest.importorskip("transformers")
+    options = json.loads((Path(vocab_dir) / "tokenizer_config.json").read_text())
+    (tmp_path / "vocab.txt").write_bytes((Path(vocab_dir) / "vocab.txt").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(options | {"clean_up_tokenization_spaces": True}))
+    hf = transformers.BertTokenizer.from_pretrained(str(tmp_path))
+    ours = bert.WordPieceTokenizer.from_pretrained(str(tmp_path))
+    assert ours.decode(ours.encode("Don't!")).lower() == "don't!"
+    assert bert.WordPieceTokenizer.from_pretrained(vocab_dir).decode(ours.encode("Don't!")).lower() == "don ' t!"
+    for text in shakespeare_lines[:3000] + STRESS + UNSEEN:
+        ids = ours.encode(text)
+        assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True), text
+    # The setting travels with a fine-tuned checkpoint's tokenizer meta.
+    assert bert.load_tokenizer(ours.to_meta()).decode(ours.encode("it's")) == "it's"
 
 
 def test_vocab_without_cls_or_sep_is_refused(tmp_path):
@@ -554,6 +637,11 @@ def test_embed_command_line(tmp_path):
                                        ["good night", "sweet sorrow"])
     assert float(rows[0][1]) == pytest.approx((vectors[0] @ vectors[1]).item(), abs=1e-3)
     assert rows[0][0] == rows[0][2] == "1.000"
+    # Its options are config keys (parse_config): a typo is one line naming the key meant.
+    with pytest.raises(SystemExit, match="unknown config key 'init_fro'.*did you mean 'init_from'"):
+        bert.main(["--embed", f"--init_fro={tmp_path}", "good night"])
+    with pytest.raises(SystemExit, match="usage: python bert.py --embed"):
+        bert.main(["--embed", "good night"])
 
 
 def test_torchrun_two_processes(workdir):
