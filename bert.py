@@ -1428,7 +1428,12 @@ def resumed_config(argv, defaults, checkpoint, fixed):
     resumed run, so setting one to another value than the checkpoint's is an error naming it,
     rather than a setting that is silently ignored or a crash at the first batch.
     """
-    saved = {k: v for k, v in checkpoint["config"].items() if k in defaults and type(v) is type(defaults[k])}
+    # The machine's settings belong to this run, not the checkpoint's: a run trained on a GPU may
+    # resume on a CPU, so device, dtype and backend ('auto' resolved when the checkpoint was written)
+    # come from this command line or the defaults.
+    machine = ("device", "dtype", "backend")
+    saved = {k: v for k, v in checkpoint["config"].items()
+             if k in defaults and k not in machine and type(v) is type(defaults[k])}
     cfg = parse_config(argv, defaults | saved)
     for key in fixed:
         if key in saved and cfg[key] != saved[key]:
@@ -1822,7 +1827,9 @@ def log_eval(run_log, wandb, record):
     if run_log:
         append_run_log(run_log, record)
     if wandb:
-        wandb.log({k.replace("_loss", "/loss"): v for k, v in record.items() if k != "kind"})
+        # wandb groups charts by the prefix before "/": train/loss, val/loss, val/exact_match, ...
+        wandb.log({k.replace("_", "/", 1) if k.startswith(("train_", "val_")) else k: v
+                   for k, v in record.items() if k != "kind"})
 
 
 def save_checkpoint(out_dir, checkpoint):
