@@ -263,3 +263,28 @@ def test_cli_options_and_errors(tmp_path):
     with pytest.raises(pdata.DataError, match="would train a tokenizer on the corpus"):
         pdata.prepare("fineweb_edu", tokenizer="bpe", data_root=str(tmp_path))
     assert pdata.main(["fineweb_edu", "--shards=0", f"--data_root={tmp_path}"]) == 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# The 124M presets: the model each builds, counted on the meta device (no memory, no time)
+
+
+@pytest.mark.parametrize("script,preset,expected", [("gpt", "gpt2_124m", 124_475_904),
+                                                     ("llama", "llama_124m", 123_587_328)])
+def test_preset_parameter_counts(script, preset, expected):
+    import importlib
+
+    module = importlib.import_module(script)
+    config_path = os.path.join(os.path.dirname(pdata.__file__), "config", f"{preset}.py")
+    cfg = module.parse_config([config_path], {k: getattr(module, k) for k in module.config_keys})
+    make_model, make_config = (module.GPT, module.GPTConfig) if script == "gpt" else (module.Llama, module.LlamaConfig)
+    fields = make_config.__dataclass_fields__
+    with torch.device("meta"):
+        # GPT-2's 50,257 tokens padded to 50,304, as the scripts do for a vocabulary over 1024.
+        model = make_model(make_config(**{k: cfg[k] for k in cfg if k in fields and k != "vocab_size"}, vocab_size=50304))
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert cfg["batch_size"] * cfg["block_size"] * cfg["gradient_accumulation_steps"] == 524_288
+    if script == "gpt":  # OpenAI's GPT-2 small, with the unpadded vocabulary
+        with torch.device("meta"):
+            gpt2 = make_model(make_config(**{k: cfg[k] for k in cfg if k in fields and k != "vocab_size"}, vocab_size=50257))
+        assert sum(p.numel() for p in gpt2.parameters()) == 124_439_808
