@@ -36,6 +36,8 @@ How to run it
     python prepare_data.py mytext --input=book.txt --tokenizer=path/to/hf_model_dir   # its tokenizer.json
     python prepare_data.py mypairs --input=pairs.tsv --tokenizer=path/to/flan-t5-small   # its spiece.model
     python prepare_data.py shakespeare_speakers        # labelled passages for classification (bert.py)
+    python prepare_data.py fineweb_edu --shards=2      # FineWeb-Edu parquet streamed into 100M-token shards
+                                                       # (pyarrow); the first is val; --max_tokens=N caps it
     python prepare_data.py shakespeare_char --input=tests/data/tinyshakespeare_excerpt.txt
                                                        # offline: a Shakespeare dataset from the 40 KB excerpt
                                                        # (warns; meta.pkl gets "excerpt": True)
