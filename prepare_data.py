@@ -36,6 +36,8 @@ How to run it
     python prepare_data.py mytext --input=book.txt --tokenizer=path/to/hf_model_dir   # its tokenizer.json
     python prepare_data.py mypairs --input=pairs.tsv --tokenizer=path/to/flan-t5-small   # its spiece.model
     python prepare_data.py shakespeare_speakers        # labelled passages for classification (bert.py)
+    python prepare_data.py fineweb_edu --shards=2      # FineWeb-Edu parquet streamed into 100M-token shards
+                                                       # (pyarrow); the first is val; --max_tokens=N caps it
     python prepare_data.py shakespeare_char --input=tests/data/tinyshakespeare_excerpt.txt
                                                        # offline: a Shakespeare dataset from the 40 KB excerpt
                                                        # (warns; meta.pkl gets "excerpt": True)
@@ -111,6 +113,27 @@ SENTENCEPIECE_FILE = "spiece.model"
 TRAIN_FRACTION = 0.9
 MAX_VOCAB_SIZE = 2**16  # ids 0..65535 are what np.uint16 can hold
 OUTPUT_FILES = ("train.bin", "val.bin", "meta.pkl")  # meta.pkl last: it marks a finished dataset
+# Written while OUTPUT_FILES are being renamed into place: train.bin and val.bin without meta.pkl would
+# otherwise read as a nanoGPT-prepared dataset (see dataset_format).
+RENAMING_MARKER = "renaming.incomplete"
+
+# Web-scale corpora, too large for one train.bin: parquet files streamed through the tokenizer into shards.
+# FineWeb-Edu's sample-10BT is 14 files, 000_00000.parquet .. 013_00000.parquet (about 2 GB each, about
+# 10B GPT-2 tokens in all). FINEWEB_EDU_URL replaces the base URL (a mirror, or the tests' local server).
+FINEWEB_EDU_URL = "https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT"
+FINEWEB_EDU_FILES = tuple(f"{i:03d}_00000.parquet" for i in range(14))
+SHARDED_DATASETS = {
+    "fineweb_edu": "FineWeb-Edu sample-10BT (14 parquet files, 28 GB, ~10B GPT-2 tokens), streamed into shards",
+}
+# 100M tokens per shard (200 MB of uint16), as build-nanogpt: few enough files to list, small enough that
+# preparing holds one shard in memory and that an interrupted run loses at most one shard of work.
+DEFAULT_SHARD_TOKENS = 100_000_000
+SHARDS_PROGRESS = "shards_progress.json"  # what a rerun needs to continue after the last finished shard
+DOCUMENTS_PER_TASK = 256  # documents a worker process tokenizes per task: large enough to amortise pickling
+PARQUET_MAGIC = b"PAR1"  # the first and last 4 bytes of every parquet file
+# llm.c's and modded-nanogpt's shards: a header of 256 int32 (magic, version, token count, then zeros)
+# followed by the ids. Version 1 holds GPT-2 ids as uint16 (llm.c's version 2, Llama 3 uint32, is not read).
+LLMC_MAGIC, LLMC_VERSION, LLMC_HEADER_INTS = 20240520, 1, 256
 
 
 class DataError(ValueError):
@@ -395,9 +418,12 @@ def _staged_outputs(out_dir):
         yield temps
         # Drop the old meta.pkl first: if we are stopped between the renames, the directory reads as
         # "not prepared" instead of pairing new .bin files with an old vocabulary.
+        marker = os.path.join(out_dir, RENAMING_MARKER)
+        open(marker, "wb").close()
         _remove_if_present(os.path.join(out_dir, "meta.pkl"))
         for name in OUTPUT_FILES:
             os.replace(temps[name], os.path.join(out_dir, name))
+        os.remove(marker)
     finally:
         for temp in temps.values():
             _remove_if_present(temp)
@@ -493,14 +519,25 @@ def prepare_bpe_files(train_path, val_path, out_dir, vocab_size, text_meta=None)
     return out_dir
 
 
-def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="data"):
+def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="data", **shard_options):
     """Prepare dataset `name` into <data_root>/<name> and return that directory.
 
     With input_path, any UTF-8 text file becomes dataset `name` with the given tokenizer; without it,
-    `name` must be one of DATASETS, which know where their text comes from and how to tokenize it.
+    `name` must be one of DATASETS, which know where their text comes from and how to tokenize it, or
+    of SHARDED_DATASETS, which take prepare_shards' options (max_tokens, max_shards, shard_size, processes).
     """
     if not name or name != os.path.basename(name) or name in (".", ".."):
         raise DataError(f"dataset name {name!r} must be a plain folder name (no '/')")
+    shard_options = {key: value for key, value in shard_options.items() if value is not None}
+    if name in SHARDED_DATASETS:
+        if input_path is not None or vocab_size is not None:
+            raise DataError(f"{name} is downloaded and takes no --input or --vocab_size")
+        base_url = os.environ.get("FINEWEB_EDU_URL", FINEWEB_EDU_URL).rstrip("/")
+        urls = [f"{base_url}/{file}" for file in FINEWEB_EDU_FILES]
+        return prepare_shards(name, urls, data_root, tokenizer, **shard_options)
+    if shard_options:
+        raise DataError(f"--{', --'.join(shard_options)} only apply to the sharded datasets: "
+                        f"{', '.join(SHARDED_DATASETS)}")
     if tokenizer is not None and tokenizer not in TOKENIZERS:
         path = sentencepiece_path(tokenizer) or hf_tokenizer_path(tokenizer)
         if path is None:
@@ -531,8 +568,9 @@ def prepare(name, input_path=None, tokenizer=None, vocab_size=None, data_root="d
         vocab_size = vocab_size or default_vocab_size
     elif input_path is None:
         known = ", ".join([*DATASETS, *LABELLED_DATASETS])
-        raise DataError(f"unknown dataset {name!r}{did_you_mean(name, [*DATASETS, *LABELLED_DATASETS])}; known "
-                        f"datasets: {known} (or give your own text with --input=FILE --tokenizer={'|'.join(TOKENIZERS)})")
+        suggestion = did_you_mean(name, [*DATASETS, *SHARDED_DATASETS, *LABELLED_DATASETS])
+        raise DataError(f"unknown dataset {name!r}{suggestion}; known datasets: {known} (or give your own text with "
+                        f"--input=FILE --tokenizer={'|'.join(TOKENIZERS)}); in shards: {', '.join(SHARDED_DATASETS)}")
     elif tokenizer is None:
         raise DataError(f"--input needs --tokenizer={'|'.join(TOKENIZERS)}")
 
@@ -743,6 +781,36 @@ def download_tinystories(out_dir):
     return paths
 
 
+class ProgressLine:
+    """A progress line that redraws itself with \\r on a terminal and prints plain lines, less often,
+    into a log file (where \\r would leave one endless line)."""
+
+    def __init__(self):
+        self.terminal = sys.stdout.isatty()
+        self.every = 1 if self.terminal else 30  # seconds between two lines
+        self.last = time.monotonic()
+        self.width = 0  # of the line on screen, which a shorter one must blank out
+
+    def due(self):
+        return time.monotonic() - self.last >= self.every
+
+    def show(self, line, final=False):
+        self.last = time.monotonic()
+        if not self.terminal:
+            print(line, flush=True)
+            return
+        print("\r" + line.ljust(self.width), end="\n" if final else "", flush=True)
+        self.width = 0 if final else len(line)
+
+
+def _duration(seconds):
+    """'1h02m', '3m05s' or '12s'."""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def download(url, path, timeout=30, chunk_size=1 << 20):
     """Download `url` to `path` unless it is already there, resuming an interrupted download.
 
@@ -774,16 +842,17 @@ def download(url, path, timeout=30, chunk_size=1 << 20):
             have = 0
         size = response.headers.get("Content-Length")
         total = have + int(size) if size is not None else None
-        done, last_print = have, 0.0
+        done, started, progress = have, time.monotonic(), ProgressLine()
         with open(part, "ab" if have else "wb") as f:
             for chunk in response.iter_content(chunk_size):
                 f.write(chunk)
                 done += len(chunk)
-                if time.monotonic() - last_print > 1:
-                    last_print = time.monotonic()
-                    of_total = f" of {total / 1e6:,.1f} MB ({100 * done / total:.0f}%)" if total else " MB"
-                    print(f"\rdownloading {os.path.basename(path)}: {done / 1e6:,.1f}{of_total}", end="", flush=True)
-    print(f"\rdownloaded {os.path.basename(path)}: {done / 1e6:,.1f} MB" + " " * 20)
+                if progress.due():
+                    rate = (done - have) / 1e6 / max(time.monotonic() - started, 1e-9)
+                    of_total = (f" of {total / 1e6:,.1f} MB ({100 * done / total:.0f}%), {rate:,.1f} MB/s, "
+                                f"{_duration((total - done) / 1e6 / rate) if rate else '?'} left") if total else " MB"
+                    progress.show(f"downloading {os.path.basename(path)}: {done / 1e6:,.1f}{of_total}")
+    progress.show(f"downloaded {os.path.basename(path)}: {done / 1e6:,.1f} MB", final=True)
     if total is not None and done != total:
         raise requests.RequestException(f"connection closed after {done} of {total} bytes; rerun to resume")
     os.replace(part, path)
@@ -866,11 +935,310 @@ def prepare_numbers(out_dir, n_train=NUMBERS_TRAIN, n_val=NUMBERS_VAL, seed=0):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Web-scale corpora: parquet files streamed into shards
+#
+# Why shards: FineWeb-Edu's 10B tokens are 20 GB of uint16, more than one comfortable file and far more
+# than memory. Tokenizing into fixed-size shard files keeps memory bounded by one shard, lets a run be
+# interrupted and continued shard by shard, and lets a user stop after the first 100M tokens.
+# Why <|endoftext|> before each document: documents are concatenated into one stream and cut into
+# training windows anywhere, so a window often spans two unrelated documents; the separator tells the
+# model "what follows does not continue what came before" (and is how GPT-2 was trained). Putting it
+# before (not after) each document means every document, the first one included, starts right after it.
+# Why the first shard is val: the documents arrive in a fixed order, so the first shard is a fixed,
+# held-out sample of the corpus that no training shard contains (as llm.c does).
+
+
+def _import_parquet():
+    try:
+        import pyarrow.parquet  # optional: only the parquet corpora need it
+    except ImportError:
+        raise DataError("reading parquet files needs the pyarrow package: pip install pyarrow") from None
+    return pyarrow.parquet
+
+
+def shard_name(name, index):
+    """The file of shard `index`: shard 0 holds validation, every later one training tokens."""
+    return f"{name}_{'val' if index == 0 else 'train'}_{index:06d}.bin"
+
+
+def check_parquet_file(path):
+    """Delete and refuse a download that is not a parquet file (an error page saved under its name)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(max(0, os.path.getsize(path) - 4))
+        tail = f.read(4)
+    if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
+        os.remove(path)
+        raise DataError(f"{path} was not a parquet file (no PAR1 at its start and end) and has been deleted; "
+                        f"rerun to download it again, or check FINEWEB_EDU_URL")
+
+
+def parquet_documents(path, start_row):
+    """Yield (row, text) for the rows of a parquet file's 'text' column from `start_row` on, reading one
+    row group at a time (thousands of documents), never the whole file."""
+    parquet = _import_parquet()
+    try:
+        file = parquet.ParquetFile(path)
+        first_row = 0
+        for group in range(file.num_row_groups):
+            rows = file.metadata.row_group(group).num_rows
+            if first_row + rows > start_row:  # row groups wholly before start_row are skipped unread
+                texts = file.read_row_group(group, columns=["text"]).column("text").to_pylist()
+                for row in range(max(start_row, first_row), first_row + rows):
+                    yield row, texts[row - first_row]
+            first_row += rows
+    except (ValueError, KeyError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"cannot read the 'text' column of {path} ({str(e).splitlines()[0]}); delete the file and "
+                        f"rerun to download it again") from None
+
+
+def document_encoder(tokenizer):
+    """The function that encodes one document: GPT-2's encode_ordinary, so that a document quoting
+    "<|endoftext|>" cannot forge a separator; bpe.py's encode otherwise (as Hugging Face's does)."""
+    return tokenizer.encoding.encode_ordinary if isinstance(tokenizer, GPT2Tokenizer) else tokenizer.encode
+
+
+_worker_encode = None  # set in each worker process by _start_worker
+
+
+def _start_worker(meta):
+    global _worker_encode
+    _worker_encode = document_encoder(load_tokenizer(meta))
+
+
+def _tokenize_documents(texts, eot, dtype, encode=None):
+    """[eot, ids of document 0..., eot, ids of document 1..., ...] and each document's token count."""
+    encode = encode or _worker_encode
+    import itertools
+
+    ids = [[eot, *encode(text)] for text in texts]
+    lengths = np.array([len(document) for document in ids], dtype=np.int64)
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum())), lengths
+
+
+def _document_tasks(urls, out_dir, position):
+    """Yield (file index, first row, rows in the file, texts) in tasks of DOCUMENTS_PER_TASK, from
+    position (file, row) on, downloading each file when the stream reaches it."""
+    for file_index in range(position[0], len(urls)):
+        path = os.path.join(out_dir, "parquet", urls[file_index].rsplit("/", 1)[-1])
+        if not os.path.exists(path):
+            try:
+                download(urls[file_index], path)
+            except requests.RequestException as e:
+                raise DataError(f"could not download {urls[file_index]} ({e.__class__.__name__}); rerun to "
+                                f"resume, finished shards are kept") from None
+        check_parquet_file(path)
+        rows = _import_parquet().ParquetFile(path).metadata.num_rows
+        texts, first_row = [], None
+        for row, text in parquet_documents(path, position[1] if file_index == position[0] else 0):
+            first_row = row if first_row is None else first_row
+            texts.append(text)
+            if len(texts) == DOCUMENTS_PER_TASK:
+                yield file_index, first_row, rows, texts
+                texts, first_row = [], None
+        if texts:
+            yield file_index, first_row, rows, texts
+
+
+def _tokenized_tasks(tasks, meta, eot, dtype, processes):
+    """Tokenize tasks in order with `processes` worker processes (1: in this one); yield (file, first
+    row, rows in the file, ids, lengths).
+
+    At most 2 tasks per process are in flight: Pool.imap would read the whole corpus ahead into its
+    queue, while this keeps memory bounded whatever the corpus size."""
+    if processes == 1:
+        encode = document_encoder(load_tokenizer(meta))
+        for *where, texts in tasks:
+            yield *where, *_tokenize_documents(texts, eot, dtype, encode)
+        return
+    import collections
+    import multiprocessing
+
+    with multiprocessing.Pool(processes, initializer=_start_worker, initargs=(meta,)) as pool:
+        pending = collections.deque()
+        for *where, texts in tasks:
+            pending.append((where, pool.apply_async(_tokenize_documents, (texts, eot, dtype))))
+            if len(pending) >= 2 * processes:
+                where, result = pending.popleft()
+                yield *where, *result.get()
+        while pending:
+            where, result = pending.popleft()
+            yield *where, *result.get()
+
+
+def shards_tokenizer_meta(tokenizer):
+    """The tokenizer meta for a sharded corpus: GPT-2 (the default), a pretrained tokenizer.json (or the
+    model directory holding one), or the tokenizer of a prepared dataset (--tokenizer=data/NAME, e.g. a
+    bpe.py tokenizer trained on TinyStories). Every one needs an end-of-text id to separate documents."""
+    if tokenizer in (None, "gpt2"):
+        return {"tokenizer": "gpt2"}
+    if tokenizer in TOKENIZERS:
+        raise DataError(f"--tokenizer={tokenizer} would train a tokenizer on the corpus, which is not done here; "
+                        f"use gpt2, a tokenizer.json, or a prepared dataset's tokenizer: --tokenizer=data/NAME")
+    if os.path.isfile(os.path.join(tokenizer, "meta.pkl")):
+        keep = ("tokenizer", "bpe", "stoi", "itos", "source", "eos_token_id", "sentencepiece_model")
+        return {key: value for key, value in load_meta(tokenizer).items() if key in keep}
+    path = hf_tokenizer_path(tokenizer)
+    if path is None:
+        raise DataError(f"unknown tokenizer {tokenizer!r} for a sharded corpus; give gpt2, a tokenizer.json (or the "
+                        f"model directory holding one), or a prepared dataset directory (data/NAME)")
+    return hf_tokenizer_meta(path)
+
+
+def prepare_shards(name, urls, data_root="data", tokenizer=None, max_tokens=None, max_shards=None,
+                   shard_size=DEFAULT_SHARD_TOKENS, processes=None):
+    """Stream the 'text' column of the parquet files at `urls` through a tokenizer into shards of
+    `shard_size` tokens in <data_root>/<name>/: <name>_val_000000.bin, then <name>_train_000001.bin, ...
+    (raw ids like train.bin), and a meta.pkl with format "shards". Stops after max_tokens tokens or
+    max_shards shards (the validation shard included), or at the end of the corpus.
+
+    A rerun continues after the last finished shard: each finished shard is renamed into place and then
+    SHARDS_PROGRESS records where the next one starts (file, row, and how many tokens of that
+    document the finished shard already holds), so the stream, and every shard, is the same as in one
+    uninterrupted run."""
+    if (max_tokens is not None and max_tokens < 1) or (max_shards is not None and max_shards < 1) or shard_size < 1:
+        raise DataError("--max_tokens, --shards and --shard_size must be positive")
+    processes = processes or os.cpu_count() or 1
+    out_dir = os.path.join(data_root, name)
+    meta = shards_tokenizer_meta(tokenizer)
+    encoder = load_tokenizer(meta)
+    eot = encoder.eot_token[0] if isinstance(encoder.eot_token, list) else encoder.eot_token
+    if eot is None:
+        raise DataError(f"the {meta['tokenizer']} tokenizer has no end-of-text token to separate documents with; "
+                        f"use a tokenizer that has one")
+    meta.update(vocab_size=encoder.vocab_size, dtype=token_dtype(encoder.vocab_size), format="shards",
+                shard_size=shard_size, eot_token=eot)
+    # What the finished shards depend on: the tokenizer and the shard size (not the caps, nor a mirror's URL).
+    fingerprint = hashlib.sha256(pickle.dumps(meta)).hexdigest()
+    meta["source"] = urls[0].rsplit("/", 1)[0]
+    caps = {"max_tokens": max_tokens, "max_shards": max_shards}
+    progress_path = os.path.join(out_dir, SHARDS_PROGRESS)
+    progress = {"fingerprint": fingerprint, "shards": [], "next": [0, 0, 0]}
+    if os.path.isfile(progress_path):
+        with open(progress_path, encoding="utf-8") as f:
+            progress = json.load(f)
+        if progress["fingerprint"] != fingerprint:
+            raise DataError(f"{out_dir} holds shards made with another tokenizer or shard size; delete it, or "
+                            f"give this one another name")
+    if is_prepared(out_dir):
+        existing = load_meta(out_dir)
+        if {key: existing.get(key) for key in caps} == caps:
+            print(f"{out_dir} is already prepared ({existing['tokens']['train']:,} train tokens)")
+            return out_dir
+        os.remove(os.path.join(out_dir, "meta.pkl"))  # other caps: unfinished until meta.pkl is rewritten
+    os.makedirs(out_dir, exist_ok=True)
+    for stale in os.listdir(out_dir):  # what a killed run was writing (a finished shard is never a .tmp)
+        if stale.startswith(f"{name}_") and stale.endswith(".tmp"):
+            os.remove(os.path.join(out_dir, stale))
+
+    dtype = np.dtype(meta["dtype"])
+    buffer = np.empty(shard_size, dtype=dtype)  # the one shard held in memory
+    shards = progress["shards"]  # [[file name, tokens], ...] of the finished shards
+    filled, total = 0, sum(tokens for _, tokens in shards)
+    file_index, row, skip = progress["next"]
+    started, done_at_start, progress_line = time.monotonic(), total, ProgressLine()
+
+    def limit_reached():
+        return (max_tokens is not None and total >= max_tokens) or (max_shards is not None and len(shards) >= max_shards)
+
+    def write_shard(next_position):
+        path = os.path.join(out_dir, shard_name(name, len(shards)))
+        temp = _temp_path_beside(path)
+        try:
+            buffer[:filled].tofile(temp)
+            os.replace(temp, path)
+        finally:
+            _remove_if_present(temp)
+        shards.append([os.path.basename(path), filled])
+        if filled == shard_size:  # a short last shard is redone by a rerun that asks for more
+            progress["next"] = next_position
+            temp = _temp_path_beside(progress_path)
+            with open(temp, "w", encoding="utf-8") as f:
+                json.dump(progress, f)
+            os.replace(temp, progress_path)
+
+    tasks = _document_tasks(urls, out_dir, (file_index, row))
+    for task_file, first_row, file_rows, ids, lengths in _tokenized_tasks(tasks, meta, eot, dtype, processes):
+        if task_file == file_index and first_row == row and skip:  # the document a finished shard began
+            ids, lengths = ids[skip:], lengths.copy()
+            lengths[0] -= skip
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        used = 0
+        while used < len(ids) and not limit_reached():
+            room = shard_size - filled
+            if max_tokens is not None:
+                room = min(room, max_tokens - total)
+            take = min(room, len(ids) - used)
+            buffer[filled:filled + take] = ids[used:used + take]
+            filled, total, used = filled + take, total + take, used + take
+            if filled == shard_size or limit_reached():
+                document = int(np.searchsorted(starts, used, side="right")) - 1
+                offset = used - int(starts[document]) + (skip if document == 0 and task_file == file_index
+                                                        and first_row == row else 0)
+                write_shard([task_file, first_row + document, offset])
+                filled = 0
+        rate = (total - done_at_start) / max(time.monotonic() - started, 1e-9)
+        if progress_line.due():
+            fraction = (task_file + first_row / file_rows) / len(urls)  # of the corpus read
+            if max_tokens is not None:
+                fraction = max(fraction, total / max_tokens)
+            left = f", {_duration((1 - fraction) / fraction * (time.monotonic() - started))} left" if fraction > 0 else ""
+            progress_line.show(f"tokenizing {urls[task_file].rsplit('/', 1)[-1]}: {len(shards)} shards done, "
+                               f"{total / 1e6:,.1f}M tokens, {rate / 1e6:,.2f}M tokens/s{left}")
+        if limit_reached():
+            break
+    if filled:  # the end of the corpus: its last, shorter shard
+        write_shard(None)
+    if not shards or len(shards) < 2:
+        raise DataError(f"{name} gave {total:,} tokens, {len(shards)} shard(s): at least a val and a train shard are "
+                        f"needed; raise --max_tokens or --shards, or lower --shard_size")
+    meta.update(caps, shards={"val": [shards[0][0]], "train": [file for file, _ in shards[1:]]},
+                tokens={"val": shards[0][1], "train": sum(tokens for _, tokens in shards[1:])})
+    _write_meta_atomically(os.path.join(out_dir, "meta.pkl"), meta)
+    progress_line.show(f"wrote {out_dir}: {len(shards)} shards of up to {shard_size:,} {meta['dtype']} ids, "
+                       f"{meta['tokenizer']} tokenizer, train {meta['tokens']['train']:,} tokens, val "
+                       f"{meta['tokens']['val']:,} tokens", final=True)
+    return out_dir
+
+
+def _write_meta_atomically(path, meta):
+    temp = _temp_path_beside(path)
+    try:
+        _write_meta(temp, meta)
+        os.replace(temp, path)
+    finally:
+        _remove_if_present(temp)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Loading (used by the training scripts and sample.py)
 
 
+def dataset_format(data_dir):
+    """How data_dir holds its tokens, or None when it holds no finished dataset:
+        "bins"     train.bin, val.bin and meta.pkl, as prepare_data.py writes them
+        "shards"   <name>_val_000000.bin, <name>_train_000001.bin, ... and a meta.pkl saying "shards"
+        "nanogpt"  train.bin and val.bin without meta.pkl: nanoGPT's data/openwebtext (GPT-2 ids, uint16)
+        "llmc"     *_train_*.bin and *_val_*.bin without meta.pkl: llm.c's or modded-nanogpt's shards"""
+    def has(file):
+        return os.path.isfile(os.path.join(data_dir, file))
+
+    if has("meta.pkl"):
+        if all(has(file) for file in OUTPUT_FILES):
+            return "bins"
+        return "shards" if not has("train.bin") and load_meta(data_dir).get("format") == "shards" else None
+    if has(RENAMING_MARKER) or has(SHARDS_PROGRESS) or not os.path.isdir(data_dir):  # being written
+        return None
+    if has("train.bin") and has("val.bin"):
+        return "nanogpt"
+    files = os.listdir(data_dir)
+    if any("_train_" in f and f.endswith(".bin") for f in files) and any("_val_" in f and f.endswith(".bin") for f in files):
+        return "llmc"
+    return None
+
+
 def is_prepared(data_dir):
-    return all(os.path.isfile(os.path.join(data_dir, name)) for name in OUTPUT_FILES)
+    return dataset_format(data_dir) is not None
 
 
 def is_labelled(data_dir):
@@ -898,7 +1266,7 @@ def ensure_prepared(dataset, data_root="data"):
         return data_dir
     if dataset in LABELLED_DATASETS or is_labelled(data_dir):
         raise not_a_token_stream(data_dir, "labelled")
-    if dataset in DATASETS:
+    if dataset in DATASETS or dataset in SHARDED_DATASETS:
         print(f"{data_dir} is not prepared yet; preparing it now (python prepare_data.py {dataset})")
         return prepare(dataset, data_root=data_root)
     prepared = [n for n in sorted(os.listdir(data_root)) if is_prepared(os.path.join(data_root, n))] \
@@ -914,6 +1282,9 @@ def load_meta(data_dir):
     path = os.path.join(data_dir, "meta.pkl")
     if not os.path.isfile(path) and is_labelled(data_dir):
         raise not_a_token_stream(data_dir, "labelled")
+    if not os.path.isfile(path) and dataset_format(data_dir) in ("nanogpt", "llmc"):
+        # Both hold GPT-2 ids as uint16, which is all nanoGPT and llm.c's version 1 ever write.
+        return {"tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "format": dataset_format(data_dir)}
     if not os.path.isfile(path):
         raise DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
     # pickle runs code from the file while loading: fine for meta.pkl files this script wrote.
@@ -924,38 +1295,90 @@ def load_meta(data_dir):
     return meta
 
 
+def llmc_shard_tokens(path):
+    """The token count in an llm.c shard's header, after checking its magic number, version and size."""
+    header = np.fromfile(path, dtype=np.int32, count=LLMC_HEADER_INTS)
+    if len(header) < LLMC_HEADER_INTS or header[0] != LLMC_MAGIC:
+        raise DataError(f"{path} is not an llm.c shard (its first int32 is not the magic number {LLMC_MAGIC}); "
+                        f"remove it from the folder")
+    if header[1] != LLMC_VERSION:
+        raise DataError(f"{path} is an llm.c shard of version {header[1]}, not {LLMC_VERSION} (GPT-2 ids as uint16), "
+                        f"the only one read here; prepare it again with GPT-2's tokenizer")
+    expected = 4 * LLMC_HEADER_INTS + 2 * int(header[2])
+    if os.path.getsize(path) != expected:
+        raise DataError(f"{path} is {os.path.getsize(path):,} bytes but its header says {header[2]:,} tokens "
+                        f"({expected:,} bytes): it is truncated or damaged; download or prepare it again")
+    return int(header[2])
+
+
+def token_files(data_dir, meta):
+    """{split: [(path, header bytes, tokens), ...]}: the files each split's tokens are in."""
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    if meta.get("format") == "shards":
+        return {split: [(path, 0, os.path.getsize(path) // dtype.itemsize)
+                        for path in (os.path.join(data_dir, file) for file in meta["shards"][split])]
+                for split in ("train", "val")}
+    if meta.get("format") == "llmc":
+        return {split: [(path, 4 * LLMC_HEADER_INTS, llmc_shard_tokens(path))
+                        for path in (os.path.join(data_dir, file) for file in sorted(os.listdir(data_dir))
+                                     if f"_{split}_" in file and file.endswith(".bin"))]
+                for split in ("train", "val")}
+    files = {}
+    for split in ("train", "val"):
+        path = os.path.join(data_dir, f"{split}.bin")
+        if not os.path.isfile(path):
+            raise DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
+        files[split] = [(path, 0, os.path.getsize(path) // dtype.itemsize)]
+    return files
+
+
 class BatchLoader:
-    """Random (x, y) batches from <data_dir>/{train,val}.bin, y being x shifted by one token."""
+    """Random (x, y) batches of a dataset's train or val tokens, y being x shifted by one token.
+
+    The tokens may be one file per split (train.bin, val.bin: prepare_data's own datasets and nanoGPT's)
+    or many shards (prepare_data's web-scale corpora, llm.c's): each sequence is a window drawn uniformly
+    from all windows of the split, which picks a shard with probability proportional to its length, and
+    never spans two shards. For one file this is exactly one torch.randint over its windows."""
 
     def __init__(self, data_dir, block_size, batch_size, device):
         self.block_size, self.batch_size = block_size, batch_size
         self.device = device
-        self.paths = {split: os.path.join(data_dir, f"{split}.bin") for split in ("train", "val")}
         meta = load_meta(data_dir)
         if "pair_separators" in meta:  # a language model would be fed ids that its embedding lacks
             raise not_a_token_stream(data_dir, "pairs")
         self.dtype = np.dtype(meta.get("dtype", "uint16"))  # uint32 for vocabularies > 65536
-        for split, path in self.paths.items():
-            if not os.path.isfile(path):
-                raise DataError(f"{path} not found; prepare the dataset first (python prepare_data.py ...)")
-            n_tokens = os.path.getsize(path) // self.dtype.itemsize
-            if n_tokens < block_size + 1:  # x needs block_size tokens and y one more
+        self.files = token_files(data_dir, meta)
+        self.window_ends = {}  # per split: the cumulative count of windows up to the end of each file
+        for split, files in self.files.items():
+            n_tokens = sum(tokens for _, _, tokens in files)
+            windows = [max(0, tokens - block_size) for _, _, tokens in files]  # x needs block_size tokens, y one more
+            if len(files) <= 1 and n_tokens < block_size + 1:
                 raise DataError(f"{split} split has {n_tokens} tokens, fewer than block_size+1={block_size + 1}; "
                                 f"lower block_size or provide more text")
+            if sum(windows) == 0:
+                raise DataError(f"{split} split has no shard of block_size+1={block_size + 1} tokens or more in "
+                                f"{data_dir}; lower block_size")
+            self.window_ends[split] = np.cumsum(windows)
 
     def get_batch(self, split):
         import torch  # imported here: preparing data never needs torch, and importing it takes seconds
 
+        ends = self.window_ends[split]
+        # The global torch RNG, not a private generator: training scripts seed it per DDP rank (so ranks
+        # draw different batches) and save and restore its state (so a resumed run draws the same batches).
+        draws = torch.randint(int(ends[-1]), (self.batch_size,)).tolist()
+        files = np.searchsorted(ends, draws, side="right")  # the file each window lies in
         # A fresh memmap per call: a long-lived np.memmap keeps every page it has touched referenced, so
         # over a long run the process appears to hold the whole file in memory (a known leak). Opening
         # one costs microseconds.
-        data = np.memmap(self.paths[split], dtype=self.dtype, mode="r")
-        # The global torch RNG, not a private generator: training scripts seed it per DDP rank (so ranks
-        # draw different batches) and save and restore its state (so a resumed run draws the same batches).
-        starts = torch.randint(len(data) - self.block_size, (self.batch_size,)).tolist()
+        data = {}
+        for k in set(files.tolist()):
+            path, header_bytes, tokens = self.files[split][k]
+            data[k] = np.memmap(path, dtype=self.dtype, mode="r", offset=header_bytes, shape=(tokens,))
+        starts = [(k, draw - int(ends[k - 1] if k else 0)) for k, draw in zip(files.tolist(), draws)]
         # uint16/uint32 -> int64 because embedding lookups and cross_entropy targets want int64 indices.
-        x = torch.from_numpy(np.stack([data[i:i + self.block_size] for i in starts]).astype(np.int64))
-        y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size] for i in starts]).astype(np.int64))
+        x = torch.from_numpy(np.stack([data[k][i:i + self.block_size] for k, i in starts]).astype(np.int64))
+        y = torch.from_numpy(np.stack([data[k][i + 1:i + 1 + self.block_size] for k, i in starts]).astype(np.int64))
         if torch.device(self.device).type == "cuda":
             # Page-locked memory lets the copy to the GPU run asynchronously, overlapping the next step.
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
@@ -974,6 +1397,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def main(argv=None):
     datasets_help = "\n".join(f"  {name:18} {about}" for name, (_, _, about) in DATASETS.items())
+    datasets_help += "".join(f"\n  {name:18} {about}" for name, about in SHARDED_DATASETS.items())
     datasets_help += "".join(f"\n  {name:18} {about}" for name, about in LABELLED_DATASETS.items())
     parser = _ArgumentParser(
         description="Tokenize a text into data/NAME/{train.bin,val.bin,meta.pkl}.",
@@ -988,9 +1412,17 @@ def main(argv=None):
                         help=f"BPE vocabulary size (default {DEFAULT_BPE_VOCAB_SIZE}; tinystories "
                              f"{DATASETS['tinystories'][1]}); at most {MAX_VOCAB_SIZE}")
     parser.add_argument("--data_root", default="data", metavar="DIR", help="where dataset folders go (default: ./data)")
+    sharded = ", ".join(SHARDED_DATASETS)
+    parser.add_argument("--max_tokens", type=int, metavar="N", help=f"{sharded}: stop after N tokens (val shard included)")
+    parser.add_argument("--shards", dest="max_shards", type=int, metavar="N",
+                        help=f"{sharded}: stop after N shards (val shard included)")
+    parser.add_argument("--shard_size", type=int, metavar="N",
+                        help=f"{sharded}: tokens per shard (default {DEFAULT_SHARD_TOKENS:,})")
+    parser.add_argument("--processes", type=int, metavar="N", help=f"{sharded}: tokenizer processes (default: all cores)")
     try:
         args = parser.parse_args(argv)
-        prepare(args.name, args.input_path, args.tokenizer, args.vocab_size, args.data_root)
+        prepare(args.name, args.input_path, args.tokenizer, args.vocab_size, args.data_root, max_tokens=args.max_tokens,
+                max_shards=args.max_shards, shard_size=args.shard_size, processes=args.processes)
     except (DataError, OSError, ValueError) as e:  # ValueError: bpe.py and tiktoken reject bad input so
         print(f"error: {e}", file=sys.stderr)
         return 1
