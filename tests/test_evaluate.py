@@ -8,10 +8,8 @@ lines of the tiny Shakespeare excerpt, so that a character-level model knows eve
 """
 import contextlib
 import dataclasses
-import http.server
 import json
 import random
-import threading
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ import evaluate
 import gpt
 import prepare_data
 import sample
+from test_prepare_data import server  # noqa: F401 (a fixture: a local HTTP server of server.files)
 
 
 def make_examples(text, n=10, seed=0):
@@ -228,34 +227,7 @@ def test_ctx_a_and_ctx_b_stand_in_for_ctx(char_checkpoint, tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# The download, from a local server
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = self.server.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.files = {}
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+# The download, from a local server (test_prepare_data's)
 
 
 def test_download_into_the_cache(char_checkpoint, examples_file, server, monkeypatch, capsys, tmp_path):
