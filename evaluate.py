@@ -257,11 +257,15 @@ def ending_rows(tokenizer, example, block_size):
     for ending in example["endings"]:
         ids = prefix + tokenizer.encode(example["ctx"] + " " + ending)
         n_ending = len(ids) - len(prefix) - context_length
-        ids = ids[-(block_size + 1):]
-        if not 0 < n_ending < len(ids):  # the first token is never predicted: something must come before
-            fail(f"line {example['line']}: an ending of {n_ending} tokens after a context of {context_length} "
-                 f"cannot be scored by a model that reads {block_size} tokens")
-        rows.append((ids, n_ending))
+        where = f"line {example['line']}"
+        if n_ending < 1:  # BPE merged the whole ending into the context's last token
+            fail(f"{where}: the ending {ending!r} adds no tokens after the context")
+        if n_ending == len(ids):  # the first token is never predicted: something must come before it
+            fail(f"{where}: the context is empty and this tokenizer puts no BOS token first, so nothing "
+                 f"predicts the ending's first token")
+        if n_ending > block_size:
+            fail(f"{where}: an ending of {n_ending} tokens does not fit the model's block_size={block_size}")
+        rows.append((ids[-(block_size + 1):], n_ending))
     return rows
 
 

@@ -205,8 +205,10 @@ def test_long_context_is_cut_on_the_left(char_checkpoint):
     kept = 65 - len(" " + ending)
     short = dict(long, ctx=long["ctx"][-kept:], endings=[ending])
     assert evaluate.ending_rows(tokenizer, short, block_size=64)[0] == rows[0]
-    with pytest.raises(SystemExit, match="cannot be scored by a model that reads 64 tokens"):
+    with pytest.raises(SystemExit, match="an ending of 71 tokens does not fit the model's block_size=64"):
         evaluate.ending_rows(tokenizer, dict(long, endings=["x" * 70, "No"]), block_size=64)
+    with pytest.raises(SystemExit, match="line 1: the context is empty"):
+        evaluate.ending_rows(tokenizer, dict(long, ctx=""), block_size=64)
 
 
 def test_limit_and_output(char_checkpoint, examples_file, capsys, tmp_path):
