@@ -1,5 +1,5 @@
-"""evaluate.py: HellaSwag scores checked against transformers on the same weights, a char-level gpt.py
-checkpoint, padding invariance, the download, --task=loss, and every refusal's one-line message.
+"""evaluate.py: HellaSwag scores checked against transformers on the same weights (GPT-2, Llama, OLMo 2), a
+char-level gpt.py checkpoint, padding invariance, the download, --task=loss, and every refusal's one-line message.
 
 The models are tiny and random; their accuracies mean nothing, but they must equal a reference computed
 independently: each ending scored on its own (no batch, no padding) with transformers' model, the ending's
@@ -104,7 +104,8 @@ def gpt2_dir(tmp_path_factory, gpt2_encoding):
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory, small_text):
-    """A tiny random Llama with a byte-level tokenizer.json whose template puts <s> before a text."""
+    """A tiny random Llama with a byte-level tokenizer.json whose template puts <s> before a text (the
+    OLMo 2 test borrows the tokenizer)."""
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
     directory = tmp_path_factory.mktemp("llama")
@@ -141,9 +142,27 @@ def test_llama_directory_matches_transformers(llama_dir, examples_file, capsys, 
     check_against_reference(capsys, tmp_path, directory, examples, path, hf_log_probs(hf), encode, [0])
 
 
+def test_olmo2_directory_matches_transformers(llama_dir, examples_file, capsys, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    _, _, tok = llama_dir
+    examples, path = examples_file
+    directory = tmp_path / "olmo2"
+    torch.manual_seed(0)
+    config = transformers.Olmo2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    hf = transformers.Olmo2ForCausalLM(config).eval()
+    hf.save_pretrained(directory)
+    tok.save(str(directory / "tokenizer.json"))
+
+    def encode(text):
+        return tok.encode(text, add_special_tokens=False).ids
+    check_against_reference(capsys, tmp_path, directory, examples, path, hf_log_probs(hf), encode, [0])
+
+
 def test_padding_never_changes_a_score(gpt2_dir, examples_file):
     directory, _ = gpt2_dir
-    examples, _ = examples_file
+    examples = evaluate.read_hellaswag(examples_file[1], None)
     model, tokenizer, _ = evaluate.load_language_model(str(directory), torch.float32)
     model.eval()
     block_size = model.config.block_size
