@@ -386,35 +386,9 @@ def fail(message):
 
 
 def parse_args(argv):
-    """--key=value arguments over DEFAULTS, as sample.py reads them: strings verbatim, other values
-    as Python literals; unknown keys and wrong types are one-line errors that suggest the nearest
-    option name for a typo, and None for other spellings of it."""
-    import ast
-
-    config = dict(DEFAULTS)
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            print(__doc__)
-            sys.exit(0)
-        if not arg.startswith("--") or "=" not in arg:
-            fail(f"argument {arg!r} must look like --key=value (see python evaluate.py --help)")
-        key, text = arg[2:].split("=", 1)
-        if key not in config:
-            close = difflib.get_close_matches(key, DEFAULTS, n=1)
-            hint = f" (did you mean --{close[0]}?)" if close else ""
-            fail(f"unknown option {key!r}{hint}; valid options: {', '.join(DEFAULTS)}")
-        if isinstance(DEFAULTS[key], str):
-            config[key] = text
-            continue
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            hint = "; use None" if key in OPTIONAL and text.lower() == "none" else ""
-            fail(f"option {key!r} needs a Python literal, got {text!r}{hint}")
-        expected = OPTIONAL.get(key, type(DEFAULTS[key]))
-        if not (type(value) is expected or (key in OPTIONAL and value is None)):
-            fail(f"option {key!r} must be {expected.__name__}{' or None' if key in OPTIONAL else ''}, got {text!r}")
-        config[key] = value
+    """--key=value arguments over DEFAULTS, read as sample.py reads its own (sample.parse_options:
+    one-line errors, the nearest option name for a typo), then checked for meaning."""
+    config = sample.parse_options(argv, DEFAULTS, OPTIONAL, __doc__, "evaluate.py")
     if config["task"] not in TASKS:
         close = difflib.get_close_matches(config["task"], TASKS, n=1)
         hint = f" (did you mean --task={close[0]}?)" if close else ""

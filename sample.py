@@ -752,42 +752,50 @@ def fail(message):
     sys.exit(f"error: {message}")
 
 
-def parse_args(argv):
-    """--key=value arguments over DEFAULTS. Strings are taken verbatim (so --start=123 is the text
+def parse_options(argv, defaults, optional, doc, program):
+    """--key=value arguments over defaults (a dict of option -> default; optional: option -> the type
+    of its value where None is allowed too). Strings are taken verbatim (so --start=123 is the text
     "123"); other values are Python literals. Unknown keys and wrong types are one-line errors, which
-    suggest the nearest option name for a typo and True / False / None for other spellings of them."""
+    suggest the nearest option name for a typo and True / False / None for other spellings of them.
+    -h or --help prints doc. evaluate.py reads its options with this function too."""
     import ast
 
-    config = dict(DEFAULTS)
+    config = dict(defaults)
     for arg in argv:
         if arg in ("-h", "--help"):
-            print(__doc__)
+            print(doc)
             sys.exit(0)
         if not arg.startswith("--") or "=" not in arg:
-            fail(f"argument {arg!r} must look like --key=value (see python sample.py --help)")
+            fail(f"argument {arg!r} must look like --key=value (see python {program} --help)")
         key, text = arg[2:].split("=", 1)
         if key not in config:
-            close = difflib.get_close_matches(key, DEFAULTS, n=1)  # a typo names the option it meant
+            close = difflib.get_close_matches(key, defaults, n=1)  # a typo names the option it meant
             hint = f" (did you mean --{close[0]}?)" if close else ""
-            fail(f"unknown option {key!r}{hint}; valid options: {', '.join(DEFAULTS)}")
-        if isinstance(DEFAULTS[key], str):
+            fail(f"unknown option {key!r}{hint}; valid options: {', '.join(defaults)}")
+        if isinstance(defaults[key], str):
             config[key] = text
             continue
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             # Other command lines spell True, False and None in other cases; name the Python spelling.
-            spellings = {"true": "True", "false": "False"} if type(DEFAULTS[key]) is bool else {}
-            if key in OPTIONAL:
+            spellings = {"true": "True", "false": "False"} if type(defaults[key]) is bool else {}
+            if key in optional:
                 spellings["none"] = "None"
             hint = f"; use {spellings[text.lower()]}" if text.lower() in spellings else ""
             fail(f"option {key!r} needs a Python literal, got {text!r}{hint}")
-        expected = OPTIONAL.get(key, type(DEFAULTS[key]))
+        expected = optional.get(key, type(defaults[key]))
         if expected is float and type(value) is int:
             value = float(value)  # --temperature=1 means 1.0
-        if not (type(value) is expected or (key in OPTIONAL and value is None)):
-            fail(f"option {key!r} must be {expected.__name__}{' or None' if key in OPTIONAL else ''}, got {text!r}")
+        if not (type(value) is expected or (key in optional and value is None)):
+            fail(f"option {key!r} must be {expected.__name__}{' or None' if key in optional else ''}, got {text!r}")
         config[key] = value
+    return config
+
+
+def parse_args(argv):
+    """sample.py's options (DEFAULTS), read by parse_options, then checked for meaning."""
+    config = parse_options(argv, DEFAULTS, OPTIONAL, __doc__, "sample.py")
     for key in ("num_samples", "max_new_tokens"):
         if config[key] < 1:
             fail(f"option {key!r} must be a positive integer, got {config[key]}")
