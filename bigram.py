@@ -462,7 +462,7 @@ def main(argv):
                            tokens_per_iter, raw_model.flops_per_token())
         iter_num += 1
 
-    end_run(cfg, runtime, iter_num, best_val_loss)
+    end_run(cfg, runtime, iter_num, best_val_loss, wandb)
 
 
 # =============================================================================
@@ -588,11 +588,32 @@ def fail(message):
     process alone sees are first shared with all, see first_error), so only rank 0 prints: the
     message appears once, not once per process.
     """
+    text = f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Leave the process group before exiting: gloo's threads still running while the
-        # interpreter shuts down can abort the process (SIGABRT) instead of exiting with our error.
-        torch.distributed.destroy_process_group()
-    sys.exit(f"error: {message}" if int(os.environ.get("RANK", "0")) == 0 else 1)
+        leave_process_group(1, text)
+    sys.exit(text or 1)
+
+
+def leave_process_group(status, message=None):
+    """Leave torchrun's process group and end this process at once, with exit status `status`
+    (after printing `message`, if any, to stderr).
+
+    Why not return and let Python exit as usual: DistributedDataParallel keeps the process group
+    alive until the process ends (its gradient hooks and the group hold each other from C++, where
+    Python's garbage collector cannot see them), so gloo's worker threads still run while the
+    interpreter shuts down. A worker that then lets go of a tensor that Python also knew must take
+    the interpreter's lock, which a shutting-down interpreter no longer grants: the thread is
+    stopped inside C++ code and the whole process aborts ("terminate called without an active
+    exception", SIGABRT), rarely: about once in a hundred 2-process runs here. By now every file is written and
+    no Python code is left to run, so we end with os._exit, which skips the interpreter's shutdown
+    and leaves the race no window.
+    """
+    torch.distributed.destroy_process_group()
+    if message:
+        print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def first_error(error, runtime):
@@ -1026,8 +1047,9 @@ def append_run_log(path, record):
         f.write(json.dumps(record) + "\n")
 
 
-def end_run(cfg, runtime, iter_num, best_val_loss):
-    """Say what a resume would continue from, and leave the process group together.
+def end_run(cfg, runtime, iter_num, best_val_loss, wandb):
+    """Say what a resume would continue from, close the wandb run, and under torchrun leave the
+    process group together (which ends the process: see leave_process_group).
 
     With always_save_checkpoint=False the checkpoint is the best evaluation's, which may be far
     behind the last iteration: a later --init_from=resume continues from there, not from the end.
@@ -1039,11 +1061,13 @@ def end_run(cfg, runtime, iter_num, best_val_loss):
             if saved != iter_num:
                 print(f"note: {path} holds iteration {saved}, the best val loss ({best_val_loss:.4f}); "
                       f"--init_from=resume continues from there, not from iteration {iter_num}")
+    if wandb:
+        wandb.finish()
     if runtime.ddp:
         # Leave together: a process that exited while rank 0 was still writing the checkpoint would
         # tear down the connections under it.
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        leave_process_group(0)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ REQUIRED = ["parse_config", "resumed_config", "check_config", "fail", "first_err
             "check_vocabulary_fits", "restore_training_state", "every_rank_rng_state", "restore_rng_state",
             "compile_model", "compile_or_warn", "start_wandb", "learning_rate_at", "mean_over_processes",
             "check_finite", "IterationTimer", "log_train_step", "log_eval", "save_checkpoint", "start_run_log",
-            "append_run_log", "end_run"]
+            "append_run_log", "leave_process_group", "end_run"]
 # Scripts that need these (sampling text, attention, Hugging Face checkpoints, a next-token loss) have them
 # exactly as gpt.py does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its
 # own t5_attention; bert.py and t5.py evaluate with their own metrics, not estimate_loss.
