@@ -7,6 +7,7 @@ sample.py — generate text from a trained checkpoint or from pretrained Hugging
     python sample.py --init_from=gpt2 --start="The meaning of life is" --top_p=0.9
     python sample.py --init_from=path/to/hf_checkpoint_dir          # a local GPT-2, Llama or OLMo checkpoint
     python sample.py --out_dir=out --interactive=True               # type prompts, get continuations
+    python sample.py --out_dir=out --start="ROMEO:" --beam_size=4 --num_samples=2 --max_new_tokens=40  # the 2 best beams
     python sample.py --out_dir=out-t5-numbers --start="123456" --beam_size=4   # a T5: input -> output
     python sample.py --init_from=path/to/flan-t5-small --start="translate English to German: Hello"
     python sample.py --out_dir=out-t5-shakespeare-char-cpu --start="ROMEO: But <extra_id_0> what light"   # T5 fills a span
@@ -21,9 +22,10 @@ trains), builds the model, loads the weights and calls its generate().
 
 Options (all --key=value): out_dir, init_from ('resume' reads out_dir/ckpt.pt; otherwise a Hugging
 Face hub id or local directory), start, num_samples, max_new_tokens, temperature (0 = greedy), top_k,
-top_p, repetition_penalty, stop_at_eos, seed, device, dtype, compile, interactive, chat; for
-encoder-decoder (T5) models also beam_size (> 1: beam search; num_samples then returns that many
-best beams) and length_penalty. A T5 reads --start as its input and prints its output for it.
+top_p, repetition_penalty, stop_at_eos, seed, device, dtype, compile, interactive, chat, beam_size
+(> 1: beam search, for decoders and T5; num_samples then prints that many best beams, by default all
+of them up to 3; no sampling option applies) and length_penalty. A T5 reads --start as its input
+and prints its output for it. Decoder beam search stops at the model's block_size.
 For encoders (bert.py), fill_k: the candidates shown for each [MASK].
 
 --attention_plot=attn.png [--layer=N] draws, instead of sampling, the attention weights of every head
@@ -50,8 +52,8 @@ prompt, or, for a classifier, the probability of each label.
 Reading order. The options come first, then the plain path, a page that reads top to bottom: main()
 loads a checkpoint (or Hugging Face weights), encodes the prompt, generates, decodes and prints; its
 helpers (streaming one sample, cutting at the end-of-text token, the prompt loop) follow it, and then
-the two loaders it calls. Each special case has its own section after that, under a banner: T5
-(input -> output, beam search), encoders (fill-mask, classifiers), chat (chat templates), attention
+the two loaders it calls. Each special case has its own section after that, under a banner: beam
+search for decoders (--beam_size), T5 (input -> output, beam search), encoders (fill-mask, classifiers), chat (chat templates), attention
 pictures (--attention_plot), and hub lookups. main() hands over to them in a few lines; parsing the
 command line comes last.
 """
@@ -84,7 +86,7 @@ DEFAULTS = {
     "dtype": "auto",
     "compile": False,
     "interactive": False,
-    "beam_size": 1,  # encoder-decoder models: 1 decodes token by token (greedy/sampled), > 1 beam search
+    "beam_size": 1,  # 1 decodes token by token (greedy/sampled), > 1 beam search (decoders and T5)
     "length_penalty": 1.0,  # beam search ranks outputs by log-prob / length ** length_penalty
     "chat": False,  # talk to an instruct model through its chat template (one sample per reply)
     "fill_k": 5,  # encoders (bert.py): how many candidates to show for each [MASK]
@@ -127,6 +129,9 @@ def main(argv):
     # The models that do not continue a prompt, and the pictures, have their own sections below.
     if type(model).__name__ == "T5":
         return sample_t5(cfg, model, tokenizer, autocast)
+    if cfg["beam_size"] > 1 and type(model).__name__ not in BEAM_SEARCH_DECODERS:
+        fail(f"--beam_size searches the outputs of a decoder (gpt.py, llama.py, olmo.py) or a T5; "
+             f"this is a {type(model).__name__} model: drop --beam_size")
     if cfg["attention_plot"]:
         return plot_decoder_attention(cfg, model, tokenizer, autocast)
     if not hasattr(model, "generate"):  # an encoder (bert.py) does not write text: it fills masks, classifies
@@ -147,6 +152,8 @@ def main(argv):
         if not ids:
             fail("the prompt encodes to no tokens; give a non-empty --start")
         hidden = len(template[0]) if template is not None and not chat else 0  # the BOS is not printed
+        if cfg["beam_size"] > 1:
+            return print_beam_search(cfg, model, tokenizer, autocast, ids, hidden, eos_token_id)
         idx = torch.tensor([ids] * cfg["num_samples"], dtype=torch.long, device=cfg["device"])
         # One sample streams to the terminal as it is generated; a batch prints when it is done. A chat
         # shows only the reply.
@@ -362,6 +369,148 @@ def load_pretrained(name_or_dir, dtype):
 
 
 # -----------------------------------------------------------------------------
+# Beam search for decoders (gpt.py, llama.py, olmo.py): --beam_size > 1
+
+# The decoders whose forward takes a KV cache; a bigram model has none, an encoder does not generate.
+BEAM_SEARCH_DECODERS = ("GPT", "Llama", "OLMo")
+
+
+def print_beam_search(cfg, model, tokenizer, autocast, ids, hidden, eos_token_id):
+    """--beam_size > 1 on a decoder: print the num_samples best beams for the prompt ids, best first.
+
+    The beams are printed when the search ends, not streamed: which beam is best is known only then.
+    The search stops at block_size (with a note) rather than sliding the window: past block_size
+    every step would rerun every beam's whole window without a cache (see gpt.py's generate)."""
+    room = model.config.block_size - len(ids)
+    if room < 1:
+        fail(f"the prompt has {len(ids)} tokens, which fills this model's block_size={model.config.block_size}; "
+             f"beam search needs room for new tokens")
+    if cfg["max_new_tokens"] > room:
+        print(f"note: beam search stops at block_size={model.config.block_size}: at most {room} new tokens, "
+              f"not max_new_tokens={cfg['max_new_tokens']}", file=sys.stderr)
+    idx = torch.tensor([ids], dtype=torch.long, device=cfg["device"])
+    with autocast:
+        out, _ = decoder_beam_search(model, idx, cfg["max_new_tokens"], cfg["beam_size"], cfg["length_penalty"],
+                                     eos_token_id, cfg["num_samples"], tokenizer.vocab_size)
+    for row in out.tolist():
+        print(text_of(tokenizer, row[hidden:], len(ids) - hidden, eos_token_id))
+        print("---------------")
+
+
+@torch.no_grad()
+def decoder_beam_search(model, idx, max_new_tokens, beam_size, length_penalty=1.0, eos_token_id=None,
+                        num_return_sequences=1, vocab_size=None):
+    """Beam search over the continuations of one prompt idx (1, T) with a decoder of this repository.
+
+    Greedy decoding commits to the likeliest token at every step, and a likely first token can lead
+    into a continuation whose later tokens are all unlikely. Beam search keeps beam_size partial
+    continuations ("beams") instead of one, extends each by every token, and keeps the beam_size
+    best extensions by total log-probability. It is t5.py's beam_search for a decoder-only model,
+    with one prompt, and makes the same choices as Hugging Face's generate(num_beams=beam_size,
+    do_sample=False, early_stopping=False), which the tests compare it with token for token.
+
+    Returns (sequences, scores): the num_return_sequences best hypotheses, best first, as rows of
+    prompt + continuation (a row that ended early is padded with its end-of-sequence token, as
+    generate() pads), and each one's score, sum(log p) / length ** length_penalty. Generation stops
+    at block_size: at most block_size - T new tokens.
+    """
+    if idx.size(0) != 1:
+        raise ValueError(f"beam search takes one prompt (idx of shape (1, T)), got {idx.size(0)}")
+    if not 1 <= num_return_sequences <= beam_size:
+        raise ValueError(f"num_return_sequences={num_return_sequences} must be between 1 and beam_size={beam_size}")
+    prompt_length = idx.size(1)
+    steps = min(max_new_tokens, model.config.block_size - prompt_length)
+    if steps < 1:
+        raise ValueError(f"no room to generate: the prompt has {prompt_length} tokens, block_size is "
+                         f"{model.config.block_size} and max_new_tokens {max_new_tokens}")
+    stops = stop_ids(eos_token_id) if eos_token_id is not None else set()
+    # Each beam can end with at most one of the stop tokens, so among the best (1 + len(stops)) *
+    # beam_size extensions (2 * beam_size with one end-of-sequence token) at least beam_size go on:
+    # finished hypotheses never starve the beam of live candidates.
+    candidates_per_step = max(2, 1 + len(stops)) * beam_size
+
+    # The beams are a batch of beam_size rows: one forward call extends them all. The prompt is run
+    # once, and its cached keys and values are copied into every row (row 0, beam_size times).
+    cache = new_decoder_cache(model, prompt_length + steps)
+    logits, _ = model(idx, cache=cache, last_only=True)
+    logits = logits.expand(beam_size, -1, -1)
+    reorder_cache(cache, torch.zeros(beam_size, dtype=torch.long, device=idx.device))
+    beams = idx.expand(beam_size, -1)
+    # A beam's score is the sum of its tokens' log-probabilities (the log of the product of their
+    # probabilities). All rows start as the same prompt: giving all but the first -inf keeps the
+    # first step from filling the beam with beam_size copies of the same extension.
+    beam_scores = torch.full((beam_size,), float("-inf"), device=idx.device)
+    beam_scores[0] = 0.0
+    finished = []  # (score, token list), the best beam_size so far, best first
+
+    for length in range(1, steps + 1):  # length: new tokens, this step's included
+        log_probs = torch.log_softmax(logits[:, -1, :vocab_size].float(), dim=-1)  # (beam_size, vocab)
+        vocab = log_probs.size(-1)
+        totals, flat_ids = (beam_scores[:, None] + log_probs).view(-1).topk(candidates_per_step)
+        last_step = length == steps
+        live = []  # (source row, token, total log-prob) of the beams that go on, best first
+        for rank, (total, flat_id) in enumerate(zip(totals.tolist(), flat_ids.tolist())):
+            row, token = divmod(flat_id, vocab)
+            if token in stops or last_step:
+                # A hypothesis ends here. It counts only if it is among the beam_size best extensions:
+                # the extra candidates exist to keep the beam full, not to be answers. Log-probs only
+                # add negatives, so a plain sum would always prefer shorter outputs; dividing by
+                # length ** length_penalty ranks by mean log-prob at 1.0, favours longer outputs
+                # above 1 and is the plain sum at 0.
+                if rank < beam_size:
+                    finished.append((total / length ** length_penalty, beams[row].tolist() + [token]))
+            elif len(live) < beam_size:
+                live.append((row, token, total))
+        finished = sorted(finished, key=lambda hypothesis: -hypothesis[0])[:beam_size]
+        if last_step:
+            break
+        # Hugging Face's early_stopping=False heuristic: once beam_size hypotheses are finished, stop
+        # when the best live beam, scored as if it ended now, would not beat the worst of them. A live
+        # beam can only add negative log-probs, but a longer one divides by a larger length, so this
+        # is a heuristic, not a proof that nothing better is left.
+        if len(finished) == beam_size and finished[-1][0] >= live[0][2] / length ** length_penalty:
+            break
+        rows = torch.tensor([row for row, _, _ in live], device=idx.device)
+        tokens = torch.tensor([token for _, token, _ in live], device=idx.device)
+        beams = torch.cat((beams[rows], tokens[:, None]), dim=1)
+        beam_scores = torch.tensor([total for _, _, total in live], device=idx.device)
+        # Beam k now continues old row rows[k]: its cached keys and values must move with it.
+        reorder_cache(cache, rows)
+        logits, _ = model(tokens[:, None], cache=cache, last_only=True)
+
+    best = finished[:num_return_sequences]
+    pad = next(iter(stops), 0)  # only hypotheses that ended early are shorter, and they end with a stop token
+    width = max(len(tokens) for _, tokens in best)
+    sequences = torch.tensor([tokens + [pad] * (width - len(tokens)) for _, tokens in best], device=idx.device)
+    return sequences, torch.tensor([score for score, _ in best])
+
+
+def new_decoder_cache(model, max_len):
+    """An empty KV cache for max_len positions, of the kind the model's own generate() makes."""
+    if hasattr(model, "new_cache"):  # olmo.py: a SlidingWindowKVCache when some layers slide
+        return model.new_cache(max_len)
+    return sys.modules[type(model).__module__].KVCache(model.config.n_layer, max_len)
+
+
+def reorder_cache(cache, rows):
+    """Make row k of every cached tensor a copy of old row rows[k] (index_select along the batch).
+
+    The scripts' caches have no method for this (sampling never reorders rows), so we do it from the
+    outside, knowing their layout: a KVCache holds keys and values of shape (n_layer, B, heads,
+    max_len, head_dim), batch at dim 1; olmo.py's SlidingWindowKVCache holds such a KVCache for its
+    full-attention layers (`full`) and, per sliding layer, the (keys, values) of its last positions,
+    (B, heads, window - 1, head_dim), batch at dim 0. Reordering the sliding layers is safe: every
+    row holds the same positions (the beams advance in step), so a row's window moves as a whole.
+    """
+    if hasattr(cache, "recent"):  # olmo.py's SlidingWindowKVCache
+        reorder_cache(cache.full, rows)
+        cache.recent = [None if kept is None else tuple(t.index_select(0, rows) for t in kept) for kept in cache.recent]
+    elif cache.keys is not None:  # None: no layer has stored anything (a model whose layers all slide)
+        cache.keys = cache.keys.index_select(1, rows)
+        cache.values = cache.values.index_select(1, rows)
+
+
+# -----------------------------------------------------------------------------
 # T5, an encoder-decoder: --start is its input, and it prints outputs for it (sampled, greedy or beam search)
 
 
@@ -388,9 +537,6 @@ def sample_t5(cfg, model, tokenizer, autocast):
     meta = {}
     if cfg["init_from"] == "resume":  # mmap: read the tokenizer meta without loading the weights again
         meta = torch.load(os.path.join(cfg["out_dir"], "ckpt.pt"), map_location="cpu", weights_only=True, mmap=True)["tokenizer"]
-    if cfg["beam_size"] > 1 and cfg["num_samples"] > cfg["beam_size"]:
-        fail(f"num_samples={cfg['num_samples']} must be at most beam_size={cfg['beam_size']} (beam search returns its best beams)")
-
     def run(prompt):
         if meta.get("task") == "numbers":
             digits = prompt.strip().replace(",", "").replace("_", "")
@@ -809,13 +955,31 @@ def parse_args(argv):
         fail(f"repetition_penalty must be > 0, got {config['repetition_penalty']}")
     if config["beam_size"] < 1:
         fail(f"beam_size must be >= 1, got {config['beam_size']}")
+    given = {arg[2:].split("=", 1)[0] for arg in argv}  # the options set on the command line
+    if config["beam_size"] > 1:
+        # Beam search is deterministic: it ranks continuations by probability and samples none, so a
+        # sampling option would be silently ignored.
+        for key in ("temperature", "top_k", "top_p", "repetition_penalty"):
+            if key in given:
+                fail(f"--{key} shapes sampling, and beam search (--beam_size > 1) does not sample: drop --{key}")
+        if config["chat"]:
+            fail("--chat samples each reply; it does not run beam search: drop --beam_size")
+        if config["attention_plot"]:
+            fail("--attention_plot draws attention over the prompt (a T5: its greedy output); drop --beam_size")
+        if config["num_samples"] > config["beam_size"]:
+            if "num_samples" in given:
+                fail(f"num_samples={config['num_samples']} must be at most beam_size={config['beam_size']} "
+                     f"(beam search returns its best beams)")
+            config["num_samples"] = config["beam_size"]  # the default asks for a few; there are only this many
+    elif "length_penalty" in given:
+        fail("--length_penalty ranks the outputs of beam search: give --beam_size > 1 too")
     if config["layer"] is not None and not config["attention_plot"]:
         fail("--layer chooses the layer --attention_plot draws; give --attention_plot=FILE.png too")
     if config["chat"]:
         if config["init_from"] == "resume":
             fail("--chat needs a pretrained instruct model with a chat template: pass --init_from=<its folder or "
                  "hub id>")
-        if any(arg.startswith("--num_samples=") for arg in argv) and config["num_samples"] != 1:
+        if "num_samples" in given and config["num_samples"] != 1:
             fail("--chat generates one reply at a time; drop --num_samples")
         config["num_samples"] = 1
     return config
