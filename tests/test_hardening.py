@@ -248,11 +248,11 @@ def test_a_best_only_checkpoint_says_what_resume_continues_from(workdir, monkeyp
     torch.save({"iter_num": 1250}, out_dir / "ckpt.pt")
     cfg = {"out_dir": str(out_dir), "eval_only": False, "always_save_checkpoint": False}
     runtime = module.Runtime(False, 0, 0, 1, "cpu", "cpu", None, None)
-    module.end_run(cfg, runtime, 2000, 1.4567)
+    module.end_run(cfg, runtime, 2000, 1.4567, None)
     assert capsys.readouterr().out == (f"note: {out_dir / 'ckpt.pt'} holds iteration 1250, the best val loss (1.4567); "
                                        f"--init_from=resume continues from there, not from iteration 2000\n")
-    module.end_run(cfg, runtime, 1250, 1.4567)  # the checkpoint is the last iteration's: nothing to say
-    module.end_run(cfg | {"always_save_checkpoint": True}, runtime, 2000, 1.4567)
+    module.end_run(cfg, runtime, 1250, 1.4567, None)  # the checkpoint is the last iteration's: nothing to say
+    module.end_run(cfg | {"always_save_checkpoint": True}, runtime, 2000, 1.4567, None)
     assert capsys.readouterr().out == ""
 
 
