@@ -690,12 +690,11 @@ def main(argv):
                     loss = loss / micro_steps
                 runtime.scaler.scale(loss).backward()
             train_loss += loss.detach()  # a tensor: no waiting for the GPU here
-        if cfg["grad_clip"] > 0:
-            # Clipping the global gradient norm bounds the size of any one update, protecting
-            # against the occasional huge gradient of a bad batch. Unscale first so the threshold
-            # applies to true gradients.
-            runtime.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        # Clipping the global gradient norm bounds the size of any one update, protecting against
+        # the occasional huge gradient of a bad batch; the norm is logged either way (grad_clip=0:
+        # measured, never clipped). Unscale first: the norm and the threshold are the true gradients'.
+        runtime.scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"] or math.inf)
         runtime.scaler.step(optimizer)
         runtime.scaler.update()
         optimizer.zero_grad(set_to_none=True)  # free gradient memory until the next backward
@@ -705,7 +704,8 @@ def main(argv):
             # for the GPU to finish, so we only ask for it when logging.
             loss_value = mean_over_processes([train_loss.item()], runtime)[0]
             check_finite("training loss", loss_value, iter_num, cfg)
-            log_train_step(run_log, cfg, runtime, iter_num, loss_value, lr, timer.seconds_per_iter(iter_num),
+            log_train_step(run_log, cfg, runtime, iter_num, loss_value, grad_norm.item(), lr,
+                           timer.seconds_per_iter(iter_num),
                            tokens_per_iter, raw_model.flops_per_token())
         iter_num += 1
 
@@ -1255,11 +1255,14 @@ class IterationTimer:
         return seconds
 
 
-def log_train_step(run_log, cfg, runtime, iter_num, loss, lr, seconds, tokens_per_iter, flops_per_token):
-    """Print the training line (rank 0) and add it to the run log: loss, time, tokens/s and MFU.
+def log_train_step(run_log, cfg, runtime, iter_num, loss, grad_norm, lr, seconds, tokens_per_iter, flops_per_token):
+    """Print the training line (rank 0) and add it to the run log: loss, time, tokens/s, MFU, and
+    the gradient norm before clipping.
 
     MFU (model FLOPs utilisation, PaLM paper): the fraction of the GPU's 16-bit peak FLOP/s that
-    the model's own arithmetic reaches, the honest measure of how well a run uses its hardware.
+    the model's own arithmetic reaches, the honest measure of how well a run uses its hardware. The
+    gradient norm is the first thing to look at when a loss spikes: a norm that jumps by orders of
+    magnitude before the spike, or one clipped at every step, says the learning rate is too high.
     """
     tokens_per_sec = tokens_per_iter / seconds
     peak = gpu_peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device_type == "cuda" else None
@@ -1273,10 +1276,10 @@ def log_train_step(run_log, cfg, runtime, iter_num, loss, lr, seconds, tokens_pe
         mfu_text = f"{100 * mfu:.1f}%"
     if runtime.rank == 0:
         print(f"iter {iter_num}: loss {loss:.4f}, time {seconds * 1000:.2f}ms, tok/s {tokens_per_sec:,.0f}, "
-              f"mfu {mfu_text}, lr {lr:.2e}")
+              f"mfu {mfu_text}, lr {lr:.2e}, grad norm {grad_norm:.3g}")
     if run_log:
         append_run_log(run_log, {"kind": "train", "iter": iter_num, "tokens": (iter_num + 1) * tokens_per_iter,
-                                 "loss": loss, "lr": lr, "ms_per_iter": seconds * 1000,
+                                 "loss": loss, "grad_norm": grad_norm, "lr": lr, "ms_per_iter": seconds * 1000,
                                  "tokens_per_sec": tokens_per_sec, "mfu": mfu})
 
 

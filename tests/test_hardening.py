@@ -9,6 +9,7 @@ the end-of-sequence token, and sampling options checked through the Python API.
 """
 import importlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -254,6 +255,23 @@ def test_a_best_only_checkpoint_says_what_resume_continues_from(workdir, monkeyp
     module.end_run(cfg, runtime, 1250, 1.4567, None)  # the checkpoint is the last iteration's: nothing to say
     module.end_run(cfg | {"always_save_checkpoint": True}, runtime, 2000, 1.4567, None)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_the_gradient_norm_is_logged_before_clipping(workdir, monkeypatch, capsys, script, run_log):
+    # The norm in every log line and log.jsonl record is the one clipping looks at: the same whether or
+    # not a run clips (at iteration 0 both runs have the same weights and batch), and above the threshold
+    # that a tiny grad_clip then forces the update down to (so the next loss differs).
+    logs = {}
+    for clip in (0.0, 1e-3):
+        out = f"--out_dir=out-{script}-norm-{clip}"
+        printed = train_in_process(script, workdir, monkeypatch, capsys, "--max_iters=2", "--eval_interval=2",
+                                   "--log_interval=1", f"--grad_clip={clip}", out)
+        logs[clip] = [r for r in run_log(workdir / out[10:]) if r["kind"] == "train"]
+        assert [f"{r['grad_norm']:.3g}" for r in logs[clip]] == re.findall(r", grad norm ([0-9.e+-]+)\n", printed)
+    free, clipped = logs[0.0], logs[1e-3]
+    assert free[0]["grad_norm"] == clipped[0]["grad_norm"] > 1e-3 and math.isfinite(free[0]["grad_norm"])
+    assert free[1]["loss"] != clipped[1]["loss"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
