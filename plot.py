@@ -299,7 +299,8 @@ def label_log_ticks(ax):
 
 def runs_figure(out_dirs, x="iters", log_scale=None):
     """One figure of the runs in out_dirs (their log.jsonl, read with read_run): train loss | val loss,
-    then one panel per kind of metric the runs log (fig.axes in that order), against iterations or
+    then one panel per kind of metric the runs log, then the gradient norm before clipping where a run
+    logs it (fig.axes in that order), against iterations or
     tokens seen. log_scale: True or False for the loss axes, None to choose (see loss_scale). Prints
     the scale chosen, and which runs each metric panel leaves out, to stdout.
 
@@ -330,9 +331,12 @@ def runs_figure(out_dirs, x="iters", log_scale=None):
             title, y_label, scale = describe_metric(key, run)
             panels.setdefault(title, (y_label, {}))[1][i] = (key, scale)
 
+    # The gradient norm before clipping (in the train records of runs that log it) gets the last panel.
+    with_grad_norm = {i for i, run in enumerate(runs) if any(is_number(r.get("grad_norm")) for r in run["train"])}
+
     # Rows of at most three panels, as even as they come (four: two by two), so the figure stays
     # legible at a README's width; cells left over at the end are removed.
-    n_panels = 2 + len(panels)
+    n_panels = 2 + len(panels) + (1 if with_grad_norm else 0)
     n_cols = math.ceil(n_panels / math.ceil(n_panels / 3))
     n_rows = math.ceil(n_panels / n_cols)
     fig, grid = plt.subplots(n_rows, n_cols, figsize=(5.2 * n_cols, 4.0 * n_rows + 0.2 * len(runs)),
@@ -340,7 +344,8 @@ def runs_figure(out_dirs, x="iters", log_scale=None):
     axes = list(grid.flat)
     for spare in axes[n_panels:]:
         fig.delaxes(spare)
-    train_ax, val_ax, metric_axes = axes[0], axes[1], axes[2:n_panels]
+    train_ax, val_ax, metric_axes = axes[0], axes[1], axes[2:2 + len(panels)]
+    grad_ax = axes[2 + len(panels)] if with_grad_norm else None
     for ax in axes[1:n_panels]:
         # One x range for all: a metric logged only at the last eval (a single point) still sits where
         # that eval is, not alone in the middle of an axis of its own.
@@ -366,6 +371,10 @@ def runs_figure(out_dirs, x="iters", log_scale=None):
                 with_metric = [r for r in run["eval"] if is_number(r.get(key))]
                 ax.plot([r[x_key] for r in with_metric], [scale * r[key] for r in with_metric],
                         "o-", color=colour, markersize=3, label=label)
+        if i in with_grad_norm:
+            steps = [r for r in run["train"] if is_number(r.get("grad_norm"))]
+            grad_ax.plot([r[x_key] for r in steps], [r["grad_norm"] for r in steps], color=colour, linewidth=0.8,
+                         label=label)
 
     use_log, scale_note = loss_scale(losses, log_scale)
     print(scale_note)
@@ -385,6 +394,17 @@ def runs_figure(out_dirs, x="iters", log_scale=None):
             title += f"\nnot logged by {who}"
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(y_label)
+    if grad_ax:
+        # Log scale: early in training the norm falls by orders of magnitude, and a spike of 10x is what
+        # to spot (it comes before a loss spike); a norm pinned at grad_clip means every step is clipped.
+        title = "gradient norm before clipping"
+        absent = [run["name"] for i, run in enumerate(runs) if i not in with_grad_norm]
+        if absent:
+            print(f"{title}: not logged by {', '.join(absent)} (left out of that panel)")
+            title += f"\nnot logged by {', '.join(absent) if len(absent) <= 2 else f'{len(absent)} runs'}"
+        grad_ax.set_title(title, fontsize=10)
+        grad_ax.set_ylabel("L2 norm of all gradients (log scale)")
+        grad_ax.set_yscale("log")
     for ax in axes[:n_panels]:
         ax.set_xlabel("iterations" if x == "iters" else "tokens seen")
         ax.grid(alpha=0.3)

@@ -281,6 +281,26 @@ def test_resume_and_damaged_lines(tmp_path, monkeypatch, capsys, mpl):
     assert capsys.readouterr().err == f"warning: out-r/log.jsonl: skipped 5 unreadable line(s): {bad_lines}\n"
 
 
+def test_the_gradient_norm_gets_its_own_log_scale_panel(tmp_path, monkeypatch, capsys, mpl):
+    """Runs that log grad_norm in their train records get a last panel of it, on a log scale; a run
+    without it (logs from before it existed) is named, not silently missing."""
+    monkeypatch.chdir(tmp_path)
+    with_norm = run_records(iters=(0, 10, 20))
+    for r in with_norm:
+        if r["kind"] == "train":
+            r["grad_norm"] = 10.0 / (1 + r["iter"])
+    for name, records in (("out-norm", with_norm), ("out-old", run_records(iters=(0, 10, 20)))):
+        os.makedirs(name)
+        with open(f"{name}/log.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    fig = plot.runs_figure(["out-norm", "out-old"])
+    grad_ax = fig.axes[-1]
+    assert len(fig.axes) == 3 and grad_ax.get_yscale() == "log"
+    assert grad_ax.get_title() == "gradient norm before clipping\nnot logged by out-old"
+    assert [line_data(line) for line in grad_ax.lines] == [([0, 10, 20], [10.0, 10.0 / 11, 10.0 / 21])]
+    assert "gradient norm before clipping: not logged by out-old" in capsys.readouterr().out
+
+
 def test_superseded_records_are_skipped(tmp_path, monkeypatch, mpl):
     """The training scripts keep a resumed run's lines past its checkpoint, marked "superseded": they
     are not drawn, even where no later start record would drop them."""
