@@ -64,8 +64,8 @@ import prepare_data
 
 @dataclass
 class GPTConfig:
-    # The longest context the model can see. GPT-2 learns one position embedding per slot, so this
-    # is a hard limit: position 1024 simply has no embedding.
+    # The longest context the model is trained on. GPT-2 learns one position embedding per slot, so
+    # with pos_emb='learned' this is a hard limit: position 1024 simply has no embedding.
     block_size: int = 1024
     # GPT-2's tokenizer has 50257 tokens; 50304 is that rounded up to a multiple of 64, which makes
     # the output matmul map better onto GPU tensor cores (the extra logits are never targets, so
@@ -84,16 +84,44 @@ class GPTConfig:
     # channels are all equal does not divide by zero. GPT-2 uses 1e-5; other checkpoints of the
     # architecture may not (their config.json's layer_norm_epsilon), and it changes the logits.
     norm_eps: float = 1e-5
+    # How a token's position enters the model (see position_embeddings): 'learned' is GPT-2's
+    # trained table of block_size vectors (every GPT-2 checkpoint has one); 'sinusoidal' is the fixed
+    # sine/cosine table of the original Transformer, which has no parameters and no last row.
+    pos_emb: str = "learned"
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.attention not in ("sdpa", "manual"):
             raise ValueError(f"attention={self.attention!r} must be 'sdpa' or 'manual'")
+        if self.pos_emb not in ("learned", "sinusoidal"):
+            raise ValueError(f"pos_emb={self.pos_emb!r} must be 'learned' or 'sinusoidal'")
 
 
 # -----------------------------------------------------------------------------
 # Building blocks, in the order data meets them.
+
+
+def sinusoidal_positions(positions, n_embd):
+    """(P, n_embd) sinusoidal encodings of positions (P,), in their dtype (Vaswani et al. 2017, 3.5):
+    PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)), d = n_embd.
+
+    Channel pair i is a point on a circle that turns by 1 / 10000^(2i/d) radians per token: pair 0
+    once every 6 tokens (fine, local order), the last pair about once every 60000 (coarse, global
+    position), so together the pairs tell every position apart, like the hands of a clock. Why sine
+    and cosine pairs: moving k tokens turns every pair by a fixed angle, a rotation that does not
+    depend on pos, so PE(pos + k) is a linear function of PE(pos) and an offset is something a
+    linear layer can read off. Nothing is learned, and any position has an encoding, even ones
+    never seen in training. (llama.py's RoPE applies the same rotations to queries and keys instead
+    of adding them to the tokens.) Float64 positions give the exact table; the model passes float32.
+    """
+    # The angle of pair i at pos: pos * 10000^(-2i/d), for the even channels 2i = 0, 2, 4, ...
+    frequencies = 10000.0 ** (-torch.arange(0, n_embd, 2, dtype=positions.dtype, device=positions.device) / n_embd)
+    angles = positions[:, None] * frequencies[None, :]  # (P, ceil(d/2))
+    table = torch.empty(len(positions), n_embd, dtype=positions.dtype, device=positions.device)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : n_embd // 2])  # an odd n_embd has no cosine for its last pair
+    return table
 
 
 def attention_weights(q, k, mask):
@@ -259,10 +287,14 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        # Sinusoidal positions are computed, not stored: no parameter, nothing in the state_dict.
+        learned_positions = {}
+        if config.pos_emb == "learned":
+            learned_positions["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+                **learned_positions,  # wpe: one trained vector per position, or nothing (sinusoidal)
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias),
@@ -307,13 +339,13 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.config.block_size:
+        if self.config.pos_emb == "learned" and past + T > self.config.block_size:
             raise ValueError(
                 f"sequence of length {past + T} is longer than block_size={self.config.block_size}"
             )
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        # A token's input is "what it is" plus "where it is": both learned vectors of n_embd.
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        # A token's input is "what it is" plus "where it is": two vectors of n_embd, added.
+        x = self.transformer.wte(idx) + self.position_embeddings(past, T, idx.device)  # (B, T, C)
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, cache, layer)
         if cache is not None:
@@ -329,12 +361,36 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
         return logits, loss
 
+    def position_embeddings(self, past, T, device):
+        """(T, n_embd): what forward adds to the tokens at positions past .. past + T - 1.
+
+        'learned': rows of wpe, trained like any weight; nothing tells the model that position 10 is
+        near 11, it has to learn that from data, and there is no row past block_size.
+        'sinusoidal': sinusoidal_positions, defined for every position, so the model accepts longer
+        sequences than it was trained on (whether it reads them well is another matter: Press et al.
+        2022 found sinusoidal models degrade soon past their training length).
+
+        Scale. The sine/cosine table has entries of rms 1/sqrt(2) (each pair has sin^2 + cos^2 = 1),
+        35 times GPT-2's token embeddings, drawn from N(0, 0.02). The paper evens this out by
+        multiplying its embeddings by sqrt(d_model); here the token matrix is tied to the output
+        layer and keeps GPT-2's init, so instead the table is scaled to rms 0.02: at the start,
+        "what" and "where" weigh the same as in GPT-2 with its learned table (whose rows begin at
+        std 0.02). Unlike that table it cannot grow in training, but it need not: the first
+        LayerNorm rescales the sum, and the linear layers after it can amplify the position channels.
+        """
+        positions = torch.arange(past, past + T, device=device)  # (T,)
+        if self.config.pos_emb == "learned":
+            return self.transformer.wpe(positions)
+        table = sinusoidal_positions(positions.float(), self.config.n_embd) * (0.02 * math.sqrt(2))
+        return table.to(self.transformer.wte.weight.dtype)  # a bfloat16 model adds bfloat16
+
     def crop_block_size(self, block_size):
         """Shrink the context length, e.g. to fine-tune GPT-2 (1024) with shorter, cheaper blocks."""
         if block_size > self.config.block_size:
             raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if self.config.pos_emb == "learned":  # a sinusoidal model has no table to cut
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     # -------------------------------------------------------------------------
     # Generation
@@ -351,6 +407,8 @@ class GPT(nn.Module):
         when the window slides, every kept token moves to a new position, so its cached keys and
         values (computed at the old position) are stale. Past that point we therefore recompute
         the cropped window every step; the cache is an optimisation that never changes the result.
+        Sinusoidal positions are absolute too, and although forward accepts longer inputs with them,
+        generation keeps to the newest block_size tokens as well: the length the model was trained on.
 
         vocab_size: sample only ids below it, those the tokenizer can decode (the output layer may
         be padded: GPT-2's 50257 tokens are computed as 50304 logits). eos_token_id: an id (or a
@@ -435,7 +493,9 @@ class GPT(nn.Module):
         """Training FLOPs per token (PaLM paper, appendix B): 6 per parameter (forward 2,
         backward 4) plus attention's score and mixing matmuls, 12 * n_layer * T * n_embd."""
         cfg = self.config
-        n_params = self.num_params() - self.transformer.wpe.weight.numel()  # lookups cost no FLOPs
+        # A table lookup costs no FLOPs (the tied token matrix is counted for the output layer).
+        position_table = self.transformer.wpe.weight.numel() if self.config.pos_emb == "learned" else 0
+        n_params = self.num_params() - position_table
         return 6 * n_params + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
 
 
@@ -526,6 +586,7 @@ n_embd = 768
 dropout = 0.0
 bias = True
 attention = "sdpa"
+pos_emb = "learned"  # 'learned' (GPT-2's table) or 'sinusoidal' (fixed sines and cosines, no parameters)
 # AdamW
 learning_rate = 6e-4
 max_iters = 5000
@@ -553,6 +614,9 @@ config_keys = [k for k, v in list(globals().items())
 def load_openai_gpt2(cfg, meta, runtime):
     """init_from=<a GPT-2 name or directory>: OpenAI's weights, to fine-tune (what differs from a
     scratch run: the tokenizer must be GPT-2's, and the context may be cut shorter)."""
+    if cfg["pos_emb"] != "learned":
+        fail(f"pos_emb={cfg['pos_emb']!r} cannot be used with init_from={cfg['init_from']!r}: GPT-2's weights were "
+             f"trained with learned positions (their wpe table); drop the pos_emb setting to fine-tune them")
     # Token ids mean nothing without the tokenizer that made them: GPT-2's weights read GPT-2's
     # tokens, and a character-level id 5 fed to them is just a wrong word.
     if meta["tokenizer"] != "gpt2":
@@ -579,7 +643,8 @@ def main(argv):
     if cfg["init_from"] == "resume":
         checkpoint = load_checkpoint(cfg["out_dir"], "gpt")
         # The architecture and the dataset are the checkpoint's: an override of them is an error.
-        cfg = resumed_config(argv, defaults, checkpoint, fixed=("dataset", "n_layer", "n_head", "n_embd", "bias"))
+        cfg = resumed_config(argv, defaults, checkpoint, fixed=(
+            "dataset", "n_layer", "n_head", "n_embd", "bias", "pos_emb"))
     check_config(cfg)
 
     # ---- devices, processes and precision ----
@@ -602,7 +667,7 @@ def main(argv):
     tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
 
     # ---- model: from scratch, from a checkpoint, or OpenAI's weights ----
-    model_keys = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "attention")
+    model_keys = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "attention", "pos_emb")
     if cfg["init_from"] == "scratch":
         vocab_size = meta["vocab_size"]
         if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls

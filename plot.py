@@ -14,8 +14,9 @@ rotary embeddings is a poor way to see them. This script draws two figures, each
      about: what was trained and how (dataset, learning rate, size) before bookkeeping (eval_interval).
 
   2. Positions. A Transformer's attention is blind to order until something tells it where each
-     token is. This repository shows three answers, and the figure puts them side by side:
-       - gpt.py learns a table of one vector per position (GPT-2's wpe), added to the tokens;
+     token is. This repository shows four answers, and the figure puts them side by side:
+       - gpt.py learns a table of one vector per position (GPT-2's wpe), added to the tokens, or
+         with --pos_emb=sinusoidal adds the fixed sine/cosine table of Vaswani et al. 2017;
        - llama.py rotates queries and keys by position-dependent angles (RoPE, Su et al. 2021);
        - olmo.py --pos_emb=alibi adds a per-head penalty proportional to distance (ALiBi, Press
          et al. 2022) to the attention scores.
@@ -466,6 +467,15 @@ def untrained_position_table():
     return model.transformer.wpe.weight.detach(), about
 
 
+def sinusoidal_table(n_positions, n_embd):
+    """gpt.py's sinusoidal positions (its own function) for positions 0 .. n_positions - 1, in float64."""
+    import torch
+
+    import gpt
+
+    return gpt.sinusoidal_positions(torch.arange(n_positions, dtype=torch.float64), n_embd)
+
+
 def cosine_similarity_matrix(table):
     """(P, P) cosine similarity between every two rows of a (P, C) table: how alike two positions look."""
     unit = table / table.norm(dim=-1, keepdim=True)
@@ -527,10 +537,16 @@ def alibi_biases(n_head=8, length=64):
 
 
 def positions_figure(checkpoint=None):
-    """One figure, four panels: learned table, ALiBi biases, RoPE frequencies, RoPE decay (fig.axes in that order)."""
+    """One figure, five panels: learned table, sinusoidal table, ALiBi biases, RoPE frequencies, RoPE decay
+    (fig.axes in that order, then the two tables' colorbars)."""
     plt = pyplot()
-    # Two by two, so the figure stays legible at a README's width: learned | ALiBi, then RoPE's two.
-    fig, ((learned, alibi), (rope_speed, rope_decay)) = plt.subplots(2, 2, figsize=(11, 7.8), layout="constrained")
+    # Two rows, so the figure stays legible at a README's width: the two tables added to the tokens
+    # side by side, then the three schemes that act inside attention (ALiBi, RoPE's two panels).
+    fig, panels = plt.subplot_mosaic([["learned"] * 3 + ["sinusoidal"] * 3,
+                                      ["alibi"] * 2 + ["rope_speed"] * 2 + ["rope_decay"] * 2],
+                                     figsize=(14, 8.6), layout="constrained")
+    learned, sinusoidal, alibi = panels["learned"], panels["sinusoidal"], panels["alibi"]
+    rope_speed, rope_decay = panels["rope_speed"], panels["rope_decay"]
 
     # (a) Learned positions. What to notice in a trained table: a bright band along the diagonal,
     # wider than one cell. Nobody told the model that position 10 is near position 11; it learned
@@ -549,7 +565,22 @@ def positions_figure(checkpoint=None):
     learned.set_xlabel("position")
     learned.set_ylabel("position")
 
-    # (b) RoPE, the bottom row. Left: each of the 64 channel pairs of a head rotates at its own speed, a geometric
+    # (b) Sinusoidal positions, beside it and of the same shape. Row p . row q is a sum of
+    # cos((p - q) * frequency) over the channel pairs, so the picture depends only on the distance
+    # p - q: the same band down every diagonal, at every position, with no special row 0. It is the
+    # band a learned table has to discover, built in; and the rows go on past any block_size. Nothing
+    # is negative at these sizes: the slow pairs barely turn within a block, so all rows agree there.
+    n_positions, n_embd = table.shape
+    image = sinusoidal.imshow(cosine_similarity_matrix(sinusoidal_table(n_positions, n_embd)).numpy(),
+                              cmap="RdBu_r", vmin=-1, vmax=1)
+    fig.colorbar(image, ax=sinusoidal, shrink=0.8)
+    sinusoidal.set_title(f"sinusoidal table (gpt.py --pos_emb=sinusoidal): cosine similarity of its rows\n"
+                         f"sin/cos(pos / 10000^(2i/d)), same shape: {n_positions} positions x {n_embd} channels",
+                         fontsize=9)
+    sinusoidal.set_xlabel("position")
+    sinusoidal.set_ylabel("position")
+
+    # (c) RoPE, the bottom row's right two panels. Left: each of the 64 channel pairs of a head rotates at its own speed, a geometric
     # ladder from 1 radian per token (pair 0: a full turn every 6 tokens, local order) down to about
     # 1/theta (a turn every ~60000 tokens at theta 10000: coarse, long-range position). A larger
     # theta stretches the slow end; Llama 3.1's scaling slows only the slowest pairs further, by 8x,
@@ -572,7 +603,7 @@ def positions_figure(checkpoint=None):
     rope_speed.legend(fontsize=7)
     rope_decay.legend(fontsize=7)
 
-    # (c) ALiBi, top right. Each head adds -m_h * distance to its attention scores, so after the softmax a
+    # (d) ALiBi, bottom left. Each head adds -m_h * distance to its attention scores, so after the softmax a
     # key d tokens back is weighted by a factor e^(-m_h d) less than it would be: head 1 (m = 1/2)
     # looks a few tokens back at most, head 8 (m = 1/256) across the whole context. Nothing is
     # learned and nothing is added to the tokens, and a line can be extended to any length: why
@@ -623,7 +654,7 @@ def main(argv=None):
     parser.add_argument("--x", help="iters (default) or tokens: the horizontal axis of the runs")
     parser.add_argument("--log_scale", help="True, False or auto (default): a log axis for the losses; auto "
                                             "chooses log when they span more than a decade")
-    parser.add_argument("--positions", action="store_true", help="draw learned, rotary and ALiBi positions instead")
+    parser.add_argument("--positions", action="store_true", help="draw learned, sinusoidal, rotary and ALiBi positions instead")
     parser.add_argument("--checkpoint", metavar="OUT_DIR", help="with --positions: a gpt.py run whose learned "
                                                                 "position table to draw")
     try:

@@ -1,6 +1,7 @@
 """gpt.py's model: shapes, causality, attention paths, KV cache, sampling, and parity with HF GPT-2."""
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -149,6 +150,95 @@ def test_config_validation():
 
 
 # -----------------------------------------------------------------------------
+# Sinusoidal positions (pos_emb='sinusoidal')
+
+
+@pytest.mark.parametrize("n_embd", [32, 33])  # an odd width: the last pair has a sine and no cosine
+def test_sinusoidal_table_is_the_papers_formula(n_embd):
+    n_positions = 100
+    expected = torch.zeros(n_positions, n_embd, dtype=torch.float64)
+    for pos in range(n_positions):
+        for channel in range(n_embd):
+            i = channel // 2  # channels 2i and 2i + 1 share the angle pos / 10000^(2i/d)
+            angle = pos / 10000 ** (2 * i / n_embd)
+            expected[pos, channel] = math.sin(angle) if channel % 2 == 0 else math.cos(angle)
+    table = gpt.sinusoidal_positions(torch.arange(n_positions, dtype=torch.float64), n_embd)
+    torch.testing.assert_close(table, expected, rtol=0, atol=1e-6)
+    # The model computes it in float32 and scales it to the rms of GPT-2's N(0, 0.02) init.
+    model = gpt.GPT(tiny_config(n_embd=n_embd, n_head=1, pos_emb="sinusoidal"))
+    added = model.position_embeddings(0, n_positions, torch.device("cpu")).double()
+    torch.testing.assert_close(added, 0.02 * math.sqrt(2) * expected, rtol=0, atol=1e-6)
+    assert abs(added[:, : n_embd // 2 * 2].pow(2).mean().sqrt().item() - 0.02) < 1e-3
+
+
+def test_sinusoidal_model_has_no_position_parameters():
+    torch.manual_seed(0)
+    learned = gpt.GPT(tiny_config())
+    torch.manual_seed(0)
+    sinusoidal = gpt.GPT(tiny_config(pos_emb="sinusoidal"))
+    assert not any("wpe" in name for name in sinusoidal.state_dict())
+    assert learned.num_params() - sinusoidal.num_params() == 32 * 32  # block_size x n_embd
+    assert learned.flops_per_token() == sinusoidal.flops_per_token()  # the table was never counted
+    with pytest.raises(ValueError, match="pos_emb='bogus' must be 'learned' or 'sinusoidal'"):
+        tiny_config(pos_emb="bogus")
+
+
+def test_sinusoidal_runs_past_block_size_and_its_cache_matches(model):
+    torch.manual_seed(0)
+    sinusoidal = gpt.GPT(tiny_config(pos_emb="sinusoidal")).eval()
+    idx = torch.randint(61, (2, 64))  # twice block_size
+    with pytest.raises(ValueError, match="length 64 is longer than block_size=32"):
+        model(idx)  # a learned table has no row 32
+    full, _ = sinusoidal(idx)
+    assert full.shape == (2, 64, 61) and torch.isfinite(full).all()
+    cache = gpt.KVCache(sinusoidal.config.n_layer, 64)
+    pieces = [sinusoidal(idx[:, a:b], cache=cache)[0] for a, b in [(0, 20), (20, 21), (21, 40), (40, 64)]]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    # Generation still keeps to the newest block_size tokens, cached or not.
+    torch.manual_seed(1)
+    cached = sinusoidal.generate(idx[:, :10], 40, temperature=0.0)
+    uncached = sinusoidal.generate(idx[:, :10], 40, temperature=0.0, use_cache=False)
+    assert cached.shape == (2, 50) and torch.equal(cached, uncached)
+    sinusoidal.crop_block_size(16)
+    assert sinusoidal.config.block_size == 16 and sinusoidal(idx)[0].shape == (2, 64, 61)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, small_text_path):
+    """A directory holding data/tiny: the committed Shakespeare excerpt at character level."""
+    import prepare_data
+
+    root = tmp_path_factory.mktemp("sinusoidal")
+    prepare_data.prepare("tiny", input_path=small_text_path, tokenizer="char", data_root=str(root / "data"))
+    return root
+
+
+TINY_RUN = ["--dataset=tiny", "--device=cpu", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32",
+            "--block_size=32", "--batch_size=8", "--gradient_accumulation_steps=1", "--eval_iters=4",
+            "--log_interval=5", "--learning_rate=3e-3", "--warmup_iters=5", "--lr_decay_iters=30", "--min_lr=3e-4",
+            "--pos_emb=sinusoidal", "--eval_interval=15", "--always_save_checkpoint=True", "--dropout=0.1"]
+
+
+def test_sinusoidal_gpt_trains_and_resumes_exactly(tiny_data, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_data)
+    gpt.main(TINY_RUN + ["--max_iters=30", "--out_dir=out-straight"])
+    straight = [float(v) for v in re.findall(r"val loss ([0-9.]+)", capsys.readouterr().out)]
+    assert len(straight) == 3 and straight[-1] < straight[0] - 0.5, straight  # iterations 0, 15, 30
+    gpt.main(TINY_RUN + ["--max_iters=15", "--out_dir=out-resumed"])
+    gpt.main(TINY_RUN + ["--max_iters=30", "--out_dir=out-resumed", "--init_from=resume"])
+    resumed = [float(v) for v in re.findall(r"val loss ([0-9.]+)", capsys.readouterr().out)]
+    assert resumed[-1] == straight[-1]
+    a, b = (torch.load(tiny_data / out / "ckpt.pt", weights_only=True) for out in ("out-straight", "out-resumed"))
+    assert a["model_args"]["pos_emb"] == "sinusoidal" and not any("wpe" in name for name in a["model"])
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    with pytest.raises(SystemExit, match="pos_emb='learned' conflicts with the checkpoint"):
+        gpt.main(TINY_RUN + ["--out_dir=out-resumed", "--init_from=resume", "--pos_emb=learned"])
+    with pytest.raises(SystemExit, match="GPT-2's weights were trained with learned positions"):
+        gpt.main(TINY_RUN + ["--init_from=gpt2"])
+
+
+# -----------------------------------------------------------------------------
 # Hugging Face parity
 
 
@@ -258,3 +348,9 @@ def test_config_errors_on_the_command_line_are_one_line(tmp_path):
     result = run_gpt("--batch_szie=3", cwd=tmp_path)
     assert result.returncode != 0 and "unknown config key 'batch_szie'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bogus_pos_emb_is_a_one_line_error(tiny_data):
+    result = run_gpt(*TINY_RUN, "--pos_emb=bogus", cwd=tiny_data)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: pos_emb='bogus' must be 'learned' or 'sinusoidal'"

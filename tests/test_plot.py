@@ -380,7 +380,7 @@ def test_alibi_panel_is_olmo_slopes_times_distance(positions):
 
     slopes = olmo.alibi_slopes(8)
     assert torch.equal(slopes, torch.tensor([2.0 ** (-h) for h in range(1, 9)]))  # 2^(-8h/H), H = 8
-    lines = positions.axes[1].lines  # axes: learned, ALiBi, RoPE frequencies, RoPE decay, then the colorbar
+    lines = positions.axes[2].lines  # axes: learned, sinusoidal, ALiBi, RoPE frequencies, RoPE decay, colorbars
     assert len(lines) == 8
     for h, line in enumerate(lines):
         x, y = line_data(line)
@@ -389,7 +389,7 @@ def test_alibi_panel_is_olmo_slopes_times_distance(positions):
 
 
 def test_rope_panels_are_llamas_frequencies_and_the_mean_cosine(positions):
-    frequencies, decay = positions.axes[2], positions.axes[3]
+    frequencies, decay = positions.axes[3], positions.axes[4]
     head_dim = 128
     for line, theta in zip(frequencies.lines[:2], (10000.0, 500000.0)):
         expected = [theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
@@ -404,6 +404,20 @@ def test_rope_panels_are_llamas_frequencies_and_the_mean_cosine(positions):
     assert scaled[0] == llama3[0] and scaled[-1] == pytest.approx(llama3[-1] / 8, rel=1e-6)
 
 
+def test_sinusoidal_panel_is_the_formulas_cosine_similarity(positions):
+    assert len(positions.axes) == 7 and "sinusoidal" in positions.axes[1].get_title()
+    drawn = torch.tensor(positions.axes[1].images[0].get_array())
+    assert drawn.shape == (64, 64)  # the learned panel's shape: 64 positions x 128 channels
+    n_embd = 128
+    table = torch.tensor([[math.sin(p / 10000 ** (c // 2 * 2 / n_embd)) if c % 2 == 0 else
+                           math.cos(p / 10000 ** (c // 2 * 2 / n_embd)) for c in range(n_embd)] for p in range(64)],
+                         dtype=torch.float64)
+    # Every row has norm sqrt(d/2) and row p . row q = sum over pairs of cos((p - q) * frequency).
+    naive = table @ table.T / (n_embd / 2)
+    torch.testing.assert_close(drawn, naive, rtol=0, atol=1e-6)
+    assert torch.allclose(drawn.diagonal(offset=5), drawn[5, 0])  # it depends on the distance alone
+
+
 def test_learned_panel_untrained_and_from_a_checkpoint(positions, tmp_path, mpl_module):
     untrained = positions.axes[0].images[0].get_array()
     assert untrained.shape == (64, 64) and "UNTRAINED" in positions.axes[0].get_title()
@@ -416,6 +430,7 @@ def test_learned_panel_untrained_and_from_a_checkpoint(positions, tmp_path, mpl_
     naive = torch.nn.functional.cosine_similarity(table[:, None, :], table[None, :, :], dim=-1)
     assert torch.allclose(drawn, naive, atol=1e-6)
     assert "iteration 7" in fig.axes[0].get_title()
+    assert fig.axes[1].images[0].get_array().shape == (16, 16)  # the sinusoidal table takes the learned one's shape
     torch.save({"model_type": "llama", "model": {}}, tmp_path / "ckpt.pt")
     with pytest.raises(plot.PlotError, match="is a llama checkpoint, which has no learned position table"):
         plot.positions_figure(str(tmp_path))
