@@ -12,6 +12,7 @@ import torch
 
 import gpt
 import llama
+import olmo
 import prepare_data
 
 TINY_MODELS = {
@@ -19,10 +20,14 @@ TINY_MODELS = {
                                                  dropout=dropout)),
     "llama": lambda dropout: llama.Llama(llama.LlamaConfig(block_size=16, vocab_size=50, n_layer=3, n_head=4,
                                                            n_kv_head=2, n_embd=32, hidden_dim=48, dropout=dropout)),
+    # Sliding-window layers among full ones: the masks and both RoPE tables pass through checkpoint.
+    "olmo": lambda dropout: olmo.OLMo(olmo.OLMoConfig(block_size=16, vocab_size=50, n_layer=4, n_head=4, n_kv_head=2,
+                                                      n_embd=32, hidden_dim=48, sliding_window=4, dropout=dropout)),
 }
 TINY_RUNS = {
     "gpt": (gpt, ["--n_layer=2", "--n_head=2", "--n_embd=32"]),
     "llama": (llama, ["--n_layer=2", "--n_head=4", "--n_kv_head=2", "--n_embd=32", "--multiple_of=16"]),
+    "olmo": (olmo, ["--n_layer=2", "--n_head=4", "--n_kv_head=2", "--n_embd=32", "--multiple_of=16"]),
 }
 COMMON_RUN = ["--dataset=tiny", "--device=cpu", "--compile=False", "--dtype=float32", "--block_size=32",
               "--batch_size=4", "--gradient_accumulation_steps=1", "--eval_interval=1000", "--eval_iters=1",
