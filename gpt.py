@@ -287,6 +287,7 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        self.activation_checkpointing = False  # main() sets it from the training key; see forward()
         # Sinusoidal positions are computed, not stored: no parameter, nothing in the state_dict.
         learned_positions = {}
         if config.pos_emb == "learned":
@@ -347,7 +348,19 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx) + self.position_embeddings(past, T, idx.device)  # (B, T, C)
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, cache, layer)
+            if self.activation_checkpointing and self.training and cache is None:
+                # Memory path: skip on first reading. Backward needs every block's inner activations
+                # (the attention's and MLP's inputs, the 4 * n_embd hidden layer, dropout masks), so
+                # normally all n_layer blocks' worth stay in memory until backward. Checkpointing
+                # stores only the block's input x, and reruns the block's forward during backward to
+                # rebuild them, one block at a time: activation memory drops from n_layer blocks' to
+                # about one block's (plus the n_layer inputs), for about one extra forward pass of
+                # compute. The non-reentrant checkpoint saves the RNG state before the forward and
+                # restores it for the rerun (preserve_rng_state=True, its default), so dropout draws
+                # the same masks twice and the gradients are exactly those of the stored path.
+                x = torch.utils.checkpoint.checkpoint(block, x, cache, layer, use_reentrant=False)
+            else:
+                x = block(x, cache, layer)
         if cache is not None:
             cache.length += T
         if last_only:
@@ -604,6 +617,7 @@ backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
 compile = True  # torch.compile the model (falls back with a warning where it cannot)
+activation_checkpointing = False  # recompute each block in backward instead of storing it: less memory, more compute
 seed = 1337
 
 # Every simple-typed name defined above is a config key (names starting with "_" are not).
@@ -687,6 +701,7 @@ def main(argv):
     check_vocabulary_fits(meta, model.config.vocab_size, cfg["dataset"])
     model_args = asdict(model.config)
     model.to(device)
+    model.activation_checkpointing = cfg["activation_checkpointing"]  # a training choice, not in model_args
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
                                           runtime.device_type)
     iter_num, best_val_loss = 0, float("inf")

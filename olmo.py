@@ -555,6 +555,7 @@ class OLMo(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        self.activation_checkpointing = False  # main() sets it from the training key; see forward()
         block = OLMo1Block if config.block_type == "olmo1" else OLMo2Block
         # Hugging Face's OlmoForCausalLM / Olmo2ForCausalLM / Olmo3ForCausalLM layout (as in
         # llama.py), so checkpoint tensor names are our parameter names.
@@ -664,7 +665,15 @@ class OLMo(nn.Module):
             masks[window] = self.attention_mask(past, T, window, idx.device)
         for layer, block in enumerate(self.model.layers):
             window = self.layer_windows[layer]
-            x = block(x, rope["sliding" if window else "full"], masks[window], cache, layer)
+            inputs = (x, rope["sliding" if window else "full"], masks[window], cache, layer)
+            if self.activation_checkpointing and self.training and cache is None:
+                # Memory path: skip on first reading. As in gpt.py: the block's inner activations are
+                # recomputed in backward rather than stored, about one block's worth of memory
+                # instead of n_layer blocks' for about one extra forward pass; the non-reentrant
+                # checkpoint restores the RNG state for the rerun, so dropout repeats its masks.
+                x = torch.utils.checkpoint.checkpoint(block, *inputs, use_reentrant=False)
+            else:
+                x = block(*inputs)
         if cache is not None:
             cache.length += T
         if last_only:
@@ -895,6 +904,7 @@ backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
 compile = True  # torch.compile the model (falls back with a warning where it cannot)
+activation_checkpointing = False  # recompute each block in backward instead of storing it: less memory, more compute
 seed = 1337
 
 # Every simple-typed name defined above is a config key (names starting with "_" are not).
@@ -983,6 +993,7 @@ def main(argv):
     check_vocabulary_fits(meta, model.config.vocab_size, cfg["dataset"])
     model_args = asdict(model.config)  # includes the derived hidden_dim
     model.to(device)
+    model.activation_checkpointing = cfg["activation_checkpointing"]  # a training choice, not in model_args
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
                                           runtime.device_type)
     iter_num, best_val_loss = 0, float("inf")
