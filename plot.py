@@ -406,6 +406,7 @@ def runs_figure(out_dirs, x="iters", log_scale=None):
         grad_ax.set_title(title, fontsize=10)
         grad_ax.set_ylabel("L2 norm of all gradients (log scale)")
         grad_ax.set_yscale("log")
+        label_log_ticks(grad_ax)
     for ax in axes[:n_panels]:
         ax.set_xlabel("iterations" if x == "iters" else "tokens seen")
         ax.grid(alpha=0.3)
