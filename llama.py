@@ -465,7 +465,7 @@ class Llama(nn.Module):
         for layer, block in enumerate(self.model.layers):
             if self.activation_checkpointing and self.training and cache is None:
                 # Memory path: skip on first reading. Backward needs every block's inner activations
-                # (the attention's and MLP's inputs, the 4 * n_embd hidden layer, dropout masks), so
+                # (the attention's and feed-forward's inputs, SwiGLU's hidden_dim-wide gate and up, dropout masks), so
                 # normally all n_layer blocks' worth stay in memory until backward. Checkpointing
                 # stores only the block's input x, and reruns the block's forward during backward to
                 # rebuild them, one block at a time: activation memory drops from n_layer blocks' to
