@@ -145,6 +145,35 @@ def _read_run_log(out_dir, superseded=False):
 
 
 @pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A stand-in for huggingface.co: files put under tmp_path/"hub" (owner/name/resolve/main/...) are
+    served by a local HTTP server, every requests.get to https://huggingface.co goes to it, and
+    downloads are cached in tmp_path/"cache" ($NANO_MODELS_CACHE). Returns the list of URLs asked for,
+    as the scripts wrote them."""
+    import functools
+    import http.server
+    import threading
+
+    requests = pytest.importorskip("requests")
+    (tmp_path / "hub").mkdir(exist_ok=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    real_get, requested = requests.get, []
+
+    def local_get(url, **kwargs):
+        requested.append(url)
+        return real_get(url.replace("https://huggingface.co", f"http://127.0.0.1:{server.server_address[1]}"), **kwargs)
+
+    monkeypatch.setattr(requests, "get", local_get)
+    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path / "cache"))
+    yield requested
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
 def run_log():
     """A function: out_dir -> the records of its log.jsonl, in order, without those a resume marked
     superseded (superseded=True: all of them)."""

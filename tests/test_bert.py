@@ -191,15 +191,11 @@ def test_from_pretrained_builds_on_meta_and_takes_the_files_tensors(tmp_path):
     assert not any(p.is_meta for p in model.parameters())
 
 
-def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch):
+def test_from_pretrained_downloads_a_hub_id(tmp_path, local_hub):
     """A hub id goes through download_hf_checkpoint into the cache, served here by a local HTTP server
     standing in for huggingface.co. The download has tokenizer.json but no vocab.txt: the WordPiece
     vocabulary is read from tokenizer.json."""
-    import functools
-    import http.server
-    import threading
-
-    requests = pytest.importorskip("requests")
+    requested = local_hub
     tokenizers = pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
     hub = tmp_path / "hub" / "someone" / "tiny-bert" / "resolve" / "main"
@@ -207,35 +203,20 @@ def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch):
     tokenizers.BertWordPieceTokenizer(str(hub / "vocab.txt")).save(str(hub / "tokenizer.json"))
     hf_tokenizer = transformers.BertTokenizer.from_pretrained(str(hub))
     (hub / "vocab.txt").unlink()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    real_get, requested = requests.get, []
+    model, tokenizer = bert.load_for_inference("someone/tiny-bert")
+    cache = tmp_path / "cache" / "someone--tiny-bert"
+    assert (cache / "model.safetensors").read_bytes() == (hub / "model.safetensors").read_bytes()
+    assert not (cache / "vocab.txt").exists()
+    idx, attention_mask, token_type_ids = padded_pair_batch()
+    with torch.no_grad():
+        expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        torch.testing.assert_close(model(idx, None, attention_mask, token_type_ids)[0], expected, atol=1e-4, rtol=0)
+    text = "a rose by any other name would smell as sweet, my lord!"
+    assert tokenizer.encode(text) == hf_tokenizer(text)["input_ids"]
+    requested.clear()
+    bert.Bert.from_pretrained("someone/tiny-bert")  # cached: the hub is not asked again
+    assert requested == []
 
-    def local_get(url, **kwargs):
-        requested.append(url)
-        return real_get(url.replace("https://huggingface.co", f"http://127.0.0.1:{server.server_address[1]}"), **kwargs)
-
-    monkeypatch.setattr(requests, "get", local_get)
-    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path / "cache"))
-    try:
-        model, tokenizer = bert.load_for_inference("someone/tiny-bert")
-        cache = tmp_path / "cache" / "someone--tiny-bert"
-        assert (cache / "model.safetensors").read_bytes() == (hub / "model.safetensors").read_bytes()
-        assert not (cache / "vocab.txt").exists()
-        idx, attention_mask, token_type_ids = padded_pair_batch()
-        with torch.no_grad():
-            expected = hf(input_ids=idx, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
-            torch.testing.assert_close(model(idx, None, attention_mask, token_type_ids)[0], expected, atol=1e-4, rtol=0)
-        text = "a rose by any other name would smell as sweet, my lord!"
-        assert tokenizer.encode(text) == hf_tokenizer(text)["input_ids"]
-        requested.clear()
-        bert.Bert.from_pretrained("someone/tiny-bert")  # cached: the hub is not asked again
-        assert requested == []
-    finally:
-        server.shutdown()
-        server.server_close()
 
 # -----------------------------------------------------------------------------
 # WordPiece tokenizer: ids equal HF's BertTokenizer

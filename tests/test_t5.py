@@ -561,60 +561,39 @@ def test_t5_checkpoint_without_sentencepiece_installed(tmp_path, monkeypatch):
         sample.main([f"--init_from={tmp_path}", "--start=hello", "--device=cpu"])
 
 
-def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch, capsys):
+def test_from_pretrained_downloads_a_hub_id(tmp_path, monkeypatch, capsys, local_hub):
     """A hub id goes through download_hf_checkpoint into the cache, served here by a local HTTP server
     standing in for huggingface.co, with T5's spiece.model among its files; sample.py reads it from the
     cache, and a cache without it (written by an older version) is a one-line error saying to delete it."""
-    import functools
-    import http.server
-    import threading
-
-    import requests
-
+    requested = local_hub
     hub = tmp_path / "hub" / "someone" / "tiny-t5" / "resolve" / "main"
     hf = save_random_hf_t5(hub, "v1.1")
     (hub / "spiece.model").write_bytes(b"not a real sentencepiece model")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    real_get, requested = requests.get, []
-
-    def local_get(url, **kwargs):
-        requested.append(url)
-        return real_get(url.replace("https://huggingface.co", f"http://127.0.0.1:{server.server_address[1]}"), **kwargs)
-
-    monkeypatch.setattr(requests, "get", local_get)
-    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path / "cache"))
-    try:
-        model = t5.T5.from_pretrained("someone/tiny-t5").eval()
-        cache = tmp_path / "cache" / "someone--tiny-t5"
-        assert (cache / "model.safetensors").read_bytes() == (hub / "model.safetensors").read_bytes()
-        assert (cache / "spiece.model").read_bytes() == b"not a real sentencepiece model"
-        assert "https://huggingface.co/someone/tiny-t5/resolve/main/spiece.model" in requested
-        assert (cache / ".complete").exists() and not list(cache.glob("*.part"))
-        ids, mask = padded_batch(vocab=99)
-        decoder_ids = torch.randint(0, 99, (3, 7))
-        with torch.no_grad():
-            expected = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
-            torch.testing.assert_close(model(ids, decoder_ids, mask)[0], expected, atol=1e-4, rtol=0)
-        requested.clear()
-        t5.T5.from_pretrained("someone/tiny-t5")  # cached: the hub is not asked again
-        assert requested == []
-        # sample.py: the weights and spiece.model from the cache; reading it needs sentencepiece.
-        monkeypatch.setitem(sys.modules, "sentencepiece", None)
-        with pytest.raises(SystemExit, match="pip install sentencepiece"):
-            sample.main(["--init_from=someone/tiny-t5", "--start=hello", "--device=cpu"])
-        assert requested == []
-        # A cache completed by a version that did not fetch spiece.model: the hub is not asked again.
-        (cache / "spiece.model").unlink()
-        with pytest.raises(SystemExit) as exit_info:
-            sample.main(["--init_from=someone/tiny-t5", "--start=hello", "--device=cpu"])
-        assert str(exit_info.value) == (
-            f"error: cannot load 'someone/tiny-t5': the download cache {cache} has no spiece.model, T5's "
-            f"SentencePiece tokenizer (an older version did not fetch it, or someone/tiny-t5 lacks it); delete "
-            f"{cache} to download someone/tiny-t5 again")
-        assert requested == []
-    finally:
-        server.shutdown()
-        server.server_close()
+    model = t5.T5.from_pretrained("someone/tiny-t5").eval()
+    cache = tmp_path / "cache" / "someone--tiny-t5"
+    assert (cache / "model.safetensors").read_bytes() == (hub / "model.safetensors").read_bytes()
+    assert (cache / "spiece.model").read_bytes() == b"not a real sentencepiece model"
+    assert "https://huggingface.co/someone/tiny-t5/resolve/main/spiece.model" in requested
+    assert (cache / ".complete").exists() and not list(cache.glob("*.part"))
+    ids, mask = padded_batch(vocab=99)
+    decoder_ids = torch.randint(0, 99, (3, 7))
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
+        torch.testing.assert_close(model(ids, decoder_ids, mask)[0], expected, atol=1e-4, rtol=0)
+    requested.clear()
+    t5.T5.from_pretrained("someone/tiny-t5")  # cached: the hub is not asked again
+    assert requested == []
+    # sample.py: the weights and spiece.model from the cache; reading it needs sentencepiece.
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    with pytest.raises(SystemExit, match="pip install sentencepiece"):
+        sample.main(["--init_from=someone/tiny-t5", "--start=hello", "--device=cpu"])
+    assert requested == []
+    # A cache completed by a version that did not fetch spiece.model: the hub is not asked again.
+    (cache / "spiece.model").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["--init_from=someone/tiny-t5", "--start=hello", "--device=cpu"])
+    assert str(exit_info.value) == (
+        f"error: cannot load 'someone/tiny-t5': the download cache {cache} has no spiece.model, T5's "
+        f"SentencePiece tokenizer (an older version did not fetch it, or someone/tiny-t5 lacks it); delete "
+        f"{cache} to download someone/tiny-t5 again")
+    assert requested == []

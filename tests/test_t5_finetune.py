@@ -227,39 +227,22 @@ def test_sentencepiece_missing(root, finetuned, monkeypatch, capsys):
     assert one_line_error(sample.main, [f"--out_dir={finetuned[1]}", "--start=1", "--device=cpu"]) == f"error: {message}"
 
 
-def test_finetuning_a_hub_id_downloads_the_model_and_its_spiece_model(root, monkeypatch, capsys, tmp_path):
+def test_finetuning_a_hub_id_downloads_the_model_and_its_spiece_model(root, monkeypatch, capsys, tmp_path, local_hub):
     """--init_from=<hub id>: the checkpoint and spiece.model come from the hub (a local HTTP server
     standing in for huggingface.co) into the cache, through download_hf_checkpoint, and the dataset is
     checked against them. A cache without spiece.model (an older version's) is a one-line error."""
-    import functools
-    import http.server
     import shutil
-    import threading
-
-    import requests
 
     hub = tmp_path / "hub" / "someone" / "tiny-t5" / "resolve" / "main"
     shutil.copytree(root / "pretrained", hub)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    real_get = requests.get
-    monkeypatch.setattr(requests, "get", lambda url, **kwargs: real_get(
-        url.replace("https://huggingface.co", f"http://127.0.0.1:{server.server_address[1]}"), **kwargs))
-    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path / "cache"))
     cache = tmp_path / "cache" / "someone--tiny-t5"
-    try:
-        assert t5.download_hf_checkpoint("someone/tiny-t5") == str(cache)
-        assert (cache / "spiece.model").read_bytes() == (root / "pretrained" / "spiece.model").read_bytes()
-        out = finetune(root, monkeypatch, capsys, "--init_from=someone/tiny-t5", "--out_dir=out-hub", "--max_iters=1",
-                       "--eval_interval=1", "--eval_exact_match=0")
-        assert "step 1:" in out and (root / "out-hub" / "ckpt.pt").exists()
-        (cache / "spiece.model").unlink()  # as a cache completed by a version that did not fetch it
-        assert one_line_error(t5.main, TINY + ["--init_from=someone/tiny-t5", "--out_dir=out-hub-old-cache"]) == (
-            f"error: cannot load 'someone/tiny-t5': the download cache {cache} has no spiece.model, T5's "
-            f"SentencePiece tokenizer (an older version did not fetch it, or someone/tiny-t5 lacks it); delete "
-            f"{cache} to download someone/tiny-t5 again")
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert t5.download_hf_checkpoint("someone/tiny-t5") == str(cache)
+    assert (cache / "spiece.model").read_bytes() == (root / "pretrained" / "spiece.model").read_bytes()
+    out = finetune(root, monkeypatch, capsys, "--init_from=someone/tiny-t5", "--out_dir=out-hub", "--max_iters=1",
+                   "--eval_interval=1", "--eval_exact_match=0")
+    assert "step 1:" in out and (root / "out-hub" / "ckpt.pt").exists()
+    (cache / "spiece.model").unlink()  # as a cache completed by a version that did not fetch it
+    assert one_line_error(t5.main, TINY + ["--init_from=someone/tiny-t5", "--out_dir=out-hub-old-cache"]) == (
+        f"error: cannot load 'someone/tiny-t5': the download cache {cache} has no spiece.model, T5's "
+        f"SentencePiece tokenizer (an older version did not fetch it, or someone/tiny-t5 lacks it); delete "
+        f"{cache} to download someone/tiny-t5 again")
