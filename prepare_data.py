@@ -439,6 +439,11 @@ def _write_meta(path, meta):
         pickle.dump(meta, f)
 
 
+def _write_json(path, value):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+
+
 def _report(out_dir, meta, counts):
     print(f"wrote {out_dir}: {meta['tokenizer']} tokenizer, vocab_size {meta['vocab_size']}, "
           f"train {counts['train']:,} tokens, val {counts['val']:,} tokens")
@@ -1143,19 +1148,11 @@ def prepare_shards(name, urls, data_root="data", tokenizer=None, max_tokens=None
 
     def write_shard(next_position):
         path = os.path.join(out_dir, shard_name(name, len(shards)))
-        temp = _temp_path_beside(path)
-        try:
-            buffer[:filled].tofile(temp)
-            os.replace(temp, path)
-        finally:
-            _remove_if_present(temp)
+        _write_atomically(path, buffer[:filled].tofile)
         shards.append([os.path.basename(path), filled])
         if filled == shard_size:  # a short last shard is redone by a rerun that asks for more
             progress["next"] = next_position
-            temp = _temp_path_beside(progress_path)
-            with open(temp, "w", encoding="utf-8") as f:
-                json.dump(progress, f)
-            os.replace(temp, progress_path)
+            _write_atomically(progress_path, lambda temp: _write_json(temp, progress))
 
     tasks = _document_tasks(urls, out_dir, (file_index, row))
     for task_file, first_row, file_rows, ids, lengths in _tokenized_tasks(tasks, meta, eot, dtype, processes):
@@ -1194,17 +1191,19 @@ def prepare_shards(name, urls, data_root="data", tokenizer=None, max_tokens=None
                         f"needed; raise --max_tokens or --shards, or lower --shard_size")
     meta.update(caps, shards={"val": [shards[0][0]], "train": [file for file, _ in shards[1:]]},
                 tokens={"val": shards[0][1], "train": sum(tokens for _, tokens in shards[1:])})
-    _write_meta_atomically(os.path.join(out_dir, "meta.pkl"), meta)
+    _write_atomically(os.path.join(out_dir, "meta.pkl"), lambda temp: _write_meta(temp, meta))
     progress_line.show(f"wrote {out_dir}: {len(shards)} shards of up to {shard_size:,} {meta['dtype']} ids, "
                        f"{meta['tokenizer']} tokenizer, train {meta['tokens']['train']:,} tokens, val "
                        f"{meta['tokens']['val']:,} tokens", final=True)
     return out_dir
 
 
-def _write_meta_atomically(path, meta):
+def _write_atomically(path, write):
+    """write(temp) a file beside path, then rename it over path: readers never see a partial file, and
+    an interrupted write leaves the old one (and no temp file) behind."""
     temp = _temp_path_beside(path)
     try:
-        _write_meta(temp, meta)
+        write(temp)
         os.replace(temp, path)
     finally:
         _remove_if_present(temp)
