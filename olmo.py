@@ -1433,12 +1433,12 @@ def warn_if_cpu_is_busy(world_size):
     """
     if not hasattr(os, "getloadavg"):
         return
-    cores = os.cpu_count() or 1
-    free = max(1, round(cores - os.getloadavg()[0]))
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    free = max(1, round(cores - load))
     threads = torch.get_num_threads() * world_size
     if threads > free:
         per_process = max(1, free // world_size)
-        print(f"warning: this CPU is busy (load {os.getloadavg()[0]:.1f} on {cores} cores) and torch runs {threads} "
+        print(f"warning: this CPU is busy (load {load:.1f} on {cores} cores) and torch runs {threads} "
               f"thread(s); with OMP_NUM_THREADS={per_process} it may train several times faster")
 
 
