@@ -649,6 +649,30 @@ def load_openai_gpt2(cfg, meta, runtime):
     return model
 
 
+def build_model(cfg, meta, checkpoint, runtime):
+    """The model to train: from scratch (the config's shape), from a checkpoint (init_from=resume),
+    or OpenAI's GPT-2 weights; checked against the run's context length and the dataset's vocabulary."""
+    model_keys = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "attention", "pos_emb")
+    if cfg["init_from"] == "scratch":
+        vocab_size = meta["vocab_size"]
+        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
+            vocab_size = (vocab_size + 63) // 64 * 64
+        try:
+            model = GPT(GPTConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size))
+        except ValueError as e:
+            fail(e)
+    elif cfg["init_from"] == "resume":
+        # Only dropout may change between runs (the other keys were checked against the checkpoint).
+        model = GPT(GPTConfig(**checkpoint["model_args"] | {"dropout": cfg["dropout"]}))
+        model.load_state_dict(checkpoint["model"])
+    else:
+        model = load_openai_gpt2(cfg, meta, runtime)  # Part 2, above
+    if cfg["block_size"] > model.config.block_size:
+        fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
+    check_vocabulary_fits(meta, model.config.vocab_size, cfg["dataset"])
+    return model
+
+
 def main(argv):
     # ---- the config: defaults, then config files and --key=value (a resume takes the checkpoint's) ----
     defaults = {k: globals()[k] for k in config_keys}
@@ -681,24 +705,7 @@ def main(argv):
     tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
 
     # ---- model: from scratch, from a checkpoint, or OpenAI's weights ----
-    model_keys = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "attention", "pos_emb")
-    if cfg["init_from"] == "scratch":
-        vocab_size = meta["vocab_size"]
-        if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
-            vocab_size = (vocab_size + 63) // 64 * 64
-        try:
-            model = GPT(GPTConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size))
-        except ValueError as e:
-            fail(e)
-    elif cfg["init_from"] == "resume":
-        # Only dropout may change between runs (the other keys were checked against the checkpoint).
-        model = GPT(GPTConfig(**checkpoint["model_args"] | {"dropout": cfg["dropout"]}))
-        model.load_state_dict(checkpoint["model"])
-    else:
-        model = load_openai_gpt2(cfg, meta, runtime)  # Part 2, above
-    if cfg["block_size"] > model.config.block_size:
-        fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
-    check_vocabulary_fits(meta, model.config.vocab_size, cfg["dataset"])
+    model = build_model(cfg, meta, checkpoint, runtime)  # scratch, resume or pretrained (Part 2, above)
     model_args = asdict(model.config)
     model.to(device)
     model.activation_checkpointing = cfg["activation_checkpointing"]  # a training choice, not in model_args

@@ -93,7 +93,7 @@ def test_training_loops_keep_their_common_parts_in_order():
     # so that a reader who knows one loop finds the same thing in the same place in the next.
     markers = ["parse_config(argv", "resumed_config(", "check_config(cfg)", "# ---- devices, processes and precision",
                "start_processes(cfg)", "# ---- data", "local_rank0_first(prepare_dataset", "# ---- model",
-               "check_vocabulary_fits(", "configure_optimizer(", "restore_training_state(", "compile_or_warn(",
+               ("check_vocabulary_fits(", "build_model("), "configure_optimizer(", "restore_training_state(", "compile_or_warn(",
                "DistributedDataParallel(", "start_wandb(", "# ---- the training loop", "start_run_log(",
                "IterationTimer(", "learning_rate_at(", "log_eval(", "check_finite(", "every_rank_rng_state(",
                "save_checkpoint(", "scaler.scale(loss).backward()", "clip_grad_norm_", "scaler.step(optimizer)",
@@ -103,6 +103,10 @@ def test_training_loops_keep_their_common_parts_in_order():
         main = source[source.index("def main(argv):"):]
         positions = []
         for marker in markers:
+            # A tuple: one of these (gpt.py, llama.py and olmo.py build their model in build_model, which
+            # checks the vocabulary; the other scripts check it inline).
+            if isinstance(marker, tuple):
+                marker = min((m for m in marker if m in main), key=main.index, default=marker[0])
             assert marker in main, f"{script}'s main() lacks {marker!r}"
             positions.append(main.index(marker))
         assert positions == sorted(positions), f"{script}'s main() has gpt.py's parts in another order"
