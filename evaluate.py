@@ -44,6 +44,7 @@ import difflib
 import json
 import os
 import sys
+import time
 from contextlib import nullcontext
 
 import torch
@@ -175,7 +176,17 @@ def tokenizer_fields(meta):
 
 
 def download_hellaswag():
-    """The path of HellaSwag's validation set in the cache, downloaded first if it is not there.
+    """The path of HellaSwag's validation set in the cache, downloaded first if it is not there."""
+    path, error = hellaswag_file()
+    if error:
+        fail(error)
+    return path
+
+
+def hellaswag_file():
+    """(path of HellaSwag's validation set in the cache, None), downloading it first if it is not there;
+    or (None, what to do) when the download fails. (The training scripts' hellaswag_interval uses this
+    form: one process downloads while the others wait, and all must learn of a failure.)
 
     prepare_data.download writes the bytes as name.part and renames the file when complete, so the
     cached name always means a whole file (and a rerun resumes an interrupted download)."""
@@ -184,10 +195,10 @@ def download_hellaswag():
     cache_root = os.environ.get("NANO_MODELS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "single-file-lms"))
     path = os.path.join(cache_root, "hellaswag", os.path.basename(HELLASWAG_URL))
     try:
-        return prepare_data.download(HELLASWAG_URL, path)
+        return prepare_data.download(HELLASWAG_URL, path), None
     except requests.RequestException as e:
-        fail(f"could not download {HELLASWAG_URL} ({type(e).__name__}); save that file as {path}, or pass "
-             f"any HellaSwag-format file with --data=FILE")
+        return None, (f"could not download {HELLASWAG_URL} ({type(e).__name__}); save that file as {path}, or pass "
+                      f"any HellaSwag-format file with --data=FILE")
 
 
 def read_hellaswag(path, limit):
@@ -292,7 +303,7 @@ def score_rows(model, rows, device, autocast):
     return sums.cpu(), (sums / scored.sum(dim=1)).cpu()
 
 
-def evaluate_hellaswag(model, tokenizer, examples, batch_size, device, autocast):
+def evaluate_hellaswag(model, tokenizer, examples, batch_size, device, autocast, progress=True):
     """Accuracy two ways, with each example's scores: acc picks the ending with the highest summed
     log-likelihood, log p(ending | context); acc_norm the highest mean per token.
 
@@ -303,9 +314,11 @@ def evaluate_hellaswag(model, tokenizer, examples, batch_size, device, autocast)
     differ in length and small models are fooled by that more than by meaning; both are printed
     here, as lm-evaluation-harness does. (lm-evaluation-harness divides by the ending's length in
     bytes; this divides by its tokens, as build-nanogpt does, so acc_norm can differ slightly.)
+
+    progress: a line on stderr with the examples done, the rate and the time left (training turns it off).
     """
     block_size = model.config.block_size
-    scored = []
+    scored, started = [], time.monotonic()
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         rows = []
@@ -323,8 +336,13 @@ def evaluate_hellaswag(model, tokenizer, examples, batch_size, device, autocast)
             scored.append({"line": example["line"], "label": example["label"],
                            "pred": int(example_sums.argmax()), "pred_norm": int(example_means.argmax()),
                            "sum_logprobs": example_sums.tolist(), "mean_logprobs": example_means.tolist()})
-        print(f"\r{len(scored)}/{len(examples)} examples", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        if progress:
+            rate = len(scored) / (time.monotonic() - started)
+            left = prepare_data.duration((len(examples) - len(scored)) / rate)
+            print(f"\r{len(scored)}/{len(examples)} examples, {rate:.1f} examples/s, {left} left", end="",
+                  file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
     n = len(scored)
     return {"acc": sum(s["pred"] == s["label"] for s in scored) / n,
             "acc_norm": sum(s["pred_norm"] == s["label"] for s in scored) / n, "n": n, "examples": scored}

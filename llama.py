@@ -661,6 +661,10 @@ eval_iters = 200  # batches averaged per loss estimate
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # save at every eval, not only when val loss improves
 init_from = "scratch"  # 'scratch', 'resume' (from out_dir/ckpt.pt), or a hub id / local HF directory
+sample_interval = 0  # print and log a greedy sample every this many iterations (a multiple of eval_interval; 0: off)
+sample_start = "\n"  # the fixed prompt of those samples
+hellaswag_interval = 0  # HellaSwag accuracy every this many iterations (a multiple of eval_interval; 0: off)
+hellaswag_examples = 500  # the fixed subset scored then: the first this many of its validation set
 # logging
 wandb_log = False
 wandb_project = "llama"
@@ -832,8 +836,9 @@ def main(argv):
             losses = estimate_loss(model, loader, cfg, runtime)  # train and val loss (Part 3)
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            extras = evaluate_extras(raw_model, meta, cfg, runtime, iter_num)  # sample, HellaSwag (Part 3)
             log_eval(run_log, wandb, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
-                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr} | extras)
             check_finite("val loss", losses["val"], iter_num, cfg)
             if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                 best_val_loss = min(best_val_loss, losses["val"])
@@ -1375,6 +1380,64 @@ def estimate_loss(model, loader, cfg, runtime):
         losses.append(total / cfg["eval_iters"])
     model.train()
     return dict(zip(("train", "val"), mean_over_processes(losses, runtime)))
+
+
+@torch.no_grad()
+def evaluate_extras(model, meta, cfg, runtime, iter_num):
+    """What an evaluation adds to the losses when due, as fields of its log.jsonl record: a greedy
+    sample (sample_interval) and HellaSwag accuracy (hellaswag_interval). {} when neither is due.
+
+    model is the plain module (not the compiled or DDP-wrapped one): generation runs the KV-cache
+    path, which training never compiles. Every process takes part and computes the same sample (a
+    sharded model needs every process for each forward), and HellaSwag's fixed subset is split evenly
+    between them; rank 0 prints. Greedy decoding and scoring draw no random numbers, so a resumed run
+    stays exactly the run it continues.
+    """
+    for key in ("sample_interval", "hellaswag_interval"):
+        if cfg[key] < 0 or cfg[key] % cfg["eval_interval"]:
+            fail(f"{key}={cfg[key]} must be 0 (off) or a multiple of eval_interval={cfg['eval_interval']}: "
+                 f"it runs at an evaluation")
+    due = [key for key in ("sample_interval", "hellaswag_interval") if cfg[key] and iter_num % cfg[key] == 0]
+    if not due:
+        return {}
+    extras, tokenizer = {}, prepare_data.load_tokenizer(meta)
+    model.eval()
+    if "sample_interval" in due:
+        template = getattr(tokenizer, "template", None)  # a tokenizer.json's BOS, as every training document has
+        try:
+            prompt = (list(template[0]) if template else []) + tokenizer.encode(cfg["sample_start"])
+        except (KeyError, ValueError) as e:  # a character-level vocabulary lacks one of its characters
+            fail(f"sample_start={cfg['sample_start']!r} cannot be tokenized with this dataset's vocabulary ({e})")
+        if not prompt:
+            fail("sample_start is empty and this tokenizer adds no BOS token: give the samples a prompt")
+        idx = torch.tensor([prompt], device=runtime.device)
+        with runtime.autocast:
+            # 100 tokens: enough to show the style and the grammar learned so far, cheap beside an evaluation.
+            out = model.generate(idx, 100, temperature=0.0, vocab_size=meta["vocab_size"])
+        extras["sample"] = cfg["sample_start"] + tokenizer.decode(out[0, len(prompt):].tolist())
+        if runtime.rank == 0:
+            print(f"sample at step {iter_num} (greedy):\n{extras['sample']}\n----")
+    if "hellaswag_interval" in due:
+        if meta["tokenizer"] == "char":
+            fail("hellaswag_interval needs a dataset tokenized into words (gpt2, bpe or a pretrained tokenizer): "
+                 "a character-level vocabulary cannot spell HellaSwag's texts")
+        import evaluate  # this repository's evaluate.py: imported only when HellaSwag is asked for
+        path = local_rank0_first(evaluate.hellaswag_file, runtime)  # one download per machine
+        examples = evaluate.read_hellaswag(path, cfg["hellaswag_examples"])
+        # An equal share for every process, so they all run the same number of forward passes.
+        n = len(examples) // runtime.world_size * runtime.world_size
+        if n == 0:
+            fail(f"hellaswag_examples={cfg['hellaswag_examples']} gives fewer examples than processes")
+        mine = examples[runtime.rank:n:runtime.world_size]
+        scores = evaluate.evaluate_hellaswag(model, tokenizer, mine, cfg["batch_size"], runtime.device,
+                                             runtime.autocast, progress=False)
+        # Equal shares: the mean of the processes' accuracies is the accuracy over all n examples.
+        acc, acc_norm = mean_over_processes([scores["acc"], scores["acc_norm"]], runtime)
+        extras |= {"val_hellaswag_acc": acc, "val_hellaswag_acc_norm": acc_norm, "hellaswag_n": n}
+        if runtime.rank == 0:
+            print(f"step {iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} (first {n} examples)")
+    model.train()
+    return extras
 
 
 def learning_rate_at(it, cfg):

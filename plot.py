@@ -218,6 +218,9 @@ KNOWN_METRICS = {
     # t5.py decodes with beam search only at the last evaluation (it costs several greedy decodings).
     "val_beam_exact_match": ("exact match", "val exact match, beam search (last eval only)"),
     "val_dropped_token_accuracy": ("dropped-token accuracy", "val dropped-token accuracy (span corruption)"),
+    # The decoders' hellaswag_interval: a fixed subset of HellaSwag's validation set (chance is 25%).
+    "val_hellaswag_acc": ("accuracy", "HellaSwag acc (summed log-likelihood)"),
+    "val_hellaswag_acc_norm": ("accuracy", "HellaSwag acc_norm (per-token log-likelihood)"),
 }
 # bert.py logs val_accuracy for both its tasks, but the numbers measure different things: the share of
 # masked tokens guessed (near 0 at first) or of sentences classified right (near chance at first).

@@ -808,7 +808,7 @@ class ProgressLine:
         self.width = 0 if final else len(line)
 
 
-def _duration(seconds):
+def duration(seconds):
     """'1h02m', '3m05s' or '12s'."""
     seconds = int(seconds)
     if seconds >= 3600:
@@ -855,7 +855,7 @@ def download(url, path, timeout=30, chunk_size=1 << 20):
                 if progress.due():
                     rate = (done - have) / 1e6 / max(time.monotonic() - started, 1e-9)
                     of_total = (f" of {total / 1e6:,.1f} MB ({100 * done / total:.0f}%), {rate:,.1f} MB/s, "
-                                f"{_duration((total - done) / 1e6 / rate) if rate else '?'} left") if total else " MB"
+                                f"{duration((total - done) / 1e6 / rate) if rate else '?'} left") if total else " MB"
                     progress.show(f"downloading {os.path.basename(path)}: {done / 1e6:,.1f}{of_total}")
     progress.show(f"downloaded {os.path.basename(path)}: {done / 1e6:,.1f} MB", final=True)
     if total is not None and done != total:
@@ -1179,7 +1179,7 @@ def prepare_shards(name, urls, data_root="data", tokenizer=None, max_tokens=None
             fraction = (task_file + first_row / file_rows) / len(urls)  # of the corpus read
             if max_tokens is not None:
                 fraction = max(fraction, total / max_tokens)
-            left = f", {_duration((1 - fraction) / fraction * (time.monotonic() - started))} left" if fraction > 0 else ""
+            left = f", {duration((1 - fraction) / fraction * (time.monotonic() - started))} left" if fraction > 0 else ""
             progress_line.show(f"tokenizing {urls[task_file].rsplit('/', 1)[-1]}: {len(shards)} shards done, "
                                f"{total / 1e6:,.1f}M tokens, {rate / 1e6:,.2f}M tokens/s{left}")
         if limit_reached():

@@ -31,6 +31,8 @@ out_dir = "out-gpt2-124m"
 eval_interval = 250
 eval_iters = 20  # 20 x 64 x 1024 = 1.3M val tokens per estimate
 log_interval = 10
+hellaswag_interval = 250  # HellaSwag acc_norm on 500 fixed validation examples at every evaluation
+sample_interval = 1000  # a greedy sample every 4th evaluation, to read what the loss means
 always_save_checkpoint = False
 
 dataset = "fineweb_edu"
