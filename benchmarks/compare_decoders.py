@@ -5,7 +5,8 @@
     python benchmarks/compare_decoders.py --max_iters=500          # a quicker look
     python benchmarks/compare_decoders.py --generate               # also: olmo.py's cached generation vs HF
 
-Trains gpt.py, llama.py, olmo.py with RoPE and olmo.py with ALiBi on their CPU presets, which share
+Trains gpt.py (learned positions, and sinusoidal ones), llama.py, olmo.py with RoPE and olmo.py with
+ALiBi on their CPU presets (--models= picks a subset, e.g. --models="gpt (sinusoidal)"), which share
 everything that is not the architecture: tiny Shakespeare at character level, 4 layers, 4 heads, 128
 wide, context 64, batch 12, the same iterations, seed, schedule shape, float32 and no compile. (Each
 preset keeps the learning rate measured best for its model: 3e-3 for gpt.py, 1e-3 for the others;
@@ -16,7 +17,8 @@ shared machine: see step_times), and the val
 loss at the training context (64) and at 2x and 4x that context, measured here on the same 65,536 val
 tokens cut into non-overlapping sequences of each length (every token of each sequence counts, so a longer
 context can only help a model that generalises to it). gpt.py's learned position table has 64 rows:
-there is no embedding for position 64 and beyond, so its long-context columns are "n/a". Llama and
+there is no embedding for position 64 and beyond, so its long-context columns are "n/a"; its
+sinusoidal variant computes an encoding for any position, so it is evaluated there too. Llama and
 OLMo have no table (RoPE and ALiBi are computed from positions), so only the block_size limit is
 raised for the evaluation. Run it on an otherwise idle machine: with 2 cores any other load distorts
 the times.
@@ -49,6 +51,7 @@ SHAKESPEARE = os.path.join(os.path.dirname(REPO), "shared", "data", "tinyshakesp
 # name -> (script, preset, extra flags)
 MODELS = {
     "gpt": ("gpt.py", "config/shakespeare_char_cpu.py", []),
+    "gpt (sinusoidal)": ("gpt.py", "config/shakespeare_char_cpu.py", ["--pos_emb=sinusoidal"]),
     "llama": ("llama.py", "config/llama_shakespeare_char_cpu.py", []),
     "olmo (rope)": ("olmo.py", "config/olmo_shakespeare_char_cpu.py", ["--pos_emb=rope"]),
     "olmo (alibi)": ("olmo.py", "config/olmo_shakespeare_char_cpu.py", ["--pos_emb=alibi"]),
@@ -83,7 +86,7 @@ def evaluate(checkpoint_path, val_tokens):
     losses, params = {}, None
     for multiple in CONTEXT_MULTIPLES:
         context = trained_context * multiple
-        if checkpoint["model_type"] == "gpt" and multiple > 1:
+        if checkpoint["model_args"].get("pos_emb") == "learned" and multiple > 1:
             losses[context] = None  # no learned position embedding exists past the trained context
             continue
         model = getattr(module, model_class)(getattr(module, config_class)(**(checkpoint["model_args"] | {"block_size": context})))
@@ -108,10 +111,14 @@ def compare_training(args):
     if os.path.exists(SHAKESPEARE):
         shutil.copy(SHAKESPEARE, text)  # offline copy; otherwise prepare_data downloads it
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = {name: [] for name in MODELS}
+    names = args.models.split(",") if args.models else list(MODELS)
+    unknown = [name for name in names if name not in MODELS]
+    if unknown:
+        sys.exit(f"error: unknown model {unknown[0]!r}; choose from: {', '.join(MODELS)}")
+    results = {name: [] for name in names}
     val_tokens = None
     for seed in seeds:
-        for name in MODELS:
+        for name in names:
             start = time.perf_counter()
             checkpoint, ms = train(name, seed, args.max_iters, work)
             if val_tokens is None:  # prepared by the first run
@@ -131,7 +138,7 @@ def compare_training(args):
         return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
     interleaved = step_times()
-    contexts = list(results["gpt"][0][2])
+    contexts = list(results[names[0]][0][2])
     print(f"\n{args.max_iters} iterations, CPU presets (4x4x128, block 64, batch 12), float32, no compile, "
           f"seeds {args.seeds}; val loss: mean (min-max) over seeds")
     header = ["model", "params", "ms/iter (run)", "ms/step (interleaved)"] + [f"val loss @{c}" + (" (trained)" if i == 0 else "")
@@ -226,6 +233,7 @@ def main():
     parser.add_argument("--skip_training", action="store_true", help="only the --generate part and/or --step_timing")
     parser.add_argument("--step_timing", action="store_true", help="with --skip_training: only the interleaved step times")
     parser.add_argument("--new_tokens", type=int, default=1000)
+    parser.add_argument("--models", default="", help=f"comma-separated subset of: {', '.join(MODELS)} (default all)")
     args = parser.parse_args()
     torch.manual_seed(0)
     if not args.skip_training:
