@@ -284,6 +284,7 @@ class Bert(nn.Module):
             self.classifier_dropout = nn.Dropout(config.dropout)
             self.classifier = nn.Linear(config.n_embd, len(config.labels))
         self.apply(self._init_weights)
+        self.activation_checkpointing = False  # main() sets it from the training key; see hidden_states()
 
     def _init_weights(self, module):
         # BERT's initialisation: every weight from N(0, 0.02), biases zero (LayerNorms start at
@@ -315,7 +316,13 @@ class Bert(nn.Module):
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         x = self.embeddings(idx, token_type_ids)  # (B, T, C)
         for block in self.h:
-            x = block(x, mask)
+            if self.activation_checkpointing and self.training:
+                # Memory path: skip on first reading. As in gpt.py: keep only each block's input and
+                # recompute its inside during backward (non-reentrant, RNG restored, so dropout repeats
+                # its masks): about one block's activations in memory instead of n_layer blocks'.
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x = block(x, mask)
         return x
 
     def pool(self, hidden):
@@ -792,6 +799,7 @@ backend = "auto"
 device = "auto"
 dtype = "auto"
 compile = True
+activation_checkpointing = False  # recompute each block in backward instead of storing it: less memory, more compute
 seed = 1337
 
 config_keys = [k for k, v in list(globals().items())
@@ -1141,6 +1149,7 @@ def main(argv):
     tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * loader.tokens_per_example
     model_args = asdict(model.config)
     model.to(device)
+    model.activation_checkpointing = cfg["activation_checkpointing"]  # a training choice, not in model_args
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
                                           runtime.device_type)
     iter_num, best_val_loss = 0, float("inf")

@@ -447,6 +447,7 @@ class T5(nn.Module):
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.apply(self._init_weights)
+        self.activation_checkpointing = False  # main() sets it from the training key; see encode() and decode()
 
     def _init_weights(self, module):
         """Mesh TensorFlow's initialisation, which T5 used: every matrix N(0, 1/fan_in), except that
@@ -494,7 +495,13 @@ class T5(nn.Module):
         if attention_mask is not None:
             bias = bias + padding_bias(attention_mask, bias.dtype)  # (B, n_head, T, T)
         for block in self.encoder.blocks:
-            x = block(x, bias)
+            if self.activation_checkpointing and self.training:
+                # Memory path: skip on first reading. As in gpt.py: keep only each block's input and
+                # recompute its inside during backward (non-reentrant, RNG restored, so dropout repeats
+                # its masks): about one block's activations in memory instead of n_layer blocks'.
+                x = torch.utils.checkpoint.checkpoint(block, x, bias, use_reentrant=False)
+            else:
+                x = block(x, bias)
         return self.drop(self.encoder.ln_f(x))
 
     def cross_keys_values(self, encoder_out):
@@ -525,8 +532,12 @@ class T5(nn.Module):
         else:
             cross_bias = torch.zeros(1, 1, 1, T_src, dtype=self_bias.dtype, device=x.device)
         for i, block in enumerate(self.decoder.blocks):
-            x = block(x, self_bias, encoder_out, cross_bias, cross_kv[i] if cross_kv is not None else None,
-                      cache, i)
+            layer_kv = cross_kv[i] if cross_kv is not None else None
+            if self.activation_checkpointing and self.training and cache is None:  # the memory path, as above
+                x = torch.utils.checkpoint.checkpoint(block, x, self_bias, encoder_out, cross_bias, layer_kv,
+                                                      use_reentrant=False)
+            else:
+                x = block(x, self_bias, encoder_out, cross_bias, layer_kv, cache, i)
         x = self.drop(self.decoder.ln_f(x))
         if cache is not None:
             cache.length += T
@@ -898,6 +909,7 @@ backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
 compile = True  # torch.compile the model (falls back with a warning where it cannot)
+activation_checkpointing = False  # recompute each block in backward instead of storing it: less memory, more compute
 seed = 1337
 
 # Every simple-typed name defined above is a config key (names starting with "_" are not).
@@ -1483,6 +1495,7 @@ def main(argv):
     check_vocabulary_fits({"vocab_size": loader.vocab_size}, model.config.vocab_size, cfg["dataset"])
     model_args = asdict(model.config)
     model.to(device)
+    model.activation_checkpointing = cfg["activation_checkpointing"]  # a training choice, not in model_args
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
                                           runtime.device_type)
     iter_num, best_val_loss = 0, float("inf")

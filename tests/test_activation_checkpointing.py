@@ -10,10 +10,12 @@ import re
 import pytest
 import torch
 
+import bert
 import gpt
 import llama
 import olmo
 import prepare_data
+import t5
 
 TINY_MODELS = {
     "gpt": lambda dropout: gpt.GPT(gpt.GPTConfig(block_size=16, vocab_size=50, n_layer=3, n_head=2, n_embd=32,
@@ -23,11 +25,21 @@ TINY_MODELS = {
     # Sliding-window layers among full ones: the masks and both RoPE tables pass through checkpoint.
     "olmo": lambda dropout: olmo.OLMo(olmo.OLMoConfig(block_size=16, vocab_size=50, n_layer=4, n_head=4, n_kv_head=2,
                                                       n_embd=32, hidden_dim=48, sliding_window=4, dropout=dropout)),
+    # The encoders: bert.py's blocks see a padding mask; t5.py checkpoints its encoder and decoder blocks.
+    "bert": lambda dropout: bert.Bert(bert.BertConfig(block_size=16, vocab_size=50, n_layer=3, n_head=2, n_embd=32,
+                                                      n_inner=64, pooler=False, dropout=dropout)),
+    "t5": lambda dropout: t5.T5(t5.T5Config(block_size=16, target_block_size=16, vocab_size=50, n_layer=2,
+                                            n_decoder_layer=2, n_head=2, n_embd=32, head_dim=16, n_ff=64,
+                                            dropout=dropout)),
 }
 TINY_RUNS = {
     "gpt": (gpt, ["--n_layer=2", "--n_head=2", "--n_embd=32"]),
     "llama": (llama, ["--n_layer=2", "--n_head=4", "--n_kv_head=2", "--n_embd=32", "--multiple_of=16"]),
     "olmo": (olmo, ["--n_layer=2", "--n_head=4", "--n_kv_head=2", "--n_embd=32", "--multiple_of=16"]),
+    "bert": (bert, ["--n_layer=2", "--n_head=2", "--n_embd=32"]),
+    # One encoder and one decoder block: two checkpointed blocks per forward, as the others' two layers.
+    "t5": (t5, ["--dataset=numbers", "--n_layer=1", "--n_decoder_layer=1", "--n_head=2", "--n_embd=32",
+                "--head_dim=16", "--n_ff=64"]),
 }
 COMMON_RUN = ["--dataset=tiny", "--device=cpu", "--compile=False", "--dtype=float32", "--block_size=32",
               "--batch_size=4", "--gradient_accumulation_steps=1", "--eval_interval=1000", "--eval_iters=1",
@@ -43,7 +55,16 @@ def loss_and_gradients(model, checkpointing, seed):
     model.zero_grad(set_to_none=True)
     model.activation_checkpointing = checkpointing
     torch.manual_seed(seed)  # the dropout masks of both paths start from the same state
-    _, loss = model(idx, targets)
+    if isinstance(model, t5.T5):  # an encoder-decoder: the input, the decoder's input, its targets
+        attention_mask = torch.ones_like(idx)
+        attention_mask[1, 12:] = 0  # padding in one row: the mask goes through the checkpoint too
+        _, loss = model(idx, targets, attention_mask=attention_mask, targets=targets)
+    elif isinstance(model, bert.Bert):
+        attention_mask = torch.ones_like(idx)
+        attention_mask[1, 12:] = 0
+        _, loss = model(idx, targets, attention_mask=attention_mask)
+    else:
+        _, loss = model(idx, targets)
     loss.backward()
     return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
 
@@ -69,6 +90,7 @@ def test_checkpointed_gradients_equal_stored_ones(name, dropout):
 def workdir(tmp_path_factory, small_text_path):
     root = tmp_path_factory.mktemp("activation_checkpointing")
     prepare_data.prepare("tiny", input_path=small_text_path, tokenizer="char", data_root=str(root / "data"))
+    prepare_data.prepare("numbers", data_root=str(root / "data"))  # t5.py's task: digits in, words out
     return root
 
 
