@@ -816,19 +816,21 @@ def duration(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def download(url, path, timeout=30, chunk_size=1 << 20):
+def download(url, path, timeout=30, chunk_size=1 << 20, headers=None):
     """Download `url` to `path` unless it is already there, resuming an interrupted download.
 
     Bytes go to `path + ".part"`; a rerun asks the server only for what is missing (HTTP Range) and
     appends. The file gets its real name only once complete, so `path` existing means "fully downloaded".
-    Network failures raise requests.RequestException (callers turn it into advice for the user).
+    A progress line shows the bytes done, the rate and the time left. headers: extra HTTP headers (the
+    hub's Authorization for a gated model). Network failures, and HTTP errors such as 404, raise
+    requests.RequestException (callers turn it into advice for the user).
     """
     if os.path.exists(path):
         return path
     part = path + ".part"
     have = os.path.getsize(part) if os.path.exists(part) else 0
     # "identity" turns off gzip transfer encoding, so that byte counts and Range offsets are those of the file.
-    headers = {"Accept-Encoding": "identity"}
+    headers = (headers or {}) | {"Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
     with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:

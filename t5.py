@@ -2347,8 +2347,8 @@ def download_hf_checkpoint(repo):
     sample.py and fine-tuning, those the repository has) and either model.safetensors or the shard
     index and every shard it names. One function serves every script, so the list holds every
     script's tokenizer files; those a repository lacks answer 404 and are skipped. Each file is
-    written as name.part and renamed when complete, so an interrupted download never looks finished. Under
-    torchrun the training scripts call this on one process per machine while the others wait.
+    written as name.part and renamed when complete (prepare_data.download, with a progress line), so an
+    interrupted download never looks finished and a rerun continues it. Under torchrun the training scripts call this on one process per machine while the others wait.
     """
     if repo.count("/") != 1:
         raise ValueError(f"{repo!r} is neither a local directory nor a hub id of the form owner/name")
@@ -2361,25 +2361,18 @@ def download_hf_checkpoint(repo):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def fetch(filename, required=True):
-        """Download one file unless present; return False if the hub has no such file (404)."""
-        target = os.path.join(directory, filename)
-        if os.path.exists(target):
-            return True
+        """Download one file unless present (resuming a partial one, with a progress line); return
+        False if the hub has no such file (404) and it is not required."""
         url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
-        print(f"downloading {url}")
         try:
-            with requests.get(url, stream=True, timeout=30, headers=headers) as response:
-                if response.status_code == 404 and not required:
-                    return False
-                response.raise_for_status()
-                with open(target + ".part", "wb") as f:
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        f.write(chunk)
+            prepare_data.download(url, os.path.join(directory, filename), headers=headers)
         except requests.RequestException as e:
-            hint = " (a gated model: accept its licence on huggingface.co and set HF_TOKEN)" if "401" in str(e) or "403" in str(e) else ""
+            status = getattr(e.response, "status_code", None)
+            if status == 404 and not required:
+                return False
+            hint = " (a gated model: accept its licence on huggingface.co and set HF_TOKEN)" if status in (401, 403) else ""
             raise RuntimeError(f"could not download {url} ({e}){hint}; download the checkpoint's files by hand "
                                f"into a folder and pass that folder instead") from None
-        os.replace(target + ".part", target)  # only a complete file ever gets the real name
         return True
 
     # Written once every file is in place, so that later loads (offline ones too) ask the hub nothing,
