@@ -129,6 +129,15 @@ class OLMoConfig:
     tie_embeddings: bool = False  # OLMo 1 1B ties; OLMo 2 and 3 do not
     dropout: float = 0.0  # AI2 trains without dropout; small data sets want some
     attention: str = "sdpa"  # 'sdpa' (fused kernel) or 'manual' (written out), as in gpt.py
+    # Mixture of experts (OLMoE, see MoEFeedForward). 0 experts: one dense SwiGLU per block, as in
+    # every OLMo; otherwise each block's feed-forward is n_experts SwiGLUs of which a router picks
+    # n_experts_per_token per token (OLMoE-1B-7B: 8 of 64; Mixtral: 2 of 8; Switch Transformer: 1).
+    n_experts: int = 0
+    n_experts_per_token: int = 2
+    norm_topk_prob: bool = False  # rescale the k chosen probabilities to sum to 1 (OLMoE: False)
+    router_aux_loss_coef: float = 0.01  # load-balancing loss weight while training (OLMoE: 0.01)
+    router_z_loss_coef: float = 0.001  # router z-loss weight while training (OLMoE: 0.001)
+    moe_path: str = "loop"  # 'loop' (one expert at a time, the readable one) or 'batched' (padded bmm)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -141,8 +150,18 @@ class OLMoConfig:
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2 != 0:
             raise ValueError(f"head dimension n_embd // n_head = {self.n_embd // self.n_head} must be even: "
                              f"RoPE rotates channels in pairs")
-        if self.block_type not in ("olmo1", "olmo2"):
-            raise ValueError(f"block_type={self.block_type!r} must be 'olmo1' or 'olmo2'")
+        if self.block_type not in ("olmo1", "olmo2", "olmoe"):
+            raise ValueError(f"block_type={self.block_type!r} must be 'olmo1', 'olmo2' or 'olmoe'")
+        if self.n_experts < 0:
+            raise ValueError(f"n_experts={self.n_experts} must be at least 1 (or 0 for a dense feed-forward)")
+        if self.n_experts and not 1 <= self.n_experts_per_token <= self.n_experts:
+            raise ValueError(f"n_experts_per_token={self.n_experts_per_token} must be between 1 and "
+                             f"n_experts={self.n_experts}")
+        if self.router_aux_loss_coef < 0 or self.router_z_loss_coef < 0:
+            raise ValueError(f"router_aux_loss_coef={self.router_aux_loss_coef} and router_z_loss_coef="
+                             f"{self.router_z_loss_coef} must be >= 0 (0 switches a loss off)")
+        if self.moe_path not in ("loop", "batched"):
+            raise ValueError(f"moe_path={self.moe_path!r} must be 'loop' or 'batched'")
         if self.attention not in ("sdpa", "manual"):
             raise ValueError(f"attention={self.attention!r} must be 'sdpa' or 'manual'")
         if self.clip_qkv < 0:
@@ -173,6 +192,12 @@ class OLMoConfig:
             # llama.py's recipe: 2/3 of 4 * n_embd, rounded up to multiple_of (OLMo 2 7B: 11008).
             hidden = int(2 * 4 * self.n_embd / 3)
             self.hidden_dim = self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+            if self.n_experts:
+                # Each expert gets 1/k of that width, so the k experts a token runs through are
+                # together as wide as the dense SwiGLU: the same active parameters and FLOPs per
+                # token, n_experts / k times the total parameters. (OLMoE-1B-7B sets its width
+                # directly: 64 experts of 1024, 8 active, against hidden size 2048.)
+                self.hidden_dim = max(1, self.hidden_dim // self.n_experts_per_token)
 
     def layer_windows(self):
         """Per layer, how far back its queries may look: sliding_window, or None for the whole context."""
@@ -437,7 +462,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.n_head * self.head_dim, config.n_embd, bias=False)
-        self.qk_norm = config.block_type == "olmo2"
+        self.qk_norm = config.block_type in ("olmo2", "olmoe")
+        # OLMo 1.7 clamps the raw projections; OLMoE clamps after QK-norm (as Hugging Face's
+        # OlmoeAttention does), so the clip bounds exactly what enters the dot products.
+        self.clip_after_norm = config.block_type == "olmoe"
         if self.qk_norm:
             self.q_norm = RMSNorm(config.n_head * self.head_dim, config.norm_eps)
             self.k_norm = RMSNorm(config.n_kv_head * self.head_dim, config.norm_eps)
@@ -447,10 +475,12 @@ class Attention(nn.Module):
         """x (B, T, C); rope: (cos, sin) or None (ALiBi); mask: see OLMo.attention_mask."""
         B, T, C = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, heads * head_dim)
-        if self.clip_qkv:  # 0: no clipping
+        if self.clip_qkv and not self.clip_after_norm:  # 0: no clipping
             q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)  # over all heads' channels together
+        if self.clip_qkv and self.clip_after_norm:
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -502,6 +532,150 @@ class FeedForward(nn.Module):
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
 
 
+class Experts(nn.Module):
+    """n_experts SwiGLU feed-forwards (FeedForward's three matrices each), stacked on a leading axis:
+    expert e's matrices are gate_proj[e], up_proj[e] and down_proj[e].
+
+    Stacked rather than a list of FeedForward modules so that the batched path can run them all in
+    one matrix multiply; the loop path just indexes slice e. (Hugging Face's transformers 5 stores
+    OLMoE's experts stacked too, with gate and up fused into one tensor; its checkpoint files, like
+    the released ones, keep one tensor per expert: Part 3 stacks them.)
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        E, C, H = config.n_experts, config.n_embd, config.hidden_dim
+        self.gate_proj = nn.Parameter(torch.empty(E, H, C))  # nn.Linear's (out, in) layout, per expert
+        self.up_proj = nn.Parameter(torch.empty(E, H, C))
+        self.down_proj = nn.Parameter(torch.empty(E, C, H))
+
+    def expert(self, e, x):
+        """Expert e on its tokens x (n, C): FeedForward's down(silu(gate(x)) * up(x)) -> (n, C)."""
+        return F.linear(F.silu(F.linear(x, self.gate_proj[e])) * F.linear(x, self.up_proj[e]), self.down_proj[e])
+
+    def forward_loop(self, x, chosen, weights):
+        """The readable path. x (N, C) tokens; chosen (N, k) each token's experts; weights (N, k)
+        their routing weights. Returns (N, C): for each token, sum_j weights[j] * expert_chosen[j](x).
+
+        One expert at a time: gather the tokens that chose it, run it on them alone, scatter the
+        weighted outputs back onto their rows. Each token is computed by exactly k experts, so the
+        work is k dense feed-forwards' worth however many experts there are (the point of a MoE).
+        """
+        y = torch.zeros_like(x)
+        for e in range(self.gate_proj.size(0)):
+            token, slot = torch.where(chosen == e)  # (n_e,) each: which tokens chose e, as which choice
+            out = self.expert(e, x[token]) * weights[token, slot, None]  # (n_e, C)
+            y.index_add_(0, token, out)  # a token's k outputs land on the same row and add up
+        return y
+
+    def forward_batched(self, x, chosen, weights):
+        """Speed path: skip on first reading. forward_loop's result with 3 batched matmuls instead
+        of 3 per expert: the (token, choice) pairs are sorted by expert and laid out in an
+        (E, capacity, C) tensor, each expert's row padded with zeros to the busiest expert's count,
+        then every expert runs on its row at once with torch.bmm. The padding is wasted work
+        (capacity * E >= N * k), small when the load is balanced. (Switch Transformer fixes the
+        capacity in advance and drops the overflow tokens; OLMoE is "dropless", as this is.)
+        """
+        N, k = chosen.shape
+        E = self.gate_proj.size(0)
+        expert_of = chosen.flatten()  # (N * k,): the expert of each (token, choice) pair
+        order = expert_of.argsort(stable=True)  # pairs grouped by expert
+        counts = torch.bincount(expert_of, minlength=E)  # (E,) pairs per expert
+        sorted_expert = expert_of[order]
+        # Rank of each sorted pair within its expert's group: its index minus where the group starts.
+        rank = torch.arange(N * k, device=x.device) - (counts.cumsum(0) - counts)[sorted_expert]
+        token = order // k  # (N * k,) the token of each sorted pair
+        grouped = x.new_zeros(E, int(counts.max()), x.size(1))  # (E, capacity, C)
+        grouped[sorted_expert, rank] = x[token]
+        hidden = F.silu(grouped @ self.gate_proj.transpose(1, 2)) * (grouped @ self.up_proj.transpose(1, 2))
+        out = (hidden @ self.down_proj.transpose(1, 2))[sorted_expert, rank]  # (N * k, C), sorted order
+        out = out * weights.flatten()[order, None]
+        return torch.zeros_like(x).index_add_(0, token, out)
+
+
+class MoEFeedForward(nn.Module):
+    """OLMoE's sparse mixture-of-experts feed-forward (Muennighoff et al., "OLMoE: Open
+    Mixture-of-Experts Language Models", Sep 2024), replacing FeedForward when n_experts > 0.
+
+    Many feed-forwards (the experts) and a router, gate: a bias-free linear map from a token to one
+    logit per expert. A softmax turns the logits into probabilities, the token goes through the k
+    most probable experts only, and their outputs are summed weighted by those probabilities
+    (renormalised to sum to 1 when norm_topk_prob; OLMoE leaves them as they are, so the weights
+    also say how sure the router is). The parameters grow with n_experts, the compute per token with
+    k: OLMoE-1B-7B holds 6.9B parameters but runs 1.3B per token (its name: 7B total, 1B active),
+    and its paper reports it ahead of dense models with similar active parameters. The router's choice is not
+    differentiable, but the weights are: the gradient teaches the router through them which experts
+    served a token well.
+
+    A router left alone tends to collapse onto a few experts (those chosen early train faster, so
+    they get chosen more), hence the load-balancing loss (see load_balancing_loss). Each call keeps
+    its router_logits (N, n_experts), for the model's auxiliary losses, and chosen (N, k), for
+    expert_load(): what fraction of the tokens each expert received.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.top_k, self.norm_topk_prob, self.moe_path = config.n_experts_per_token, config.norm_topk_prob, config.moe_path
+        self.gate = nn.Linear(config.n_embd, config.n_experts, bias=False)  # the router; Hugging Face's name
+        self.experts = Experts(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.router_logits = self.chosen = None  # of the last call
+
+    def forward(self, x):
+        B, T, C = x.shape
+        x = x.reshape(B * T, C)  # routing is per token: batch and time are one axis here
+        logits = self.gate(x)  # (B * T, n_experts)
+        probs = F.softmax(logits.float(), dim=-1)  # in float32, as Hugging Face's OLMoE
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (B * T, k) each, most probable first
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(x.dtype)
+        self.router_logits, self.chosen = logits, chosen.detach()
+        run = self.experts.forward_batched if self.moe_path == "batched" else self.experts.forward_loop
+        return self.dropout(run(x, chosen, weights).view(B, T, C))
+
+    def expert_load(self):
+        """(n_experts,) fraction of the last call's (token, choice) pairs that went to each expert:
+        sums to 1, and 1 / n_experts everywhere when perfectly balanced."""
+        counts = torch.bincount(self.chosen.flatten(), minlength=self.gate.out_features)
+        return counts.float() / self.chosen.numel()
+
+
+def load_balancing_loss(router_logits, top_k):
+    """Switch Transformer's load-balancing loss (Fedus et al. 2021, eq. 4-6), as Hugging Face's
+    load_balancing_loss_func computes it for OLMoE. router_logits: one (N, E) tensor per layer.
+
+    With f_e the fraction of tokens that chose expert e among their top k, and P_e the mean router
+    probability of e: loss = E * sum_e f_e * P_e. f_e is a count, with no gradient; P_e carries it:
+    the gradient lowers the probability of each expert in proportion to how often it is chosen, so
+    the busiest experts lose the most, which evens the load. Balanced routing (f_e = k / E,
+    P_e = 1 / E) gives loss = k. Hugging Face pools every layer's tokens before multiplying (f and
+    P averaged over all layers, then one product), which is what we do so the numbers match; Switch
+    Transformer computes the product per layer and adds the layers' losses, which differs once
+    layers route differently.
+    """
+    logits = torch.cat(router_logits)  # (n_layer * N, E)
+    E = logits.size(-1)
+    probs = F.softmax(logits.float(), dim=-1)
+    chosen = probs.topk(top_k, dim=-1).indices  # (n_layer * N, k)
+    fraction = F.one_hot(chosen, E).sum(dim=1).float().mean(dim=0)  # (E,) f_e: sums to k
+    return E * (fraction * probs.mean(dim=0)).sum()
+
+
+def router_z_loss(router_logits):
+    """ST-MoE's router z-loss (Zoph et al. 2022): the mean over tokens (and layers) of
+    logsumexp(router logits)^2. It keeps the logits small: large ones make the softmax's float
+    rounding matter and the router's choices brittle, which ST-MoE found to cause instabilities.
+    The OLMoE paper uses it with weight 0.001; Hugging Face's OlmoeForCausalLM does not compute it.
+    """
+    return torch.cat(router_logits).float().logsumexp(dim=-1).square().mean()
+
+
+def feed_forward(config):
+    """The feed-forward of a block: the mixture of experts when n_experts > 0, else one SwiGLU."""
+    return MoEFeedForward(config) if config.n_experts else FeedForward(config)
+
+
 class OLMo1Block(nn.Module):
     """OLMo 1: llama.py's pre-norm block, x + attn(norm(x)) then x + mlp(norm(x)), with the
     parameter-free LayerNorm (Hugging Face keeps llama.py's attribute names)."""
@@ -511,7 +685,7 @@ class OLMo1Block(nn.Module):
         self.input_layernorm = ParameterFreeLayerNorm(config.norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = ParameterFreeLayerNorm(config.norm_eps)
-        self.mlp = FeedForward(config)
+        self.mlp = feed_forward(config)
 
     def forward(self, x, rope, mask, cache=None, layer=0):
         x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
@@ -538,12 +712,35 @@ class OLMo2Block(nn.Module):
         super().__init__()
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
-        self.mlp = FeedForward(config)
+        self.mlp = feed_forward(config)
         self.post_feedforward_layernorm = RMSNorm(config.n_embd, config.norm_eps)
 
     def forward(self, x, rope, mask, cache=None, layer=0):
         x = x + self.post_attention_layernorm(self.self_attn(x, rope, mask, cache, layer))
         x = x + self.post_feedforward_layernorm(self.mlp(x))
+        return x
+
+
+class OLMoEBlock(nn.Module):
+    """OLMoE: llama.py's pre-norm block again, x + attn(norm(x)) then x + mlp(norm(x)), with RMSNorm,
+    OLMo 2's QK-norm (and clip_qkv after it), and in OLMoE the mixture of experts as its mlp.
+
+    OLMoE (Sep 2024) came between OLMo 1 and OLMo 2 and kept the pre-norm layout; its paper's
+    ablations found QK-norm worth its cost in stability, and moved from OLMo 1's parameter-free
+    LayerNorm to RMSNorm. (FlexOlmo and OLMo 3's later MoE experiments use OLMo 2's block instead:
+    n_experts works with every block_type here.)
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = feed_forward(config)
+
+    def forward(self, x, rope, mask, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
+        x = x + self.mlp(self.post_attention_layernorm(x))
         return x
 
 
@@ -556,9 +753,10 @@ class OLMo(nn.Module):
         super().__init__()
         self.config = config
         self.activation_checkpointing = False  # main() sets it from the training key; see forward()
-        block = OLMo1Block if config.block_type == "olmo1" else OLMo2Block
-        # Hugging Face's OlmoForCausalLM / Olmo2ForCausalLM / Olmo3ForCausalLM layout (as in
-        # llama.py), so checkpoint tensor names are our parameter names.
+        block = {"olmo1": OLMo1Block, "olmo2": OLMo2Block, "olmoe": OLMoEBlock}[config.block_type]
+        # Hugging Face's OlmoForCausalLM / Olmo2ForCausalLM / Olmo3ForCausalLM / OlmoeForCausalLM
+        # layout (as in llama.py), so checkpoint tensor names are our parameter names (but for
+        # OLMoE's experts, stacked here: see Experts).
         self.model = nn.ModuleDict(
             dict(
                 embed_tokens=nn.Embedding(config.vocab_size, config.n_embd),
@@ -582,8 +780,9 @@ class OLMo(nn.Module):
         # The OLMo 2 paper reports the plain N(0, 0.02) kept the growth of activations and gradient
         # norms in check better (with the norm now on each sub-layer's output, the depth-dependent
         # shrink is no longer needed to keep the residual stream small).
+        # The experts' stacked (n_experts, out, in) matrices and the router are matrices too.
         for param in self.parameters():
-            if param.dim() == 2:
+            if param.dim() >= 2:
                 nn.init.normal_(param, mean=0.0, std=0.02)
 
     def register_position_buffers(self):
@@ -683,6 +882,13 @@ class OLMo(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+            if self.config.n_experts and self.training:
+                # Training a MoE: loss = cross_entropy + router_aux_loss_coef * balance
+                # + router_z_loss_coef * z (Hugging Face adds the first term, OLMoE's training both).
+                # In eval mode the loss is the cross-entropy alone, comparable with a dense model's.
+                router_logits = [block.mlp.router_logits for block in self.model.layers]
+                loss = (loss + self.config.router_aux_loss_coef * load_balancing_loss(router_logits, self.config.n_experts_per_token)
+                        + self.config.router_z_loss_coef * router_z_loss(router_logits))
         return logits, loss
 
     def crop_block_size(self, block_size):
@@ -749,8 +955,8 @@ class OLMo(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir, dropout=0.0, dtype=torch.float32):
         """Build an OLMo from a Hugging Face checkpoint with model_type "olmo" (OLMo 1, converted
-        "-hf" repositories such as allenai/OLMo-1B-hf), "olmo2" or "olmo3": a local directory or a
-        hub id (downloaded once, as in llama.py).
+        "-hf" repositories such as allenai/OLMo-1B-hf), "olmo2", "olmo3" or "olmoe" (such as
+        allenai/OLMoE-1B-7B-0125): a local directory or a hub id (downloaded once, as in llama.py).
 
         dtype: of the weights, float32 by default; bfloat16 halves the memory. As in llama.py the
         model is built on the meta device and takes the memory-mapped checkpoint tensors as its
@@ -1091,8 +1297,8 @@ HF_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 
 
 def hf_olmo_config(name_or_dir, dropout):
-    """(directory, OLMoConfig) of a Hugging Face checkpoint with model_type "olmo", "olmo2" or
-    "olmo3", downloading a hub id first."""
+    """(directory, OLMoConfig) of a Hugging Face checkpoint with model_type "olmo", "olmo2", "olmo3"
+    or "olmoe", downloading a hub id first."""
     directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
     config_path = os.path.join(directory, "config.json")
     if not os.path.exists(config_path):
@@ -1100,9 +1306,9 @@ def hf_olmo_config(name_or_dir, dropout):
     with open(config_path) as f:
         hf = json.load(f)
     model_type = hf.get("model_type")
-    if model_type not in ("olmo", "olmo2", "olmo3"):
-        raise ValueError(f"{directory} holds a {model_type!r} model; olmo.py loads 'olmo', 'olmo2' and 'olmo3' "
-                         f"checkpoints (the original, non-'-hf' OLMo 1 repositories need converting first)")
+    if model_type not in ("olmo", "olmo2", "olmo3", "olmoe"):
+        raise ValueError(f"{directory} holds a {model_type!r} model; olmo.py loads 'olmo', 'olmo2', 'olmo3' and "
+                         f"'olmoe' checkpoints (the original, non-'-hf' OLMo 1 repositories need converting first)")
     for key, expected in [("hidden_act", "silu"), ("attention_bias", False)]:
         if hf.get(key, expected) != expected:
             raise ValueError(f"unsupported OLMo option {key}={hf[key]!r} in {config_path} (olmo.py expects {expected!r})")
@@ -1118,13 +1324,19 @@ def hf_olmo_config(name_or_dir, dropout):
     layer_types = [HF_LAYER_TYPES[kind] for kind in hf_layer_types]
     sliding_window = (hf.get("sliding_window") or 0) if "sliding" in layer_types else 0
     rope_theta, rope_scaling = hf_rope_settings(hf, config_path)
-    return directory, OLMoConfig(
+    # OLMoE: its experts (num_local_experts is an older spelling of num_experts); intermediate_size
+    # is then each expert's width. HF has no z-loss setting: ours keeps OLMoE's training value.
+    moe = dict(n_experts=hf.get("num_experts") or hf.get("num_local_experts") or 64,
+               n_experts_per_token=hf.get("num_experts_per_tok", 8), norm_topk_prob=hf.get("norm_topk_prob", False),
+               router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.01)) if model_type == "olmoe" else {}
+    block_type = {"olmo": "olmo1", "olmoe": "olmoe"}.get(model_type, "olmo2")
+    return directory, OLMoConfig(**moe,
         block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
         n_layer=hf["num_hidden_layers"], n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head,
-        n_embd=n_embd, hidden_dim=hf["intermediate_size"], block_type="olmo1" if model_type == "olmo" else "olmo2",
-        # Hugging Face's OLMo 1 LayerNorm has a fixed eps of 1e-5; OLMo 2 and 3 read rms_norm_eps.
+        n_embd=n_embd, hidden_dim=hf["intermediate_size"], block_type=block_type,
+        # Hugging Face's OLMo 1 LayerNorm has a fixed eps of 1e-5; OLMo 2, 3 and OLMoE read rms_norm_eps.
         norm_eps=1e-5 if model_type == "olmo" else hf.get("rms_norm_eps", 1e-5),
-        clip_qkv=(hf.get("clip_qkv") or 0.0) if model_type == "olmo" else 0.0, pos_emb="rope",
+        clip_qkv=(hf.get("clip_qkv") or 0.0) if model_type in ("olmo", "olmoe") else 0.0, pos_emb="rope",
         rope_theta=rope_theta, rope_scaling=rope_scaling, sliding_window=sliding_window,
         layer_types=layer_types if sliding_window else None,
         tie_embeddings=hf.get("tie_word_embeddings", False), dropout=dropout,
@@ -1156,11 +1368,12 @@ def hf_rope_settings(hf, config_path):
 def hf_olmo_state_dict(hf_state, ours, config, dtype, directory):
     """The checkpoint's tensors, checked against ours (the model's state dict: names and shapes).
 
-    Our modules carry Hugging Face's names (as in llama.py), so nothing is renamed: this only drops
-    what is not a weight of ours and refuses a tensor that is unexpected, missing or misshapen.
+    Our modules carry Hugging Face's names (as in llama.py), so nothing is renamed but OLMoE's
+    experts (stack_hf_experts): this drops what is not a weight of ours and refuses a tensor that is
+    unexpected, missing or misshapen.
     """
     state = {}
-    for name, tensor in hf_state.items():
+    for name, tensor in stack_hf_experts(hf_state).items():
         if name.endswith("rotary_emb.inv_freq"):
             continue  # older checkpoints saved RoPE's fixed frequencies; we compute them
         if name == "lm_head.weight" and config.tie_embeddings:
@@ -1173,6 +1386,34 @@ def hf_olmo_state_dict(hf_state, ours, config, dtype, directory):
     missing = set(ours) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
     if missing:
         raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+    return state
+
+
+def stack_hf_experts(hf_state):
+    """hf_state with OLMoE's experts in our layout (see Experts): one (n_experts, out, in) tensor
+    per projection and layer, named model.layers.{i}.mlp.experts.{gate,up,down}_proj.
+
+    Two layouts come in. The released checkpoints, and what transformers 5's save_pretrained writes,
+    hold one matrix per expert, ...mlp.experts.{e}.gate_proj.weight: stacked here in expert order.
+    transformers 5's in-memory layout (in a file written with save_original_format=False) fuses
+    gate and up into ...mlp.experts.gate_up_proj (n_experts, 2 * hidden, n_embd), gate first:
+    split here; its down_proj already is ours. Any other tensor passes through unchanged.
+    """
+    state, per_expert = {}, {}
+    for name, tensor in hf_state.items():
+        parts = name.split(".")
+        # model.layers.{i}.mlp.experts.{e}.{proj}.weight: 8 parts, "experts" at 4, a number at 5
+        if len(parts) == 8 and parts[4] == "experts" and parts[5].isdigit() and parts[7] == "weight":
+            per_expert.setdefault(".".join(parts[:5] + [parts[6]]), {})[int(parts[5])] = tensor
+        elif name.endswith(".mlp.experts.gate_up_proj"):
+            prefix = name[: -len("gate_up_proj")]
+            state[prefix + "gate_proj"], state[prefix + "up_proj"] = tensor.chunk(2, dim=1)
+        else:
+            state[name] = tensor
+    for name, experts in per_expert.items():
+        if sorted(experts) != list(range(len(experts))):
+            raise ValueError(f"the checkpoint's experts for {name} are not numbered 0 .. {len(experts) - 1}")
+        state[name] = torch.stack([experts[e] for e in range(len(experts))])
     return state
 
 
