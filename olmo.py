@@ -137,7 +137,6 @@ class OLMoConfig:
     norm_topk_prob: bool = False  # rescale the k chosen probabilities to sum to 1 (OLMoE: False)
     router_aux_loss_coef: float = 0.01  # load-balancing loss weight while training (OLMoE: 0.01)
     router_z_loss_coef: float = 0.001  # router z-loss weight while training (OLMoE: 0.001)
-    moe_path: str = "loop"  # 'loop' (one expert at a time, the readable one) or 'batched' (padded bmm)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -160,8 +159,6 @@ class OLMoConfig:
         if self.router_aux_loss_coef < 0 or self.router_z_loss_coef < 0:
             raise ValueError(f"router_aux_loss_coef={self.router_aux_loss_coef} and router_z_loss_coef="
                              f"{self.router_z_loss_coef} must be >= 0 (0 switches a loss off)")
-        if self.moe_path not in ("loop", "batched"):
-            raise ValueError(f"moe_path={self.moe_path!r} must be 'loop' or 'batched'")
         if self.attention not in ("sdpa", "manual"):
             raise ValueError(f"attention={self.attention!r} must be 'sdpa' or 'manual'")
         if self.clip_qkv < 0:
@@ -536,10 +533,15 @@ class Experts(nn.Module):
     """n_experts SwiGLU feed-forwards (FeedForward's three matrices each), stacked on a leading axis:
     expert e's matrices are gate_proj[e], up_proj[e] and down_proj[e].
 
-    Stacked rather than a list of FeedForward modules so that the batched path can run them all in
-    one matrix multiply; the loop path just indexes slice e. (Hugging Face's transformers 5 stores
-    OLMoE's experts stacked too, with gate and up fused into one tensor; its checkpoint files, like
-    the released ones, keep one tensor per expert: Part 3 stacks them.)
+    Stacked (as Hugging Face's transformers 5 holds OLMoE's experts in memory, with gate and up
+    fused into one tensor; its checkpoint files, like the released ones, keep one tensor per expert:
+    Part 3 stacks them), so that a batched computation could run them all in one matrix multiply.
+    We measured one and dropped it: sorting the (token, choice) pairs by expert, padding each
+    expert's group to the busiest one's size and running three torch.bmm calls made a forward and
+    backward of the whole model 1.7x slower than forward's loop on a 2-core CPU (365 against
+    218 ms at config/olmoe_shakespeare_char_cpu.py's size: 8 experts, 768 tokens a batch): the
+    gathers, scatters and padding cost more than the 8 * 3 small matmuls they replace. On a GPU,
+    grouped-GEMM kernels (megablocks, torch._grouped_mm) are what makes a MoE fast at scale.
     """
 
     def __init__(self, config):
@@ -553,9 +555,9 @@ class Experts(nn.Module):
         """Expert e on its tokens x (n, C): FeedForward's down(silu(gate(x)) * up(x)) -> (n, C)."""
         return F.linear(F.silu(F.linear(x, self.gate_proj[e])) * F.linear(x, self.up_proj[e]), self.down_proj[e])
 
-    def forward_loop(self, x, chosen, weights):
-        """The readable path. x (N, C) tokens; chosen (N, k) each token's experts; weights (N, k)
-        their routing weights. Returns (N, C): for each token, sum_j weights[j] * expert_chosen[j](x).
+    def forward(self, x, chosen, weights):
+        """x (N, C) tokens; chosen (N, k) each token's experts; weights (N, k) their routing
+        weights. Returns (N, C): for each token, sum_j weights[j] * expert_chosen[j](x).
 
         One expert at a time: gather the tokens that chose it, run it on them alone, scatter the
         weighted outputs back onto their rows. Each token is computed by exactly k experts, so the
@@ -568,30 +570,6 @@ class Experts(nn.Module):
             y.index_add_(0, token, out)  # a token's k outputs land on the same row and add up
         return y
 
-    def forward_batched(self, x, chosen, weights):
-        """Speed path: skip on first reading. forward_loop's result with 3 batched matmuls instead
-        of 3 per expert: the (token, choice) pairs are sorted by expert and laid out in an
-        (E, capacity, C) tensor, each expert's row padded with zeros to the busiest expert's count,
-        then every expert runs on its row at once with torch.bmm. The padding is wasted work
-        (capacity * E >= N * k), small when the load is balanced. (Switch Transformer fixes the
-        capacity in advance and drops the overflow tokens; OLMoE is "dropless", as this is.)
-        """
-        N, k = chosen.shape
-        E = self.gate_proj.size(0)
-        expert_of = chosen.flatten()  # (N * k,): the expert of each (token, choice) pair
-        order = expert_of.argsort(stable=True)  # pairs grouped by expert
-        counts = torch.bincount(expert_of, minlength=E)  # (E,) pairs per expert
-        sorted_expert = expert_of[order]
-        # Rank of each sorted pair within its expert's group: its index minus where the group starts.
-        rank = torch.arange(N * k, device=x.device) - (counts.cumsum(0) - counts)[sorted_expert]
-        token = order // k  # (N * k,) the token of each sorted pair
-        grouped = x.new_zeros(E, int(counts.max()), x.size(1))  # (E, capacity, C)
-        grouped[sorted_expert, rank] = x[token]
-        hidden = F.silu(grouped @ self.gate_proj.transpose(1, 2)) * (grouped @ self.up_proj.transpose(1, 2))
-        out = (hidden @ self.down_proj.transpose(1, 2))[sorted_expert, rank]  # (N * k, C), sorted order
-        out = out * weights.flatten()[order, None]
-        return torch.zeros_like(x).index_add_(0, token, out)
-
 
 class MoEFeedForward(nn.Module):
     """OLMoE's sparse mixture-of-experts feed-forward (Muennighoff et al., "OLMoE: Open
@@ -603,9 +581,9 @@ class MoEFeedForward(nn.Module):
     (renormalised to sum to 1 when norm_topk_prob; OLMoE leaves them as they are, so the weights
     also say how sure the router is). The parameters grow with n_experts, the compute per token with
     k: OLMoE-1B-7B holds 6.9B parameters but runs 1.3B per token (its name: 7B total, 1B active),
-    and its paper reports it ahead of dense models with similar active parameters. The router's choice is not
-    differentiable, but the weights are: the gradient teaches the router through them which experts
-    served a token well.
+    and its paper reports it ahead of dense models with similar active parameters. The router's
+    choice is not differentiable, but the weights are: the gradient teaches the router through them
+    which experts served a token well.
 
     A router left alone tends to collapse onto a few experts (those chosen early train faster, so
     they get chosen more), hence the load-balancing loss (see load_balancing_loss). Each call keeps
@@ -615,7 +593,7 @@ class MoEFeedForward(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.top_k, self.norm_topk_prob, self.moe_path = config.n_experts_per_token, config.norm_topk_prob, config.moe_path
+        self.top_k, self.norm_topk_prob = config.n_experts_per_token, config.norm_topk_prob
         self.gate = nn.Linear(config.n_embd, config.n_experts, bias=False)  # the router; Hugging Face's name
         self.experts = Experts(config)
         self.dropout = nn.Dropout(config.dropout)
@@ -631,8 +609,7 @@ class MoEFeedForward(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights.to(x.dtype)
         self.router_logits, self.chosen = logits, chosen.detach()
-        run = self.experts.forward_batched if self.moe_path == "batched" else self.experts.forward_loop
-        return self.dropout(run(x, chosen, weights).view(B, T, C))
+        return self.dropout(self.experts(x, chosen, weights).view(B, T, C))
 
     def expert_load(self):
         """(n_experts,) fraction of the last call's (token, choice) pairs that went to each expert:
@@ -804,6 +781,13 @@ class OLMo(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # a tied matrix is counted once
 
+    def num_active_params(self):
+        """Parameters one token runs through: all of them, less the experts it was not routed to
+        (n_experts - k per layer, 3 * n_embd * hidden_dim each). A dense model's are num_params()."""
+        cfg = self.config
+        idle_experts = cfg.n_layer * (cfg.n_experts - cfg.n_experts_per_token) if cfg.n_experts else 0
+        return self.num_params() - idle_experts * 3 * cfg.n_embd * cfg.hidden_dim
+
     def attention_mask(self, past, T, window, device):
         """What T new queries (positions past .. past + T - 1) may look at, in a layer with this window.
 
@@ -887,8 +871,9 @@ class OLMo(nn.Module):
                 # + router_z_loss_coef * z (Hugging Face adds the first term, OLMoE's training both).
                 # In eval mode the loss is the cross-entropy alone, comparable with a dense model's.
                 router_logits = [block.mlp.router_logits for block in self.model.layers]
-                loss = (loss + self.config.router_aux_loss_coef * load_balancing_loss(router_logits, self.config.n_experts_per_token)
-                        + self.config.router_z_loss_coef * router_z_loss(router_logits))
+                balance = load_balancing_loss(router_logits, self.config.n_experts_per_token)
+                z = router_z_loss(router_logits)
+                loss = loss + self.config.router_aux_loss_coef * balance + self.config.router_z_loss_coef * z
         return logits, loss
 
     def crop_block_size(self, block_size):
@@ -996,12 +981,14 @@ class OLMo(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def flops_per_token(self):
-        """Training FLOPs per token as in llama.py: 6 per matmul parameter, plus attention's
-        12 * T_seen * n_embd per layer, where a sliding layer's query sees at most its window."""
+        """Training FLOPs per token as in llama.py: 6 per matmul parameter it runs through (with
+        experts, the active ones only), plus attention's 12 * T_seen * n_embd per layer, where a
+        sliding layer's query sees at most its window. (The router's softmax, top-k, gathers and
+        scatters are not matmuls and are not counted.)"""
         cfg = self.config
         lookup = 0 if cfg.tie_embeddings else self.model.embed_tokens.weight.numel()
         attention = sum(12 * min(cfg.block_size, window or cfg.block_size) * cfg.n_embd for window in self.layer_windows)
-        return 6 * (self.num_params() - lookup) + attention
+        return 6 * (self.num_active_params() - lookup) + attention
 
 
 def check_sampling_options(temperature, top_k, top_p, repetition_penalty):
@@ -1093,6 +1080,12 @@ sliding_window = 0  # > 0: OLMo 3's pattern, three layers of every four attend o
 tie_embeddings = False
 dropout = 0.0
 attention = "sdpa"
+# mixture of experts (OLMoE, with block_type='olmoe'); 0 experts: the dense SwiGLU of every OLMo
+n_experts = 0  # > 0: each feed-forward is this many experts (OLMoE-1B-7B: 64), each 1/k the dense width
+n_experts_per_token = 2  # top-k experts per token (OLMoE-1B-7B: 8)
+norm_topk_prob = False  # rescale the k routing weights to sum to 1 (OLMoE: False)
+router_aux_loss_coef = 0.01  # load-balancing loss weight (OLMoE: 0.01)
+router_z_loss_coef = 0.001  # router z-loss weight (OLMoE: 0.001)
 # AdamW
 learning_rate = 6e-4
 max_iters = 5000
@@ -1142,6 +1135,19 @@ def load_pretrained_olmo(cfg, meta, runtime):
     return model
 
 
+def expert_load_record(model):
+    """{"expert_load": [per layer, the fraction of (token, choice) pairs each expert received]} for
+    the eval record of a mixture of experts ({} for a dense model): from the last batch the
+    evaluation ran (a validation batch of batch_size * block_size tokens; see MoEFeedForward).
+
+    Balanced is 1 / n_experts everywhere; an expert near 0 is dead (the router never picks it and it
+    stops learning), one far above 1 / n_experts is a bottleneck. plot.py --experts draws it.
+    """
+    if not model.config.n_experts:
+        return {}
+    return {"expert_load": [[round(f, 4) for f in block.mlp.expert_load().tolist()] for block in model.model.layers]}
+
+
 def main(argv):
     # ---- the config: defaults, then config files and --key=value (a resume takes the checkpoint's) ----
     defaults = {k: globals()[k] for k in config_keys}
@@ -1178,7 +1184,8 @@ def main(argv):
 
     # ---- model: from scratch, from a checkpoint, or a pretrained Hugging Face OLMo ----
     model_keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "multiple_of", "block_type", "norm_eps",
-                  "clip_qkv", "pos_emb", "rope_theta", "sliding_window", "tie_embeddings", "dropout", "attention")
+                  "clip_qkv", "pos_emb", "rope_theta", "sliding_window", "tie_embeddings", "dropout", "attention",
+                  "n_experts", "n_experts_per_token", "norm_topk_prob", "router_aux_loss_coef", "router_z_loss_coef")
     if cfg["init_from"] == "scratch":
         vocab_size = meta["vocab_size"]
         if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
@@ -1238,7 +1245,8 @@ def main(argv):
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             log_eval(run_log, wandb, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
-                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr})
+                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
+                     | expert_load_record(raw_model))  # a MoE's routing, for plot.py --experts (Part 2)
             check_finite("val loss", losses["val"], iter_num, cfg)
             if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                 best_val_loss = min(best_val_loss, losses["val"])
