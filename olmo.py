@@ -4,7 +4,8 @@ the training loop; plus ALiBi, the third way of telling a Transformer where its 
 
 OLMo is the Allen Institute for AI's "fully open" language model: not only the weights but the
 training data (Dolma), the code, the intermediate checkpoints and the training logs are published,
-so every design choice below can be traced to a paper and an ablation. Three generations:
+so every design choice below can be traced to a paper and an ablation. Three generations and a
+sparse branch:
   - OLMo 1 (Groeneveld et al., "OLMo: Accelerating the Science of Language Models", Feb 2024;
     1B and 7B): a Llama-like decoder with no biases, SwiGLU and RoPE, but a LayerNorm with no
     learnable scale or shift at all, and (from OLMo 1.7) clip_qkv, which clamps the query, key and
@@ -17,6 +18,10 @@ so every design choice below can be traced to a paper and an ablation. Three gen
     every four layers (each attends to the last 4096 tokens only; every fourth layer sees the whole
     context), which keeps long-context (65K) training and inference affordable, and YaRN rescaling
     of the rotary frequencies in the full-attention layers for the long-context stage.
+  - OLMoE (Muennighoff et al., "OLMoE: Open Mixture-of-Experts Language Models", Sep 2024;
+    OLMoE-1B-7B): the sparse branch. A pre-norm block with RMSNorm and QK-norm whose feed-forward is
+    64 small SwiGLU experts, of which a learned router sends each token through 8: 7B parameters,
+    1B of them used per token.
 
 What differs from llama.py, and why (the data, the loss, sampling and the training loop are
 llama.py's, which are gpt.py's, so read those first):
@@ -41,14 +46,23 @@ llama.py's, which are gpt.py's, so read those first):
      table in gpt.py, rotation in llama.py, linear biases here), the one its paper claims
      extrapolates best to sequences longer than those trained on. benchmarks/compare_decoders.py
      measures that claim against the other two.
+  6. Mixture of experts (OLMoE; block_type='olmoe', n_experts > 0): each feed-forward becomes
+     n_experts SwiGLUs and a router that picks n_experts_per_token of them per token (top-k of a
+     softmax), weighting their outputs by its probabilities. More parameters at the same compute per
+     token; the price is routing, and two auxiliary losses that keep it healthy: load balancing
+     (Switch Transformer) so that no expert starves, and the z-loss (ST-MoE) so that the router's
+     logits stay small. Training logs each expert's share of the tokens (plot.py --experts).
 
 What you will learn here: the three OLMo blocks side by side and the stability reasoning behind
-each change, the sliding-window mask and its small cache, YaRN's frequency interpolation, and
-ALiBi's slopes (including AI2's and BLOOM's trick for head counts that are not powers of two).
+each change, the sliding-window mask and its small cache, YaRN's frequency interpolation, ALiBi's
+slopes (including AI2's and BLOOM's trick for head counts that are not powers of two), and how a
+mixture of experts routes tokens, computes only the experts chosen, and is kept balanced.
 
 How to read it: Part 1 (the model) first, read against llama.py's: the two norms, the position
-schemes (RoPE with YaRN, ALiBi), the sliding-window cache, Attention, the OLMo 1 and OLMo 2 blocks,
-OLMo. Part 2's main() is gpt.py's step for step; only the pretrained path differs (load_pretrained_olmo).
+schemes (RoPE with YaRN, ALiBi), the sliding-window cache, Attention, the feed-forwards (dense, then
+the mixture of experts with its two losses), the OLMo 1, OLMo 2 and OLMoE blocks, OLMo. Part 2's
+main() is gpt.py's step for step; only the pretrained path differs (load_pretrained_olmo), and an
+evaluation of a mixture of experts also logs its expert load (expert_load_record).
 Part 3 maps Hugging Face's configs and tensor names onto ours, then holds the helpers every script
 shares (read once, in gpt.py).
 
@@ -58,9 +72,11 @@ Run it:
     python olmo.py config/olmo_shakespeare_char_cpu.py --pos_emb=alibi         # ALiBi instead of RoPE
     python olmo.py config/olmo_shakespeare_char_cpu.py --sliding_window=16     # OLMo 3's layer pattern
     python olmo.py config/olmo_shakespeare_char.py --init_from=resume          # continue exactly
+    python olmo.py config/olmoe_shakespeare_char_cpu.py     # OLMoE: 8 experts, 2 per token (CPU)
     python sample.py --out_dir=out-olmo-shakespeare-char    # generate from what you trained
-and in Python, a pretrained model (a Hugging Face "olmo", "olmo2" or "olmo3" checkpoint):
+and in Python, a pretrained model (a Hugging Face "olmo", "olmo2", "olmo3" or "olmoe" checkpoint):
     model = OLMo.from_pretrained("allenai/OLMo-2-0425-1B")
+    model = OLMo.from_pretrained("allenai/OLMoE-1B-7B-0125")
 """
 
 import json
@@ -203,7 +219,8 @@ class OLMoConfig:
 
 # -----------------------------------------------------------------------------
 # Building blocks, in the order data meets them: token embeddings (a plain nn.Embedding), the
-# norms, positions (RoPE or ALiBi), attention with its cache, the feed-forward, the two blocks.
+# norms, positions (RoPE or ALiBi), attention with its cache, the feed-forwards (dense, mixture of
+# experts), the three blocks.
 
 
 class ParameterFreeLayerNorm(nn.Module):
