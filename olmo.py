@@ -4,7 +4,8 @@ the training loop; plus ALiBi, the third way of telling a Transformer where its 
 
 OLMo is the Allen Institute for AI's "fully open" language model: not only the weights but the
 training data (Dolma), the code, the intermediate checkpoints and the training logs are published,
-so every design choice below can be traced to a paper and an ablation. Three generations:
+so every design choice below can be traced to a paper and an ablation. Three generations and a
+sparse branch:
   - OLMo 1 (Groeneveld et al., "OLMo: Accelerating the Science of Language Models", Feb 2024;
     1B and 7B): a Llama-like decoder with no biases, SwiGLU and RoPE, but a LayerNorm with no
     learnable scale or shift at all, and (from OLMo 1.7) clip_qkv, which clamps the query, key and
@@ -17,6 +18,10 @@ so every design choice below can be traced to a paper and an ablation. Three gen
     every four layers (each attends to the last 4096 tokens only; every fourth layer sees the whole
     context), which keeps long-context (65K) training and inference affordable, and YaRN rescaling
     of the rotary frequencies in the full-attention layers for the long-context stage.
+  - OLMoE (Muennighoff et al., "OLMoE: Open Mixture-of-Experts Language Models", Sep 2024;
+    OLMoE-1B-7B): the sparse branch. A pre-norm block with RMSNorm and QK-norm whose feed-forward is
+    64 small SwiGLU experts, of which a learned router sends each token through 8: 7B parameters,
+    1B of them used per token.
 
 What differs from llama.py, and why (the data, the loss, sampling and the training loop are
 llama.py's, which are gpt.py's, so read those first):
@@ -41,14 +46,23 @@ llama.py's, which are gpt.py's, so read those first):
      table in gpt.py, rotation in llama.py, linear biases here), the one its paper claims
      extrapolates best to sequences longer than those trained on. benchmarks/compare_decoders.py
      measures that claim against the other two.
+  6. Mixture of experts (OLMoE; block_type='olmoe', n_experts > 0): each feed-forward becomes
+     n_experts SwiGLUs and a router that picks n_experts_per_token of them per token (top-k of a
+     softmax), weighting their outputs by its probabilities. More parameters at the same compute per
+     token; the price is routing, and two auxiliary losses that keep it healthy: load balancing
+     (Switch Transformer) so that no expert starves, and the z-loss (ST-MoE) so that the router's
+     logits stay small. Training logs each expert's share of the tokens (plot.py --experts).
 
 What you will learn here: the three OLMo blocks side by side and the stability reasoning behind
-each change, the sliding-window mask and its small cache, YaRN's frequency interpolation, and
-ALiBi's slopes (including AI2's and BLOOM's trick for head counts that are not powers of two).
+each change, the sliding-window mask and its small cache, YaRN's frequency interpolation, ALiBi's
+slopes (including AI2's and BLOOM's trick for head counts that are not powers of two), and how a
+mixture of experts routes tokens, computes only the experts chosen, and is kept balanced.
 
 How to read it: Part 1 (the model) first, read against llama.py's: the two norms, the position
-schemes (RoPE with YaRN, ALiBi), the sliding-window cache, Attention, the OLMo 1 and OLMo 2 blocks,
-OLMo. Part 2's main() is gpt.py's step for step; only the pretrained path differs (load_pretrained_olmo).
+schemes (RoPE with YaRN, ALiBi), the sliding-window cache, Attention, the feed-forwards (dense, then
+the mixture of experts with its two losses), the OLMo 1, OLMo 2 and OLMoE blocks, OLMo. Part 2's
+main() is gpt.py's step for step; only the pretrained path differs (load_pretrained_olmo), and an
+evaluation of a mixture of experts also logs its expert load (expert_load_record).
 Part 3 maps Hugging Face's configs and tensor names onto ours, then holds the helpers every script
 shares (read once, in gpt.py).
 
@@ -58,9 +72,11 @@ Run it:
     python olmo.py config/olmo_shakespeare_char_cpu.py --pos_emb=alibi         # ALiBi instead of RoPE
     python olmo.py config/olmo_shakespeare_char_cpu.py --sliding_window=16     # OLMo 3's layer pattern
     python olmo.py config/olmo_shakespeare_char.py --init_from=resume          # continue exactly
+    python olmo.py config/olmoe_shakespeare_char_cpu.py     # OLMoE: 8 experts, 2 per token (CPU)
     python sample.py --out_dir=out-olmo-shakespeare-char    # generate from what you trained
-and in Python, a pretrained model (a Hugging Face "olmo", "olmo2" or "olmo3" checkpoint):
+and in Python, a pretrained model (a Hugging Face "olmo", "olmo2", "olmo3" or "olmoe" checkpoint):
     model = OLMo.from_pretrained("allenai/OLMo-2-0425-1B")
+    model = OLMo.from_pretrained("allenai/OLMoE-1B-7B-0125")
 """
 
 import json
@@ -129,6 +145,14 @@ class OLMoConfig:
     tie_embeddings: bool = False  # OLMo 1 1B ties; OLMo 2 and 3 do not
     dropout: float = 0.0  # AI2 trains without dropout; small data sets want some
     attention: str = "sdpa"  # 'sdpa' (fused kernel) or 'manual' (written out), as in gpt.py
+    # Mixture of experts (OLMoE, see MoEFeedForward). 0 experts: one dense SwiGLU per block, as in
+    # every OLMo; otherwise each block's feed-forward is n_experts SwiGLUs of which a router picks
+    # n_experts_per_token per token (OLMoE-1B-7B: 8 of 64; Mixtral: 2 of 8; Switch Transformer: 1).
+    n_experts: int = 0
+    n_experts_per_token: int = 2
+    norm_topk_prob: bool = False  # rescale the k chosen probabilities to sum to 1 (OLMoE: False)
+    router_aux_loss_coef: float = 0.01  # load-balancing loss weight while training (OLMoE: 0.01)
+    router_z_loss_coef: float = 0.001  # router z-loss weight while training (OLMoE: 0.001)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -141,8 +165,16 @@ class OLMoConfig:
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2 != 0:
             raise ValueError(f"head dimension n_embd // n_head = {self.n_embd // self.n_head} must be even: "
                              f"RoPE rotates channels in pairs")
-        if self.block_type not in ("olmo1", "olmo2"):
-            raise ValueError(f"block_type={self.block_type!r} must be 'olmo1' or 'olmo2'")
+        if self.block_type not in ("olmo1", "olmo2", "olmoe"):
+            raise ValueError(f"block_type={self.block_type!r} must be 'olmo1', 'olmo2' or 'olmoe'")
+        if self.n_experts < 0:
+            raise ValueError(f"n_experts={self.n_experts} must be at least 1 (or 0 for a dense feed-forward)")
+        if self.n_experts and not 1 <= self.n_experts_per_token <= self.n_experts:
+            raise ValueError(f"n_experts_per_token={self.n_experts_per_token} must be between 1 and "
+                             f"n_experts={self.n_experts}")
+        if self.router_aux_loss_coef < 0 or self.router_z_loss_coef < 0:
+            raise ValueError(f"router_aux_loss_coef={self.router_aux_loss_coef} and router_z_loss_coef="
+                             f"{self.router_z_loss_coef} must be >= 0 (0 switches a loss off)")
         if self.attention not in ("sdpa", "manual"):
             raise ValueError(f"attention={self.attention!r} must be 'sdpa' or 'manual'")
         if self.clip_qkv < 0:
@@ -173,6 +205,12 @@ class OLMoConfig:
             # llama.py's recipe: 2/3 of 4 * n_embd, rounded up to multiple_of (OLMo 2 7B: 11008).
             hidden = int(2 * 4 * self.n_embd / 3)
             self.hidden_dim = self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+            if self.n_experts:
+                # Each expert gets 1/k of that width, so the k experts a token runs through are
+                # together as wide as the dense SwiGLU: the same active parameters and FLOPs per
+                # token, n_experts / k times the total parameters. (OLMoE-1B-7B sets its width
+                # directly: 64 experts of 1024, 8 active, against hidden size 2048.)
+                self.hidden_dim = max(1, self.hidden_dim // self.n_experts_per_token)
 
     def layer_windows(self):
         """Per layer, how far back its queries may look: sliding_window, or None for the whole context."""
@@ -181,7 +219,8 @@ class OLMoConfig:
 
 # -----------------------------------------------------------------------------
 # Building blocks, in the order data meets them: token embeddings (a plain nn.Embedding), the
-# norms, positions (RoPE or ALiBi), attention with its cache, the feed-forward, the two blocks.
+# norms, positions (RoPE or ALiBi), attention with its cache, the feed-forwards (dense, mixture of
+# experts), the three blocks.
 
 
 class ParameterFreeLayerNorm(nn.Module):
@@ -437,7 +476,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.n_head * self.head_dim, config.n_embd, bias=False)
-        self.qk_norm = config.block_type == "olmo2"
+        self.qk_norm = config.block_type in ("olmo2", "olmoe")
+        # OLMo 1.7 clamps the raw projections; OLMoE clamps after QK-norm (as Hugging Face's
+        # OlmoeAttention does), so the clip bounds exactly what enters the dot products.
+        self.clip_after_norm = config.block_type == "olmoe"
         if self.qk_norm:
             self.q_norm = RMSNorm(config.n_head * self.head_dim, config.norm_eps)
             self.k_norm = RMSNorm(config.n_kv_head * self.head_dim, config.norm_eps)
@@ -447,10 +489,12 @@ class Attention(nn.Module):
         """x (B, T, C); rope: (cos, sin) or None (ALiBi); mask: see OLMo.attention_mask."""
         B, T, C = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # (B, T, heads * head_dim)
-        if self.clip_qkv:  # 0: no clipping
+        if self.clip_qkv and not self.clip_after_norm:  # 0: no clipping
             q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)  # over all heads' channels together
+        if self.clip_qkv and self.clip_after_norm:
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, head_dim)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
@@ -502,6 +546,130 @@ class FeedForward(nn.Module):
         return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
 
 
+class Experts(nn.Module):
+    """n_experts SwiGLU feed-forwards (FeedForward's three matrices each), stacked on a leading axis:
+    expert e's matrices are gate_proj[e], up_proj[e] and down_proj[e].
+
+    Stacked (as Hugging Face's transformers 5 holds OLMoE's experts in memory, with gate and up
+    fused into one tensor; its checkpoint files, like the released ones, keep one tensor per expert:
+    Part 3 stacks them), so that a batched computation could run them all in one matrix multiply.
+    We measured one and dropped it: sorting the (token, choice) pairs by expert, padding each
+    expert's group to the busiest one's size and running three torch.bmm calls made a forward and
+    backward of the whole model 1.7x slower than forward's loop on a 2-core CPU (365 against
+    218 ms at config/olmoe_shakespeare_char_cpu.py's size: 8 experts, 768 tokens a batch): the
+    gathers, scatters and padding cost more than the 8 * 3 small matmuls they replace. On a GPU,
+    grouped-GEMM kernels (megablocks, torch._grouped_mm) are what makes a MoE fast at scale.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        E, C, H = config.n_experts, config.n_embd, config.hidden_dim
+        self.gate_proj = nn.Parameter(torch.empty(E, H, C))  # nn.Linear's (out, in) layout, per expert
+        self.up_proj = nn.Parameter(torch.empty(E, H, C))
+        self.down_proj = nn.Parameter(torch.empty(E, C, H))
+
+    def expert(self, e, x):
+        """Expert e on its tokens x (n, C): FeedForward's down(silu(gate(x)) * up(x)) -> (n, C)."""
+        return F.linear(F.silu(F.linear(x, self.gate_proj[e])) * F.linear(x, self.up_proj[e]), self.down_proj[e])
+
+    def forward(self, x, chosen, weights):
+        """x (N, C) tokens; chosen (N, k) each token's experts; weights (N, k) their routing
+        weights. Returns (N, C): for each token, sum_j weights[j] * expert_chosen[j](x).
+
+        One expert at a time: gather the tokens that chose it, run it on them alone, scatter the
+        weighted outputs back onto their rows. Each token is computed by exactly k experts, so the
+        work is k dense feed-forwards' worth however many experts there are (the point of a MoE).
+        """
+        y = torch.zeros_like(x)
+        for e in range(self.gate_proj.size(0)):
+            token, slot = torch.where(chosen == e)  # (n_e,) each: which tokens chose e, as which choice
+            out = self.expert(e, x[token]) * weights[token, slot, None]  # (n_e, C)
+            y.index_add_(0, token, out)  # a token's k outputs land on the same row and add up
+        return y
+
+
+class MoEFeedForward(nn.Module):
+    """OLMoE's sparse mixture-of-experts feed-forward (Muennighoff et al., "OLMoE: Open
+    Mixture-of-Experts Language Models", Sep 2024), replacing FeedForward when n_experts > 0.
+
+    Many feed-forwards (the experts) and a router, gate: a bias-free linear map from a token to one
+    logit per expert. A softmax turns the logits into probabilities, the token goes through the k
+    most probable experts only, and their outputs are summed weighted by those probabilities
+    (renormalised to sum to 1 when norm_topk_prob; OLMoE leaves them as they are, so the weights
+    also say how sure the router is). The parameters grow with n_experts, the compute per token with
+    k: OLMoE-1B-7B holds 6.9B parameters but runs 1.3B per token (its name: 7B total, 1B active),
+    and its paper reports it ahead of dense models with similar active parameters. The router's
+    choice is not differentiable, but the weights are: the gradient teaches the router through them
+    which experts served a token well.
+
+    A router left alone tends to collapse onto a few experts (those chosen early train faster, so
+    they get chosen more), hence the load-balancing loss (see load_balancing_loss). Each call keeps
+    its router_logits (N, n_experts), for the model's auxiliary losses, and chosen (N, k), for
+    expert_load(): what fraction of the tokens each expert received.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.top_k, self.norm_topk_prob = config.n_experts_per_token, config.norm_topk_prob
+        self.gate = nn.Linear(config.n_embd, config.n_experts, bias=False)  # the router; Hugging Face's name
+        self.experts = Experts(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.router_logits = self.chosen = None  # of the last call
+
+    def forward(self, x):
+        B, T, C = x.shape
+        x = x.reshape(B * T, C)  # routing is per token: batch and time are one axis here
+        logits = self.gate(x)  # (B * T, n_experts)
+        probs = F.softmax(logits.float(), dim=-1)  # in float32, as Hugging Face's OLMoE
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (B * T, k) each, most probable first
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights.to(x.dtype)
+        self.router_logits, self.chosen = logits, chosen.detach()
+        return self.dropout(self.experts(x, chosen, weights).view(B, T, C))
+
+    def expert_load(self):
+        """(n_experts,) fraction of the last call's (token, choice) pairs that went to each expert:
+        sums to 1, and 1 / n_experts everywhere when perfectly balanced."""
+        counts = torch.bincount(self.chosen.flatten(), minlength=self.gate.out_features)
+        return counts.float() / self.chosen.numel()
+
+
+def load_balancing_loss(router_logits, top_k):
+    """Switch Transformer's load-balancing loss (Fedus et al. 2021, eq. 4-6), as Hugging Face's
+    load_balancing_loss_func computes it for OLMoE. router_logits: one (N, E) tensor per layer.
+
+    With f_e the fraction of tokens that chose expert e among their top k, and P_e the mean router
+    probability of e: loss = E * sum_e f_e * P_e. f_e is a count, with no gradient; P_e carries it:
+    the gradient lowers the probability of each expert in proportion to how often it is chosen, so
+    the busiest experts lose the most, which evens the load. Balanced routing (f_e = k / E,
+    P_e = 1 / E) gives loss = k. Hugging Face pools every layer's tokens before multiplying (f and
+    P averaged over all layers, then one product), which is what we do so the numbers match; Switch
+    Transformer computes the product per layer and adds the layers' losses, which differs once
+    layers route differently.
+    """
+    logits = torch.cat(router_logits)  # (n_layer * N, E)
+    E = logits.size(-1)
+    probs = F.softmax(logits.float(), dim=-1)
+    chosen = probs.topk(top_k, dim=-1).indices  # (n_layer * N, k)
+    fraction = F.one_hot(chosen, E).sum(dim=1).float().mean(dim=0)  # (E,) f_e: sums to k
+    return E * (fraction * probs.mean(dim=0)).sum()
+
+
+def router_z_loss(router_logits):
+    """ST-MoE's router z-loss (Zoph et al. 2022): the mean over tokens (and layers) of
+    logsumexp(router logits)^2. It keeps the logits small: large ones make the softmax's float
+    rounding matter and the router's choices brittle, which ST-MoE found to cause instabilities.
+    The OLMoE paper uses it with weight 0.001; Hugging Face's OlmoeForCausalLM does not compute it.
+    """
+    return torch.cat(router_logits).float().logsumexp(dim=-1).square().mean()
+
+
+def feed_forward(config):
+    """The feed-forward of a block: the mixture of experts when n_experts > 0, else one SwiGLU."""
+    return MoEFeedForward(config) if config.n_experts else FeedForward(config)
+
+
 class OLMo1Block(nn.Module):
     """OLMo 1: llama.py's pre-norm block, x + attn(norm(x)) then x + mlp(norm(x)), with the
     parameter-free LayerNorm (Hugging Face keeps llama.py's attribute names)."""
@@ -511,7 +679,7 @@ class OLMo1Block(nn.Module):
         self.input_layernorm = ParameterFreeLayerNorm(config.norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = ParameterFreeLayerNorm(config.norm_eps)
-        self.mlp = FeedForward(config)
+        self.mlp = feed_forward(config)
 
     def forward(self, x, rope, mask, cache=None, layer=0):
         x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
@@ -538,12 +706,35 @@ class OLMo2Block(nn.Module):
         super().__init__()
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
-        self.mlp = FeedForward(config)
+        self.mlp = feed_forward(config)
         self.post_feedforward_layernorm = RMSNorm(config.n_embd, config.norm_eps)
 
     def forward(self, x, rope, mask, cache=None, layer=0):
         x = x + self.post_attention_layernorm(self.self_attn(x, rope, mask, cache, layer))
         x = x + self.post_feedforward_layernorm(self.mlp(x))
+        return x
+
+
+class OLMoEBlock(nn.Module):
+    """OLMoE: llama.py's pre-norm block again, x + attn(norm(x)) then x + mlp(norm(x)), with RMSNorm,
+    OLMo 2's QK-norm (and clip_qkv after it), and in OLMoE the mixture of experts as its mlp.
+
+    OLMoE (Sep 2024) came between OLMo 1 and OLMo 2 and kept the pre-norm layout; its paper's
+    ablations found QK-norm worth its cost in stability, and moved from OLMo 1's parameter-free
+    LayerNorm to RMSNorm. (FlexOlmo and OLMo 3's later MoE experiments use OLMo 2's block instead:
+    n_experts works with every block_type here.)
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = feed_forward(config)
+
+    def forward(self, x, rope, mask, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
+        x = x + self.mlp(self.post_attention_layernorm(x))
         return x
 
 
@@ -556,9 +747,10 @@ class OLMo(nn.Module):
         super().__init__()
         self.config = config
         self.activation_checkpointing = False  # main() sets it from the training key; see forward()
-        block = OLMo1Block if config.block_type == "olmo1" else OLMo2Block
-        # Hugging Face's OlmoForCausalLM / Olmo2ForCausalLM / Olmo3ForCausalLM layout (as in
-        # llama.py), so checkpoint tensor names are our parameter names.
+        block = {"olmo1": OLMo1Block, "olmo2": OLMo2Block, "olmoe": OLMoEBlock}[config.block_type]
+        # Hugging Face's OlmoForCausalLM / Olmo2ForCausalLM / Olmo3ForCausalLM / OlmoeForCausalLM
+        # layout (as in llama.py), so checkpoint tensor names are our parameter names (but for
+        # OLMoE's experts, stacked here: see Experts).
         self.model = nn.ModuleDict(
             dict(
                 embed_tokens=nn.Embedding(config.vocab_size, config.n_embd),
@@ -582,8 +774,9 @@ class OLMo(nn.Module):
         # The OLMo 2 paper reports the plain N(0, 0.02) kept the growth of activations and gradient
         # norms in check better (with the norm now on each sub-layer's output, the depth-dependent
         # shrink is no longer needed to keep the residual stream small).
+        # The experts' stacked (n_experts, out, in) matrices and the router are matrices too.
         for param in self.parameters():
-            if param.dim() == 2:
+            if param.dim() >= 2:
                 nn.init.normal_(param, mean=0.0, std=0.02)
 
     def register_position_buffers(self):
@@ -604,6 +797,13 @@ class OLMo(nn.Module):
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())  # a tied matrix is counted once
+
+    def num_active_params(self):
+        """Parameters one token runs through: all of them, less the experts it was not routed to
+        (n_experts - k per layer, 3 * n_embd * hidden_dim each). A dense model's are num_params()."""
+        cfg = self.config
+        idle_experts = cfg.n_layer * (cfg.n_experts - cfg.n_experts_per_token) if cfg.n_experts else 0
+        return self.num_params() - idle_experts * 3 * cfg.n_embd * cfg.hidden_dim
 
     def attention_mask(self, past, T, window, device):
         """What T new queries (positions past .. past + T - 1) may look at, in a layer with this window.
@@ -683,6 +883,14 @@ class OLMo(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+            if self.config.n_experts and self.training:
+                # Training a MoE: loss = cross_entropy + router_aux_loss_coef * balance
+                # + router_z_loss_coef * z (Hugging Face adds the first term, OLMoE's training both).
+                # In eval mode the loss is the cross-entropy alone, comparable with a dense model's.
+                router_logits = [block.mlp.router_logits for block in self.model.layers]
+                balance = load_balancing_loss(router_logits, self.config.n_experts_per_token)
+                z = router_z_loss(router_logits)
+                loss = loss + self.config.router_aux_loss_coef * balance + self.config.router_z_loss_coef * z
         return logits, loss
 
     def crop_block_size(self, block_size):
@@ -749,8 +957,8 @@ class OLMo(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_dir, dropout=0.0, dtype=torch.float32):
         """Build an OLMo from a Hugging Face checkpoint with model_type "olmo" (OLMo 1, converted
-        "-hf" repositories such as allenai/OLMo-1B-hf), "olmo2" or "olmo3": a local directory or a
-        hub id (downloaded once, as in llama.py).
+        "-hf" repositories such as allenai/OLMo-1B-hf), "olmo2", "olmo3" or "olmoe" (such as
+        allenai/OLMoE-1B-7B-0125): a local directory or a hub id (downloaded once, as in llama.py).
 
         dtype: of the weights, float32 by default; bfloat16 halves the memory. As in llama.py the
         model is built on the meta device and takes the memory-mapped checkpoint tensors as its
@@ -790,12 +998,14 @@ class OLMo(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def flops_per_token(self):
-        """Training FLOPs per token as in llama.py: 6 per matmul parameter, plus attention's
-        12 * T_seen * n_embd per layer, where a sliding layer's query sees at most its window."""
+        """Training FLOPs per token as in llama.py: 6 per matmul parameter it runs through (with
+        experts, the active ones only), plus attention's 12 * T_seen * n_embd per layer, where a
+        sliding layer's query sees at most its window. (The router's softmax, top-k, gathers and
+        scatters are not matmuls and are not counted.)"""
         cfg = self.config
         lookup = 0 if cfg.tie_embeddings else self.model.embed_tokens.weight.numel()
         attention = sum(12 * min(cfg.block_size, window or cfg.block_size) * cfg.n_embd for window in self.layer_windows)
-        return 6 * (self.num_params() - lookup) + attention
+        return 6 * (self.num_active_params() - lookup) + attention
 
 
 def check_sampling_options(temperature, top_k, top_p, repetition_penalty):
@@ -891,6 +1101,12 @@ sliding_window = 0  # > 0: OLMo 3's pattern, three layers of every four attend o
 tie_embeddings = False
 dropout = 0.0
 attention = "sdpa"
+# mixture of experts (OLMoE, with block_type='olmoe'); 0 experts: the dense SwiGLU of every OLMo
+n_experts = 0  # > 0: each feed-forward is this many experts (OLMoE-1B-7B: 64), each 1/k the dense width
+n_experts_per_token = 2  # top-k experts per token (OLMoE-1B-7B: 8)
+norm_topk_prob = False  # rescale the k routing weights to sum to 1 (OLMoE: False)
+router_aux_loss_coef = 0.01  # load-balancing loss weight (OLMoE: 0.01)
+router_z_loss_coef = 0.001  # router z-loss weight (OLMoE: 0.001)
 # AdamW
 learning_rate = 6e-4
 max_iters = 5000
@@ -944,7 +1160,8 @@ def build_model(cfg, meta, checkpoint, runtime):
     """The model to train: from scratch (the config's shape), from a checkpoint (init_from=resume),
     or a pretrained Hugging Face OLMo; checked against the run's context length and the dataset's vocabulary."""
     model_keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "multiple_of", "block_type", "norm_eps",
-                  "clip_qkv", "pos_emb", "rope_theta", "sliding_window", "tie_embeddings", "dropout", "attention")
+                  "clip_qkv", "pos_emb", "rope_theta", "sliding_window", "tie_embeddings", "dropout", "attention",
+                  "n_experts", "n_experts_per_token", "norm_topk_prob", "router_aux_loss_coef", "router_z_loss_coef")
     if cfg["init_from"] == "scratch":
         vocab_size = meta["vocab_size"]
         if vocab_size > 1024:  # large vocabularies: pad to a multiple of 64 for faster matmuls
@@ -966,6 +1183,19 @@ def build_model(cfg, meta, checkpoint, runtime):
     return model
 
 
+def expert_load_record(model):
+    """{"expert_load": [per layer, the fraction of (token, choice) pairs each expert received]} for
+    the eval record of a mixture of experts ({} for a dense model): from the last batch the
+    evaluation ran (a validation batch of batch_size * block_size tokens; see MoEFeedForward).
+
+    Balanced is 1 / n_experts everywhere; an expert near 0 is dead (the router never picks it and it
+    stops learning), one far above 1 / n_experts is a bottleneck. plot.py --experts draws it.
+    """
+    if not model.config.n_experts:
+        return {}
+    return {"expert_load": [[round(f, 4) for f in block.mlp.expert_load().tolist()] for block in model.model.layers]}
+
+
 def main(argv):
     # ---- the config: defaults, then config files and --key=value (a resume takes the checkpoint's) ----
     defaults = {k: globals()[k] for k in config_keys}
@@ -976,7 +1206,8 @@ def main(argv):
         # The architecture and the dataset are the checkpoint's: an override of them is an error.
         cfg = resumed_config(argv, defaults, checkpoint, fixed=(
             "dataset", "n_layer", "n_head", "n_kv_head", "n_embd", "multiple_of", "block_type", "norm_eps", "clip_qkv",
-            "pos_emb", "rope_theta", "sliding_window", "tie_embeddings"))
+            "pos_emb", "rope_theta", "sliding_window", "tie_embeddings", "n_experts", "n_experts_per_token",
+            "norm_topk_prob", "router_aux_loss_coef", "router_z_loss_coef"))
     check_config(cfg)
 
     # ---- devices, processes and precision ----
@@ -1044,7 +1275,8 @@ def main(argv):
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             extras = evaluate_extras(raw_model, meta, cfg, runtime, iter_num)  # sample, HellaSwag (Part 3)
             log_eval(run_log, wandb, {"kind": "eval", "iter": iter_num, "tokens": iter_num * tokens_per_iter,
-                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr} | extras)
+                                      "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
+                     | extras | expert_load_record(raw_model))  # a MoE's routing, for plot.py --experts (Part 2)
             check_finite("val loss", losses["val"], iter_num, cfg)
             if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                 best_val_loss = min(best_val_loss, losses["val"])
@@ -1103,8 +1335,8 @@ HF_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
 
 
 def hf_olmo_config(name_or_dir, dropout):
-    """(directory, OLMoConfig) of a Hugging Face checkpoint with model_type "olmo", "olmo2" or
-    "olmo3", downloading a hub id first."""
+    """(directory, OLMoConfig) of a Hugging Face checkpoint with model_type "olmo", "olmo2", "olmo3"
+    or "olmoe", downloading a hub id first."""
     directory = name_or_dir if os.path.isdir(name_or_dir) else download_hf_checkpoint(name_or_dir)
     config_path = os.path.join(directory, "config.json")
     if not os.path.exists(config_path):
@@ -1112,9 +1344,9 @@ def hf_olmo_config(name_or_dir, dropout):
     with open(config_path) as f:
         hf = json.load(f)
     model_type = hf.get("model_type")
-    if model_type not in ("olmo", "olmo2", "olmo3"):
-        raise ValueError(f"{directory} holds a {model_type!r} model; olmo.py loads 'olmo', 'olmo2' and 'olmo3' "
-                         f"checkpoints (the original, non-'-hf' OLMo 1 repositories need converting first)")
+    if model_type not in ("olmo", "olmo2", "olmo3", "olmoe"):
+        raise ValueError(f"{directory} holds a {model_type!r} model; olmo.py loads 'olmo', 'olmo2', 'olmo3' and "
+                         f"'olmoe' checkpoints (the original, non-'-hf' OLMo 1 repositories need converting first)")
     for key, expected in [("hidden_act", "silu"), ("attention_bias", False)]:
         if hf.get(key, expected) != expected:
             raise ValueError(f"unsupported OLMo option {key}={hf[key]!r} in {config_path} (olmo.py expects {expected!r})")
@@ -1130,13 +1362,19 @@ def hf_olmo_config(name_or_dir, dropout):
     layer_types = [HF_LAYER_TYPES[kind] for kind in hf_layer_types]
     sliding_window = (hf.get("sliding_window") or 0) if "sliding" in layer_types else 0
     rope_theta, rope_scaling = hf_rope_settings(hf, config_path)
-    return directory, OLMoConfig(
+    # OLMoE: its experts (num_local_experts is an older spelling of num_experts); intermediate_size
+    # is then each expert's width. HF has no z-loss setting: ours keeps OLMoE's training value.
+    moe = dict(n_experts=hf.get("num_experts") or hf.get("num_local_experts") or 64,
+               n_experts_per_token=hf.get("num_experts_per_tok", 8), norm_topk_prob=hf.get("norm_topk_prob", False),
+               router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.01)) if model_type == "olmoe" else {}
+    block_type = {"olmo": "olmo1", "olmoe": "olmoe"}.get(model_type, "olmo2")
+    return directory, OLMoConfig(**moe,
         block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
         n_layer=hf["num_hidden_layers"], n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head,
-        n_embd=n_embd, hidden_dim=hf["intermediate_size"], block_type="olmo1" if model_type == "olmo" else "olmo2",
-        # Hugging Face's OLMo 1 LayerNorm has a fixed eps of 1e-5; OLMo 2 and 3 read rms_norm_eps.
+        n_embd=n_embd, hidden_dim=hf["intermediate_size"], block_type=block_type,
+        # Hugging Face's OLMo 1 LayerNorm has a fixed eps of 1e-5; OLMo 2, 3 and OLMoE read rms_norm_eps.
         norm_eps=1e-5 if model_type == "olmo" else hf.get("rms_norm_eps", 1e-5),
-        clip_qkv=(hf.get("clip_qkv") or 0.0) if model_type == "olmo" else 0.0, pos_emb="rope",
+        clip_qkv=(hf.get("clip_qkv") or 0.0) if model_type in ("olmo", "olmoe") else 0.0, pos_emb="rope",
         rope_theta=rope_theta, rope_scaling=rope_scaling, sliding_window=sliding_window,
         layer_types=layer_types if sliding_window else None,
         tie_embeddings=hf.get("tie_word_embeddings", False), dropout=dropout,
@@ -1168,11 +1406,12 @@ def hf_rope_settings(hf, config_path):
 def hf_olmo_state_dict(hf_state, ours, config, dtype, directory):
     """The checkpoint's tensors, checked against ours (the model's state dict: names and shapes).
 
-    Our modules carry Hugging Face's names (as in llama.py), so nothing is renamed: this only drops
-    what is not a weight of ours and refuses a tensor that is unexpected, missing or misshapen.
+    Our modules carry Hugging Face's names (as in llama.py), so nothing is renamed but OLMoE's
+    experts (stack_hf_experts): this drops what is not a weight of ours and refuses a tensor that is
+    unexpected, missing or misshapen.
     """
     state = {}
-    for name, tensor in hf_state.items():
+    for name, tensor in stack_hf_experts(hf_state).items():
         if name.endswith("rotary_emb.inv_freq"):
             continue  # older checkpoints saved RoPE's fixed frequencies; we compute them
         if name == "lm_head.weight" and config.tie_embeddings:
@@ -1185,6 +1424,34 @@ def hf_olmo_state_dict(hf_state, ours, config, dtype, directory):
     missing = set(ours) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
     if missing:
         raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
+    return state
+
+
+def stack_hf_experts(hf_state):
+    """hf_state with OLMoE's experts in our layout (see Experts): one (n_experts, out, in) tensor
+    per projection and layer, named model.layers.{i}.mlp.experts.{gate,up,down}_proj.
+
+    Two layouts come in. The released checkpoints, and what transformers 5's save_pretrained writes,
+    hold one matrix per expert, ...mlp.experts.{e}.gate_proj.weight: stacked here in expert order.
+    transformers 5's in-memory layout (in a file written with save_original_format=False) fuses
+    gate and up into ...mlp.experts.gate_up_proj (n_experts, 2 * hidden, n_embd), gate first:
+    split here; its down_proj already is ours. Any other tensor passes through unchanged.
+    """
+    state, per_expert = {}, {}
+    for name, tensor in hf_state.items():
+        parts = name.split(".")
+        # model.layers.{i}.mlp.experts.{e}.{proj}.weight: 8 parts, "experts" at 4, a number at 5
+        if len(parts) == 8 and parts[4] == "experts" and parts[5].isdigit() and parts[7] == "weight":
+            per_expert.setdefault(".".join(parts[:5] + [parts[6]]), {})[int(parts[5])] = tensor
+        elif name.endswith(".mlp.experts.gate_up_proj"):
+            prefix = name[: -len("gate_up_proj")]
+            state[prefix + "gate_proj"], state[prefix + "up_proj"] = tensor.chunk(2, dim=1)
+        else:
+            state[name] = tensor
+    for name, experts in per_expert.items():
+        if sorted(experts) != list(range(len(experts))):
+            raise ValueError(f"the checkpoint's experts for {name} are not numbered 0 .. {len(experts) - 1}")
+        state[name] = torch.stack([experts[e] for e in range(len(experts))])
     return state
 
 

@@ -2,7 +2,7 @@
 plot.py — pictures for learners: training runs side by side, and what each position scheme looks like.
 
 Reading numbers scrolling past is a poor way to compare two training runs, and a paragraph about
-rotary embeddings is a poor way to see them. This script draws two figures, each into one PNG:
+rotary embeddings is a poor way to see them. This script draws three figures, each into one PNG:
 
   1. Runs. Every training script in this repository appends a line of JSON to <out_dir>/log.jsonl at
      each log and eval step. Given several out_dirs, plot.py draws their train loss and val loss
@@ -23,6 +23,13 @@ rotary embeddings is a poor way to see them. This script draws two figures, each
      Each panel is computed by the model scripts' own functions (imported, not re-implemented), so
      the picture shows exactly what the models compute.
 
+  3. Experts. A mixture of experts (olmo.py --n_experts=8, config/olmoe_shakespeare_char_cpu.py) logs
+     at each evaluation the fraction of tokens its router sent to each expert, per layer. plot.py
+     --experts draws one bar chart per layer: the load of each expert at the last evaluation, the
+     first evaluation's as an outline behind it, and the balanced load 1 / n_experts as a dashed line.
+     A bar near zero is an expert the router has abandoned (a dead expert, which stops learning);
+     the load-balancing loss is there to prevent it.
+
 Run it:
     python gpt.py config/shakespeare_char_cpu.py --out_dir=out-a
     python gpt.py config/shakespeare_char_cpu.py --out_dir=out-b --learning_rate=1e-3
@@ -30,6 +37,7 @@ Run it:
     python plot.py out-a out-b --x=tokens --out=cmp.png   # against tokens seen (fair across batch sizes)
     python plot.py out-a out-b --log_scale=False          # linear loss axes (default auto; True: log)
     python plot.py --positions --checkpoint=out-a         # -> positions.png, with out-a's learned table
+    python plot.py --experts out-moe                      # -> experts.png: a mixture of experts' routing
 
 matplotlib draws the pictures. It is an optional dependency: the model scripts never import it, and
 plot.py imports it only when it draws, saying how to install it when it is missing.
@@ -40,7 +48,8 @@ The log format (written by the training scripts; one JSON object per line, in or
     {"kind": "train", "iter": N, "tokens": ..., "loss": ..., "lr": ..., "ms_per_iter": ..., ...}
         every log_interval (the loss of optimizer step N);
     {"kind": "eval", "iter": N, "tokens": ..., "train_loss": ..., "val_loss": ..., "lr": ..., ...}
-        every eval_interval, with the model's own metric as extra keys starting with "val_".
+        every eval_interval, with the model's own metric as extra keys starting with "val_", and for a
+        mixture of experts "expert_load": [[fraction per expert] per layer].
 """
 
 import argparse
@@ -625,6 +634,43 @@ def positions_figure(checkpoint=None):
     return fig
 
 
+def expert_load_figure(out_dir):
+    """One bar chart per layer of a mixture of experts' run: each expert's share of the routed
+    (token, choice) pairs at the last evaluation (bars), at the first (outline), and balanced (dashed)."""
+    run = read_run(out_dir)
+    evals = [r for r in run["eval"] if isinstance(r.get("expert_load"), list) and r["expert_load"]]
+    if not evals:
+        raise PlotError(f"{os.path.join(out_dir, 'log.jsonl')} has no expert_load: it is logged by a mixture of "
+                        f"experts (python olmo.py config/olmoe_shakespeare_char_cpu.py) at each evaluation")
+    first, last = evals[0], evals[-1]
+    n_layer = len(last["expert_load"])
+    plt = pyplot()
+    columns = min(n_layer, 4)
+    rows = (n_layer + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False,
+                             sharey=True, layout="constrained")
+    for layer, ax in enumerate(axes.flat):
+        if layer >= n_layer:
+            ax.set_visible(False)
+            continue
+        load = last["expert_load"][layer]
+        experts = range(len(load))
+        ax.bar(experts, load, color="C0", label=f"iter {last['iter']}")
+        if first is not last:
+            ax.bar(experts, first["expert_load"][layer], fill=False, edgecolor="C1", linewidth=1.2,
+                   label=f"iter {first['iter']}")
+        # Balanced routing: every expert gets the same share of the (token, choice) pairs.
+        ax.axhline(1 / len(load), color="gray", linestyle="--", linewidth=1, label="balanced")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("expert")
+        ax.set_xticks(list(experts))
+        ax.grid(alpha=0.3, axis="y")
+    axes.flat[0].set_ylabel("share of routed tokens")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{run['name']}: expert load per layer (last validation batch of each evaluation)", fontsize=10)
+    return fig
+
+
 # -----------------------------------------------------------------------------
 # Command line
 
@@ -661,6 +707,7 @@ def main(argv=None):
     parser.add_argument("--positions", action="store_true", help="draw learned, sinusoidal, rotary and ALiBi positions instead")
     parser.add_argument("--checkpoint", metavar="OUT_DIR", help="with --positions: a gpt.py run whose learned "
                                                                 "position table to draw")
+    parser.add_argument("--experts", action="store_true", help="draw the expert load of one mixture-of-experts run")
     try:
         # Intermixed: options may come between the out_dirs (plot.py out-a --x=tokens out-b).
         args, unknown = parser.parse_known_intermixed_args(argv)
@@ -673,18 +720,27 @@ def main(argv=None):
                 raise PlotError(f"unknown option {arg}: {hint} (see python plot.py --help)")
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        out = args.out or ("positions.png" if args.positions else "runs.png")
+        out = args.out or ("positions.png" if args.positions else "experts.png" if args.experts else "runs.png")
         if not out.endswith(".png"):
             raise PlotError(f"--out={out} must end in .png: plot.py writes PNG images")
         if os.path.dirname(out) and not os.path.isdir(os.path.dirname(out)):
             raise PlotError(f"--out={out}: directory {os.path.dirname(out)} does not exist")
         if args.positions:
+            if args.experts:
+                raise PlotError("--positions and --experts draw different figures: choose one")
             if args.out_dirs:
                 raise PlotError("--positions draws no runs: drop the out_dirs, or drop --positions")
             for option in ("x", "log_scale"):
                 if getattr(args, option) is not None:
                     raise PlotError(f"--{option} goes with runs, not with --positions")
             fig = positions_figure(args.checkpoint)
+        elif args.experts:
+            if len(args.out_dirs) != 1:
+                raise PlotError(f"--experts draws one run: give one out_dir, not {len(args.out_dirs)}")
+            for option in ("x", "log_scale", "checkpoint"):
+                if getattr(args, option) is not None:
+                    raise PlotError(f"--{option} goes with runs or --positions, not with --experts")
+            fig = expert_load_figure(args.out_dirs[0])
         else:
             if args.checkpoint:
                 raise PlotError("--checkpoint goes with --positions")

@@ -272,7 +272,7 @@ MODELS = {
     "t5": ("t5", "T5", "T5Config"),
 }
 # Hugging Face config.json "model_type" -> our model_type
-HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "olmo": "olmo", "olmo2": "olmo", "olmo3": "olmo",
+HF_MODEL_TYPES = {"gpt2": "gpt", "llama": "llama", "olmo": "olmo", "olmo2": "olmo", "olmo3": "olmo", "olmoe": "olmo",
                   "bert": "bert", "t5": "t5"}
 
 

@@ -332,11 +332,16 @@ def test_superseded_records_are_skipped(tmp_path, monkeypatch, mpl):
                                          "(see python plot.py --help)"),
     (["out-a", "--colour", "red"], "a", "error: unknown option --colour: did you mean --out? (see python plot.py --help)"),
     (["out-a", "--size=2"], "a", "error: unknown option --size=2: the options are -h, --help, --out, --x, --log_scale, "
-                                 "--positions, --checkpoint (see python plot.py --help)"),
+                                 "--positions, --checkpoint, --experts (see python plot.py --help)"),
     (["out-a", "--log_scale=maybe"], "a", "error: --log_scale=maybe must be True, False or auto"),
     (["out-none", "--log_scale=true"], None, "error: --log_scale=true must be True, False or auto"),  # no log read
     (["--positions", "--x=tokens"], None, "error: --x goes with runs, not with --positions"),
     (["--positions", "--log_scale=True"], None, "error: --log_scale goes with runs, not with --positions"),
+    (["out-a", "--experts"], "a", "error: out-a/log.jsonl has no expert_load: it is logged by a mixture of experts "
+                                  "(python olmo.py config/olmoe_shakespeare_char_cpu.py) at each evaluation"),
+    (["out-a", "out-a", "--experts"], "a", "error: --experts draws one run: give one out_dir, not 2"),
+    (["out-a", "--experts", "--x=tokens"], "a", "error: --x goes with runs or --positions, not with --experts"),
+    (["--positions", "--experts"], None, "error: --positions and --experts draw different figures: choose one"),
 ])
 def test_one_line_errors(tmp_path, monkeypatch, capsys, mpl, args, setup, message):
     monkeypatch.chdir(tmp_path)
@@ -348,6 +353,31 @@ def test_one_line_errors(tmp_path, monkeypatch, capsys, mpl, args, setup, messag
     captured = capsys.readouterr()
     assert captured.err == message + "\n" and captured.out == ""
     assert not [name for name in os.listdir(".") if name.endswith(".png")]
+
+
+def test_expert_load_bars_per_layer_last_eval_first_outlined(tmp_path, monkeypatch, capsys, mpl):
+    monkeypatch.chdir(tmp_path)
+    records = run_records(iters=(0, 20, 40))
+    evals = [r for r in records if r["kind"] == "eval"]
+    loads = [[[0.7, 0.1, 0.1, 0.1], [0.25] * 4, [0.4, 0.4, 0.1, 0.1]],
+             [[0.3, 0.2, 0.2, 0.3], [0.1, 0.2, 0.3, 0.4], [0.25] * 4],
+             [[0.25] * 4, [0.5, 0.5, 0.0, 0.0], [0.2, 0.3, 0.2, 0.3]]]
+    for record, load in zip(evals, loads):
+        record["expert_load"] = load
+    write_log("out-moe", records)
+    fig = plot.expert_load_figure("out-moe")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 3  # one panel per layer
+    for layer, ax in enumerate(axes):
+        bars = [p for p in ax.patches if p.get_fill()]
+        outlines = [p for p in ax.patches if not p.get_fill()]
+        assert [b.get_height() for b in bars] == pytest.approx(loads[-1][layer])  # the last evaluation
+        assert [b.get_height() for b in outlines] == pytest.approx(loads[0][layer])  # the first
+        assert list(ax.lines[0].get_ydata()) == [0.25, 0.25]  # balanced: 1 / n_experts
+    assert plot.main(["--experts", "out-moe"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "wrote experts.png"
+    with open("experts.png", "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
 
 
 @pytest.mark.parametrize("args", [["out-a"], ["--positions"]])

@@ -151,7 +151,10 @@ CONFIG_DIR = os.path.join(REPO, "config")
 
 
 def script_of(config_name):
-    """The script a preset is for, by its name: llama_*.py and finetune_llama_*.py go to llama.py, ..."""
+    """The script a preset is for, by its name: llama_*.py and finetune_llama_*.py go to llama.py, ...;
+    olmoe_*.py (the mixture-of-experts OLMo) to olmo.py."""
+    if config_name.startswith("olmoe_"):
+        return "olmo"
     for script in ("bigram", "llama", "olmo", "bert", "t5"):
         if config_name.startswith((f"{script}_", f"finetune_{script}_")):
             return script
