@@ -1065,10 +1065,11 @@ def start_processes(cfg):
     GPU-to-GPU library, on GPUs; gloo everywhere else (CPUs, and Windows, which has no NCCL).
     """
     ddp = int(os.environ.get("RANK", -1)) != -1
-    fsdp = cfg.get("parallelism", "ddp") == "fsdp"  # only the decoders have the key
-    if cfg.get("parallelism", "ddp") not in ("ddp", "fsdp"):
-        fail(f"parallelism={cfg['parallelism']!r} must be 'ddp' (each process holds the whole model) or 'fsdp' "
+    parallelism = cfg.get("parallelism", "ddp")  # only the decoders have the key
+    if parallelism not in ("ddp", "fsdp"):
+        fail(f"parallelism={parallelism!r} must be 'ddp' (each process holds the whole model) or 'fsdp' "
              f"(the model, its gradients and optimizer state sharded over the processes)")
+    fsdp = parallelism == "fsdp"
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
