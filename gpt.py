@@ -16,8 +16,8 @@ What you will learn here, top to bottom:
   4. generation with a key/value cache, temperature, top-k, top-p and a repetition penalty;
   5. loading Hugging Face GPT-2 checkpoints (including a tiny safetensors reader);
   6. a complete training loop: AdamW, warmup + cosine learning-rate schedule, gradient
-     accumulation and clipping, mixed precision, torch.compile, multi-GPU with DDP, checkpoints
-     that resume exactly, and throughput / MFU logging.
+     accumulation and clipping, mixed precision, torch.compile, multi-GPU with DDP or sharded with
+     FSDP2 (parallelism='fsdp'), checkpoints that resume exactly, and throughput / MFU logging.
 
 How to read it: the file has three parts, each under a banner. Part 1 is the model, items 1-5
 above (the lesson: start here). Part 2 holds the training defaults and main(), item 6 in named steps
@@ -30,6 +30,7 @@ Run it:
     python gpt.py config/shakespeare_char_cpu.py        # the same, shrunk to run on a laptop CPU
     python gpt.py config/finetune_shakespeare.py        # fine-tune OpenAI's GPT-2 on Shakespeare
     torchrun --standalone --nproc_per_node=4 gpt.py config/shakespeare_char.py --gradient_accumulation_steps=4
+    torchrun --standalone --nproc_per_node=4 gpt.py config/shakespeare_char.py --gradient_accumulation_steps=4 --parallelism=fsdp
     python sample.py --out_dir=out-shakespeare-char     # generate from what you trained
 
 Compared with bigram.py (the previous lesson), tokens now look at each other: attention lets every
@@ -1096,7 +1097,7 @@ def start_processes(cfg):
              f"(float16 needs a GradScaler, which does not unscale sharded gradients); use --dtype=bfloat16 or "
              f"parallelism='ddp'")
     if ddp or fsdp:
-        if device_type == "cuda":
+        if device_type == "cuda" and ddp:
             cfg["device"] = f"cuda:{local_rank}"
             torch.cuda.set_device(cfg["device"])
         nccl = device_type == "cuda" and torch.distributed.is_nccl_available()

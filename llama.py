@@ -1185,7 +1185,7 @@ def start_processes(cfg):
              f"(float16 needs a GradScaler, which does not unscale sharded gradients); use --dtype=bfloat16 or "
              f"parallelism='ddp'")
     if ddp or fsdp:
-        if device_type == "cuda":
+        if device_type == "cuda" and ddp:
             cfg["device"] = f"cuda:{local_rank}"
             torch.cuda.set_device(cfg["device"])
         nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
