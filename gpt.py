@@ -713,7 +713,7 @@ def main(argv):
     model.to(device)
     model.activation_checkpointing = cfg["activation_checkpointing"]  # a training choice, not in model_args
     if runtime.fsdp:  # shard before the optimizer is made: it must hold (and update) the shards (Part 3)
-        shard_model(model, model.transformer.h, cfg["dtype"], runtime)
+        shard_model(model, model.transformer.h, cfg["dtype"], runtime, random_init=cfg["init_from"] == "scratch")
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
                                           runtime.device_type)
     iter_num, best_val_loss = 0, float("inf")
@@ -1428,7 +1428,7 @@ def save_checkpoint(out_dir, checkpoint):
 # Sharded training (parallelism='fsdp'): used by the decoders (gpt.py, llama.py, olmo.py).
 
 
-def shard_model(model, blocks, dtype, runtime):
+def shard_model(model, blocks, dtype, runtime, random_init):
     """Shard the model over the processes with FSDP2 (fully_shard), in place: each block, then the root.
 
     DDP keeps a whole copy of the weights, gradients and AdamW's two moments on every process: 16
@@ -1446,19 +1446,27 @@ def shard_model(model, blocks, dtype, runtime):
     are cast to `dtype` once per all-gather (so the gather moves half the bytes), forward and
     backward run in `dtype`, and gradients are reduced in float32 before they reach the float32
     shards the optimizer updates. Autocast would instead recast every weight at every matmul.
+
+    Pretrained weights stream into the shards: a loader that keeps a checkpoint's tensors as views
+    of the memory-mapped file (in the file's dtype) lets fully_shard copy out only this process's
+    slice of each, so no process reads, let alone holds, the whole model; only then are the shards
+    made float32. (On a GPU, main() has moved the model to the device first: there each process
+    holds the whole 16-bit model for a moment.)
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    # Every process initialised its own random weights (seeded with seed + rank) and keeps its own
-    # slice of them: first make them rank 0's everywhere, as DDP does when it wraps a model.
-    for tensor in model.state_dict().values():
-        torch.distributed.broadcast(tensor, src=0)
+    if random_init:
+        # Every process drew its own random weights (seeded with seed + rank) and would keep its own
+        # slice of them: first make them rank 0's everywhere, as DDP does when it wraps a model.
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
     mesh = init_device_mesh(runtime.device_type, (runtime.world_size,))
     policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+    model.float()  # 16-bit checkpoint tensors: float32 shards, each process converting its own slice
 
 
 def gradient_sync(model, runtime, last):

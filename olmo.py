@@ -752,7 +752,7 @@ class OLMo(nn.Module):
         "-hf" repositories such as allenai/OLMo-1B-hf), "olmo2" or "olmo3": a local directory or a
         hub id (downloaded once, as in llama.py).
 
-        dtype: of the weights, float32 by default; bfloat16 halves the memory. As in llama.py the
+        dtype: of the weights, float32 by default (None: the file's own); bfloat16 halves the memory. As in llama.py the
         model is built on the meta device and takes the memory-mapped checkpoint tensors as its
         parameters; RoPE's frequencies are then computed for real, in float32. Reading HF's config
         and matching its tensors is bookkeeping, in Part 3 (hf_olmo_config, hf_olmo_state_dict).
@@ -922,7 +922,9 @@ def load_pretrained_olmo(cfg, meta, runtime):
             directory = cfg["init_from"]
             if not os.path.isdir(directory):
                 directory = download_hf_checkpoint(directory)
-            return (OLMo.from_pretrained(directory, dropout=cfg["dropout"]), directory), None
+            # FSDP: the file's own tensors, unread, whose slices shard_model copies into each process's shards.
+            dtype = None if runtime.fsdp else torch.float32
+            return (OLMo.from_pretrained(directory, dropout=cfg["dropout"], dtype=dtype), directory), None
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             return None, f"cannot load {cfg['init_from']!r}: {e}"
 
@@ -1004,7 +1006,7 @@ def main(argv):
     model.to(device)
     model.activation_checkpointing = cfg["activation_checkpointing"]  # a training choice, not in model_args
     if runtime.fsdp:  # shard before the optimizer is made: it must hold (and update) the shards (Part 3)
-        shard_model(model, model.model.layers, cfg["dtype"], runtime)
+        shard_model(model, model.model.layers, cfg["dtype"], runtime, random_init=cfg["init_from"] == "scratch")
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
                                           runtime.device_type)
     iter_num, best_val_loss = 0, float("inf")
@@ -1180,7 +1182,7 @@ def hf_olmo_state_dict(hf_state, ours, config, dtype, directory):
             raise ValueError(f"unexpected tensor {name!r} in the checkpoint at {directory}")
         if tensor.shape != ours[name].shape:
             raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[name].shape)}")
-        state[name] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
+        state[name] = tensor.to(dtype or tensor.dtype)  # the tensor itself (a view of the file) when the dtype matches
     missing = set(ours) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
     if missing:
         raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
@@ -1753,7 +1755,7 @@ def save_checkpoint(out_dir, checkpoint):
 # Sharded training (parallelism='fsdp'): used by the decoders (gpt.py, llama.py, olmo.py).
 
 
-def shard_model(model, blocks, dtype, runtime):
+def shard_model(model, blocks, dtype, runtime, random_init):
     """Shard the model over the processes with FSDP2 (fully_shard), in place: each block, then the root.
 
     DDP keeps a whole copy of the weights, gradients and AdamW's two moments on every process: 16
@@ -1771,19 +1773,27 @@ def shard_model(model, blocks, dtype, runtime):
     are cast to `dtype` once per all-gather (so the gather moves half the bytes), forward and
     backward run in `dtype`, and gradients are reduced in float32 before they reach the float32
     shards the optimizer updates. Autocast would instead recast every weight at every matmul.
+
+    Pretrained weights stream into the shards: a loader that keeps a checkpoint's tensors as views
+    of the memory-mapped file (in the file's dtype) lets fully_shard copy out only this process's
+    slice of each, so no process reads, let alone holds, the whole model; only then are the shards
+    made float32. (On a GPU, main() has moved the model to the device first: there each process
+    holds the whole 16-bit model for a moment.)
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    # Every process initialised its own random weights (seeded with seed + rank) and keeps its own
-    # slice of them: first make them rank 0's everywhere, as DDP does when it wraps a model.
-    for tensor in model.state_dict().values():
-        torch.distributed.broadcast(tensor, src=0)
+    if random_init:
+        # Every process drew its own random weights (seeded with seed + rank) and would keep its own
+        # slice of them: first make them rank 0's everywhere, as DDP does when it wraps a model.
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
     mesh = init_device_mesh(runtime.device_type, (runtime.world_size,))
     policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+    model.float()  # 16-bit checkpoint tensors: float32 shards, each process converting its own slice
 
 
 def gradient_sync(model, runtime, last):

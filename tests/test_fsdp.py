@@ -14,6 +14,7 @@ losses to 1e-5. A resume on the same process count repeats the same operations i
 the same bits: equal exactly.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -167,3 +168,40 @@ def test_bad_parallelism_settings_are_one_line_errors(workdir, args, message, mo
     with pytest.raises(SystemExit) as exit_info:
         gpt.main([*TINY, "--out_dir=bad", *args])
     assert str(exit_info.value).startswith(message) and "\n" not in str(exit_info.value)
+
+
+def test_pretrained_llama_streams_into_fsdp_shards(workdir, tmp_path):
+    # A Hugging Face Llama saved in bfloat16 (as real ones are): under FSDP each process copies only its
+    # slice of each memory-mapped tensor into its shards, then makes them float32. The loaded weights
+    # must be the ones a plain (unsharded, float32) load gives: the same first evaluation, to rounding.
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    text = open(os.path.join(REPO, "tests", "data", "tinyshakespeare_excerpt.txt"), encoding="utf-8").read()
+    model_dir = tmp_path / "hf-llama"
+    model_dir.mkdir()
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    tok.train_from_iterator([text], tokenizers.trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.save(str(model_dir / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, bos_token_id=None, eos_token_id=None)
+    transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(model_dir)
+    prepare_data.prepare("tiny_llama", input_path=os.path.join(REPO, "tests", "data", "tinyshakespeare_excerpt.txt"),
+                         tokenizer=str(model_dir), data_root=str(workdir / "data"))
+    args = ["--dataset=tiny_llama", "--device=cpu", "--compile=False", "--block_size=32", "--batch_size=4",
+            "--eval_iters=2", "--max_iters=0", f"--init_from={model_dir}", "--gradient_accumulation_steps=2"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = dict(os.environ, PYTHONPATH=REPO, GLOBAL_ACCUMULATION="2", START_STEP="0")
+    evaluations = []
+    for launcher, extra in (([sys.executable], []), (launch, ["--parallelism=fsdp"])):
+        result = subprocess.run([*launcher, str(workdir / "global_batches.py"), os.path.join(REPO, "llama.py"), *args,
+                                 *extra, f"--out_dir=hf{len(evaluations)}"],
+                                capture_output=True, text=True, cwd=workdir, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        evaluations.append([float(v) for v in re.search(r"step 0: train loss ([0-9.]+), val loss ([0-9.]+)",
+                                                         result.stdout).groups()])
+    assert evaluations[1] == pytest.approx(evaluations[0], abs=2e-4)  # printed with 4 decimals
