@@ -901,7 +901,7 @@ lr_decay_iters = 5000  # ~ max_iters, as the Chinchilla paper suggests
 min_lr = 6e-5  # ~ learning_rate / 10
 # system
 backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
-parallelism = "ddp"  # under torchrun: 'ddp' (every process holds the whole model) or 'fsdp' (sharded)
+parallelism = "ddp"  # 'ddp' (each process holds the whole model) or 'fsdp' (sharded over them: shard_model)
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
 compile = True  # torch.compile the model (falls back with a warning where it cannot)
@@ -1421,8 +1421,8 @@ def start_processes(cfg):
         fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
     if fsdp and (cfg["dtype"] == "float16" or device_type == "mps"):
         fail(f"parallelism='fsdp' runs on CUDA or CPU in float32 or bfloat16, not {cfg['dtype']} on {device_type} "
-             f"(float16 needs a GradScaler, which does not unscale sharded gradients); use --dtype=bfloat16 or "
-             f"parallelism='ddp'")
+             f"(float16 would need a GradScaler over sharded gradients, which these scripts do not handle); use "
+             f"--dtype=bfloat16 or parallelism='ddp'")
     if ddp or fsdp:
         if device_type == "cuda" and ddp:
             cfg["device"] = f"cuda:{local_rank}"

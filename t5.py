@@ -1912,8 +1912,8 @@ def start_processes(cfg):
         fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
     if fsdp and (cfg["dtype"] == "float16" or device_type == "mps"):
         fail(f"parallelism='fsdp' runs on CUDA or CPU in float32 or bfloat16, not {cfg['dtype']} on {device_type} "
-             f"(float16 needs a GradScaler, which does not unscale sharded gradients); use --dtype=bfloat16 or "
-             f"parallelism='ddp'")
+             f"(float16 would need a GradScaler over sharded gradients, which these scripts do not handle); use "
+             f"--dtype=bfloat16 or parallelism='ddp'")
     if ddp or fsdp:
         if device_type == "cuda" and ddp:
             cfg["device"] = f"cuda:{local_rank}"

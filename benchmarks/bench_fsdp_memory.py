@@ -2,6 +2,7 @@
 
     python benchmarks/bench_fsdp_memory.py                    # 20 iterations each, 2 processes, CPU (gloo)
     python benchmarks/bench_fsdp_memory.py --iters=5 --block_size=64   # a quicker look
+    python benchmarks/bench_fsdp_memory.py --pretrained --iters=2     # load a bfloat16 HF checkpoint first
 
 Each run is a torchrun of this file (--worker) on 2 processes. A worker builds llama.py's Llama at
 SmolLM2-135M's shape (30 layers, 576 wide, 9 heads / 3 key-value heads, 49152-token vocabulary, tied
@@ -12,12 +13,19 @@ batch (so the loss must fall). Memory: the process's resident-set peak (VmHWM, L
 what it held once torch was imported and the process group joined. Two peaks are reported: over the
 whole run, which includes building the whole model on every process before FSDP shards it, and over
 the training steps alone (the peak reset after set-up): the figure sharding changes.
+
+--pretrained saves such a model once with transformers, in bfloat16 as real checkpoints are, and the
+workers load it as llama.py's fine-tuning does: in float32 for DDP; for FSDP as the file's own
+memory-mapped tensors, of which each process copies only its slice into its shards (shard_model), so
+the set-up peak shows whether the whole model was ever read into one process.
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +53,14 @@ def worker(args):
     runtime = llama.start_processes(cfg)
     reset_peak()
     base = status("VmRSS")
-    model = llama.Llama(llama.LlamaConfig(n_layer=30, n_head=9, n_kv_head=3, n_embd=576, vocab_size=49152,
-                                          block_size=args.block_size, hidden_dim=1536,
-                                          tie_embeddings=True, rope_theta=100000.0))
+    if args.pretrained:
+        model = llama.Llama.from_pretrained(args.pretrained, dtype=None if args.parallelism == "fsdp" else torch.float32)
+    else:
+        model = llama.Llama(llama.LlamaConfig(n_layer=30, n_head=9, n_kv_head=3, n_embd=576, vocab_size=49152,
+                                              block_size=args.block_size, hidden_dim=1536,
+                                              tie_embeddings=True, rope_theta=100000.0))
     if args.parallelism == "fsdp":
-        llama.shard_model(model, model.model.layers, cfg["dtype"], runtime)
+        llama.shard_model(model, model.model.layers, cfg["dtype"], runtime, random_init=not args.pretrained)
     optimizer = model.configure_optimizer(0.1, 1e-4, (0.9, 0.95), "cpu")
     if args.parallelism == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model)
@@ -80,14 +91,26 @@ def main():
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--block_size", type=int, default=128)
     parser.add_argument("--parallelism", default="ddp,fsdp")
+    parser.add_argument("--pretrained", nargs="?", const=True, default=None, help="(a worker gets the directory)")
     parser.add_argument("--worker", action="store_true")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    scratch = tempfile.mkdtemp()
+    extra = []
+    if args.pretrained:
+        import torch
+        import transformers
+
+        transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+            num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0,
+            max_position_embeddings=2048)).to(torch.bfloat16).save_pretrained(scratch)
+        extra = [f"--pretrained={scratch}"]
     for parallelism in args.parallelism.split(","):
         result = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, "--worker",
-             f"--parallelism={parallelism}", f"--iters={args.iters}", f"--block_size={args.block_size}"],
+             f"--parallelism={parallelism}", f"--iters={args.iters}", f"--block_size={args.block_size}", *extra],
             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         if result.returncode != 0:
             sys.exit(f"error: the {parallelism} run failed:\n{result.stderr[-3000:]}")
@@ -97,6 +120,7 @@ def main():
                 print(f"{r['parallelism']} rank {r['rank']}: {r['params'] / 1e6:.1f}M params, peak RSS above baseline "
                       f"{r['setup_peak_mib']:.0f} MiB in set-up, {r['train_peak_mib']:.0f} MiB in training; "
                       f"{r['s_per_iter']:.2f} s/iter; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}")
+    shutil.rmtree(scratch)
 
 
 if __name__ == "__main__":
