@@ -128,13 +128,18 @@ def test_fsdp_on_one_process_equals_two_processes(runs, run_log):
     assert_close(weights(runs / "one"), weights(runs / "straight"), rtol=1e-5, atol=1e-5)
 
 
-def test_fsdp_checkpoint_resumes_on_another_process_count(runs, run_log):
+def test_fsdp_checkpoint_resumes_on_another_process_count_and_unsharded(runs, run_log):
     # Resharding: the 2 processes' shards are read into 1 process's (whole) tensors. With the global
     # batches the result equals the 2-process run; RNG streams are fresh (another process count).
     shutil.copytree(runs / "at3", runs / "at3-one")
     result = train(runs, 1, "--init_from=resume", "--out_dir=at3-one", "--max_iters=6", start_step=3)
     assert "written by 2 process(es) and this run has 1" in result.stdout
     assert_close(weights(runs / "at3-one"), weights(runs / "straight"), rtol=1e-5, atol=1e-5)
+    # And into a plain, unsharded model (parallelism='ddp', no process group), which writes a ckpt.pt.
+    shutil.copytree(runs / "at3", runs / "at3-plain")
+    train(runs, 1, "--init_from=resume", "--out_dir=at3-plain", "--max_iters=6", "--parallelism=ddp", start_step=3)
+    assert os.path.exists(runs / "at3-plain" / "ckpt.pt")
+    assert_close(weights(runs / "at3-plain"), weights(runs / "straight"), rtol=1e-5, atol=1e-5)
 
 
 def test_fsdp_equals_ddp_and_ddp_checkpoints_resume_sharded(runs, run_log):
