@@ -653,7 +653,6 @@ def local_rank0_first(step, runtime):
 class Runtime:
     """Where this process computes and how: what start_processes decided from the config."""
     ddp: bool  # in a process group (launched by torchrun, or FSDP's group of one): collectives take part
-    fsdp: bool  # parallelism='fsdp': the model is sharded over the processes (shard_model)
     rank: int  # this process's number among all processes (0 logs and writes files)
     local_rank: int  # its number on this machine (its GPU, on a multi-GPU machine)
     world_size: int
@@ -661,6 +660,7 @@ class Runtime:
     device_type: str  # 'cpu', 'cuda' or 'mps'
     autocast: object  # the context in which forward passes run (16-bit matmuls, or nothing)
     scaler: object  # torch.amp.GradScaler, enabled for float16 only
+    fsdp: bool = False  # parallelism='fsdp': the model is sharded over the processes (shard_model)
 
     @property
     def device_ids(self):
@@ -731,7 +731,7 @@ def start_processes(cfg):
     autocast = (nullcontext() if cfg["dtype"] == "float32" or fsdp
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
-    return Runtime(ddp, fsdp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler)
+    return Runtime(ddp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler, fsdp)
 
 
 def warn_if_cpu_is_busy(world_size):
