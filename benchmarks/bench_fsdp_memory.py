@@ -22,6 +22,7 @@ the set-up peak shows whether the whole model was ever read into one process.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,9 +79,16 @@ def worker(args):
         optimizer.zero_grad(set_to_none=True)
         losses.append(llama.mean_over_processes([loss.item()], runtime)[0])
     seconds = (time.time() - start) / args.iters
+
+    def local_mib(tensors):  # this process's own bytes (a DTensor's local shard)
+        return sum(getattr(t, "_local_tensor", t).numel() * t.element_size() for t in tensors) / 2**20
+
+    # Weights + their gradients (the same size) + AdamW's moments, as this process holds them.
+    state_mib = 2 * local_mib(model.parameters()) + local_mib(
+        v for state in optimizer.state.values() for v in state.values() if v.dim() > 0)
     n_params = sum(p.numel() for p in (model.module if args.parallelism == "ddp" else model).parameters())
     print(json.dumps({"parallelism": args.parallelism, "rank": runtime.rank, "params": n_params,
-                      "setup_peak_mib": setup_peak, "train_peak_mib": status("VmHWM") - base,
+                      "setup_peak_mib": setup_peak, "state_mib": state_mib, "train_peak_mib": status("VmHWM") - base,
                       "s_per_iter": seconds, "first_loss": losses[0], "last_loss": losses[-1]}), flush=True)
     torch.distributed.barrier()
     llama.leave_process_group(0)
@@ -114,12 +122,12 @@ def main():
             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         if result.returncode != 0:
             sys.exit(f"error: the {parallelism} run failed:\n{result.stderr[-3000:]}")
-        for line in result.stdout.splitlines():
-            if line.startswith("{"):
-                r = json.loads(line)
-                print(f"{r['parallelism']} rank {r['rank']}: {r['params'] / 1e6:.1f}M params, peak RSS above baseline "
-                      f"{r['setup_peak_mib']:.0f} MiB in set-up, {r['train_peak_mib']:.0f} MiB in training; "
-                      f"{r['s_per_iter']:.2f} s/iter; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}")
+        for record in re.findall(r"\{[^{}]*\}", result.stdout):  # the two processes' lines may interleave
+            r = json.loads(record)
+            print(f"{r['parallelism']} rank {r['rank']}: {r['params'] / 1e6:.1f}M params, weights + gradients + "
+                  f"AdamW state held {r['state_mib']:.0f} MiB; peak RSS above baseline "
+                  f"{r['setup_peak_mib']:.0f} MiB in set-up, {r['train_peak_mib']:.0f} MiB in training; "
+                  f"{r['s_per_iter']:.2f} s/iter; loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}")
     shutil.rmtree(scratch)
 
 
