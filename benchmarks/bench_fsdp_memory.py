@@ -3,6 +3,7 @@
     python benchmarks/bench_fsdp_memory.py                    # 20 iterations each, 2 processes, CPU (gloo)
     python benchmarks/bench_fsdp_memory.py --iters=5 --block_size=64   # a quicker look
     python benchmarks/bench_fsdp_memory.py --pretrained --iters=2     # load a bfloat16 HF checkpoint first
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/bench_fsdp_memory.py --iters=3   # RSS that follows live tensors
 
 Each run is a torchrun of this file (--worker) on 2 processes. A worker builds llama.py's Llama at
 SmolLM2-135M's shape (30 layers, 576 wide, 9 heads / 3 key-value heads, 49152-token vocabulary, tied
@@ -12,7 +13,10 @@ gradient_sync, clip_grad_norm_) and fine-tunes for --iters AdamW steps in float3
 batch (so the loss must fall). Memory: the process's resident-set peak (VmHWM, Linux), as kB above
 what it held once torch was imported and the process group joined. Two peaks are reported: over the
 whole run, which includes building the whole model on every process before FSDP shards it, and over
-the training steps alone (the peak reset after set-up): the figure sharding changes.
+the training steps alone (the peak reset after set-up): the figure sharding changes. Beside them, the
+bytes of weights, gradients and AdamW moments the process holds. glibc's malloc keeps freed memory for
+reuse, so the transient buffers of FSDP's gathers and reduce-scatters stay resident and RSS overstates
+the live tensors; MALLOC_MMAP_THRESHOLD_=65536 returns every large freed buffer to the system at once.
 
 --pretrained saves such a model once with transformers, in bfloat16 as real checkpoints are, and the
 workers load it as llama.py's fine-tuning does: in float32 for DDP; for FSDP as the file's own
