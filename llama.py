@@ -1526,7 +1526,7 @@ def shard_model(model, blocks, dtype, runtime, random_init):
     1/world_size of each: a parameter becomes a DTensor whose local piece is this process's rows.
     A block's whole weights exist only while it computes: its forward begins with an all-gather of
     its shards and frees them after (reshard_after_forward); its backward gathers them again and
-    ends with a reduce-scatter, which sums the gradients over processes and leaves each with the
+    ends with a reduce-scatter, which averages the gradients over processes and leaves each with the
     gradient of its own shard, so AdamW updates only that shard. One sharding unit per block lets
     the all-gather of the next block overlap the compute of this one; the root unit holds what is
     left (embeddings, final norm, head: tied weights stay one parameter there). Memory per process:
@@ -1536,6 +1536,8 @@ def shard_model(model, blocks, dtype, runtime, random_init):
     are cast to `dtype` once per all-gather (so the gather moves half the bytes), forward and
     backward run in `dtype`, and gradients are reduced in float32 before they reach the float32
     shards the optimizer updates. Autocast would instead recast every weight at every matmul.
+    compile=True compiles the sharded model as a whole (main() does it after this): the blocks'
+    gathers and reduce-scatters stay FSDP's hooks around the compiled code.
 
     Pretrained weights stream into the shards: a loader that keeps a checkpoint's tensors as views
     of the memory-mapped file (in the file's dtype) lets fully_shard copy out only this process's
