@@ -1536,8 +1536,8 @@ def shard_model(model, blocks, dtype, runtime, random_init):
     are cast to `dtype` once per all-gather (so the gather moves half the bytes), forward and
     backward run in `dtype`, and gradients are reduced in float32 before they reach the float32
     shards the optimizer updates. Autocast would instead recast every weight at every matmul.
-    compile=True compiles the sharded model as a whole (main() does it after this): the blocks'
-    gathers and reduce-scatters stay FSDP's hooks around the compiled code.
+    compile=True compiles the sharded model as a whole, after this (it compiled and trained on CPU
+    with gloo here; where it fails, compile_or_warn trains uncompiled, as ever).
 
     Pretrained weights stream into the shards: a loader that keeps a checkpoint's tensors as views
     of the memory-mapped file (in the file's dtype) lets fully_shard copy out only this process's
