@@ -125,7 +125,7 @@ def load_language_model(init_from, dtype):
     its weights are loaded or downloaded."""
     if not init_from:
         fail("give the model to evaluate: --init_from=<out_dir with ckpt.pt | Hugging Face directory | hub id>")
-    checkpoint_path = os.path.join(init_from, "ckpt.pt")
+    checkpoint_path = sample.checkpoint_file(init_from)  # ckpt.pt, or a sharded checkpoint's training_state.pt
     if os.path.isfile(checkpoint_path):
         try:  # mmap: the model_type and tokenizer meta without reading the weights (load_checkpoint does)
             checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)

@@ -960,7 +960,7 @@ class OLMo(nn.Module):
         "-hf" repositories such as allenai/OLMo-1B-hf), "olmo2", "olmo3" or "olmoe" (such as
         allenai/OLMoE-1B-7B-0125): a local directory or a hub id (downloaded once, as in llama.py).
 
-        dtype: of the weights, float32 by default; bfloat16 halves the memory. As in llama.py the
+        dtype: of the weights, float32 by default (None: the file's own); bfloat16 halves the memory. As in llama.py the
         model is built on the meta device and takes the memory-mapped checkpoint tensors as its
         parameters; RoPE's frequencies are then computed for real, in float32. Reading HF's config
         and matching its tensors is bookkeeping, in Part 3 (hf_olmo_config, hf_olmo_state_dict).
@@ -1121,6 +1121,7 @@ lr_decay_iters = 5000  # ~ max_iters, as the Chinchilla paper suggests
 min_lr = 6e-5  # ~ learning_rate / 10
 # system
 backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
+parallelism = "ddp"  # 'ddp' (each process holds the whole model) or 'fsdp' (sharded over them: shard_model)
 device = "auto"  # 'auto' picks cuda, then mps, then cpu; or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = "auto"  # 'auto', 'float32', 'bfloat16' or 'float16'
 compile = True  # torch.compile the model (falls back with a warning where it cannot)
@@ -1141,7 +1142,9 @@ def load_pretrained_olmo(cfg, meta, runtime):
             directory = cfg["init_from"]
             if not os.path.isdir(directory):
                 directory = download_hf_checkpoint(directory)
-            return (OLMo.from_pretrained(directory, dropout=cfg["dropout"]), directory), None
+            # FSDP: the file's own tensors, unread, whose slices shard_model copies into each process's shards.
+            dtype = None if runtime.fsdp else torch.float32
+            return (OLMo.from_pretrained(directory, dropout=cfg["dropout"], dtype=dtype), directory), None
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             return None, f"cannot load {cfg['init_from']!r}: {e}"
 
@@ -1174,7 +1177,8 @@ def build_model(cfg, meta, checkpoint, runtime):
         # Only dropout may change between runs (the other keys were checked against the checkpoint);
         # model_args also holds what no key sets: hidden_dim, layer_types and any rope_scaling.
         model = OLMo(OLMoConfig(**checkpoint["model_args"] | {"dropout": cfg["dropout"]}))
-        model.load_state_dict(checkpoint["model"])
+        if "sharded" not in checkpoint:  # a sharded checkpoint is read after sharding, in main()
+            model.load_state_dict(checkpoint["model"])
     else:
         model = load_pretrained_olmo(cfg, meta, runtime)  # Part 2, above
     if cfg["block_size"] > model.config.block_size:
@@ -1236,17 +1240,19 @@ def main(argv):
     model_args = asdict(model.config)  # includes the derived hidden_dim
     model.to(device)
     model.activation_checkpointing = cfg["activation_checkpointing"]  # a training choice, not in model_args
+    if runtime.fsdp:  # shard before the optimizer is made: it must hold (and update) the shards (Part 3)
+        shard_model(model, model.model.layers, cfg["dtype"], runtime, random_init=cfg["init_from"] == "scratch")
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
                                           runtime.device_type)
     iter_num, best_val_loss = 0, float("inf")
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_model_and_optimizer(model, optimizer, checkpoint, runtime)  # (ckpt_dcp/: the weights too)
         iter_num, best_val_loss = restore_training_state(checkpoint, runtime, cfg["seed"])
         checkpoint = None  # free the loaded copy
     raw_model = model  # the plain module: what we save, and what MFU counts
     if cfg["compile"]:
         model = compile_or_warn(model, runtime, lambda: loader.get_batch("train"))
-    if runtime.ddp:
+    if runtime.ddp and not runtime.fsdp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=runtime.device_ids)
     if master:
         os.makedirs(cfg["out_dir"], exist_ok=True)
@@ -1280,13 +1286,14 @@ def main(argv):
             check_finite("val loss", losses["val"], iter_num, cfg)
             if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                 best_val_loss = min(best_val_loss, losses["val"])
-                rng_states = every_rank_rng_state(runtime)  # collective: every process takes part
-                if master:
-                    save_checkpoint(cfg["out_dir"], {
-                        "model_type": "olmo", "model_args": model_args, "model": raw_model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scaler": runtime.scaler.state_dict(),
-                        "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg, "tokenizer": meta,
-                        "rng_state": rng_states})
+                state = {"model_type": "olmo", "model_args": model_args, "scaler": runtime.scaler.state_dict(),
+                         "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg, "tokenizer": meta,
+                         "rng_state": every_rank_rng_state(runtime)}  # collective: every process takes part
+                if runtime.fsdp:  # every process writes its own shards (Part 3)
+                    save_sharded_checkpoint(cfg["out_dir"], raw_model, optimizer, state, runtime)
+                elif master:
+                    save_checkpoint(cfg["out_dir"], state | {"model": raw_model.state_dict(),
+                                                             "optimizer": optimizer.state_dict()})
             timer.restart(iter_num)  # keep evaluation out of the timing
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break
@@ -1295,8 +1302,7 @@ def main(argv):
         train_loss = 0.0  # the mean over this step's micro-batches, for the log
         for micro_step in range(micro_steps):
             x, y = loader.get_batch("train")
-            last = micro_step == micro_steps - 1
-            with (model.no_sync() if runtime.ddp and not last else nullcontext()):  # DDP: sync grads once
+            with gradient_sync(model, runtime, last=micro_step == micro_steps - 1):  # DDP/FSDP: sync grads once
                 with runtime.autocast:
                     _, loss = model(x, y)
                     loss = loss / micro_steps
@@ -1420,7 +1426,7 @@ def hf_olmo_state_dict(hf_state, ours, config, dtype, directory):
             raise ValueError(f"unexpected tensor {name!r} in the checkpoint at {directory}")
         if tensor.shape != ours[name].shape:
             raise ValueError(f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, model {tuple(ours[name].shape)}")
-        state[name] = tensor.to(dtype)  # the tensor itself (a view of the file) when the dtype matches
+        state[name] = tensor.to(dtype or tensor.dtype)  # the tensor itself (a view of the file) when the dtype matches
     missing = set(ours) - set(state) - ({"lm_head.weight"} if config.tie_embeddings else set())
     if missing:
         raise ValueError(f"checkpoint at {directory} lacks {sorted(missing)[:5]}")
@@ -1636,7 +1642,7 @@ def local_rank0_first(step, runtime):
 @dataclass
 class Runtime:
     """Where this process computes and how: what start_processes decided from the config."""
-    ddp: bool  # launched by torchrun: one of world_size processes, each with its own data
+    ddp: bool  # in a process group (launched by torchrun, or FSDP's group of one): collectives take part
     rank: int  # this process's number among all processes (0 logs and writes files)
     local_rank: int  # its number on this machine (its GPU, on a multi-GPU machine)
     world_size: int
@@ -1644,6 +1650,7 @@ class Runtime:
     device_type: str  # 'cpu', 'cuda' or 'mps'
     autocast: object  # the context in which forward passes run (16-bit matmuls, or nothing)
     scaler: object  # torch.amp.GradScaler, enabled for float16 only
+    fsdp: bool = False  # parallelism='fsdp': the model is sharded over the processes (shard_model)
 
     @property
     def device_ids(self):
@@ -1658,6 +1665,11 @@ def start_processes(cfg):
     GPU-to-GPU library, on GPUs; gloo everywhere else (CPUs, and Windows, which has no NCCL).
     """
     ddp = int(os.environ.get("RANK", -1)) != -1
+    parallelism = cfg.get("parallelism", "ddp")  # only the decoders have the key
+    if parallelism not in ("ddp", "fsdp"):
+        fail(f"parallelism={parallelism!r} must be 'ddp' (each process holds the whole model) or 'fsdp' "
+             f"(the model, its gradients and optimizer state sharded over the processes)")
+    fsdp = parallelism == "fsdp"
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -1679,13 +1691,22 @@ def start_processes(cfg):
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if cfg["dtype"] not in dtypes:
         fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
-    if ddp:
-        if device_type == "cuda":
+    if fsdp and (cfg["dtype"] == "float16" or device_type == "mps"):
+        fail(f"parallelism='fsdp' runs on CUDA or CPU in float32 or bfloat16, not {cfg['dtype']} on {device_type} "
+             f"(float16 would need a GradScaler over sharded gradients, which these scripts do not handle); use "
+             f"--dtype=bfloat16 or parallelism='ddp'")
+    if ddp or fsdp:
+        if device_type == "cuda" and ddp:
             cfg["device"] = f"cuda:{local_rank}"
             torch.cuda.set_device(cfg["device"])
         nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
         backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
-        torch.distributed.init_process_group(backend=backend)
+        if ddp:
+            torch.distributed.init_process_group(backend=backend)
+        else:  # FSDP without torchrun: a group of one process, so that the same code (and checkpoints) serve
+            torch.distributed.init_process_group(backend=backend, store=torch.distributed.HashStore(), rank=0,
+                                                 world_size=1)
+        ddp = True
     if device_type == "cpu" and rank == 0:
         warn_if_cpu_is_busy(world_size)
     # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
@@ -1696,10 +1717,11 @@ def start_processes(cfg):
     # float32. bfloat16 has float32's exponent range, so it needs nothing else; float16 gradients
     # can underflow to zero, which the GradScaler prevents by scaling the loss up before backward
     # (and skipping a step whose gradients overflowed to inf).
-    autocast = (nullcontext() if cfg["dtype"] == "float32"
+    # Under FSDP the sharded module itself casts (MixedPrecisionPolicy, see shard_model): no autocast.
+    autocast = (nullcontext() if cfg["dtype"] == "float32" or fsdp
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
-    return Runtime(ddp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler)
+    return Runtime(ddp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler, fsdp)
 
 
 def warn_if_cpu_is_busy(world_size):
@@ -1743,8 +1765,18 @@ def load_checkpoint(out_dir, model_type):
 
     The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
     The tensors go to the model's device when the model and optimizer take them.
+
+    A sharded checkpoint (ckpt_dcp/, written under parallelism='fsdp') gives its training_state.pt,
+    without weights or optimizer, and under "sharded" its directory, from which the model's shards are
+    read later (restore_model_and_optimizer). Where out_dir holds both kinds, the newer one counts.
     """
     path = os.path.join(out_dir, "ckpt.pt")
+    sharded = os.path.join(out_dir, "ckpt_dcp")
+    if not os.path.isdir(sharded):
+        sharded += ".old"  # save_sharded_checkpoint crashed between its two renames: the previous checkpoint
+    state_path = os.path.join(sharded, "training_state.pt")
+    if os.path.exists(state_path) and (not os.path.exists(path) or os.path.getmtime(state_path) > os.path.getmtime(path)):
+        path = state_path
     if not os.path.exists(path):
         fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
     try:
@@ -1757,6 +1789,8 @@ def load_checkpoint(out_dir, model_type):
              f"restore it from a copy, or train again with init_from='scratch'")
     if written_by != model_type:
         fail(f"{path} was written by {written_by}.py, not {model_type}.py")
+    if path == state_path:
+        checkpoint["sharded"] = sharded
     return checkpoint
 
 
@@ -2046,6 +2080,129 @@ def save_checkpoint(out_dir, checkpoint):
     except OSError as e:
         fail(f"could not write {path} ({e}); the previous checkpoint, if any, is intact")
     print(f"saved checkpoint to {path}")
+
+
+# Sharded training (parallelism='fsdp'): used by the decoders (gpt.py, llama.py, olmo.py).
+
+
+def shard_model(model, blocks, dtype, runtime, random_init):
+    """Shard the model over the processes with FSDP2 (fully_shard), in place: each block, then the root.
+
+    DDP keeps a whole copy of the weights, gradients and AdamW's two moments on every process: 16
+    bytes per parameter in float32. FSDP ("fully sharded data parallel", ZeRO stage 3) keeps only
+    1/world_size of each: a parameter becomes a DTensor whose local piece is this process's rows.
+    A block's whole weights exist only while it computes: its forward begins with an all-gather of
+    its shards and frees them after (reshard_after_forward); its backward gathers them again and
+    ends with a reduce-scatter, which averages the gradients over processes and leaves each with the
+    gradient of its own shard, so AdamW updates only that shard. One sharding unit per block lets
+    the all-gather of the next block overlap the compute of this one; the root unit holds what is
+    left (embeddings, final norm, head: tied weights stay one parameter there). Memory per process:
+    16 * n_params / world_size, plus the largest blocks' gathered weights and the activations.
+
+    Mixed precision is FSDP's own (MixedPrecisionPolicy), not autocast: the sharded float32 weights
+    are cast to `dtype` once per all-gather (so the gather moves half the bytes), forward and
+    backward run in `dtype`, and gradients are reduced in float32 before they reach the float32
+    shards the optimizer updates. Autocast would instead recast every weight at every matmul.
+    compile=True compiles the sharded model as a whole, after this (it compiled and trained on CPU
+    with gloo here; where it fails, compile_or_warn trains uncompiled, as ever).
+
+    Pretrained weights stream into the shards: a loader that keeps a checkpoint's tensors as views
+    of the memory-mapped file (in the file's dtype) lets fully_shard copy out only this process's
+    slice of each, so no process reads, let alone holds, the whole model; only then are the shards
+    made float32. (On a GPU, main() has moved the model to the device first: there each process
+    holds the whole 16-bit model for a moment.)
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if random_init:
+        # Every process drew its own random weights (seeded with seed + rank) and would keep its own
+        # slice of them: first make them rank 0's everywhere, as DDP does when it wraps a model.
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+    mesh = init_device_mesh(runtime.device_type, (runtime.world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    model.float()  # 16-bit checkpoint tensors: float32 shards, each process converting its own slice
+
+
+def gradient_sync(model, runtime, last):
+    """The context for one micro-step's backward: gradients are reduced over processes only on the
+    last micro-step of gradient accumulation (the earlier ones only add to local gradients)."""
+    if runtime.fsdp:
+        # FSDP then keeps whole (unsharded) gradients until the last micro-step: more memory, less traffic.
+        model.set_requires_gradient_sync(last)
+        return nullcontext()
+    return model.no_sync() if runtime.ddp and not last else nullcontext()
+
+
+def save_sharded_checkpoint(out_dir, model, optimizer, training_state, runtime):
+    """Write out_dir/ckpt_dcp/ with torch.distributed.checkpoint (DCP): every process writes its
+    own shards of the weights and of AdamW's moments, in parallel, and never gathers the model.
+    (Every process must call this together; out_dir must be a directory every machine sees.)
+
+    Files: one .distcp file per process and a .metadata index recording which slice of which
+    tensor lies where, so a later run with another number of processes reads the slices its own
+    shards need (resharding), and a run without any process group (sample.py) reads whole tensors.
+    The rest (config, iteration, tokenizer, every rank's RNG state) is training_state.pt, as in
+    ckpt.pt. Atomic as a directory: written as ckpt_dcp.tmp, then the old one is renamed away and
+    the new one into place (a crash between the two renames leaves ckpt_dcp.old, which
+    load_checkpoint reads).
+    """
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    path = os.path.join(out_dir, "ckpt_dcp")
+    if runtime.rank == 0:
+        shutil.rmtree(path + ".tmp", ignore_errors=True)  # a crashed save's leftovers
+    torch.distributed.barrier()
+    # get_state_dict names the optimizer's state by parameter name (a plain optimizer numbers them).
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path + ".tmp")
+    error = None
+    if runtime.rank == 0:
+        try:
+            torch.save(training_state, os.path.join(path + ".tmp", "training_state.pt"))
+            if os.path.exists(path):
+                os.replace(path, path + ".old")
+            os.replace(path + ".tmp", path)
+            shutil.rmtree(path + ".old", ignore_errors=True)
+            print(f"saved checkpoint to {path}")
+        except OSError as e:
+            error = f"could not write {path} ({e}); the previous checkpoint, if any, is intact"
+    error = first_error(error, runtime)  # also a barrier: nobody goes on before the checkpoint is in place
+    if error:
+        fail(error)
+
+
+def restore_model_and_optimizer(model, optimizer, checkpoint, runtime):
+    """Load a resumed run's optimizer state (and, from a sharded checkpoint, its weights; build_model
+    loaded those of ckpt.pt), for a sharded or a whole model, whatever the saving run's process count.
+
+    From ckpt_dcp/: every process reads only the slices of its own shards (DCP reshards to the
+    current layout, here the one get_state_dict describes). From ckpt.pt into a sharded model: each
+    whole moment tensor is cut into this process's shard (distribute_tensor), like its parameter.
+    """
+    if "sharded" in checkpoint:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint["sharded"])
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
+        return
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if runtime.fsdp:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        for param, state in optimizer.state.items():
+            for key, value in state.items():
+                if isinstance(param, DTensor) and not isinstance(value, DTensor) and value.shape == param.shape:
+                    state[key] = distribute_tensor(value, param.device_mesh, param.placements)
 
 
 def start_run_log(cfg, runtime, resumed_at, start_record):

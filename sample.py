@@ -64,6 +64,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -291,9 +292,41 @@ def import_model(model_type):
     return getattr(module, model_class), getattr(module, config_class)
 
 
-def load_checkpoint(out_dir):
-    """Rebuild a model and its tokenizer from out_dir/ckpt.pt."""
+def checkpoint_file(out_dir):
+    """The newest checkpoint in out_dir: ckpt.pt, or the training_state.pt of ckpt_dcp/, the sharded
+    checkpoint a parallelism='fsdp' run writes (ckpt_dcp.old: one whose save was cut short between
+    its two renames); ckpt.pt's path where there is neither. As the training scripts' load_checkpoint."""
     path = os.path.join(out_dir, "ckpt.pt")
+    for sharded in ("ckpt_dcp", "ckpt_dcp.old"):
+        state_path = os.path.join(out_dir, sharded, "training_state.pt")
+        if os.path.isfile(state_path):
+            newer = not os.path.isfile(path) or os.path.getmtime(state_path) > os.path.getmtime(path)
+            return state_path if newer else path
+    return path
+
+
+def read_sharded_weights(directory):
+    """The whole model's state dict from a sharded checkpoint directory (ckpt_dcp/), in this one process.
+
+    torch.distributed.checkpoint reads without a process group: given a whole, empty tensor for each
+    weight (their shapes and dtypes are in the directory's .metadata), it copies into it the slices
+    that every training process wrote. The optimizer's moments beside them are not read: memory is
+    the weights' size, as with ckpt.pt.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    metadata = dcp.FileSystemReader(directory).read_metadata()
+    state = {name.removeprefix("model."): torch.empty(info.size, dtype=info.properties.dtype)
+             for name, info in metadata.state_dict_metadata.items() if name.startswith("model.")}
+    with warnings.catch_warnings():  # DCP warns that it "assumes a single process": that is the intent
+        warnings.simplefilter("ignore")
+        dcp.load({"model": state}, checkpoint_id=directory, no_dist=True)
+    return state
+
+
+def load_checkpoint(out_dir):
+    """Rebuild a model and its tokenizer from out_dir/ckpt.pt (or a sharded out_dir/ckpt_dcp/)."""
+    path = checkpoint_file(out_dir)
     if not os.path.isfile(path):
         fail(f"no checkpoint at {path}; train a model first (e.g. python gpt.py config/shakespeare_char_cpu.py) "
              f"or pass --out_dir")
@@ -301,7 +334,8 @@ def load_checkpoint(out_dir):
         # weights_only: a checkpoint is data; refuse anything that would run code while unpickling.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         model_type = checkpoint["model_type"]
-        model_args, state, meta = checkpoint["model_args"], checkpoint["model"], checkpoint["tokenizer"]
+        model_args, meta = checkpoint["model_args"], checkpoint["tokenizer"]
+        state = checkpoint["model"] if "model" in checkpoint else read_sharded_weights(os.path.dirname(path))
     except Exception as e:  # truncated file, not a torch file, or a dict without our keys
         fail(f"{path} is not a readable checkpoint of this repository ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     model_class, config_class = import_model(model_type)

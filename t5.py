@@ -1874,7 +1874,7 @@ def local_rank0_first(step, runtime):
 @dataclass
 class Runtime:
     """Where this process computes and how: what start_processes decided from the config."""
-    ddp: bool  # launched by torchrun: one of world_size processes, each with its own data
+    ddp: bool  # in a process group (launched by torchrun, or FSDP's group of one): collectives take part
     rank: int  # this process's number among all processes (0 logs and writes files)
     local_rank: int  # its number on this machine (its GPU, on a multi-GPU machine)
     world_size: int
@@ -1882,6 +1882,7 @@ class Runtime:
     device_type: str  # 'cpu', 'cuda' or 'mps'
     autocast: object  # the context in which forward passes run (16-bit matmuls, or nothing)
     scaler: object  # torch.amp.GradScaler, enabled for float16 only
+    fsdp: bool = False  # parallelism='fsdp': the model is sharded over the processes (shard_model)
 
     @property
     def device_ids(self):
@@ -1896,6 +1897,11 @@ def start_processes(cfg):
     GPU-to-GPU library, on GPUs; gloo everywhere else (CPUs, and Windows, which has no NCCL).
     """
     ddp = int(os.environ.get("RANK", -1)) != -1
+    parallelism = cfg.get("parallelism", "ddp")  # only the decoders have the key
+    if parallelism not in ("ddp", "fsdp"):
+        fail(f"parallelism={parallelism!r} must be 'ddp' (each process holds the whole model) or 'fsdp' "
+             f"(the model, its gradients and optimizer state sharded over the processes)")
+    fsdp = parallelism == "fsdp"
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
         rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
@@ -1917,13 +1923,22 @@ def start_processes(cfg):
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if cfg["dtype"] not in dtypes:
         fail(f"dtype={cfg['dtype']!r} must be one of auto, {', '.join(dtypes)}")
-    if ddp:
-        if device_type == "cuda":
+    if fsdp and (cfg["dtype"] == "float16" or device_type == "mps"):
+        fail(f"parallelism='fsdp' runs on CUDA or CPU in float32 or bfloat16, not {cfg['dtype']} on {device_type} "
+             f"(float16 would need a GradScaler over sharded gradients, which these scripts do not handle); use "
+             f"--dtype=bfloat16 or parallelism='ddp'")
+    if ddp or fsdp:
+        if device_type == "cuda" and ddp:
             cfg["device"] = f"cuda:{local_rank}"
             torch.cuda.set_device(cfg["device"])
         nccl = device_type == "cuda" and torch.distributed.is_nccl_available()
         backend = cfg["backend"] if cfg["backend"] != "auto" else ("nccl" if nccl else "gloo")
-        torch.distributed.init_process_group(backend=backend)
+        if ddp:
+            torch.distributed.init_process_group(backend=backend)
+        else:  # FSDP without torchrun: a group of one process, so that the same code (and checkpoints) serve
+            torch.distributed.init_process_group(backend=backend, store=torch.distributed.HashStore(), rank=0,
+                                                 world_size=1)
+        ddp = True
     if device_type == "cpu" and rank == 0:
         warn_if_cpu_is_busy(world_size)
     # Each process seeds differently, so DDP ranks draw different batches (and dropout masks).
@@ -1934,10 +1949,11 @@ def start_processes(cfg):
     # float32. bfloat16 has float32's exponent range, so it needs nothing else; float16 gradients
     # can underflow to zero, which the GradScaler prevents by scaling the loss up before backward
     # (and skipping a step whose gradients overflowed to inf).
-    autocast = (nullcontext() if cfg["dtype"] == "float32"
+    # Under FSDP the sharded module itself casts (MixedPrecisionPolicy, see shard_model): no autocast.
+    autocast = (nullcontext() if cfg["dtype"] == "float32" or fsdp
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
-    return Runtime(ddp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler)
+    return Runtime(ddp, rank, local_rank, world_size, cfg["device"], device_type, autocast, scaler, fsdp)
 
 
 def warn_if_cpu_is_busy(world_size):
@@ -1981,8 +1997,18 @@ def load_checkpoint(out_dir, model_type):
 
     The file is only read: a damaged checkpoint is left exactly as it is, for the user to restore.
     The tensors go to the model's device when the model and optimizer take them.
+
+    A sharded checkpoint (ckpt_dcp/, written under parallelism='fsdp') gives its training_state.pt,
+    without weights or optimizer, and under "sharded" its directory, from which the model's shards are
+    read later (restore_model_and_optimizer). Where out_dir holds both kinds, the newer one counts.
     """
     path = os.path.join(out_dir, "ckpt.pt")
+    sharded = os.path.join(out_dir, "ckpt_dcp")
+    if not os.path.isdir(sharded):
+        sharded += ".old"  # save_sharded_checkpoint crashed between its two renames: the previous checkpoint
+    state_path = os.path.join(sharded, "training_state.pt")
+    if os.path.exists(state_path) and (not os.path.exists(path) or os.path.getmtime(state_path) > os.path.getmtime(path)):
+        path = state_path
     if not os.path.exists(path):
         fail(f"init_from='resume' but there is no checkpoint at {path}; train with init_from='scratch' first")
     try:
@@ -1995,6 +2021,8 @@ def load_checkpoint(out_dir, model_type):
              f"restore it from a copy, or train again with init_from='scratch'")
     if written_by != model_type:
         fail(f"{path} was written by {written_by}.py, not {model_type}.py")
+    if path == state_path:
+        checkpoint["sharded"] = sharded
     return checkpoint
 
 
