@@ -27,7 +27,8 @@ top_p, repetition_penalty, stop_at_eos, seed, device, dtype, compile, interactiv
 of them up to 3; no sampling option applies), length_penalty and quantize ('none' or 'int8': a
 decoder's linear weights stored as int8 with a scale per output channel, the lesson at the end of
 Part 1 of gpt.py, llama.py and olmo.py; one line on stderr gives the weights' bytes before and
-after). A T5 reads --start as its input and prints its output for it. Decoder beam search stops at the model's block_size.
+after). A T5 reads --start as its input and prints its output for it. Decoder beam search stops at
+the model's block_size.
 For encoders (bert.py), fill_k: the candidates shown for each [MASK].
 
 --attention_plot=attn.png [--layer=N] draws, instead of sampling, the attention weights of every head

@@ -29,7 +29,8 @@ REQUIRED = ["parse_config", "resumed_config", "check_config", "fail", "first_err
 # exactly as gpt.py does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its
 # own t5_attention; bert.py and t5.py evaluate with their own metrics, not estimate_loss.
 OPTIONAL = ["check_sampling_options", "sample_next_token", "attention_weights", "manual_attention", "read_safetensors",
-            "load_hf_weights", "download_hf_checkpoint", "estimate_loss", "Int8Linear", "Int8Embedding", "quantize_int8"]
+            "load_hf_weights", "download_hf_checkpoint", "estimate_loss", "Int8Linear", "Int8Embedding",
+            "quantize_int8"]
 # Shared definitions that are part of the lesson (attention, sampling, int8 quantization for generation) stay
 # in Part 1, where the model uses them; every other shared definition stands below Part 3's "Shared by
 # convention" banner.
