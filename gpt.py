@@ -14,6 +14,7 @@ What you will learn here, top to bottom:
   3. the model: token + learned position embeddings, the stack of blocks, a final LayerNorm and a
      language-model head that shares its weights with the token embedding;
   4. generation with a key/value cache, temperature, top-k, top-p and a repetition penalty;
+     int8 weights, a quarter of float32's bytes to read per token (quantize_int8, ending Part 1);
   5. loading Hugging Face GPT-2 checkpoints (including a tiny safetensors reader);
   6. a complete training loop: AdamW, warmup + cosine learning-rate schedule, gradient
      accumulation and clipping, mixed precision, torch.compile, multi-GPU with DDP or sharded with
@@ -565,6 +566,121 @@ def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, 
         logits = logits.masked_fill(drop, float("-inf"))
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1)
+
+
+# -----------------------------------------------------------------------------
+# int8 weight-only quantization, for generation (sample.py --quantize=int8)
+#
+# Generating one token at batch 1 multiplies one vector by every weight matrix, so each weight is
+# read from memory once per token and used for one multiply-add: the speed limit is memory bandwidth,
+# bytes of weights per token / bytes per second, not arithmetic. Storing the weights in fewer bytes
+# raises that limit: float32 is 4 bytes per weight, bfloat16 2, int8 1. Only the weights are
+# quantized ("weight-only"); activations, the KV cache, norms and biases keep the model's dtype,
+# because they are small, and because rounding activations to 8 bits hurts far more (a few channels
+# of a Transformer's activations are 100x larger than the rest, and one scale cannot serve both).
+
+
+class Int8Linear(nn.Module):
+    """An nn.Linear whose weight is stored as int8, one float scale per output channel (row).
+
+    Symmetric per-row quantization: row i of the weight W (out_features, in_features) gets the scale
+    s_i = max_j |W_ij| / 127 and is stored as q_ij = round(W_ij / s_i), an integer in [-127, 127]
+    (the row's largest weight maps to +-127; -128 is left unused so that the range is symmetric and
+    0.0 is exactly 0). Dequantizing gives W_ij ~ q_ij * s_i, and because rounding to the nearest
+    integer moves W_ij / s_i by at most 1/2, the error of every weight is bounded by its row's scale:
+        |W_ij - q_ij * s_i| <= s_i / 2 = max_j |W_ij| / 254.
+    Why one scale per row, not one for the whole matrix: a single scale is set by the largest weight
+    anywhere, and rows of small weights would then be rounded to a handful of levels; per-row scales
+    cost 4 bytes per row (0.2% of a 576-wide row) and adapt to each output channel. They also leave
+    the matmul cheap: y_i = sum_j x_j q_ij s_i = s_i * (x . q_i), so the scale multiplies the
+    out_features outputs, after an integer-weight dot product, rather than every weight.
+    A row of zeros would have s_i = 0; its scale is set to 1 (q is 0 either way) to avoid 0 / 0.
+    """
+
+    def __init__(self, linear):
+        super().__init__()
+        w = linear.weight.detach().float()  # (out, in): the scale and rounding are computed in float32
+        scale = w.abs().amax(dim=1) / 127  # (out,)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        # Buffers, not parameters: nothing here is trained, but they move with .to(device) and are
+        # saved in the state_dict.
+        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)  # float32: the bound above holds for the stored scale
+        self.bias = linear.bias  # a bias is out_features numbers: it stays in the model's dtype
+
+    def dequantized_weight(self, dtype=torch.float32):
+        """q * s: the (out, in) matrix this layer multiplies by, in dtype."""
+        return (self.weight.float() * self.scale[:, None]).to(dtype)
+
+    def forward(self, x):
+        # Under autocast, nn.Linear runs in the autocast dtype; our layer is not on autocast's list
+        # of operations, so it casts its input itself, as autocast would.
+        if torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        if x.device.type == "cpu":
+            # Speed path: skip on first reading. PyTorch's CPU kernel for int8 weights converts
+            # each block of q to the input's dtype inside the dot product and multiplies the
+            # outputs by s afterwards, so no float copy of the weight is ever written to memory. It
+            # takes a 2-D input, and scales in the input's dtype. Only its bfloat16 version is
+            # vectorized (measured on an AVX2 CPU: float32 and float16 inputs ran 10x slower than a
+            # float32 matmul, slower than no quantization at all), so a float32 input is rounded to
+            # bfloat16 for the product (a relative error of at most 2^-9 per input, below the
+            # weights' own rounding above) and the output, rounded to bfloat16 too, is returned
+            # in the input's dtype.
+            y = torch._weight_int8pack_mm(x.reshape(-1, x.size(-1)).bfloat16(), self.weight, self.scale.bfloat16())
+            y = y.view(*x.shape[:-1], -1).to(x.dtype)
+        else:
+            # Elsewhere: the math spelled out, y = (x @ q^T) * s. It writes q in x's dtype (a
+            # temporary copy of the weight) on every call; a GPU kernel would fuse that away.
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+class Int8Embedding(nn.Module):
+    """The token embedding of a model whose embedding and output layer are tied, quantized with it.
+
+    A tied matrix E (vocab_size, n_embd) is both the embedding (row t is token t's vector) and the
+    output layer (row t gives token t's logit), so the output layer's per-row scales are also
+    per-token scales of the embedding: one int8 matrix and one scale vector serve both, and the tie
+    survives quantization. Looking token t up returns q_t * s_t, within s_t / 2 of E_t per channel.
+    `weight` is an empty tensor that only carries the dtype the lookup returns (the float matrix's),
+    which moves with model.to(dtype) and which code reading embedding.weight.dtype (gpt.py's
+    sinusoidal positions) relies on.
+    """
+
+    def __init__(self, head, dtype):
+        super().__init__()
+        self.head = head  # the Int8Linear output layer holding the shared int8 matrix and scales
+        self.register_buffer("weight", torch.empty(0, dtype=dtype), persistent=False)
+
+    def forward(self, idx):
+        return (self.head.weight[idx].float() * self.head.scale[idx, None]).to(self.weight.dtype)
+
+
+@torch.no_grad()
+def quantize_int8(model):
+    """Replace every nn.Linear of model (in place) by an Int8Linear, and a token embedding tied to
+    one of them by an Int8Embedding; return the model. For generation: nothing here is trainable.
+
+    What is quantized: every weight matrix a token's forward pass multiplies by, including the
+    output layer (in SmolLM2-135M the tied 49152 x 576 matrix is 28M of the 135M weights, read in
+    full for every token). A tied embedding is quantized with it (see Int8Embedding), which also
+    keeps one matrix in memory, not two. An untied embedding stays as it is: a token reads one of
+    its rows, so its bytes cost memory but no bandwidth. Norm gains, biases and position tables stay
+    in the model's dtype.
+    """
+    quantized = []  # (float weight, the Int8Linear that replaced its layer)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                quantized.append((child.weight, Int8Linear(child)))
+                setattr(parent, name, quantized[-1][1])
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            head = next((q for w, q in quantized if w is getattr(child, "weight", None)), None)
+            if isinstance(child, nn.Embedding) and head is not None:  # tied to an output layer
+                setattr(parent, name, Int8Embedding(head, child.weight.dtype))
+    return model
 
 
 # =============================================================================

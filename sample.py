@@ -24,8 +24,11 @@ Options (all --key=value): out_dir, init_from ('resume' reads out_dir/ckpt.pt; o
 Face hub id or local directory), start, num_samples, max_new_tokens, temperature (0 = greedy), top_k,
 top_p, repetition_penalty, stop_at_eos, seed, device, dtype, compile, interactive, chat, beam_size
 (> 1: beam search, for decoders and T5; num_samples then prints that many best beams, by default all
-of them up to 3; no sampling option applies) and length_penalty. A T5 reads --start as its input
-and prints its output for it. Decoder beam search stops at the model's block_size.
+of them up to 3; no sampling option applies), length_penalty and quantize ('none' or 'int8': a
+decoder's linear weights stored as int8 with a scale per output channel, the lesson at the end of
+Part 1 of gpt.py, llama.py and olmo.py; one line on stderr gives the weights' bytes before and
+after). A T5 reads --start as its input and prints its output for it. Decoder beam search stops at
+the model's block_size.
 For encoders (bert.py), fill_k: the candidates shown for each [MASK].
 
 --attention_plot=attn.png [--layer=N] draws, instead of sampling, the attention weights of every head
@@ -93,6 +96,7 @@ DEFAULTS = {
     "fill_k": 5,  # encoders (bert.py): how many candidates to show for each [MASK]
     "attention_plot": "",  # a file (e.g. attn.png): draw one layer's attention over the prompt there, instead of sampling
     "layer": None,  # the layer --attention_plot draws, from 0; None: the last
+    "quantize": "none",  # 'int8': store a decoder's linear weights as int8 (quantize_int8 in its script)
 }
 # Keys that may also be None, and the type of their non-None value.
 OPTIONAL = {"top_k": int, "top_p": float, "layer": int}
@@ -125,6 +129,8 @@ def main(argv):
     if not cfg["stop_at_eos"]:
         eos_token_id = None
     model.eval().to(cfg["device"])
+    if cfg["quantize"] == "int8":
+        quantize(model)
     autocast = (nullcontext() if cfg["dtype"] == "float32"
                 else torch.autocast(device_type=device_type, dtype=dtypes[cfg["dtype"]]))
     # The models that do not continue a prompt, and the pictures, have their own sections below.
@@ -258,6 +264,22 @@ def compile_forward(cfg, model, autocast):
         del model.forward  # the class's forward again
         print(f"warning: torch.compile failed ({type(e).__name__}); sampling without compile", file=sys.stderr)
     torch.manual_seed(cfg["seed"])  # the trial must not change the samples
+
+
+def quantize(model):
+    """--quantize=int8: replace the decoder's linear weights by int8 ones (its script's quantize_int8)
+    and say on stderr how many bytes of weights that leaves; at batch 1 each is read once per token."""
+    if type(model).__name__ not in BEAM_SEARCH_DECODERS:
+        fail(f"--quantize=int8 applies to the decoders of gpt.py, llama.py and olmo.py; this is a "
+             f"{type(model).__name__} model: drop --quantize")
+
+    def weight_bytes():
+        tensors = {t.data_ptr(): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]}
+        return sum(tensors.values())
+
+    before = weight_bytes()
+    sys.modules[type(model).__module__].quantize_int8(model)
+    print(f"int8: weights {before:,} bytes -> {weight_bytes():,} bytes", file=sys.stderr)
 
 
 # -----------------------------------------------------------------------------
@@ -1007,6 +1029,8 @@ def parse_args(argv):
             config["num_samples"] = config["beam_size"]  # the default asks for a few; there are only this many
     elif "length_penalty" in given:
         fail("--length_penalty ranks the outputs of beam search: give --beam_size > 1 too")
+    if config["quantize"] not in ("none", "int8"):
+        fail(f"quantize={config['quantize']!r} must be 'none' or 'int8'")
     if config["layer"] is not None and not config["attention_plot"]:
         fail("--layer chooses the layer --attention_plot draws; give --attention_plot=FILE.png too")
     if config["chat"]:
