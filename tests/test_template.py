@@ -29,10 +29,12 @@ REQUIRED = ["parse_config", "resumed_config", "check_config", "fail", "first_err
 # exactly as gpt.py does. An encoder (bert.py) does not sample; t5.py's attention is unscaled, so it has its
 # own t5_attention; bert.py and t5.py evaluate with their own metrics, not estimate_loss.
 OPTIONAL = ["check_sampling_options", "sample_next_token", "attention_weights", "manual_attention", "read_safetensors",
-            "load_hf_weights", "download_hf_checkpoint", "estimate_loss"]
-# Shared definitions that are part of the lesson (attention, sampling) stay in Part 1, where the model
+            "load_hf_weights", "download_hf_checkpoint", "estimate_loss",
+            "LoRALinear", "add_lora", "lora_state_dict", "load_lora_state_dict", "merge_lora"]
+# Shared definitions that are part of the lesson (attention, sampling, LoRA) stay in Part 1, where the model
 # uses them; every other shared definition stands below Part 3's "Shared by convention" banner.
-LESSON = {"check_sampling_options", "sample_next_token", "attention_weights", "manual_attention"}
+LESSON = {"check_sampling_options", "sample_next_token", "attention_weights", "manual_attention",
+          "LoRALinear", "add_lora", "lora_state_dict", "load_lora_state_dict", "merge_lora"}
 BANNERS = ["# Part 1: the model", "# Part 2: training", "# Part 3: plumbing", "# Shared by convention:"]
 MAIN_MAX_LINES = 150
 
