@@ -725,7 +725,8 @@ def add_lora(model, rank, alpha, dropout, targets):
               and any(name == s or name.endswith("." + s) for s in suffixes)]
     for name, module in chosen:
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, LoRALinear(module, rank, alpha, dropout))
+        adapted = LoRALinear(module, rank, alpha, dropout).train(module.training)  # eval mode stays eval mode
+        setattr(model.get_submodule(parent), child, adapted)
     return len(chosen)
 
 
