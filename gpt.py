@@ -14,7 +14,8 @@ What you will learn here, top to bottom:
   3. the model: token + learned position embeddings, the stack of blocks, a final LayerNorm and a
      language-model head that shares its weights with the token embedding;
   4. generation with a key/value cache, temperature, top-k, top-p and a repetition penalty;
-  5. loading Hugging Face GPT-2 checkpoints (including a tiny safetensors reader);
+  5. loading Hugging Face GPT-2 checkpoints (including a tiny safetensors reader), and LoRA:
+     fine-tuning them through small low-rank adapters while their own weights stay frozen;
   6. a complete training loop: AdamW, warmup + cosine learning-rate schedule, gradient
      accumulation and clipping, mixed precision, torch.compile, multi-GPU with DDP, checkpoints
      that resume exactly, and throughput / MFU logging.
@@ -29,6 +30,7 @@ Run it:
     python gpt.py config/shakespeare_char.py            # train a small character-level GPT (GPU)
     python gpt.py config/shakespeare_char_cpu.py        # the same, shrunk to run on a laptop CPU
     python gpt.py config/finetune_shakespeare.py        # fine-tune OpenAI's GPT-2 on Shakespeare
+    python gpt.py config/finetune_shakespeare.py --lora_rank=8 --learning_rate=1e-3   # the same, LoRA adapters only
     torchrun --standalone --nproc_per_node=4 gpt.py config/shakespeare_char.py --gradient_accumulation_steps=4
     python sample.py --out_dir=out-shakespeare-char     # generate from what you trained
 

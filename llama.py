@@ -33,7 +33,8 @@ n_kv_head heads, and loading sharded Hugging Face safetensors checkpoints.
 
 How to read it: Part 1 (the model) first, read against gpt.py's: RMSNorm, the RoPE functions,
 Attention with its grouped key/value heads, FeedForward, Block, Llama. Part 2's main() is gpt.py's
-step for step; only the pretrained path differs (load_pretrained_llama, above it). Part 3 maps Hugging
+step for step; only the pretrained path differs (load_pretrained_llama, above it). Part 1 ends with
+LoRA fine-tuning, the same section as gpt.py's but for LORA_TARGETS. Part 3 maps Hugging
 Face's tensor names onto ours, then holds the helpers every script shares (read once, in gpt.py).
 
 Run it:

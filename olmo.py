@@ -49,6 +49,7 @@ ALiBi's slopes (including AI2's and BLOOM's trick for head counts that are not p
 How to read it: Part 1 (the model) first, read against llama.py's: the two norms, the position
 schemes (RoPE with YaRN, ALiBi), the sliding-window cache, Attention, the OLMo 1 and OLMo 2 blocks,
 OLMo. Part 2's main() is gpt.py's step for step; only the pretrained path differs (load_pretrained_olmo).
+Part 1 ends with LoRA fine-tuning, the same section as gpt.py's but for LORA_TARGETS.
 Part 3 maps Hugging Face's configs and tensor names onto ours, then holds the helpers every script
 shares (read once, in gpt.py).
 
