@@ -15,7 +15,8 @@ What you will learn here, top to bottom:
      language-model head that shares its weights with the token embedding;
   4. generation with a key/value cache, temperature, top-k, top-p and a repetition penalty;
      int8 weights, a quarter of float32's bytes to read per token (quantize_int8, ending Part 1);
-  5. loading Hugging Face GPT-2 checkpoints (including a tiny safetensors reader);
+  5. loading Hugging Face GPT-2 checkpoints (including a tiny safetensors reader), and LoRA:
+     fine-tuning them through small low-rank adapters while their own weights stay frozen;
   6. a complete training loop: AdamW, warmup + cosine learning-rate schedule, gradient
      accumulation and clipping, mixed precision, torch.compile, multi-GPU with DDP or sharded with
      FSDP2 (parallelism='fsdp'), checkpoints that resume exactly, and throughput / MFU logging.
@@ -30,6 +31,7 @@ Run it:
     python gpt.py config/shakespeare_char.py            # train a small character-level GPT (GPU)
     python gpt.py config/shakespeare_char_cpu.py        # the same, shrunk to run on a laptop CPU
     python gpt.py config/finetune_shakespeare.py        # fine-tune OpenAI's GPT-2 on Shakespeare
+    python gpt.py config/finetune_shakespeare.py --lora_rank=8 --learning_rate=1e-3   # the same, LoRA adapters only
     torchrun --standalone --nproc_per_node=4 gpt.py config/shakespeare_char.py --gradient_accumulation_steps=4
     torchrun --standalone --nproc_per_node=4 gpt.py config/shakespeare_char.py --gradient_accumulation_steps=4 --parallelism=fsdp
     python sample.py --out_dir=out-shakespeare-char     # generate from what you trained
@@ -569,6 +571,128 @@ def sample_next_token(logits, context, temperature=1.0, top_k=None, top_p=None, 
 
 
 # -----------------------------------------------------------------------------
+# LoRA: fine-tuning a pretrained model through small low-rank corrections (Hu et al., "LoRA: Low-Rank
+# Adaptation of Large Language Models", 2021). The same section in gpt.py, llama.py and olmo.py, but
+# for LORA_TARGETS, the names of each model's own Linear layers. Read it after the model: nothing
+# above uses it; main() calls add_lora when lora_rank > 0.
+#
+# Full fine-tuning changes every weight matrix W (out x in). LoRA freezes W and learns a correction
+# of rank r instead:
+#     W' = W + (alpha / r) * B @ A,     A: (r, in),  B: (out, r),  r << min(in, out)
+# and computes x W'^T as x W^T + (alpha / r) * (x A^T) B^T: two thin matmuls, (in -> r -> out), so the
+# (out x in) product B @ A is never formed while training. Why a small rank is enough: the paper
+# finds that the change fine-tuning makes to a pretrained matrix has a low "intrinsic rank"; on
+# GPT-3 175B, r = 1 to 8 on W_q and W_v matched full fine-tuning (its Tables 5 and 6).
+# B starts at zero, so B @ A = 0 and step 0 computes exactly the base model; A starts random (as
+# nn.Linear's own init), because with both at zero neither would get a gradient (B's is (x A^T)^T
+# times the output's gradient, A's is B^T times it) and they would stay zero. Dividing by r makes
+# the update's size about independent of the rank, so a learning rate found at one rank serves
+# another (alpha is the knob; the paper sets alpha once and does not tune it).
+#
+# Memory, the reason to use it. AdamW keeps per trainable parameter its float32 weight, gradient and
+# two moments: 16 bytes. Full fine-tuning of SmolLM2-135M (135M parameters) needs 2.2 GB before any
+# activation. LoRA of rank 8 on q and v of its 30 layers (q: 576 -> 576, v: 576 -> 192) trains
+# 30 * 8 * ((576 + 576) + (576 + 192)) = 461K parameters, 7 MB of weights, gradients and moments; the
+# frozen 135M need only their 4 bytes each (0.54 GB), and a checkpoint holds the adapter alone (1.8 MB).
+# Activations are still kept for backward: the gradient must flow back through the frozen layers to
+# reach the earlier adapters (activation_checkpointing cuts that part). README: "Fine-tuning models
+# larger than the machine".
+
+
+class LoRALinear(nn.Module):
+    """A frozen Linear plus a trainable low-rank path: y = x W^T + b + (alpha / r) * dropout(x) A^T B^T.
+
+    It keeps the Linear's own weight and bias Parameters (the same objects under the same names), so
+    a state dict keeps the base's keys (...q_proj.weight) and gains two per layer (...q_proj.lora_A,
+    ...q_proj.lora_B): the base loads by name as before, and the adapter is the keys ending in lora_A
+    and lora_B. Dropout acts on the adapter's input only, as in the paper; the frozen path sees x as is.
+    """
+
+    def __init__(self, linear, rank, alpha, dropout):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        like = dict(device=linear.weight.device, dtype=linear.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(rank, linear.in_features, **like))  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(linear.out_features, rank, **like))  # (out, r): zero, so W' = W
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's init of an (r, in) weight
+        self.scaling = alpha / rank
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        # (..., in) -> (..., r) -> (..., out): 2r(in + out) FLOPs per token beside the frozen 2 in out.
+        low_rank = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        return F.linear(x, self.weight, self.bias) + self.scaling * low_rank
+
+
+# The Linear layers add_lora can adapt, by the names lora_targets takes. GPT-2 makes q, k and v with
+# one fused matrix, c_attn (n_embd -> 3 n_embd), so 'attn' adapts all three at once (one A, one B over
+# the whole matrix, as Hugging Face's peft does for GPT-2); the paper's choice of q and v alone would
+# need the matrix split. Attention's output and the MLP's second layer are both called c_proj, so each
+# name includes its parent module.
+LORA_TARGETS = {"attn": "attn.c_attn", "proj": "attn.c_proj", "fc": "mlp.c_fc", "mlp_proj": "mlp.c_proj"}
+
+
+def add_lora(model, rank, alpha, dropout, targets):
+    """Freeze every parameter of model, then put a LoRALinear in place of each Linear that targets
+    names: a comma-separated list of LORA_TARGETS' names (e.g. 'q,v'), or 'all' (every name there; the
+    output layer is never one: tied to the embedding, it is the input's matrix too). Returns how many
+    layers were adapted. Only the adapters' A and B then require gradients, so only they reach the
+    optimizer (configure_optimizer takes the parameters that require gradients)."""
+    names = list(LORA_TARGETS) if targets == "all" else [t.strip() for t in targets.split(",")]
+    unknown = [t for t in names if t not in LORA_TARGETS and t not in LORA_TARGETS.values()]
+    if unknown:
+        raise ValueError(f"unknown LoRA target {unknown[0]!r}; lora_targets takes a comma-separated list of "
+                         f"{', '.join(LORA_TARGETS)}, or all")
+    if rank < 1 or not alpha > 0 or not 0 <= dropout < 1:
+        raise ValueError(f"LoRA needs rank >= 1, alpha > 0 and dropout in [0, 1), got {rank}, {alpha}, {dropout}")
+    suffixes = {LORA_TARGETS.get(t, t) for t in names}  # module names such as 'q_proj' or 'attn.c_attn'
+    model.requires_grad_(False)
+    chosen = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)
+              and any(name == s or name.endswith("." + s) for s in suffixes)]
+    for name, module in chosen:
+        parent, _, child = name.rpartition(".")
+        adapted = LoRALinear(module, rank, alpha, dropout).train(module.training)  # eval mode stays eval mode
+        setattr(model.get_submodule(parent), child, adapted)
+    return len(chosen)
+
+
+def lora_state_dict(model):
+    """The adapter alone: every lora_A and lora_B, under the names load_lora_state_dict expects."""
+    return {name: tensor for name, tensor in model.state_dict().items() if name.endswith((".lora_A", ".lora_B"))}
+
+
+def load_lora_state_dict(model, adapter):
+    """Load an adapter (lora_state_dict's output) into a model that add_lora prepared the same way;
+    its names must be exactly the model's adapters (an adapter of other layers is refused)."""
+    expected = set(lora_state_dict(model))
+    if set(adapter) != expected:
+        missing, unexpected = sorted(expected - set(adapter)), sorted(set(adapter) - expected)
+        raise ValueError(f"the adapter does not fit the model's LoRA layers (missing {missing[:2]}, "
+                         f"unexpected {unexpected[:2]})")
+    model.load_state_dict(adapter, strict=False)  # strict=False: the base's own weights are not in it
+
+
+@torch.no_grad()
+def merge_lora(model):
+    """Fold every adapter into its weight, W <- W + (alpha / r) B @ A, and put plain Linear layers back.
+
+    The merged model computes the same function (up to float rounding) with the base's shapes and
+    speed: the low-rank path's extra matmuls and the LoRALinear wrapper are gone, which is what
+    sampling wants. The sum is a new tensor, not written into W, whose memory may be a read-only
+    mapping of the checkpoint file; it is computed in float32 and rounded once to W's dtype."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            merged = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+            delta = module.scaling * (module.lora_B.float() @ module.lora_A.float())  # (out, in), rank r
+            merged.weight = nn.Parameter((module.weight.float() + delta).to(module.weight.dtype), requires_grad=False)
+            merged.bias = module.bias
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, merged)
+    return model
+
+
+# -----------------------------------------------------------------------------
 # int8 weight-only quantization, for generation (sample.py --quantize=int8)
 #
 # Generating one token at batch 1 multiplies one vector by every weight matrix, so each weight is
@@ -733,6 +857,11 @@ decay_lr = True
 warmup_iters = 200
 lr_decay_iters = 5000  # ~ max_iters, as the Chinchilla paper suggests
 min_lr = 6e-5  # ~ learning_rate / 10
+# LoRA: fine-tune a pretrained init_from through low-rank adapters (Part 1's last section)
+lora_rank = 0  # 0: train every weight; r >= 1: freeze them all and train rank-r adapters instead
+lora_alpha = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank (2 at rank 8)
+lora_dropout = 0.0  # dropout on the adapters' input (the paper used 0.05 to 0.1 on small datasets)
+lora_targets = "attn"  # the adapted layers: names in LORA_TARGETS, comma-separated, or 'all'
 # system
 backend = "auto"  # DDP backend: 'auto' is nccl on CUDA, gloo on CPU
 parallelism = "ddp"  # 'ddp' (each process holds the whole model) or 'fsdp' (sharded over them: shard_model)
@@ -771,9 +900,31 @@ def load_openai_gpt2(cfg, meta, runtime):
     return model
 
 
+def lora_recipe(cfg, checkpoint):
+    """None for a run that trains every weight. For a LoRA run, what its checkpoint records beside the
+    adapter, enough to rebuild the model: the base it adapts (the init_from that loaded it, a local
+    directory made absolute) and the LoRA keys. A resumed run keeps its checkpoint's recipe."""
+    if checkpoint is not None:
+        return checkpoint.get("lora")
+    if cfg["lora_rank"] == 0:
+        return None
+    if cfg["lora_rank"] < 0:
+        fail(f"config key 'lora_rank' must be >= 0 (0 trains every weight), got {cfg['lora_rank']}")
+    if cfg["parallelism"] == "fsdp":
+        fail(f"lora_rank={cfg['lora_rank']} trains with parallelism='ddp': the adapters are small and their "
+             f"checkpoint holds them alone, which the sharded checkpoint of 'fsdp' does not do here")
+    if cfg["init_from"] == "scratch":
+        fail(f"lora_rank={cfg['lora_rank']} adapts a pretrained model, but init_from='scratch': set init_from to "
+             f"a GPT-2 name or Hugging Face directory (e.g. gpt2) (lora_rank=0 trains every weight)")
+    base = os.path.abspath(cfg["init_from"]) if os.path.isdir(cfg["init_from"]) else cfg["init_from"]
+    return {"base": base, "rank": cfg["lora_rank"], "alpha": cfg["lora_alpha"], "dropout": cfg["lora_dropout"],
+            "targets": cfg["lora_targets"]}
+
+
 def build_model(cfg, meta, checkpoint, runtime):
     """The model to train: from scratch (the config's shape), from a checkpoint (init_from=resume),
     or OpenAI's GPT-2 weights; checked against the run's context length and the dataset's vocabulary."""
+    lora = lora_recipe(cfg, checkpoint)  # None unless this run trains LoRA adapters (Part 2, above)
     model_keys = ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout", "attention", "pos_emb")
     if cfg["init_from"] == "scratch":
         vocab_size = meta["vocab_size"]
@@ -783,13 +934,20 @@ def build_model(cfg, meta, checkpoint, runtime):
             model = GPT(GPTConfig(**{k: cfg[k] for k in model_keys}, vocab_size=vocab_size))
         except ValueError as e:
             fail(e)
-    elif cfg["init_from"] == "resume":
+    elif cfg["init_from"] == "resume" and lora is None:
         # Only dropout may change between runs (the other keys were checked against the checkpoint).
         model = GPT(GPTConfig(**checkpoint["model_args"] | {"dropout": cfg["dropout"]}))
         if "sharded" not in checkpoint:  # a sharded checkpoint is read after sharding, in main()
             model.load_state_dict(checkpoint["model"])
-    else:
-        model = load_openai_gpt2(cfg, meta, runtime)  # Part 2, above
+    else:  # a pretrained model; a resumed LoRA run reloads the base its recipe names
+        model = load_openai_gpt2(cfg | {"init_from": lora["base"]} if lora else cfg, meta, runtime)
+    if lora is not None:  # freeze the base, add the adapters (and, resuming, load them)
+        try:
+            add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+            if checkpoint is not None:
+                load_lora_state_dict(model, checkpoint["model"])
+        except (ValueError, RuntimeError) as e:
+            fail(f"LoRA: {e}")
     if cfg["block_size"] > model.config.block_size:
         fail(f"block_size={cfg['block_size']} exceeds the model's {model.config.block_size}")
     check_vocabulary_fits(meta, model.config.vocab_size, cfg["dataset"])
@@ -803,9 +961,10 @@ def main(argv):
     checkpoint = None
     if cfg["init_from"] == "resume":
         checkpoint = load_checkpoint(cfg["out_dir"], "gpt")
-        # The architecture and the dataset are the checkpoint's: an override of them is an error.
+        # The architecture, the dataset and the LoRA keys are the checkpoint's: an override of them is an error.
         cfg = resumed_config(argv, defaults, checkpoint, fixed=(
-            "dataset", "n_layer", "n_head", "n_embd", "bias", "pos_emb"))
+            "dataset", "n_layer", "n_head", "n_embd", "bias", "pos_emb",
+            "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"))
     check_config(cfg)
 
     # ---- devices, processes and precision ----
@@ -829,6 +988,7 @@ def main(argv):
 
     # ---- model: from scratch, from a checkpoint, or OpenAI's weights ----
     model = build_model(cfg, meta, checkpoint, runtime)  # scratch, resume or pretrained (Part 2, above)
+    lora = lora_recipe(cfg, checkpoint)  # None, or the adapter's base and keys, saved with it
     model_args = asdict(model.config)
     model.to(device)
     model.activation_checkpointing = cfg["activation_checkpointing"]  # a training choice, not in model_args
@@ -849,7 +1009,9 @@ def main(argv):
     if master:
         os.makedirs(cfg["out_dir"], exist_ok=True)
         print("config:", json.dumps(cfg))
-        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M; tokens per iteration: {tokens_per_iter:,} "
+        trainable = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)  # with LoRA, the adapters
+        print(f"parameters: {raw_model.num_params() / 1e6:.2f}M ({trainable / 1e6:.2f}M trainable); "
+              f"tokens per iteration: {tokens_per_iter:,} "
               f"({cfg['gradient_accumulation_steps']} x {cfg['batch_size']} x {cfg['block_size']})")
     wandb = start_wandb(cfg, master)
 
@@ -878,14 +1040,16 @@ def main(argv):
             check_finite("val loss", losses["val"], iter_num, cfg)
             if iter_num > 0 and not cfg["eval_only"] and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                 best_val_loss = min(best_val_loss, losses["val"])
-                state = {"model_type": "gpt", "model_args": model_args, "scaler": runtime.scaler.state_dict(),
+                state = {"model_type": "gpt", "model_args": model_args, "lora": lora,
+                         "scaler": runtime.scaler.state_dict(),
                          "iter_num": iter_num, "best_val_loss": best_val_loss, "config": cfg, "tokenizer": meta,
                          "rng_state": every_rank_rng_state(runtime)}  # collective: every process takes part
                 if runtime.fsdp:  # every process writes its own shards (Part 3)
                     save_sharded_checkpoint(cfg["out_dir"], raw_model, optimizer, state, runtime)
                 elif master:
-                    save_checkpoint(cfg["out_dir"], state | {"model": raw_model.state_dict(),
-                                                             "optimizer": optimizer.state_dict()})
+                    save_checkpoint(cfg["out_dir"], state | {  # LoRA: the adapter alone
+                        "model": lora_state_dict(raw_model) if lora else raw_model.state_dict(),
+                        "optimizer": optimizer.state_dict()})
             timer.restart(iter_num)  # keep evaluation out of the timing
         if cfg["eval_only"] or iter_num >= cfg["max_iters"]:
             break

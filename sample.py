@@ -19,6 +19,8 @@ The checkpoint says which script wrote it (its "model_type"), the model's shape 
 tokenizer it was trained with, so this one file rebuilds any of the repository's models: it imports
 that script as a module (the training loop sits behind `if __name__ == "__main__"`, so importing never
 trains), builds the model, loads the weights and calls its generate().
+A LoRA fine-tune's checkpoint (lora_rank > 0) holds only its adapter and the name of its base model:
+the base is loaded from there (it must still be there), the adapter added and merged into its weights.
 
 Options (all --key=value): out_dir, init_from ('resume' reads out_dir/ckpt.pt; otherwise a Hugging
 Face hub id or local directory), start, num_samples, max_new_tokens, temperature (0 = greedy), top_k,
@@ -361,14 +363,41 @@ def load_checkpoint(out_dir):
     except Exception as e:  # truncated file, not a torch file, or a dict without our keys
         fail(f"{path} is not a readable checkpoint of this repository ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     model_class, config_class = import_model(model_type)
-    model = model_class(config_class(**model_args))
-    model.load_state_dict(state)
+    if checkpoint.get("lora"):  # a LoRA run saved its adapter alone: rebuild its base, then add it
+        model = adapted_model(model_class, model_args, checkpoint["lora"], state, path)
+    else:
+        model = model_class(config_class(**model_args))
+        model.load_state_dict(state)
     # A script whose checkpoints need more than a dataset tokenizer (bert.py's special tokens) has its own loader.
     try:
         tokenizer = getattr(sys.modules[model_class.__module__], "load_tokenizer", prepare_data.load_tokenizer)(meta)
     except prepare_data.DataError as e:  # e.g. a SentencePiece tokenizer without the sentencepiece package
         fail(str(e))
     return model, tokenizer, getattr(tokenizer, "eot_token", None)
+
+
+def adapted_model(model_class, model_args, lora, adapter, path):
+    """The model of a LoRA checkpoint (gpt.py, llama.py, olmo.py with lora_rank > 0), which holds only
+    the adapter and the name of its base: load the base from there (the init_from it was trained from:
+    a local directory or a hub id), cut its context to the trained one, add the adapter and merge it.
+
+    Merging (the script's merge_lora: W + (alpha / r) B @ A, then plain Linear layers) is always done:
+    it computes the same function up to float rounding (tests/test_lora.py) at the base model's speed,
+    so there is no option to keep the adapter apart."""
+    module = sys.modules[model_class.__module__]
+    try:
+        model = model_class.from_pretrained(lora["base"])  # a hub id is downloaded once, then cached
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        fail(f"{path} holds a LoRA adapter of {lora['base']!r}, which cannot be loaded ({e}); put the base model "
+             f"back there")
+    if model_args["block_size"] < model.config.block_size:
+        model.crop_block_size(model_args["block_size"])
+    try:
+        module.add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+        module.load_lora_state_dict(model, adapter)
+    except (ValueError, RuntimeError) as e:  # e.g. another model now stands where the base was
+        fail(f"the adapter in {path} does not fit its base {lora['base']!r}: {str(e).splitlines()[0]}")
+    return module.merge_lora(model)
 
 
 def load_pretrained(name_or_dir, dtype):
