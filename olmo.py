@@ -1116,6 +1116,8 @@ class LoRALinear(nn.Module):
 # projections and SwiGLU's three, each by its short name or its full one ('q' or 'q_proj'). The
 # paper adapts q and v; adding the feed-forward layers too ('all') costs more adapter parameters and
 # often fits a new task better (Dettmers et al., QLoRA, 2023, found it needed to match full fine-tuning).
+# In a mixture of experts (n_experts > 0) the experts are stacked tensors, not Linear layers, and the
+# router is left alone: there only the attention's projections take adapters.
 LORA_TARGETS = {short: short + "_proj" for short in ("q", "k", "v", "o", "gate", "up", "down")}
 
 
