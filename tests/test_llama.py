@@ -281,49 +281,23 @@ def test_resume_is_exact(workdir):
         assert torch.equal(tensor, resumed["model"][name]), name
 
 
-def test_download_from_hub_sharded(tmp_path, monkeypatch):
+def test_download_from_hub_sharded(tmp_path, local_hub):
     """A hub id is fetched with requests into $NANO_MODELS_CACHE/owner--name: config.json,
-    tokenizer.json when the repository has one, and the shard index plus every shard it names."""
-    requests = pytest.importorskip("requests")
-    hub = tmp_path / "hub"
-    hf = save_hf_llama(hub, 2, True, max_shard_size="50KB")
-    (hub / "tokenizer.json").write_text("{}")
-    requested = []
-
-    class FakeResponse:
-        def __init__(self, url):
-            prefix = "https://huggingface.co/someone/tiny-llama/resolve/main/"
-            assert url.startswith(prefix), url
-            self.path = hub / url.removeprefix(prefix)
-            self.status_code = 200 if self.path.exists() else 404
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def raise_for_status(self):
-            if self.status_code != 200:
-                raise requests.HTTPError(f"{self.status_code} for {self.path.name}")
-
-        def iter_content(self, chunk_size):
-            yield self.path.read_bytes()
-
-    def fake_get(url, **kwargs):
-        requested.append(url.rsplit("/", 1)[-1])
-        return FakeResponse(url)
-
-    monkeypatch.setattr(requests, "get", fake_get)
-    monkeypatch.setenv("NANO_MODELS_CACHE", str(tmp_path / "cache"))
+    tokenizer.json when the repository has one, and the shard index plus every shard it names
+    (conftest's local_hub serves tmp_path/hub as huggingface.co)."""
+    repository = tmp_path / "hub" / "someone" / "tiny-llama" / "resolve" / "main"
+    hf = save_hf_llama(repository, 2, True, max_shard_size="50KB")
+    (repository / "tokenizer.json").write_text("{}")
     model = llama.Llama.from_pretrained("someone/tiny-llama").eval()
     cached = tmp_path / "cache" / "someone--tiny-llama"
     assert (cached / "tokenizer.json").exists() and (cached / "model.safetensors.index.json").exists()
+    requested = [url.rsplit("/", 1)[-1] for url in local_hub]
     assert "model.safetensors" in requested and not (cached / "model.safetensors").exists()  # 404, then the index
+    assert len([name for name in requested if name.startswith("model-")]) >= 2  # every shard the index names
     assert not list(cached.glob("*.part"))
     idx = torch.randint(0, 97, (1, 20))
     with torch.no_grad():
         torch.testing.assert_close(model(idx)[0], hf(idx).logits, atol=1e-4, rtol=0)
-    requested.clear()
+    local_hub.clear()
     llama.Llama.from_pretrained("someone/tiny-llama")  # second time: everything comes from the cache
-    assert requested == []
+    assert local_hub == []
