@@ -30,6 +30,9 @@ there, so tiktoken (in the tests and in the scripts they start) finds GPT-2's fi
 Tiny T5 runs. TINY_T5 (arguments) and train_tiny_t5 (a function), imported by tests/test_t5.py and
 tests/test_t5_span.py (`from conftest import ...`): the model and optimiser settings their training runs
 share; each file adds its own data's lengths, evaluation and dataset.
+
+byte_level_tokenizer_json(path, text) trains and saves a small byte-level BPE tokenizer.json, the kind
+Llama and OLMo checkpoints carry, for the tests that build such a checkpoint (`from conftest import ...`).
 """
 import contextlib
 import io
@@ -137,6 +140,20 @@ def gpt2_encoding(gpt2_bpe_files):
     except Exception as e:
         pytest.skip(f"tiktoken could not load GPT-2's encoding ({e.__class__.__name__}); {GPT2_HOW_TO_PROVIDE}")
 
+
+
+def byte_level_tokenizer_json(path, text, vocab_size=300):
+    """Train a byte-level BPE tokenizer.json (Llama's and OLMo's kind) of vocab_size on text, save it
+    at path and return it (a tokenizers.Tokenizer); skips the test where tokenizers is missing."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer)
+    tok.save(str(path))
+    return tok
 
 def _read_run_log(out_dir, superseded=False):
     with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:

@@ -25,6 +25,7 @@ import torch
 import gpt
 import prepare_data
 import sample
+from conftest import byte_level_tokenizer_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -180,16 +181,10 @@ def test_pretrained_llama_streams_into_fsdp_shards(workdir, tmp_path):
     # slice of each memory-mapped tensor into its shards, then makes them float32. The loaded weights
     # must be the ones a plain (unsharded, float32) load gives: the same first evaluation, to rounding.
     transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
     text = open(os.path.join(REPO, "tests", "data", "tinyshakespeare_excerpt.txt"), encoding="utf-8").read()
     model_dir = tmp_path / "hf-llama"
     model_dir.mkdir()
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    tok.train_from_iterator([text], tokenizers.trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok.save(str(model_dir / "tokenizer.json"))
+    tok = byte_level_tokenizer_json(model_dir / "tokenizer.json", text)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import prepare_data
+from conftest import byte_level_tokenizer_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["gpt", "llama", "bigram"]
@@ -508,18 +509,6 @@ def test_sample_stops_at_the_tokenizers_end_token(trained, monkeypatch, capsys):
 
 # -----------------------------------------------------------------------------
 # Fine-tuning a pretrained model: the dataset must come from the model's own tokenizer
-
-
-def byte_level_tokenizer_json(path, text):
-    tokenizers = pytest.importorskip("tokenizers")
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-                                             show_progress=False)
-    tok.train_from_iterator([text], trainer)
-    tok.save(str(path))
-    return tok
 
 
 def test_finetune_pretrained_llama_on_text_tokenized_with_its_tokenizer(workdir, tmp_path):

@@ -18,6 +18,7 @@ import gpt
 import llama
 import olmo
 import prepare_data
+from conftest import byte_level_tokenizer_json
 import sample
 
 transformers = pytest.importorskip("transformers")
@@ -204,16 +205,10 @@ def test_unknown_targets_and_meaningless_settings_are_refused():
 @pytest.fixture(scope="module")
 def finetune(tmp_path_factory, small_text):
     """A tiny HF Llama with its own byte-level BPE tokenizer.json, and a dataset tokenized with it."""
-    tokenizers = pytest.importorskip("tokenizers")
     root = tmp_path_factory.mktemp("lora")
     model_dir = root / "hf-llama"
     model_dir.mkdir()
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    tok.train_from_iterator([small_text], tokenizers.trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok.save(str(model_dir / "tokenizer.json"))
+    tok = byte_level_tokenizer_json(model_dir / "tokenizer.json", small_text)
     hf_llama(model_dir, vocab_size=tok.get_vocab_size(), tie=True)
     (root / "input.txt").write_text(small_text)
     prepare_data.prepare("tiny_bpe", input_path=str(root / "input.txt"), tokenizer=str(model_dir),

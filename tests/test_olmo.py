@@ -14,6 +14,7 @@ import torch
 
 import olmo
 import prepare_data
+from conftest import byte_level_tokenizer_json
 import sample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -392,16 +393,9 @@ def test_from_pretrained_missing_files(tmp_path):
 
 def test_sample_from_hf_olmo2_directory_with_tokenizer_json(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
     # OLMo's tokenizers are byte-level BPE tokenizer.json files; train a tiny one here.
     text = "the quick brown fox jumps over the lazy dog. " * 50 + "Shall I compare thee to a summer's day?"
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([text], trainer)
-    tok.save(str(tmp_path / "tokenizer.json"))
+    tok = byte_level_tokenizer_json(tmp_path / "tokenizer.json", text)
     torch.manual_seed(0)
     config = transformers.Olmo2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -543,16 +537,10 @@ def test_generate_vocab_limit_end_token_and_option_checks():
 
 def test_finetune_pretrained_olmo2_on_text_tokenized_with_its_tokenizer(workdir, tmp_path, monkeypatch, capsys):
     transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
     text = (workdir / "input.txt").read_text()
     model_dir = tmp_path / "hf-olmo2"
     model_dir.mkdir()
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    tok.train_from_iterator([text], tokenizers.trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tok.save(str(model_dir / "tokenizer.json"))
+    tok = byte_level_tokenizer_json(model_dir / "tokenizer.json", text)
     torch.manual_seed(0)
     config = transformers.Olmo2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import olmo
-import prepare_data
+from test_llama import workdir  # noqa: F401 (a fixture: data/tiny, a few words at character level)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 transformers = pytest.importorskip("transformers")
@@ -203,15 +203,6 @@ def test_a_dense_olmoe_block_and_experts_in_an_olmo2_block():
     post_norm(torch.zeros(1, 4, dtype=torch.long))
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("olmoe_train")
-    words = ["the", "king", "doth", "speak", "and", "queen", "answers", "thee", "my", "lord"]
-    generator = torch.Generator().manual_seed(0)
-    text = " ".join(words[i] for i in torch.randint(0, len(words), (8000,), generator=generator).tolist())
-    (root / "input.txt").write_text(text)
-    prepare_data.prepare("tiny", input_path=str(root / "input.txt"), tokenizer="char", data_root=str(root / "data"))
-    return root
 
 
 def test_preset_trains_and_logs_the_expert_load(workdir, monkeypatch, capsys):

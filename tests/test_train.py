@@ -6,7 +6,6 @@ behaviours (one-line errors, torchrun) run as subprocesses.
 """
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import torch
 
 import gpt
 import prepare_data
+from conftest import byte_level_tokenizer_json
 import sample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,16 +213,9 @@ def test_sample_from_hf_gpt2_directory_matches_hf_generate(tmp_path, monkeypatch
 
 def test_sample_from_hf_llama_directory_with_tokenizer_json(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
     # A byte-level BPE tokenizer.json, trained here on a little text, saved beside a random Llama.
     text = "the quick brown fox jumps over the lazy dog. " * 50 + "Shall I compare thee to a summer's day?"
-    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-                                             show_progress=False)
-    tok.train_from_iterator([text], trainer)
-    tok.save(str(tmp_path / "tokenizer.json"))
+    tok = byte_level_tokenizer_json(tmp_path / "tokenizer.json", text)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
