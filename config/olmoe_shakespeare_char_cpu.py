@@ -3,9 +3,9 @@
 # of width 176, of which the router picks 2 per token, so a token runs through 2 * 176 = 352 hidden
 # channels, as in the dense preset. Parameters: 2.45M in all, 0.83M active per token (the dense preset:
 # 0.82M; the 4096 extra are the routers).
-# Measured on a 2-core CPU (seed 1337, one run, a heavily loaded machine, so cut to 1000 iterations):
-# val loss 1.798 at iteration 1000 (the dense preset: 1.785; dense with OLMoE's block: 1.776), 1.49x the
-# dense preset's time per step; the expert load stays unbalanced (docs/experts.png). README: "olmo.py:
+# Measured on a 2-core CPU (seed 1337, one run): val loss 1.798 at iteration 1000 (the dense preset:
+# 1.785; dense with OLMoE's block: 1.776) and 1.673 at 2000 (dense: 1.667), at 1.49x the dense preset's
+# time per step; the expert load stays unbalanced (docs/experts.png). README: "olmo.py:
 # mixture of experts (OLMoE)".
 #   python olmo.py config/olmoe_shakespeare_char_cpu.py
 #   python plot.py --experts out-olmoe-shakespeare-char-cpu      # -> experts.png: the load of each expert
